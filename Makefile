@@ -1,0 +1,38 @@
+# durable: the commands a developer and CI use.
+GO          ?= go
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: test test/short lint fmt generate bench db/up db/down
+
+## test: the whole suite with the race detector (Postgres tests skip cleanly
+## without a server, and fail instead when CI is set).
+test:
+	$(GO) test -race -count=1 ./...
+
+test/short:
+	$(GO) test -short -count=1 ./...
+
+## lint: gofmt, go vet and staticcheck must all be clean.
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## generate: regenerate the goose migrations from the SQL source of truth.
+generate:
+	$(GO) generate ./...
+
+## bench: Go benchmarks of the parts built so far (the end-to-end `durable
+## bench` arrives with the end-to-end issue).
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+## db/up: a PostgreSQL for the tests, for people who have none (needs Docker).
+db/up:
+	docker compose up -d --wait postgres
+
+db/down:
+	docker compose down
