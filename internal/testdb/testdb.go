@@ -123,7 +123,15 @@ func WithSearchPath(tb testing.TB, u, schema string) string {
 func PostgresPool(tb testing.TB, migrate bool) (*pgxpool.Pool, string) {
 	tb.Helper()
 	u, schema := PostgresSchema(tb)
-	pool, err := pgxpool.New(context.Background(), u)
+	return OpenPostgres(tb, u, migrate), schema
+}
+
+// OpenPostgres opens a pool on connURL (pgxpool parameters such as
+// pool_max_conns may be added to it), closed at cleanup, and applies the up
+// migrations when migrate is true.
+func OpenPostgres(tb testing.TB, connURL string, migrate bool) *pgxpool.Pool {
+	tb.Helper()
+	pool, err := pgxpool.New(context.Background(), connURL)
 	if err != nil {
 		tb.Fatalf("testdb: pool: %v", err)
 	}
@@ -135,7 +143,7 @@ func PostgresPool(tb testing.TB, migrate bool) (*pgxpool.Pool, string) {
 			}
 		}
 	}
-	return pool, schema
+	return pool
 }
 
 // SQLitePath returns the path of a new SQLite database file in the test's
