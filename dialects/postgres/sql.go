@@ -1,0 +1,122 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"github.com/durable-go/durable/dialects"
+)
+
+// SQLDialect is the Postgres dialect over database/sql with pgx's driver
+// (github.com/jackc/pgx/v5/stdlib, driver name "pgx"), with *sql.Tx as the
+// transaction type. Build it with NewSQL; it is safe for concurrent use.
+//
+// It runs the same statements as Dialect, except that every batch is
+// written with INSERT … FROM unnest: database/sql offers no COPY, and a
+// *sql.Tx does not expose its connection.
+type SQLDialect struct {
+	db *sql.DB
+	core
+}
+
+var (
+	_ dialects.Dialect[*sql.Tx]  = (*SQLDialect)(nil)
+	_ dialects.Notifier[*sql.Tx] = (*SQLDialect)(nil)
+)
+
+// NewSQL returns the dialect for db, which must have been opened with pgx's
+// database/sql driver:
+//
+//	import _ "github.com/jackc/pgx/v5/stdlib"
+//	db, err := sql.Open("pgx", dsn)
+//
+// Other Postgres drivers are not supported: the dialect passes Go slices as
+// Postgres arrays, which pgx's driver encodes natively.
+func NewSQL(db *sql.DB, opts ...Option) *SQLDialect {
+	return &SQLDialect{db: db, core: newCore(opts)}
+}
+
+// Name returns "postgres".
+func (d *SQLDialect) Name() string { return name }
+
+// Begin starts a transaction on db with the default isolation level.
+func (d *SQLDialect) Begin(ctx context.Context) (*sql.Tx, error) {
+	return d.db.BeginTx(ctx, nil)
+}
+
+// Commit commits tx.
+func (d *SQLDialect) Commit(_ context.Context, tx *sql.Tx) error {
+	return tx.Commit()
+}
+
+// Rollback rolls tx back. Rolling back a committed or rolled back
+// transaction returns nil.
+func (d *SQLDialect) Rollback(_ context.Context, tx *sql.Tx) error {
+	if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		return err
+	}
+	return nil
+}
+
+// CheckSchema verifies that the durable migrations ran up to
+// dialects.SchemaVersion, and returns a *dialects.SchemaError naming the
+// missing migration otherwise (or saying the schema is newer than this build).
+func (d *SQLDialect) CheckSchema(ctx context.Context) error {
+	return d.checkSchema(ctx, sqlQuerier{d.db})
+}
+
+// InsertOutbox writes rows to durable_outbox in tx, all or nothing, in one
+// statement whatever their number. A (destination, id) that is already
+// stored or repeats within rows fails the call with a
+// *dialects.DuplicateError naming the first such row; tx then holds nothing
+// of the call and stays usable. Defaults are those of Dialect.InsertOutbox.
+func (d *SQLDialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialects.OutboxRow) error {
+	if d.err != nil {
+		return d.err
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	return d.insertUnnest(ctx, sqlQuerier{tx}, rows)
+}
+
+// ListOutbox returns the rows of durable_outbox matching q in enqueue (seq)
+// order, every column included; NULL times are zero.
+func (d *SQLDialect) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
+	return d.listOutbox(ctx, sqlQuerier{d.db}, q)
+}
+
+// NotifyOutbox queues, in tx, one notification on OutboxChannel per distinct
+// destination, with the destination as payload, in one statement. Postgres
+// delivers them when tx commits and drops them when it rolls back.
+func (d *SQLDialect) NotifyOutbox(ctx context.Context, tx *sql.Tx, destinations []string) error {
+	return d.notifyOutbox(ctx, sqlQuerier{tx}, destinations)
+}
+
+// sqlQuerier adapts a *sql.DB, *sql.Conn or *sql.Tx.
+type sqlQuerier struct {
+	q interface {
+		ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+		QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	}
+}
+
+func (s sqlQuerier) exec(ctx context.Context, query string, args ...any) error {
+	_, err := s.q.ExecContext(ctx, query, args...)
+	return err
+}
+
+func (s sqlQuerier) query(ctx context.Context, query string, args ...any) (rows, error) {
+	rs, err := s.q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rs}, nil
+}
+
+// sqlRows gives *sql.Rows the Close of pgx.Rows. Callers read rows to the
+// end, where pgx's driver reports a failed statement through Err.
+type sqlRows struct{ *sql.Rows }
+
+func (r sqlRows) Close() { _ = r.Rows.Close() }
