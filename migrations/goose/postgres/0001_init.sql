@@ -37,6 +37,8 @@ CREATE TABLE durable_outbox (
 );
 -- Relay claim: unsent rows of one destination in enqueue order.
 CREATE INDEX durable_outbox_claim_idx ON durable_outbox (destination, seq) WHERE sent_at IS NULL;
+-- Ordering keys: an earlier unsent row with the same key holds later ones back.
+CREATE INDEX durable_outbox_key_idx ON durable_outbox (destination, key, seq) WHERE sent_at IS NULL AND key <> '';
 -- Scheduled and expiring rows, backlog age.
 CREATE INDEX durable_outbox_deliver_at_idx ON durable_outbox (deliver_at) WHERE sent_at IS NULL;
 -- Retention of sent rows (when configured to keep them).

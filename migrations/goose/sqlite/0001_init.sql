@@ -36,6 +36,8 @@ CREATE TABLE durable_outbox (
     CONSTRAINT durable_outbox_destination_id_key UNIQUE (destination, id)
 );
 CREATE INDEX durable_outbox_claim_idx ON durable_outbox (destination, seq) WHERE sent_at IS NULL;
+-- Ordering keys: an earlier unsent row with the same key holds later ones back.
+CREATE INDEX durable_outbox_key_idx ON durable_outbox (destination, key, seq) WHERE sent_at IS NULL AND key <> '';
 CREATE INDEX durable_outbox_deliver_at_idx ON durable_outbox (deliver_at) WHERE sent_at IS NULL;
 CREATE INDEX durable_outbox_sent_at_idx ON durable_outbox (sent_at) WHERE sent_at IS NOT NULL;
 
