@@ -1,0 +1,717 @@
+package tcp
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/durable-go/durable/transport"
+)
+
+// ErrServerClosed is returned by [Server.Serve] and [Server.ListenAndServe] after
+// [Server.Shutdown] or [Server.Close].
+var ErrServerClosed = errors.New("tcp: server closed")
+
+// drainLinger is how long a draining connection with nothing left in flight waits for the
+// client to close it before the server does.
+const drainLinger = time.Second
+
+// ServerConfig configures a [Server]. The zero value of every field is a documented default,
+// except that some authentication must be chosen: Secret, Verify, mutual TLS, or Insecure.
+type ServerConfig struct {
+	// NodeID names this server in WELCOME. Default: the host name.
+	NodeID string
+	// Secret is the shared secret of HMAC authentication. When set, every client must prove it
+	// in HELLO (see PROTOCOL.md); a HELLO that answers another connection's challenge (a
+	// replay) or whose timestamp is off by more than MaxClockSkew is refused.
+	Secret []byte
+	// Verify, when set, is called for every HELLO (after the HMAC check, if Secret is set) and
+	// decides whether the peer may connect.
+	Verify Verifier
+	// Insecure admits peers that present no credential at all. Without Secret, Verify, or TLS
+	// with tls.RequireAndVerifyClientCert, NewServer fails unless Insecure is set.
+	Insecure bool
+	// TLS, when set, makes every connection TLS 1.3 (older versions are refused). Set
+	// ClientAuth to tls.RequireAndVerifyClientCert and ClientCAs for mutual TLS.
+	TLS *tls.Config
+	// Logger receives connection events. Default: slog.Default().
+	Logger *slog.Logger
+
+	// AuthTimeout bounds the TLS handshake plus CHALLENGE/HELLO/WELCOME; a peer that has not
+	// authenticated by then is closed. Default 5s.
+	AuthTimeout time.Duration
+	// IdleTimeout is the longest silence tolerated from an authenticated client (clients ping
+	// while idle). Default 2m.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds each frame written. Default 10s.
+	WriteTimeout time.Duration
+	// HandlerTimeout bounds each Deliver call through its context. Default: none.
+	HandlerTimeout time.Duration
+	// MaxClockSkew is the largest difference accepted between a HELLO's timestamp and the
+	// server's clock. Default 2m.
+	MaxClockSkew time.Duration
+
+	// MaxConns bounds open connections; further connections are closed at once. Default 1024.
+	MaxConns int
+	// MaxInFlight bounds the batches one connection may have unacknowledged; it is announced
+	// in WELCOME and a client exceeding it is disconnected. Default 64, at most 65535.
+	MaxInFlight int
+	// MaxFrameSize is the largest frame accepted (value of the length field); longer frames
+	// are refused before any allocation. Default DefaultMaxFrameSize (16 MiB).
+	MaxFrameSize int
+}
+
+// Server serves a transport.Handler to clients over TCP: it authenticates each connection,
+// decodes BATCH frames, hands them to the Handler and answers ACK or NACK. Create it with
+// [NewServer]; its methods are safe for concurrent use.
+type Server struct {
+	h   transport.Handler
+	cfg ServerConfig
+	tls *tls.Config
+	log *slog.Logger
+
+	baseCtx context.Context
+	cancel  context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	closing   bool
+	noConns   chan struct{} // closed once closing and no connection remains
+}
+
+// NewServer returns a Server that delivers batches to h.
+func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
+	if h == nil {
+		return nil, errors.New("tcp: NewServer: nil Handler")
+	}
+	cfg.NodeID = orDefault(cfg.NodeID, hostname())
+	cfg.Logger = orDefault(cfg.Logger, slog.Default())
+	cfg.AuthTimeout = orDefault(cfg.AuthTimeout, 5*time.Second)
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, 2*time.Minute)
+	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, 10*time.Second)
+	cfg.MaxClockSkew = orDefault(cfg.MaxClockSkew, 2*time.Minute)
+	cfg.MaxConns = orDefault(cfg.MaxConns, 1024)
+	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, 64)
+	cfg.MaxFrameSize = orDefault(cfg.MaxFrameSize, DefaultMaxFrameSize)
+	switch {
+	case len(cfg.NodeID) > maxNodeIDLen:
+		return nil, fmt.Errorf("tcp: NewServer: NodeID longer than %d bytes", maxNodeIDLen)
+	case cfg.MaxInFlight < 1 || cfg.MaxInFlight > math.MaxUint16:
+		return nil, fmt.Errorf("tcp: NewServer: MaxInFlight %d outside 1..65535", cfg.MaxInFlight)
+	case cfg.MaxFrameSize < MinMaxFrameSize || uint64(cfg.MaxFrameSize) > math.MaxUint32:
+		return nil, fmt.Errorf("tcp: NewServer: MaxFrameSize %d outside %d..%d", cfg.MaxFrameSize, MinMaxFrameSize, uint32(math.MaxUint32))
+	case cfg.MaxConns < 1:
+		return nil, fmt.Errorf("tcp: NewServer: MaxConns %d < 1", cfg.MaxConns)
+	}
+	mtls := cfg.TLS != nil && cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert
+	if len(cfg.Secret) == 0 && cfg.Verify == nil && !mtls && !cfg.Insecure {
+		return nil, errors.New("tcp: NewServer: no authentication configured (set Secret, Verify, mutual TLS, or Insecure)")
+	}
+	s := &Server{
+		h:         h,
+		cfg:       cfg,
+		tls:       tls13(cfg.TLS),
+		log:       cfg.Logger,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*serverConn]struct{}),
+	}
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// ListenAndServe listens on the TCP address addr and calls [Server.Serve].
+func (s *Server) ListenAndServe(addr string) error {
+	if s.isClosing() {
+		return ErrServerClosed
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Serve accepts connections on ln and serves each in its own goroutines until ln fails or the
+// server is shut down; it then returns ErrServerClosed (after Shutdown or Close) or the
+// listener's error. Serve closes ln when it returns. When Config.TLS is set, Serve performs the
+// TLS handshake itself, so ln must be a plain TCP listener.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			if isTemporaryAccept(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("tcp: accept failed; retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		if len(s.conns) >= s.cfg.MaxConns {
+			s.mu.Unlock()
+			s.log.Warn("tcp: connection refused: connection limit reached", "remote", nc.RemoteAddr().String(), "max_conns", s.cfg.MaxConns)
+			nc.Close()
+			continue
+		}
+		sc := s.newConn(nc)
+		s.conns[sc] = struct{}{}
+		s.mu.Unlock()
+		go sc.serve()
+	}
+}
+
+func isTemporaryAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) ||
+		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.EINTR)
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, closes connections that have
+// not finished their handshake, sends GOAWAY on every other connection, answers batches that
+// arrive after the GOAWAY with a retryable NACK, and waits until the batches already in flight
+// were handled and acknowledged and the connections closed. If ctx ends first, Shutdown closes
+// everything as [Server.Close] does and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	conns, done := s.beginClose()
+	for _, sc := range conns {
+		sc.shutdown()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
+}
+
+// Close closes the listeners and every connection at once and cancels the contexts of running
+// Deliver calls; their batches are not acknowledged, so clients send them again. Close does not
+// wait for Deliver calls to return.
+func (s *Server) Close() error {
+	conns, _ := s.beginClose()
+	s.cancel()
+	for _, sc := range conns {
+		sc.closeConn()
+	}
+	return nil
+}
+
+func (s *Server) beginClose() ([]*serverConn, chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closing {
+		s.closing = true
+		s.noConns = make(chan struct{})
+		if len(s.conns) == 0 {
+			close(s.noConns)
+		}
+	}
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	return conns, s.noConns
+}
+
+func (s *Server) removeConn(sc *serverConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, sc)
+	if s.closing && len(s.conns) == 0 {
+		select {
+		case <-s.noConns:
+		default:
+			close(s.noConns)
+		}
+	}
+}
+
+// Connection states.
+const (
+	stHandshake = iota
+	stOpen
+	stDraining
+	stClosed
+)
+
+type serverConn struct {
+	s      *Server
+	raw    net.Conn
+	nc     net.Conn // raw, or the TLS connection over it
+	dr     deadlineReader
+	br     *bufio.Reader
+	remote string
+	source string // authenticated node id
+	nonce  [nonceLen]byte
+	ctx    context.Context
+	cancel context.CancelFunc
+	hdr    [frameHeaderLen]byte
+	rbuf   [256]byte // scratch for small frames
+
+	wmu  sync.Mutex
+	wbuf []byte
+
+	mu       sync.Mutex
+	state    int
+	inflight int // batches counted against MaxInFlight (released before the ACK is written)
+	active   int // Deliver calls whose answer is not yet written
+	linger   *time.Timer
+	handlers sync.WaitGroup
+}
+
+func (s *Server) newConn(nc net.Conn) *serverConn {
+	sc := &serverConn{s: s, raw: nc, nc: nc, remote: nc.RemoteAddr().String()}
+	sc.ctx, sc.cancel = context.WithCancel(s.baseCtx)
+	return sc
+}
+
+func (sc *serverConn) serve() {
+	log := sc.s.log
+	defer func() {
+		sc.cancel()
+		sc.handlers.Wait()
+		sc.closeConn()
+		sc.mu.Lock()
+		if sc.linger != nil {
+			sc.linger.Stop()
+		}
+		sc.mu.Unlock()
+		sc.s.removeConn(sc)
+	}()
+	if err := sc.handshake(); err != nil {
+		return
+	}
+	sc.mu.Lock()
+	if sc.state == stHandshake {
+		sc.state = stOpen
+	}
+	sc.mu.Unlock()
+	if sc.s.isClosing() {
+		sc.shutdown()
+	}
+	log.Debug("tcp: client connected", "remote", sc.remote, "node", sc.source)
+	sc.loop()
+}
+
+// closeConn closes the network connection (idempotent); the reader then fails and exits. It
+// closes the underlying TCP connection, which is safe while a TLS handshake is running.
+func (sc *serverConn) closeConn() {
+	sc.mu.Lock()
+	already := sc.state == stClosed
+	sc.state = stClosed
+	sc.mu.Unlock()
+	if !already {
+		sc.raw.Close()
+	}
+}
+
+func (sc *serverConn) isClosed() bool {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.state == stClosed
+}
+
+// shutdown starts a graceful close: GOAWAY, then drain.
+func (sc *serverConn) shutdown() {
+	sc.mu.Lock()
+	switch sc.state {
+	case stHandshake:
+		sc.mu.Unlock()
+		sc.closeConn()
+		return
+	case stOpen:
+		sc.state = stDraining
+		if sc.active == 0 {
+			sc.startLingerLocked()
+		}
+	default:
+		sc.mu.Unlock()
+		return
+	}
+	sc.mu.Unlock()
+	sc.write(func(b []byte) []byte { return appendGoAway(b, "server shutting down") })
+}
+
+func (sc *serverConn) startLingerLocked() {
+	if sc.linger == nil {
+		sc.linger = time.AfterFunc(drainLinger, sc.closeConn)
+	}
+}
+
+// write builds a frame in the connection's write buffer and sends it. A failed write closes the
+// connection.
+func (sc *serverConn) write(build func([]byte) []byte) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	sc.wbuf = build(sc.wbuf[:0])
+	sc.nc.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
+	_, err := sc.nc.Write(sc.wbuf)
+	if cap(sc.wbuf) > 64<<10 {
+		sc.wbuf = nil
+	}
+	if err != nil {
+		sc.closeConn()
+	}
+	return err
+}
+
+// refuse logs why the connection is being closed, tells the peer with an ERROR frame (best
+// effort, short deadline) and closes it.
+func (sc *serverConn) refuse(code uint16, reason string, attrs ...any) {
+	if sc.isClosed() {
+		return
+	}
+	sc.s.log.Warn("tcp: closing connection: "+reason, append([]any{"remote", sc.remote, "node", sc.source, "code", codeName(code)}, attrs...)...)
+	sc.wmu.Lock()
+	sc.wbuf = appendError(sc.wbuf[:0], code, reason)
+	sc.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	sc.nc.Write(sc.wbuf)
+	sc.wmu.Unlock()
+	sc.closeConn()
+}
+
+func (sc *serverConn) handshake() error {
+	s := sc.s
+	deadline := time.Now().Add(s.cfg.AuthTimeout)
+	sc.raw.SetDeadline(deadline)
+	sc.dr.c = sc.raw
+	if s.tls != nil {
+		tc := tls.Server(sc.raw, s.tls)
+		ctx, cancel := context.WithDeadline(sc.ctx, deadline)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			if !sc.isClosed() {
+				s.log.Warn("tcp: closing connection: TLS handshake failed", "remote", sc.remote, "err", err)
+			}
+			sc.closeConn()
+			return err
+		}
+		sc.nc = tc
+		sc.dr.c = tc
+	}
+	sc.br = bufio.NewReaderSize(&sc.dr, readBufferSize)
+
+	ch := challengeMsg{minVersion: minVersion, maxVersion: maxVersion, nonce: newNonce()}
+	sc.nonce = ch.nonce
+	if err := sc.write(func(b []byte) []byte { return appendChallenge(b, &ch) }); err != nil {
+		s.log.Warn("tcp: closing connection: writing CHALLENGE failed", "remote", sc.remote, "err", err)
+		return err
+	}
+	t, n, err := readHeader(sc.br, &sc.hdr, preAuthMaxFrame)
+	var body []byte
+	if err == nil {
+		body, err = readBody(sc.br, n, sc.rbuf[:])
+	}
+	if err != nil {
+		return sc.handshakeReadFailed(err)
+	}
+	switch t {
+	case frameHello:
+	case frameError:
+		m, derr := decodeError(body)
+		if derr == nil {
+			s.log.Warn("tcp: client refused the handshake", "remote", sc.remote, "code", codeName(m.code), "reason", m.msg)
+		}
+		sc.closeConn()
+		return errors.New("client refused")
+	default:
+		err := protoErr("expected HELLO, got %v", t)
+		sc.refuse(codeProtocol, err.Error())
+		return err
+	}
+	h, err := decodeHello(body)
+	if err != nil {
+		sc.refuse(codeProtocol, "malformed HELLO: "+err.Error())
+		return err
+	}
+	if h.version < minVersion || h.version > maxVersion {
+		msg := fmt.Sprintf("unsupported protocol version %d (this server speaks %d..%d)", h.version, minVersion, maxVersion)
+		sc.refuse(codeVersion, msg)
+		return errors.New(msg)
+	}
+	if err := sc.authenticate(&h); err != nil {
+		sc.refuse(codeAuth, "authentication failed: "+err.Error(), "claimed_node", h.nodeID)
+		return err
+	}
+	sc.source = h.nodeID
+	w := welcomeMsg{
+		version:     h.version,
+		maxInFlight: uint16(s.cfg.MaxInFlight),
+		maxFrame:    uint32(s.cfg.MaxFrameSize),
+		nodeID:      s.cfg.NodeID,
+	}
+	if len(s.cfg.Secret) > 0 {
+		w.proof = welcomeProof(s.cfg.Secret, h.version, &ch.nonce, &h.clientNonce, s.cfg.NodeID)
+	}
+	if err := sc.write(func(b []byte) []byte { return appendWelcome(b, &w) }); err != nil {
+		s.log.Warn("tcp: closing connection: writing WELCOME failed", "remote", sc.remote, "err", err)
+		return err
+	}
+	sc.raw.SetDeadline(time.Time{})
+	sc.dr.d = s.cfg.IdleTimeout
+	return nil
+}
+
+func (sc *serverConn) handshakeReadFailed(err error) error {
+	if sc.isClosed() {
+		return err
+	}
+	var ne net.Error
+	switch we, ok := isWire(err); {
+	case ok:
+		sc.refuse(we.code, "malformed handshake: "+we.msg)
+	case errors.As(err, &ne) && ne.Timeout():
+		sc.refuse(codeTimeout, fmt.Sprintf("no HELLO within the auth deadline of %v", sc.s.cfg.AuthTimeout))
+	default:
+		sc.s.log.Warn("tcp: closing connection: reading HELLO failed", "remote", sc.remote, "err", err)
+		sc.closeConn()
+	}
+	return err
+}
+
+// authenticate checks the HELLO's credential. Its errors are sent to the peer, so they say
+// what is wrong without revealing anything secret.
+func (sc *serverConn) authenticate(h *helloMsg) error {
+	s := sc.s
+	if h.serverNonce != sc.nonce {
+		return errors.New("HELLO does not answer this connection's challenge (replayed HELLO?)")
+	}
+	sent := time.UnixMilli(h.timeMillis)
+	if skew := time.Since(sent); skew > s.cfg.MaxClockSkew || skew < -s.cfg.MaxClockSkew {
+		return fmt.Errorf("HELLO timestamp %s is off by %v, more than the allowed clock skew of %v",
+			sent.UTC().Format(time.RFC3339), skew.Round(time.Millisecond), s.cfg.MaxClockSkew)
+	}
+	if len(s.cfg.Secret) > 0 {
+		if h.auth != authHMAC {
+			return errors.New("this server requires HMAC authentication with a shared secret")
+		}
+		want := helloMAC(s.cfg.Secret, h.version, h.timeMillis, &h.serverNonce, &h.clientNonce, h.nodeID)
+		if !equalMAC(want, h.credential) {
+			return errors.New("HELLO HMAC does not match (wrong shared secret?)")
+		}
+	}
+	if s.cfg.Verify != nil {
+		info := &Hello{
+			NodeID:     h.nodeID,
+			HMAC:       len(s.cfg.Secret) > 0,
+			Time:       sent,
+			Nonce:      sc.nonce[:],
+			RemoteAddr: sc.raw.RemoteAddr(),
+		}
+		if h.auth == authToken {
+			info.Token = h.credential
+		}
+		if tc, ok := sc.nc.(*tls.Conn); ok {
+			st := tc.ConnectionState()
+			info.TLS = &st
+		}
+		ctx, cancel := context.WithDeadline(sc.ctx, time.Now().Add(s.cfg.AuthTimeout))
+		defer cancel()
+		if err := s.cfg.Verify(ctx, info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loop reads frames from an authenticated client until the connection ends.
+func (sc *serverConn) loop() {
+	max := sc.s.cfg.MaxFrameSize
+	for {
+		t, n, err := readHeader(sc.br, &sc.hdr, max)
+		var body []byte
+		if err == nil {
+			if t == frameBatch {
+				body, err = readBody(sc.br, n, nil) // owned by the Handler from now on
+			} else {
+				body, err = readBody(sc.br, n, sc.rbuf[:])
+			}
+		}
+		if err != nil {
+			sc.readFailed(err)
+			return
+		}
+		switch t {
+		case frameBatch:
+			id, envs, err := decodeBatch(body)
+			if err != nil {
+				sc.readFailed(err)
+				return
+			}
+			if !sc.startBatch(id, envs) {
+				return
+			}
+		case framePing:
+			tok, err := decodePing(body)
+			if err != nil {
+				sc.readFailed(err)
+				return
+			}
+			if sc.write(func(b []byte) []byte { return appendPing(b, framePong, tok) }) != nil {
+				return
+			}
+		case framePong:
+			if _, err := decodePing(body); err != nil {
+				sc.readFailed(err)
+				return
+			}
+		case frameError:
+			m, err := decodeError(body)
+			if err != nil {
+				sc.readFailed(err)
+				return
+			}
+			sc.s.log.Warn("tcp: client closed the connection with an error", "remote", sc.remote, "node", sc.source, "code", codeName(m.code), "reason", m.msg)
+			sc.closeConn()
+			return
+		default:
+			sc.refuse(codeProtocol, fmt.Sprintf("unexpected %v frame from a client", t))
+			return
+		}
+	}
+}
+
+// readFailed handles the end of the read side: a protocol violation is logged and answered with
+// ERROR; a timeout closes the idle connection; EOF or a closed connection is a normal end.
+func (sc *serverConn) readFailed(err error) {
+	if sc.isClosed() {
+		return
+	}
+	var ne net.Error
+	switch we, ok := isWire(err); {
+	case ok:
+		sc.refuse(we.code, we.msg)
+	case errors.As(err, &ne) && ne.Timeout():
+		sc.refuse(codeTimeout, fmt.Sprintf("no frame for %v", sc.s.cfg.IdleTimeout))
+	case errors.Is(err, io.EOF):
+		sc.s.log.Debug("tcp: client disconnected", "remote", sc.remote, "node", sc.source)
+		sc.closeConn()
+	default:
+		sc.s.log.Info("tcp: connection lost", "remote", sc.remote, "node", sc.source, "err", err)
+		sc.closeConn()
+	}
+}
+
+// startBatch hands a decoded batch to the Handler in its own goroutine. It returns false when
+// the connection must end.
+func (sc *serverConn) startBatch(id uint64, envs []transport.Envelope) bool {
+	if len(envs) == 0 {
+		return sc.write(func(b []byte) []byte { return appendAck(b, id, nil) }) == nil
+	}
+	sc.mu.Lock()
+	switch {
+	case sc.state == stDraining:
+		sc.mu.Unlock()
+		return sc.write(func(b []byte) []byte { return appendNack(b, id, false, "server shutting down (GOAWAY sent)") }) == nil
+	case sc.state != stOpen:
+		sc.mu.Unlock()
+		return false
+	case sc.inflight >= sc.s.cfg.MaxInFlight:
+		sc.mu.Unlock()
+		sc.refuse(codeProtocol, fmt.Sprintf("more than %d batches in flight", sc.s.cfg.MaxInFlight))
+		return false
+	}
+	sc.inflight++
+	sc.active++
+	sc.handlers.Add(1)
+	sc.mu.Unlock()
+	go sc.deliver(id, &transport.Batch{Source: sc.source, Envelopes: envs})
+	return true
+}
+
+func (sc *serverConn) deliver(id uint64, b *transport.Batch) {
+	defer sc.handlers.Done()
+	res, err := sc.callHandler(b)
+	if err == nil && len(res.Outcomes) != 0 && len(res.Outcomes) != len(b.Envelopes) {
+		err = fmt.Errorf("handler returned %d outcomes for %d envelopes", len(res.Outcomes), len(b.Envelopes))
+		sc.s.log.Error("tcp: handler broke its contract; batch not acknowledged", "node", sc.source, "err", err)
+	}
+	if err != nil {
+		sc.s.log.Warn("tcp: handler failed; sending NACK", "remote", sc.remote, "node", sc.source,
+			"batch", id, "envelopes", len(b.Envelopes), "permanent", transport.IsPermanent(err), "err", err)
+	}
+	// Release the in-flight slot before the answer is written: the client may send its next
+	// batch as soon as it reads the answer.
+	sc.mu.Lock()
+	sc.inflight--
+	sc.mu.Unlock()
+	if err == nil {
+		sc.write(func(dst []byte) []byte { return appendAck(dst, id, res.Outcomes) })
+	} else {
+		sc.write(func(dst []byte) []byte { return appendNack(dst, id, transport.IsPermanent(err), err.Error()) })
+	}
+	sc.mu.Lock()
+	sc.active--
+	if sc.state == stDraining && sc.active == 0 {
+		sc.startLingerLocked()
+	}
+	sc.mu.Unlock()
+}
+
+// callHandler runs the Handler, turning a panic into a retryable error.
+func (sc *serverConn) callHandler(b *transport.Batch) (res transport.Result, err error) {
+	ctx := sc.ctx
+	if d := sc.s.cfg.HandlerTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			sc.s.log.Error("tcp: handler panicked", "node", sc.source, "panic", p, "stack", string(debug.Stack()))
+			res, err = transport.Result{}, fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return sc.s.h.Deliver(ctx, b)
+}
