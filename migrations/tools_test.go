@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/golang-migrate/migrate/v4"
@@ -283,13 +284,4 @@ func latestVersion(t *testing.T, dialect string) int64 {
 	return int64(ms[len(ms)-1].Version)
 }
 
-func joinLines(ls []string) string {
-	s := ""
-	for i, l := range ls {
-		if i > 0 {
-			s += "\n  "
-		}
-		s += l
-	}
-	return s
-}
+func joinLines(ls []string) string { return strings.Join(ls, "\n  ") }
