@@ -67,6 +67,7 @@ type DSNError struct {
 	Found string // what the connection has instead
 }
 
+// Error names the missing parameter and points to DSN.
 func (e *DSNError) Error() string {
 	return fmt.Sprintf("durable: sqlite database opened without %s (found %s): durable needs it on every pooled connection, so it must be in the DSN; open the *sql.DB with sqlite.DSN(path), or add %s to your DSN",
 		e.Param, e.Found, e.Param)
@@ -85,7 +86,9 @@ func (e *DSNError) Is(target error) bool { return target == ErrDSN }
 // timeout set to zero. With _txlock=immediate the first already holds the lock
 // and the attempt fails at once with SQLITE_BUSY; with a deferred BEGIN it
 // succeeds. The second connection is discarded afterwards, so its changed
-// busy timeout never reaches the pool.
+// busy timeout never reaches the pool. (If another process happens to hold
+// the write lock during the probe, a deferred BEGIN passes unnoticed: the
+// check errs only on the lenient side.)
 func checkDSN(ctx context.Context, db *sql.DB) (err error) {
 	db.SetMaxOpenConns(2)
 	c1, err := db.Conn(ctx)
