@@ -36,6 +36,13 @@ func (e *SchemaError) Error() string {
 		fmt.Fprintf(&b, "durable: %s schema is at version %d, newer than this build (version %d); upgrade durable", e.Dialect, e.Have, e.Want)
 		return b.String()
 	}
+	if e.Have == e.Want {
+		fmt.Fprintf(&b, "durable: %s schema claims version %d but a durable table or column is missing (was it changed by hand?); re-create it with the down and up migrations in migrations/%s", e.Dialect, e.Have, e.Dialect)
+		if e.Err != nil {
+			fmt.Fprintf(&b, " (%v)", e.Err)
+		}
+		return b.String()
+	}
 	fmt.Fprintf(&b, "durable: %s schema is at version %d, need version %d: missing migration %s; run `durable migrate up --dialect %s --dsn ...`, or goose/golang-migrate with the files in migrations/%s (see the README, \"Migrations\")",
 		e.Dialect, e.Have, e.Want, strings.Join(e.Missing(), ", "), e.Dialect, e.Dialect)
 	if e.Err != nil {

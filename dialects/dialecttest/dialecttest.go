@@ -330,7 +330,9 @@ func (s suite[TTx]) assertDuplicate(t *testing.T, d dialects.Dialect[TTx], call 
 		t.Fatalf("error %v: want *DuplicateError for id %q destination billing", err, dupID)
 	}
 	// The transaction is still usable and holds nothing of the failed call.
-	if err := d.InsertOutbox(ctx, tx, []dialects.OutboxRow{Row(999, "billing")}); err != nil {
+	probe := Row(999, "billing")
+	probe.ID = "probe-after-duplicate"
+	if err := d.InsertOutbox(ctx, tx, []dialects.OutboxRow{probe}); err != nil {
 		_ = d.Rollback(ctx, tx)
 		t.Fatalf("tx unusable after DuplicateError: %v", err)
 	}
@@ -338,8 +340,8 @@ func (s suite[TTx]) assertDuplicate(t *testing.T, d dialects.Dialect[TTx], call 
 		t.Fatalf("Commit after DuplicateError: %v", err)
 	}
 	got := list(t, d, dialects.OutboxQuery{})
-	if len(got) != rowsBefore+1 || got[len(got)-1].ID != Row(999, "").ID {
-		t.Fatalf("after a failed call: %d rows, want %d (the earlier ones plus msg-000999)", len(got), rowsBefore+1)
+	if len(got) != rowsBefore+1 || got[len(got)-1].ID != probe.ID {
+		t.Fatalf("after a failed call: %d rows, want %d (the earlier ones plus %s)", len(got), rowsBefore+1, probe.ID)
 	}
 }
 
