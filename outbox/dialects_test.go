@@ -1,0 +1,149 @@
+package outbox_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "modernc.org/sqlite"
+
+	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/postgres"
+	"github.com/durable-go/durable/dialects/sqlite"
+	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/migrations"
+	"github.com/durable-go/durable/outbox"
+)
+
+type (
+	pgxTx = pgx.Tx
+	sqlTx = *sql.Tx
+)
+
+var pgxTarget = target[pgxTx]{name: "postgres-pgx", open: func(t *testing.T, migrated bool) dialects.Dialect[pgxTx] {
+	pool, _ := testdb.PostgresPool(t, migrated)
+	return postgres.New(pool)
+}}
+
+var pgSQLTarget = target[sqlTx]{name: "postgres-sql", open: func(t *testing.T, migrated bool) dialects.Dialect[sqlTx] {
+	u, _ := testdb.PostgresSchema(t)
+	db, err := sql.Open("pgx", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if migrated {
+		for _, stmt := range testdb.UpSQL(t, migrations.Postgres) {
+			if _, err := db.Exec(stmt); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return postgres.NewSQL(db)
+}}
+
+var sqliteTarget = target[sqlTx]{name: "sqlite", open: func(t *testing.T, migrated bool) dialects.Dialect[sqlTx] {
+	db, err := sql.Open("sqlite", sqlite.DSN(testdb.SQLitePath(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if migrated {
+		for _, stmt := range testdb.UpSQL(t, migrations.SQLite) {
+			if _, err := db.Exec(stmt); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	d, err := sqlite.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}}
+
+// TestNotifyAtCommit: with Config.Notify, a LISTEN connection hears about
+// committed enqueues and never about rolled-back ones.
+func TestNotifyAtCommit(t *testing.T) {
+	pool, _ := testdb.PostgresPool(t, true)
+	ctx := ctxT(t)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN "+postgres.OutboxChannel); err != nil {
+		t.Fatal(err)
+	}
+	ob := newOutbox(t, postgres.New(pool), &outbox.Config{Notify: true})
+	if err := enqueueTx(t, ob, false, msg(1)); err != nil {
+		t.Fatal(err)
+	}
+	m := msg(2)
+	m.Destination = "shipping"
+	if err := enqueueTx(t, ob, true, m); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := conn.Conn().WaitForNotification(wctx)
+	if err != nil {
+		t.Fatalf("no notification after commit: %v", err)
+	}
+	if n.Payload != "shipping" {
+		t.Fatalf("notification payload %q, want shipping (the rolled-back billing enqueue must not notify)", n.Payload)
+	}
+	wctx2, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	if n, err := conn.Conn().WaitForNotification(wctx2); err == nil {
+		t.Fatalf("unexpected second notification %q", n.Payload)
+	}
+}
+
+// TestWrongDSN: a bad connection string fails with a clear error at the first
+// use, and nothing is written anywhere.
+func TestWrongDSN(t *testing.T) {
+	ctx := ctxT(t)
+	if _, err := pgxpool.ParseConfig("postgres://u@host:notaport/db"); err == nil {
+		t.Error("malformed Postgres DSN parsed")
+	}
+	pool, err := pgxpool.New(ctx, "postgres://nobody@127.0.0.1:1/nowhere?connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	ob := newOutbox(t, postgres.New(pool), nil)
+	err = ob.CheckSchema(ctx)
+	var ce *pgconn.ConnectError
+	if !errors.As(err, &ce) || errors.Is(err, outbox.ErrSchema) {
+		t.Errorf("CheckSchema with an unreachable server = %v, want a *pgconn.ConnectError", err)
+	}
+	if _, err := ob.Dialect().Begin(ctx); !errors.As(err, &ce) {
+		t.Errorf("Begin with an unreachable server = %v, want a *pgconn.ConnectError", err)
+	}
+
+	db, err := sql.Open("sqlite", sqlite.DSN(filepath.Join(t.TempDir(), "no", "such", "dir", "x.db")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := sqlite.New(db); err == nil || !strings.Contains(err.Error(), "unable to open") {
+		t.Errorf("sqlite.New on an unopenable path = %v, want the driver's open error", err)
+	}
+	plain, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "plain.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if _, err := sqlite.New(plain); !errors.Is(err, sqlite.ErrDSN) {
+		t.Errorf("sqlite.New without WAL/busy_timeout/_txlock = %v, want ErrDSN", err)
+	}
+}
