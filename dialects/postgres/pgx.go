@@ -29,7 +29,7 @@ var (
 // search_path, pool size) is used as is; see WithSchema to name the schema of
 // the durable tables instead of relying on search_path.
 func New(pool *pgxpool.Pool, opts ...Option) *Dialect {
-	return &Dialect{pool: pool, core: newCore(opts)}
+	return &Dialect{pool: pool, core: newCore(pgxQuerier{pool}, opts)}
 }
 
 // Name returns "postgres".
@@ -58,11 +58,12 @@ func (d *Dialect) Rollback(ctx context.Context, tx pgx.Tx) error {
 // dialects.SchemaVersion, and returns a *dialects.SchemaError naming the
 // missing migration otherwise (or saying the schema is newer than this build).
 func (d *Dialect) CheckSchema(ctx context.Context) error {
-	return d.checkSchema(ctx, pgxQuerier{d.pool})
+	return d.checkSchema(ctx)
 }
 
 // InsertOutbox writes rows to durable_outbox in tx, all or nothing, in one
-// statement, or with COPY from CopyThreshold rows on. A (destination, id)
+// statement, or from CopyThreshold rows on with COPY inside a savepoint (one
+// subtransaction per such call). A (destination, id)
 // that is already stored or repeats within rows fails the call with a
 // *dialects.DuplicateError naming the first such row; tx then holds nothing
 // of the call and stays usable. Zero CreatedAt and DeliverAt mean now (the
@@ -90,7 +91,7 @@ func (d *Dialect) copyOutbox(ctx context.Context, tx pgx.Tx, rows []dialects.Out
 	for i := range rows {
 		if rows[i].CreatedAt.IsZero() || rows[i].DeliverAt.IsZero() {
 			if err := tx.QueryRow(ctx, sqlNow).Scan(&now); err != nil {
-				return schemaError("insert outbox", err)
+				return d.opError(ctx, "insert outbox", err)
 			}
 			break
 		}
@@ -123,7 +124,7 @@ func (d *Dialect) copyOutbox(ctx context.Context, tx pgx.Tx, rows []dialects.Out
 	if isUniqueViolation(err) {
 		return d.duplicate(ctx, pgxQuerier{tx}, rows, nil, nil)
 	}
-	return schemaError("insert outbox", err)
+	return d.opError(ctx, "insert outbox", err)
 }
 
 // orTime returns t, or def when t is zero.
@@ -137,7 +138,7 @@ func orTime(t, def time.Time) time.Time {
 // ListOutbox returns the rows of durable_outbox matching q in enqueue (seq)
 // order, every column included; NULL times are zero.
 func (d *Dialect) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
-	return d.listOutbox(ctx, pgxQuerier{d.pool}, q)
+	return d.listOutbox(ctx, q)
 }
 
 // NotifyOutbox queues, in tx, one notification on OutboxChannel per distinct

@@ -11,7 +11,7 @@ import (
 )
 
 // BenchmarkInsertOutbox compares the two write paths of the pgx flavour at
-// several batch sizes; CopyThreshold is where COPY starts to win:
+// several batch sizes; CopyThreshold is chosen from its results:
 //
 //	go test -run '^$' -bench InsertOutbox -benchtime 20x ./dialects/postgres/
 //

@@ -77,9 +77,9 @@ func rows(destination string, from, n int) []dialects.OutboxRow {
 	return out
 }
 
-// TestDuplicates checks both write paths (unnest, COPY) of both flavours: a duplicate
-// against a committed row and one within the call each fail the whole call
-// with a DuplicateError naming the first duplicate, and leave the
+// TestDuplicates checks both write paths (unnest, COPY) of both flavours: a
+// duplicate against a committed row and one within the call each fail the
+// whole call with a DuplicateError naming the first duplicate, and leave the
 // transaction usable, with the work it did before the call and nothing of
 // the call.
 func TestDuplicates(t *testing.T) {
@@ -424,15 +424,47 @@ func TestSchemaVersions(t *testing.T) {
 			if _, err := pool.Exec(ctx, c.sql); err != nil {
 				t.Fatal(err)
 			}
-			for _, d := range []dialects.Dialect[pgx.Tx]{postgres.New(pool)} {
-				err := d.CheckSchema(ctx)
-				var se *dialects.SchemaError
-				if !errors.As(err, &se) || se.Have != c.have {
-					t.Fatalf("CheckSchema = %v, want a SchemaError with Have %d", err, c.have)
-				}
-				t.Log(err)
+			err := postgres.New(pool).CheckSchema(ctx)
+			var se *dialects.SchemaError
+			if !errors.As(err, &se) || se.Have != c.have {
+				t.Fatalf("CheckSchema = %v, want a SchemaError with Have %d", err, c.have)
 			}
 		})
+	}
+}
+
+// TestDamagedSchema drops a column behind durable's back: the statement that
+// meets it fails with a SchemaError carrying the recorded version.
+func TestDamagedSchema(t *testing.T) {
+	pool, schema := testdb.PostgresPool(t, true)
+	if _, err := pool.Exec(ctxFor(t), "ALTER TABLE durable_outbox DROP COLUMN key"); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("pgx", func(t *testing.T) { testDamagedSchema(t, postgres.New(pool)) })
+	db := sqlDB(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema))
+	t.Run("sql", func(t *testing.T) { testDamagedSchema(t, postgres.NewSQL(db)) })
+}
+
+func testDamagedSchema[TTx any](t *testing.T, d dialects.Dialect[TTx]) {
+	ctx := ctxFor(t)
+	if err := d.CheckSchema(ctx); err != nil {
+		t.Fatalf("CheckSchema only reads the version, yet: %v", err)
+	}
+	for _, n := range []int{1, postgres.CopyThreshold} {
+		tx, err := d.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = d.InsertOutbox(ctx, tx, rows("x", 0, n))
+		_ = d.Rollback(ctx, tx)
+		var se *dialects.SchemaError
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &se) || se.Have != dialects.SchemaVersion || !errors.As(err, &pgErr) || pgErr.Code != "42703" {
+			t.Fatalf("InsertOutbox of %d rows = %v, want a SchemaError at version %d wrapping undefined_column", n, err, dialects.SchemaVersion)
+		}
+	}
+	if _, err := d.ListOutbox(ctx, dialects.OutboxQuery{}); !errors.Is(err, dialects.ErrSchema) {
+		t.Fatalf("ListOutbox = %v, want ErrSchema", err)
 	}
 }
 

@@ -34,7 +34,7 @@ var (
 // Other Postgres drivers are not supported: the dialect passes Go slices as
 // Postgres arrays, which pgx's driver encodes natively.
 func NewSQL(db *sql.DB, opts ...Option) *SQLDialect {
-	return &SQLDialect{db: db, core: newCore(opts)}
+	return &SQLDialect{db: db, core: newCore(sqlQuerier{db}, opts)}
 }
 
 // Name returns "postgres".
@@ -63,7 +63,7 @@ func (d *SQLDialect) Rollback(_ context.Context, tx *sql.Tx) error {
 // dialects.SchemaVersion, and returns a *dialects.SchemaError naming the
 // missing migration otherwise (or saying the schema is newer than this build).
 func (d *SQLDialect) CheckSchema(ctx context.Context) error {
-	return d.checkSchema(ctx, sqlQuerier{d.db})
+	return d.checkSchema(ctx)
 }
 
 // InsertOutbox writes rows to durable_outbox in tx, all or nothing, in one
@@ -84,7 +84,7 @@ func (d *SQLDialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialec
 // ListOutbox returns the rows of durable_outbox matching q in enqueue (seq)
 // order, every column included; NULL times are zero.
 func (d *SQLDialect) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
-	return d.listOutbox(ctx, sqlQuerier{d.db}, q)
+	return d.listOutbox(ctx, q)
 }
 
 // NotifyOutbox queues, in tx, one notification on OutboxChannel per distinct
