@@ -22,7 +22,9 @@ const name = "postgres"
 // OutboxChannel is the NOTIFY channel on which NotifyOutbox wakes relays;
 // the payload is the destination's name. Notifications are hints: a relay
 // still polls, because a notification is lost while it is disconnected and
-// does not pass through transaction-mode poolers.
+// does not pass through transaction-mode poolers. The channel is the same
+// whatever WithSchema says: dialects on two schemas of one database wake each
+// other's relays, which costs a poll and nothing more.
 const OutboxChannel = "durable_outbox"
 
 // CopyThreshold is the batch size from which the pgx flavour writes outbox
