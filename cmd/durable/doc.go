@@ -1,0 +1,25 @@
+// Command durable is the operator's tool for durable: it migrates the schema
+// and, as the library grows, inspects and repairs what is in the outbox,
+// inbox and dead-letter tables.
+//
+//	durable migrate up     --dsn postgres://user@host:5432/app
+//	durable migrate status --dsn ./app.db --json
+//	durable migrate down   --dsn ./app.db --all --yes
+//	durable migrate sql    --dialect postgres > durable.sql
+//	durable migrate check  --dsn "$DURABLE_DSN"
+//
+// Global flags: --dialect postgres|sqlite (inferred from the DSN when
+// omitted), --dsn (or the DURABLE_DSN environment variable), --schema
+// (Postgres), --json, --timeout.
+//
+// Errors are one line on stderr, prefixed "durable: ". Exit codes:
+//
+//	0  success
+//	1  failure (a migration failed, the user declined a confirmation, a timeout)
+//	2  usage error (unknown command or flag, bad flag value, --yes missing without a terminal)
+//	3  the database cannot be used: invalid DSN, DSN and --dialect disagree,
+//	   unreachable, authentication refused, SQLite file missing or not a database
+//	4  the durable schema is missing or at the wrong version (run durable migrate up)
+//
+// docs/cli.md describes every command.
+package main
