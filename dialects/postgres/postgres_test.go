@@ -48,6 +48,7 @@ func TestConformancePgx(t *testing.T) {
 		Open:           func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, true) },
 		OpenUnmigrated: func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, false) },
 	})
+	dialecttest.RunRelay(t, dialecttest.Harness[pgx.Tx]{Open: func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, true) }})
 }
 
 func TestConformanceSQL(t *testing.T) {
@@ -55,6 +56,7 @@ func TestConformanceSQL(t *testing.T) {
 		Open:           func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, true) },
 		OpenUnmigrated: func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, false) },
 	})
+	dialecttest.RunRelay(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, true) }})
 }
 
 func ctxFor(t *testing.T) context.Context {

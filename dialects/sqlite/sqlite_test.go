@@ -72,6 +72,7 @@ func TestConformance(t *testing.T) {
 			return d
 		},
 	})
+	dialecttest.RunRelay(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { d, _ := open(t, true); return d }})
 }
 
 func insertCommit(ctx context.Context, d *sqlite.Dialect, rows ...dialects.OutboxRow) error {

@@ -1,0 +1,176 @@
+package postgres
+
+import (
+	"strings"
+	"sync"
+)
+
+// The relay's statements (dialects.Relayer), shared by both flavours like
+// those of queries.go. "{schema}" is the table qualifier. Durations arrive as
+// microseconds ($n::bigint) and are added to now(), the database's clock;
+// an UPDATE or DELETE statement's now() is fixed for the whole statement.
+const (
+	// Claim: the candidates are locked with SKIP LOCKED, so concurrent
+	// claimers never wait for each other nor take the same row; a row locked
+	// by another claimer and committed before this statement reaches it is
+	// re-checked against the WHERE clause (READ COMMITTED), which its new
+	// lease then fails. A keyed row is a candidate only when no earlier
+	// unsent row shares its (destination, key), whatever that row's state:
+	// a concurrent claimer's uncommitted lease cannot slip a second row of a
+	// key through, because the earlier row is visible as unsent either way.
+	// Expired rows are leased without counting an attempt and flagged.
+	sqlClaimOutbox = `WITH cand AS (
+	SELECT o.seq FROM {schema}durable_outbox o
+	WHERE o.destination = $1 AND o.sent_at IS NULL AND o.deliver_at <= now()
+		AND (o.locked_until IS NULL OR o.locked_until <= now())
+		AND (o.key = '' OR NOT EXISTS (
+			SELECT 1 FROM {schema}durable_outbox e
+			WHERE e.destination = o.destination AND e.key = o.key AND e.key <> ''
+				AND e.sent_at IS NULL AND e.seq < o.seq))
+	ORDER BY o.seq
+	LIMIT $4
+	FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}durable_outbox o SET
+	locked_by = $2,
+	locked_until = now() + $3::bigint * interval '1 microsecond',
+	attempts = o.attempts + CASE WHEN o.expires_at <= now() THEN 0 ELSE 1 END
+FROM cand
+WHERE o.seq = cand.seq
+RETURNING o.seq, o.id, o.destination, o.topic, o.key, o.headers, o.payload, o.created_at, o.deliver_at,
+	o.expires_at, o.attempts, o.locked_by, o.locked_until, o.last_error, o.sent_at,
+	coalesce(o.expires_at <= now(), false)`
+
+	// Statements that change rows report how many as their single result
+	// row: querier has no RowsAffected.
+	sqlAckDelete = `WITH x AS (
+	DELETE FROM {schema}durable_outbox
+	WHERE seq = ANY($2::bigint[]) AND locked_by = $1 AND sent_at IS NULL
+	RETURNING 1
+)
+SELECT count(*) FROM x`
+
+	// Retained rows keep locked_by: the claim that sent them.
+	sqlAckRetain = `WITH x AS (
+	UPDATE {schema}durable_outbox SET sent_at = now(), locked_until = NULL
+	WHERE seq = ANY($2::bigint[]) AND locked_by = $1 AND sent_at IS NULL
+	RETURNING 1
+)
+SELECT count(*) FROM x`
+
+	// A positive delay leaves locked_until in the future with no holder:
+	// "waiting for a retry", which the claim skips like a lease.
+	sqlRelease = `WITH x AS (
+	UPDATE {schema}durable_outbox SET
+		locked_by = NULL,
+		locked_until = CASE WHEN $3::bigint > 0 THEN now() + $3::bigint * interval '1 microsecond' END,
+		last_error = coalesce(nullif($4::text, ''), last_error),
+		attempts = greatest(attempts - $5::integer, 0)
+	WHERE seq = ANY($2::bigint[]) AND locked_by = $1 AND sent_at IS NULL
+	RETURNING 1
+)
+SELECT count(*) FROM x`
+
+	// Move to the dead letters: one statement, so the delete and the insert
+	// commit together. The error history holds the last retry error (if
+	// another) and the final one.
+	sqlDeadLetter = `WITH l AS (
+	SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[]) AS l(seq, reason, error)
+), moved AS (
+	DELETE FROM {schema}durable_outbox o USING l
+	WHERE o.seq = l.seq AND o.locked_by = $1 AND o.sent_at IS NULL
+	RETURNING o.id, o.destination, o.topic, o.key, o.headers, o.payload, o.created_at, o.expires_at,
+		o.attempts, o.last_error AS prev_error, l.reason, l.error
+), ins AS (
+	INSERT INTO {schema}durable_dead_letters AS d
+		(side, id, destination, topic, key, headers, payload, created_at, expires_at, reason, attempts,
+		last_error, errors)
+	SELECT 'outbox', m.id, m.destination, m.topic, m.key, m.headers, m.payload, m.created_at, m.expires_at,
+		m.reason, m.attempts, m.error,
+		CASE WHEN coalesce(m.prev_error, '') NOT IN ('', m.error)
+			THEN jsonb_build_array(jsonb_build_object('attempt', greatest(m.attempts - 1, 0), 'error', m.prev_error))
+			ELSE '[]'::jsonb END
+		|| jsonb_build_array(jsonb_build_object('at', now(), 'attempt', m.attempts, 'error', m.error))
+	FROM moved m
+	ON CONFLICT (side, source, destination, id) DO UPDATE SET
+		topic = excluded.topic, key = excluded.key, headers = excluded.headers,
+		payload = excluded.payload, created_at = excluded.created_at, expires_at = excluded.expires_at,
+		reason = excluded.reason, attempts = d.attempts + excluded.attempts,
+		last_error = excluded.last_error, errors = d.errors || excluded.errors,
+		failed_at = excluded.failed_at
+	RETURNING 1
+)
+SELECT count(*) FROM ins`
+
+	sqlOutboxStats = `SELECT destination, count(*),
+	count(*) FILTER (WHERE locked_by IS NOT NULL AND locked_until > now()),
+	count(*) FILTER (WHERE locked_by IS NULL AND locked_until > now()),
+	count(*) FILTER (WHERE deliver_at > now()),
+	greatest(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM {schema}durable_outbox
+WHERE sent_at IS NULL
+GROUP BY destination
+ORDER BY destination`
+
+	// The distinct destinations by a loose index scan of the claim index:
+	// one probe per destination instead of a read of every row.
+	sqlOutboxDestinations = `WITH RECURSIVE d(destination) AS (
+	(SELECT destination FROM {schema}durable_outbox WHERE sent_at IS NULL ORDER BY destination LIMIT 1)
+	UNION ALL
+	SELECT (SELECT o.destination FROM {schema}durable_outbox o
+		WHERE o.sent_at IS NULL AND o.destination > d.destination
+		ORDER BY o.destination LIMIT 1)
+	FROM d WHERE d.destination IS NOT NULL
+)
+SELECT destination FROM d WHERE destination IS NOT NULL`
+
+	sqlPurgeOutbox = `WITH x AS (
+	DELETE FROM {schema}durable_outbox WHERE seq IN (
+		SELECT seq FROM {schema}durable_outbox
+		WHERE sent_at IS NOT NULL AND sent_at < now() - $1::bigint * interval '1 microsecond'
+		ORDER BY sent_at
+		LIMIT $2)
+	RETURNING 1
+)
+SELECT count(*) FROM x`
+
+	// ListDeadLetters: WHERE, ORDER BY and LIMIT are appended.
+	sqlListDeadLetters = `SELECT seq, side, id, source, destination, topic, key, headers, payload, created_at,
+	expires_at, reason, attempts, last_error, errors, first_failed_at, failed_at, replayed_at
+FROM {schema}durable_dead_letters`
+)
+
+// relayQueries holds the relay's statements with the schema substituted.
+type relayQueries struct {
+	claim, ackDelete, ackRetain, release, deadLetter string
+	stats, destinations, purge, listDeadLetters      string
+}
+
+// relayQueryCache maps a qualifier to its *relayQueries: the statements are
+// built once per schema, not per call.
+var relayQueryCache sync.Map
+
+// relayQueries returns the relay statements for the dialect's schema.
+func (c *core) relayQueries() *relayQueries {
+	qualifier := ""
+	if len(c.table) == 2 {
+		qualifier = c.table[:1].Sanitize() + "."
+	}
+	if q, ok := relayQueryCache.Load(qualifier); ok {
+		return q.(*relayQueries)
+	}
+	r := strings.NewReplacer("{schema}", qualifier)
+	q := &relayQueries{
+		claim:           r.Replace(sqlClaimOutbox),
+		ackDelete:       r.Replace(sqlAckDelete),
+		ackRetain:       r.Replace(sqlAckRetain),
+		release:         r.Replace(sqlRelease),
+		deadLetter:      r.Replace(sqlDeadLetter),
+		stats:           r.Replace(sqlOutboxStats),
+		destinations:    r.Replace(sqlOutboxDestinations),
+		purge:           r.Replace(sqlPurgeOutbox),
+		listDeadLetters: r.Replace(sqlListDeadLetters),
+	}
+	actual, _ := relayQueryCache.LoadOrStore(qualifier, q)
+	return actual.(*relayQueries)
+}

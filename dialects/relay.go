@@ -1,0 +1,206 @@
+package dialects
+
+import (
+	"context"
+	"time"
+)
+
+// Relayer is the storage contract of the relay (outbox.Relay): claiming due
+// outbox rows with a lease, and settling each claimed row once the peer
+// answered. Every dialect implements it; outbox.NewRelay discovers it by type
+// assertion.
+//
+// # Leases
+//
+// ClaimOutbox leases rows to a token chosen by the caller, unique per claim.
+// Every later operation on those rows (AckOutbox, ReleaseOutbox,
+// DeadLetterOutbox) names the token and changes only rows still leased to it
+// and not yet sent: once a lease expired and another claim took the row, the
+// stale token changes nothing. Rows are named by Seq inside that guard; Seq
+// alone is not an identity (SQLite reuses the seq of a deleted last row).
+//
+// # Time
+//
+// Due dates, expiry and lease ends are judged by the database's clock, never
+// by the caller's: durations are passed, not instants.
+type Relayer interface {
+	// ClaimOutbox leases up to c.Limit rows of c.Destination to c.Token for
+	// c.Lease and returns them in enqueue (seq) order.
+	//
+	// A row is claimed when it is unsent, due (deliver_at ≤ now), not leased
+	// (no lease, or one that expired) and not waiting for a retry
+	// (ReleaseOutbox with a delay), and, when it has an ordering key, when it
+	// is the oldest unsent row of its (destination, key): a row whose key has
+	// an earlier row in flight, waiting for a retry or scheduled later is held
+	// back, so that rows sharing a key are never in flight together and leave
+	// in enqueue order. Claims by concurrent callers never return the same
+	// row (FOR UPDATE SKIP LOCKED on Postgres; one writer on SQLite).
+	//
+	// Claiming counts an attempt (Attempts+1) and clears nothing else. A row
+	// whose ExpiresAt has passed is claimed too, with Expired set and its
+	// attempts unchanged: the caller must not send it, and moves it to the
+	// dead letters with DeadLetterOutbox (reason "expired").
+	ClaimOutbox(ctx context.Context, c OutboxClaim) ([]ClaimedRow, error)
+
+	// AckOutbox records that the peer acknowledged the rows with the given
+	// seqs: it deletes them, or, with retain, stamps sent_at (now) and ends
+	// the lease, keeping the row until PurgeOutbox removes it. One statement.
+	// Only rows leased to token and unsent are touched; the result counts
+	// them.
+	AckOutbox(ctx context.Context, token string, seqs []int64, retain bool) (int, error)
+
+	// ReleaseOutbox ends the lease of the given rows so that they can be
+	// claimed again: at once when r.RetryAfter is zero, otherwise only after
+	// that delay (a row waiting for a retry also holds back the later rows of
+	// its ordering key). r.Error, when not empty, becomes last_error;
+	// r.Unsent undoes the attempt counted by the claim, for rows that were
+	// never handed to a transport. Only rows leased to token and unsent are
+	// touched; the result counts them.
+	ReleaseOutbox(ctx context.Context, token string, seqs []int64, r OutboxRelease) (int, error)
+
+	// DeadLetterOutbox moves rows leased to token into durable_dead_letters
+	// (side "outbox"), each with its reason and error, and deletes them from
+	// the outbox, atomically. The dead letter keeps the whole message, the
+	// attempts made and the error; a message of the same id and destination
+	// already in the dead letters (a replayed message that failed again) is
+	// updated in place, its errors appended. The result counts the rows
+	// moved.
+	DeadLetterOutbox(ctx context.Context, token string, letters []OutboxDeadLetter) (int, error)
+
+	// OutboxStats returns, per destination with unsent rows, the backlog and
+	// its age, in destination order.
+	OutboxStats(ctx context.Context) ([]OutboxStats, error)
+
+	// OutboxDestinations returns the destinations that have unsent rows, in
+	// order. It reads an index, not the rows, so it is cheap on a large
+	// backlog.
+	OutboxDestinations(ctx context.Context) ([]string, error)
+
+	// PurgeOutbox deletes up to limit rows that were sent (retained by
+	// AckOutbox) longer than age ago, oldest first, and returns how many it
+	// deleted. Callers repeat it while it returns limit.
+	PurgeOutbox(ctx context.Context, age time.Duration, limit int) (int, error)
+
+	// ListDeadLetters returns the dead letters matching q in the order they
+	// were recorded (seq), for inspection, tools and tests.
+	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
+}
+
+// Listener is implemented by dialects whose database can push wake-ups to
+// relays (Postgres LISTEN on the channel NotifyOutbox writes to). Relays
+// discover it by type assertion. Wake-ups are hints: they are lost while the
+// listening connection is down, so a relay polls as well.
+type Listener interface {
+	// ListenOutbox holds a connection of its own that listens for outbox
+	// notifications until ctx ends, then returns nil. For each notification
+	// it calls wake with the destination it names. After every (re)connect it
+	// calls wake("") — any destination — because notifications sent while it
+	// was disconnected are lost. A failed or broken connection is reported to
+	// report (when not nil) and opened again with exponential backoff and
+	// jitter. wake and report are called from one goroutine and must not
+	// block.
+	ListenOutbox(ctx context.Context, wake func(destination string), report func(error)) error
+}
+
+// OutboxClaim asks ClaimOutbox for rows.
+type OutboxClaim struct {
+	Destination string
+	// Token identifies this claim: it becomes locked_by of every claimed row
+	// and guards every later change to them. It must be unique per claim
+	// (across processes too), and not empty.
+	Token string
+	// Limit bounds the number of rows claimed; it must be positive.
+	Limit int
+	// Lease is how long the rows stay leased (locked_until = now + Lease);
+	// it must be positive.
+	Lease time.Duration
+}
+
+// ClaimedRow is a row returned by ClaimOutbox.
+type ClaimedRow struct {
+	OutboxRow
+	// Expired reports that ExpiresAt had passed at claim time (by the
+	// database's clock): the row must not be sent, and its attempt was not
+	// counted.
+	Expired bool
+}
+
+// OutboxRelease says how ReleaseOutbox ends a lease.
+type OutboxRelease struct {
+	// RetryAfter is how long the rows wait before they can be claimed again;
+	// zero: at once.
+	RetryAfter time.Duration
+	// Error becomes the rows' last_error when not empty.
+	Error string
+	// Unsent undoes the attempt counted by the claim: the rows were never
+	// handed to a transport (the relay stopped first).
+	Unsent bool
+}
+
+// Dead-letter reasons of the outbox side, as stored in
+// durable_dead_letters.reason.
+const (
+	ReasonExpired  = "expired"  // not sent before ExpiresAt
+	ReasonRejected = "rejected" // refused for good by the peer or the transport
+)
+
+// SideOutbox is durable_dead_letters.side of messages that were never
+// delivered (the relay's dead letters); the inbox's are "inbox".
+const SideOutbox = "outbox"
+
+// OutboxDeadLetter is one row for DeadLetterOutbox.
+type OutboxDeadLetter struct {
+	Seq    int64
+	Reason string // ReasonExpired or ReasonRejected
+	Error  string // why, e.g. the peer's reason; becomes last_error
+}
+
+// OutboxStats is the backlog of one destination, as OutboxStats reports it.
+// Counts are of unsent rows.
+type OutboxStats struct {
+	Destination string
+	Unsent      int64         // every unsent row
+	Leased      int64         // leased by a relay now (in flight)
+	Retrying    int64         // waiting for a retry after a failed send
+	Scheduled   int64         // deliver_at still in the future
+	OldestAge   time.Duration // now - created_at of the oldest unsent row
+}
+
+// DeadLetterRow is a row of durable_dead_letters.
+type DeadLetterRow struct {
+	Seq           int64
+	Side          string // SideOutbox or "inbox"
+	ID            string
+	Source        string // inbox side: the sending node
+	Destination   string // outbox side: the peer it was for
+	Topic         string
+	Key           string
+	Headers       map[string]string
+	Payload       []byte
+	CreatedAt     time.Time
+	ExpiresAt     time.Time // zero: never
+	Reason        string
+	Attempts      int
+	LastError     string
+	Errors        []DeadLetterError
+	FirstFailedAt time.Time
+	FailedAt      time.Time
+	ReplayedAt    time.Time // zero: never replayed
+}
+
+// DeadLetterError is one entry of a dead letter's error history (the errors
+// column, a JSON array of objects with these fields).
+type DeadLetterError struct {
+	At      time.Time `json:"at"`
+	Attempt int       `json:"attempt"`
+	Error   string    `json:"error"`
+}
+
+// DeadLetterQuery filters ListDeadLetters. Zero fields do not filter.
+type DeadLetterQuery struct {
+	Side        string
+	Destination string
+	Reason      string
+	IDs         []string
+	Limit       int // 0: no limit
+}
