@@ -73,10 +73,12 @@ func (a *app) resolveDialect() (string, error) {
 			return "", databaseErrorf(nil, "unsupported DSN %s; durable speaks postgres:// URLs and SQLite files", schemeOf(a.dsn))
 		}
 	case migrations.SQLite:
-		switch kind {
-		case kindPostgresURL:
+		switch {
+		case kind == kindKeyValue && isLibpqKeyValue(a.dsn):
+			return "", databaseErrorf(nil, "--dialect sqlite does not match the DSN, a Postgres key=value string; pass --dialect postgres, or a SQLite file path")
+		case kind == kindPostgresURL:
 			return "", databaseErrorf(nil, "--dialect sqlite does not match the DSN, a postgres:// URL; pass --dialect postgres, or a SQLite file path")
-		case kindOtherURL:
+		case kind == kindOtherURL:
 			return "", databaseErrorf(nil, "--dialect sqlite does not match the DSN %s; pass a SQLite file path or a file: DSN", schemeOf(a.dsn))
 		}
 	case migrations.Postgres:
@@ -123,6 +125,19 @@ func isKeyValue(dsn string) bool {
 		return false
 	}
 	return true
+}
+
+// isLibpqKeyValue reports whether the first keyword of a key=value DSN is
+// one of libpq's common connection keywords.
+func isLibpqKeyValue(dsn string) bool {
+	first, _, _ := strings.Cut(strings.TrimSpace(dsn), " ")
+	k, _, _ := strings.Cut(first, "=")
+	switch strings.ToLower(k) {
+	case "host", "hostaddr", "port", "dbname", "user", "password", "sslmode", "connect_timeout",
+		"application_name", "options", "service", "target_session_attrs", "search_path":
+		return true
+	}
+	return false
 }
 
 func schemeOf(dsn string) string {
@@ -208,9 +223,10 @@ func postgresTarget(c *pgx.ConnConfig, schema string) string {
 // connectError explains why the server did not answer, in one line.
 func (a *app) connectError(target string, err error) error {
 	var (
-		pgErr *pgconn.PgError
-		opErr *net.OpError
-		msg   string
+		pgErr   *pgconn.PgError
+		opErr   *net.OpError
+		connErr *pgconn.ConnectError
+		msg     string
 	)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
@@ -221,6 +237,10 @@ func (a *app) connectError(target string, err error) error {
 		msg = pgErr.Error()
 	case errors.As(err, &opErr):
 		msg = opErr.Error()
+	case errors.As(err, &connErr) && errors.Unwrap(connErr) != nil:
+		// The attempts without pgconn's "failed to connect to `user=…`"
+		// prefix: the target already says where.
+		msg = errors.Unwrap(connErr).Error()
 	default:
 		msg = err.Error()
 	}
