@@ -298,7 +298,31 @@ type migrationDone struct {
 	DurationMS float64 `json:"duration_ms"`
 }
 
+// checkTarget refuses a --to beyond the latest migration before anything
+// is opened (migrate up would otherwise create a SQLite file first). When the
+// dialect cannot be resolved yet, open reports why.
+func (a *app) checkTarget(to int64) error {
+	if to <= 0 || a.dsn == "" {
+		return nil
+	}
+	dialect, err := a.resolveDialect()
+	if err != nil {
+		return nil
+	}
+	ms, err := migrationSQL(dialect, false, 0)
+	if err != nil || len(ms) == 0 {
+		return err
+	}
+	if latest := ms[len(ms)-1].Version; to > latest {
+		return usageErrorf("--to %d: there is no migration %d; the latest is %d", to, to, latest)
+	}
+	return nil
+}
+
 func (a *app) migrateUp(parent context.Context, to int64) error {
+	if err := a.checkTarget(to); err != nil {
+		return err
+	}
 	ctx, cancel := a.step(parent)
 	defer cancel()
 	d, err := a.open(ctx, openOptions{create: true})
@@ -407,6 +431,9 @@ const confirmDown = "migrate down drops durable's tables and every message in th
 func (a *app) migrateDown(parent context.Context, target int64, yes bool) error {
 	if !yes && !a.isTerminal() {
 		return usageErrorf(confirmDown)
+	}
+	if err := a.checkTarget(target); err != nil {
+		return err
 	}
 	ctx, cancel := a.step(parent)
 	defer cancel()

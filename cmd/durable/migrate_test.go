@@ -311,6 +311,36 @@ func closedPort(t *testing.T) string {
 	return port
 }
 
+// silentServer returns the address of a TCP server that accepts
+// connections and never answers, as a hung database does.
+func silentServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
 // TestErrors checks that every way of pointing durable at the wrong database,
 // or of calling it wrongly, gives one line on stderr and the documented exit
 // code. None of these needs a database server.
@@ -322,6 +352,7 @@ func TestErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := closedPort(t)
+	silent := silentServer(t)
 	pgDSN := "postgres://postgres@127.0.0.1:" + port + "/test?sslmode=disable"
 
 	tests := []struct {
@@ -335,6 +366,8 @@ func TestErrors(t *testing.T) {
 			"invalid postgres DSN: cannot parse `postgres://%zz`: failed to parse as URL (invalid percent-encoded token: \"%zz\")"},
 		{"postgres unreachable", nil, []string{"migrate", "up", "--dsn", pgDSN}, exitDatabase,
 			"cannot connect to postgres 127.0.0.1:" + port + "/test: dial tcp 127.0.0.1:" + port + ": connect: connection refused"},
+		{"postgres silent", nil, []string{"migrate", "status", "--timeout", "500ms", "--dsn", "postgres://postgres@" + silent + "/test?sslmode=disable"}, exitDatabase,
+			"cannot connect to postgres " + silent + "/test: no answer within 500ms (--timeout)"},
 		{"sqlite dialect, postgres DSN", nil, []string{"migrate", "status", "--dialect", "sqlite", "--dsn", pgDSN}, exitDatabase,
 			"--dialect sqlite does not match the DSN, a postgres:// URL; pass --dialect postgres, or a SQLite file path"},
 		{"sqlite dialect, postgres key=value", nil, []string{"migrate", "up", "--dialect", "sqlite", "--dsn", "host=127.0.0.1 dbname=test"}, exitDatabase,
@@ -375,6 +408,8 @@ func TestErrors(t *testing.T) {
 			`invalid argument "x" for "--to" flag: strconv.ParseInt: parsing "x": invalid syntax (see 'durable migrate up --help')`},
 		{"--to and --all", nil, []string{"migrate", "down", "--to", "0", "--all", "--yes"}, exitUsage,
 			"if any flags in the group [to all] are set none of the others can be; [all to] were all set (see 'durable migrate down --help')"},
+		{"up --to beyond the latest", nil, []string{"migrate", "up", "--to", "99", "--dsn", missing}, exitUsage,
+			"--to 99: there is no migration 99; the latest is 1"},
 		{"up --to 0", nil, []string{"migrate", "up", "--to", "0", "--dsn", missing}, exitUsage,
 			"--to 0: the first migration is 1"},
 		{"negative timeout", nil, []string{"migrate", "status", "--timeout", "-1s", "--dsn", missing}, exitUsage,
