@@ -101,7 +101,10 @@ func encodeAny(m any) ([]byte, error) {
 // decodeStream reads frames from r until it fails, returning the re-encoding of each decoded
 // frame and the error that stopped it (io.EOF at a clean end).
 func decodeStream(r io.Reader, maxFrame int) ([][]byte, error) {
-	br := bufio.NewReaderSize(r, 4096)
+	return decodeFrom(bufio.NewReaderSize(r, 4096), maxFrame)
+}
+
+func decodeFrom(br *bufio.Reader, maxFrame int) ([][]byte, error) {
 	var hdr [frameHeaderLen]byte
 	var out [][]byte
 	for {
@@ -181,12 +184,15 @@ func FuzzDecode(f *testing.F) {
 		if err == io.EOF && len(rest) != 0 {
 			t.Fatalf("clean EOF with %d bytes unread", len(rest))
 		}
+		// Split at every position (at 1024 spread positions for inputs longer than that).
 		step := 1
-		if len(data) > 2048 {
-			step = len(data)/2048 + 1
+		if len(data) > 1024 {
+			step = len(data)/1024 + 1
 		}
+		br := bufio.NewReaderSize(nil, 4096)
 		for i := 0; i <= len(data); i += step {
-			got, gerr := decodeStream(&twoReads{data[:i], data[i:]}, fuzzMaxFrame)
+			br.Reset(&twoReads{data[:i], data[i:]})
+			got, gerr := decodeFrom(br, fuzzMaxFrame)
 			if len(got) != len(frames) || (gerr == nil) != (err == nil) || gerr.Error() != err.Error() {
 				t.Fatalf("split at %d: %d frames, err %v; whole: %d frames, err %v", i, len(got), gerr, len(frames), err)
 			}

@@ -97,9 +97,7 @@ func (s *logSink) waitFor(t testing.TB, subs ...string) string {
 			return l
 		}
 		if time.Now().After(deadline) {
-			s.mu.Lock()
-			t.Fatalf("no log line containing %q; got:\n%s", subs, strings.Join(s.lines, "\n"))
-			s.mu.Unlock()
+			t.Fatalf("no log line containing %q; got:\n%s", subs, s.dump())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -156,7 +154,7 @@ func serveOn(t testing.TB, ln net.Listener, h transport.Handler, cfg ServerConfi
 	if cfg.Logger == nil {
 		cfg.Logger, _ = newLog(t)
 	}
-	if len(cfg.Secret) == 0 && cfg.Verify == nil && cfg.TLS == nil {
+	if len(cfg.Secret) == 0 && cfg.Verify == nil && cfg.TLS == nil && !cfg.Insecure {
 		cfg.Secret = testSecret
 	}
 	s, err := NewServer(h, cfg)
@@ -178,7 +176,7 @@ func newClient(t testing.TB, addr string, cfg ClientConfig) *Client {
 	if cfg.Logger == nil {
 		cfg.Logger, _ = newLog(t)
 	}
-	if len(cfg.Secret) == 0 && len(cfg.Token) == 0 {
+	if len(cfg.Secret) == 0 && len(cfg.Token) == 0 && cfg.TLS == nil {
 		cfg.Secret = testSecret
 	}
 	c, err := NewClient(addr, cfg)

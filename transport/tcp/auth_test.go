@@ -1,0 +1,184 @@
+package tcp
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/durable-go/durable/transport"
+)
+
+func countingHandler(n *atomic.Int64) transport.Handler {
+	return transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+		n.Add(1)
+		return transport.Result{}, nil
+	})
+}
+
+func TestWrongSecretRefused(t *testing.T) {
+	var delivered atomic.Int64
+	slog, sink := newLog(t)
+	srv := startServer(t, countingHandler(&delivered), ServerConfig{Logger: slog})
+	clog, csink := newLog(t)
+	c := newClient(t, srv.addr, ClientConfig{Secret: []byte("wrong"), Logger: clog, BreakerThreshold: -1})
+	_, err := c.Send(testCtx(t), oneBatch("a"))
+	if !errors.Is(err, transport.ErrAuth) || !strings.Contains(err.Error(), "wrong shared secret") {
+		t.Fatalf("client error %v, want ErrAuth naming the wrong secret", err)
+	}
+	sink.waitFor(t, "authentication failed", "HMAC does not match")
+	csink.waitFor(t, "handshake failed", "wrong shared secret")
+	if delivered.Load() != 0 {
+		t.Fatal("the Handler saw a batch from an unauthenticated peer")
+	}
+}
+
+func TestReplayedHelloRefused(t *testing.T) {
+	var delivered atomic.Int64
+	log, sink := newLog(t)
+	srv := startServer(t, countingHandler(&delivered), ServerConfig{Logger: log})
+
+	// Capture a valid HELLO on a first connection.
+	first := dialRaw(t, srv.addr)
+	captured := first.handshake()
+
+	// Replay it verbatim on a second connection: it answers the first connection's nonce.
+	second := dialRaw(t, srv.addr)
+	second.challenge()
+	second.write(captured)
+	m := second.expectError(codeAuth)
+	if !strings.Contains(m.msg, "replayed HELLO") {
+		t.Fatalf("ERROR %q does not say the HELLO was replayed", m.msg)
+	}
+	sink.waitFor(t, "authentication failed", "replayed HELLO")
+
+	// Splice the new nonce into the captured HELLO: the MAC no longer matches.
+	third := dialRaw(t, srv.addr)
+	ch := third.challenge()
+	h, err := decodeHello(captured[frameHeaderLen:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.serverNonce = ch.nonce
+	forged, _ := appendHello(nil, &h)
+	third.write(forged)
+	if m := third.expectError(codeAuth); !strings.Contains(m.msg, "HMAC does not match") {
+		t.Fatalf("forged HELLO: ERROR %q", m.msg)
+	}
+
+	// A HELLO from too long ago is refused even with a fresh nonce and a valid MAC.
+	fourth := dialRaw(t, srv.addr)
+	fourth.write(hello(fourth.challenge(), testSecret, func(h *helloMsg) { h.timeMillis -= int64(10 * time.Minute / time.Millisecond) }))
+	if m := fourth.expectError(codeAuth); !strings.Contains(m.msg, "clock skew") {
+		t.Fatalf("stale HELLO: ERROR %q", m.msg)
+	}
+	if delivered.Load() != 0 {
+		t.Fatal("the Handler saw a batch")
+	}
+}
+
+// TestSilentPeerClosedAtAuthDeadline: a peer that connects and says nothing is closed when the
+// auth deadline passes, with a reason in the log and on the wire (goleak in TestMain checks no
+// goroutine is left behind).
+func TestSilentPeerClosedAtAuthDeadline(t *testing.T) {
+	log, sink := newLog(t)
+	srv := startServer(t, acceptAll(), ServerConfig{Logger: log, AuthTimeout: 150 * time.Millisecond})
+	start := time.Now()
+	r := dialRaw(t, srv.addr)
+	r.challenge()
+	m := r.expectError(codeTimeout)
+	if d := time.Since(start); d < 140*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("closed after %v, want about 150ms", d)
+	}
+	if !strings.Contains(m.msg, "auth deadline") {
+		t.Fatalf("ERROR %q", m.msg)
+	}
+	sink.waitFor(t, "no HELLO within the auth deadline")
+}
+
+func TestVersionNegotiation(t *testing.T) {
+	log, sink := newLog(t)
+	srv := startServer(t, acceptAll(), ServerConfig{Logger: log})
+	r := dialRaw(t, srv.addr)
+	r.write(hello(r.challenge(), testSecret, func(h *helloMsg) { h.version = 9 }))
+	m := r.expectError(codeVersion)
+	if !strings.Contains(m.msg, "unsupported protocol version 9 (this server speaks 1..1)") {
+		t.Fatalf("ERROR %q", m.msg)
+	}
+	sink.waitFor(t, "unsupported protocol version 9")
+
+	// A future server that speaks only versions 2..3: the client refuses with a clear error.
+	ln := listenFake(t, func(r *rawConn) {
+		r.write(appendChallenge(nil, &challengeMsg{minVersion: 2, maxVersion: 3, nonce: newNonce()}))
+		t, body, err := r.read()
+		if err != nil || t != frameError {
+			return
+		}
+		m, _ := decodeError(body)
+		r.write([]byte(m.msg)) // echo nothing useful; the client has closed
+	})
+	c := newClient(t, ln, ClientConfig{BreakerThreshold: -1})
+	_, err := c.Send(testCtx(t), oneBatch("a"))
+	if !errors.Is(err, transport.ErrVersion) || !strings.Contains(err.Error(), "server speaks 2..3, this client 1..1") {
+		t.Fatalf("client error %v", err)
+	}
+}
+
+func TestServerMustProveSecret(t *testing.T) {
+	// A server without the secret (here: Insecure) cannot produce the WELCOME proof.
+	srv := startServer(t, acceptAll(), ServerConfig{Insecure: true})
+	c := newClient(t, srv.addr, ClientConfig{Secret: testSecret, BreakerThreshold: -1})
+	_, err := c.Send(testCtx(t), oneBatch("a"))
+	if !errors.Is(err, transport.ErrAuth) || !strings.Contains(err.Error(), "did not prove the shared secret") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestVerifierAndToken(t *testing.T) {
+	var source atomic.Value
+	h := transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+		source.Store(b.Source)
+		return transport.Result{}, nil
+	})
+	verify := func(ctx context.Context, h *Hello) error {
+		if string(h.Token) != "s3cret-token" || h.NodeID != "billing-1" || len(h.Nonce) != nonceLen {
+			return errors.New("unknown token for this node")
+		}
+		return nil
+	}
+	srv := startServer(t, h, ServerConfig{Verify: verify})
+	good := newClient(t, srv.addr, ClientConfig{Token: []byte("s3cret-token"), NodeID: "billing-1"})
+	if _, err := good.Send(testCtx(t), oneBatch("a")); err != nil {
+		t.Fatal(err)
+	}
+	if s := source.Load(); s != "billing-1" {
+		t.Fatalf("Batch.Source %q", s)
+	}
+	bad := newClient(t, srv.addr, ClientConfig{Token: []byte("guess"), NodeID: "billing-1", BreakerThreshold: -1})
+	if _, err := bad.Send(testCtx(t), oneBatch("a")); !errors.Is(err, transport.ErrAuth) || !strings.Contains(err.Error(), "unknown token") {
+		t.Fatalf("err %v", err)
+	}
+	// A server with a Secret refuses a token-only client.
+	srv2 := startServer(t, h, ServerConfig{Secret: testSecret})
+	tok := newClient(t, srv2.addr, ClientConfig{Token: []byte("t"), BreakerThreshold: -1})
+	if _, err := tok.Send(testCtx(t), oneBatch("a")); !errors.Is(err, transport.ErrAuth) || !strings.Contains(err.Error(), "requires HMAC") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	if _, err := NewServer(acceptAll(), ServerConfig{}); err == nil || !strings.Contains(err.Error(), "no authentication") {
+		t.Fatalf("NewServer without auth: %v", err)
+	}
+	if _, err := NewServer(nil, ServerConfig{Insecure: true}); err == nil {
+		t.Fatal("NewServer(nil) succeeded")
+	}
+	if _, err := NewClient("x:1", ClientConfig{Secret: []byte("a"), Token: []byte("b")}); err == nil {
+		t.Fatal("Secret and Token together accepted")
+	}
+	if _, err := NewClient("", ClientConfig{}); err == nil {
+		t.Fatal("empty address accepted")
+	}
+}
