@@ -67,8 +67,8 @@ func CountEffectsSQL(ctx context.Context, q SQLQuerier, table, column string) (m
 }
 
 // LoadMessages runs query through pgx and returns its rows as messages. The
-// query must return three text columns: id, source, destination (select ''
-// for an unknown source). Typically it reads the senders' business rows,
+// query must return three text columns: id, source, destination (an empty
+// string for an unknown source). Typically it reads the senders' business rows,
 // which commit together with the enqueue:
 //
 //	SELECT message_id, 'orders', 'billing' FROM orders
