@@ -1,6 +1,7 @@
 package tcp
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/subtle"
 	"encoding/binary"
@@ -213,13 +214,18 @@ func readHeader(r io.Reader, hdr *[frameHeaderLen]byte, maxFrame int) (frameType
 }
 
 // readBody reads an n-byte frame body. It uses scratch when it is large enough; otherwise it
-// allocates, at most bodyChunk bytes ahead of the data actually received.
+// allocates as the data arrives: first what r has buffered (at least 4 KiB, at most bodyChunk),
+// then doubling. A peer that declares a large frame and sends little costs little.
 func readBody(r io.Reader, n int, scratch []byte) ([]byte, error) {
 	var b []byte
 	if n <= cap(scratch) {
 		b = scratch[:n]
 	} else {
-		b = make([]byte, min(n, bodyChunk))
+		first := bodyChunk
+		if br, ok := r.(*bufio.Reader); ok {
+			first = min(max(br.Buffered(), 4<<10), bodyChunk)
+		}
+		b = make([]byte, min(n, first))
 	}
 	got := 0
 	for {
