@@ -73,6 +73,7 @@ func TestConformance(t *testing.T) {
 		},
 	})
 	dialecttest.RunRelay(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { d, _ := open(t, true); return d }})
+	dialecttest.RunInbox(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { d, _ := open(t, true); return d }, OpenUnmigrated: func(t *testing.T) dialects.Dialect[*sql.Tx] { d, _ := open(t, false); return d }})
 }
 
 func insertCommit(ctx context.Context, d *sqlite.Dialect, rows ...dialects.OutboxRow) error {

@@ -1,0 +1,294 @@
+package dialects
+
+import (
+	"context"
+	"time"
+)
+
+// InboxStore is the storage contract of the inbox (package inbox): storing
+// delivered messages keyed by (source, id), leasing them to workers, settling
+// each one in the worker's transaction, rescuing expired leases, retention,
+// statistics and the inbox's dead letters. Every dialect implements it;
+// inbox.New discovers it by type assertion.
+//
+// Methods that take a TTx run in the caller's transaction and never commit or
+// roll it back; the others are one statement or one transaction of their own.
+//
+// # Leases and fencing
+//
+// ClaimInbox leases ready rows to a token chosen by the caller, unique per
+// claim, and counts an attempt. The worker then opens its batch transaction
+// and calls LockInbox, which returns the rows still leased to that token and
+// makes sure nobody else changes them until the transaction ends (row locks
+// on Postgres; the write lock of the immediate transaction on SQLite). Only
+// for those rows does it run handlers, and FinishInbox settles them, again
+// guarded by state 'running' and the token. A worker whose lease expired and
+// was rescued (RescueInbox) or claimed again therefore changes nothing: its
+// token no longer matches. RescueInbox skips rows locked by a live batch, so
+// a lease only needs to cover the time from claim to lock.
+//
+// Rows are named by (source, id) with the token; never by seq alone, which
+// SQLite reuses after the last row is deleted.
+//
+// # Time
+//
+// On Postgres every instant (run_at, lease ends, handled_at, error times,
+// expiry) is taken from the database's clock and callers pass durations. On
+// SQLite, an embedded database, the process clock is the database's clock.
+//
+// # Dead letters
+//
+// Inbox dead letters are rows of durable_dead_letters with side "inbox" and
+// an empty destination. A message whose (source, id) is there was received before:
+// InsertInbox does not store it again. Replaying puts it back into the inbox
+// as a fresh message and stamps replayed_at on the dead letter, which stays
+// for the record; a message that fails again updates the same dead-letter row
+// (the unique index on side, source, destination, id). A dead letter is
+// pending while it was never replayed or failed again after its last replay
+// (replayed_at IS NULL OR replayed_at < failed_at).
+type InboxStore[TTx any] interface {
+	// InsertInbox stores rows in tx, keyed by (source, id), with one
+	// multi-row statement (chunks of them on SQLite) and ON CONFLICT DO
+	// NOTHING, in the order given (seq follows it). It reports for each row
+	// whether it was stored: false for a row whose (source, id) is in the
+	// inbox already, in the inbox's dead letters, or earlier in rows. A
+	// stored row is ready, with zero attempts; zero CreatedAt and RunAt mean
+	// now, zero ExpiresAt never, nil Headers none. The other fields of rows
+	// are ignored. tx stays usable after duplicates.
+	InsertInbox(ctx context.Context, tx TTx, rows []InboxRow) ([]bool, error)
+
+	// ClaimInbox leases up to c.Limit due ready rows (run_at ≤ now) to
+	// c.Token for c.Lease, in one statement of its own, and returns them in
+	// seq order with their new state: running, Attempts counted (+1), the
+	// lease set. Concurrent claims never return the same row (FOR UPDATE
+	// SKIP LOCKED on Postgres; one writer on SQLite).
+	//
+	// A row with an ordering key is claimed only when it is the oldest row
+	// of its (source, key) not yet handled: rows sharing a key are never
+	// leased together and are processed in seq order; a row waiting for a
+	// retry holds the later ones back. A row whose ExpiresAt has passed is
+	// claimed with Expired set and its attempt not counted; the caller
+	// dead-letters it.
+	ClaimInbox(ctx context.Context, c InboxClaim) ([]InboxRow, error)
+
+	// LockInbox returns, of keys, those still running under token, and holds
+	// them for tx: until tx ends, nobody else changes them. It is the first
+	// statement of a worker's batch transaction.
+	LockInbox(ctx context.Context, tx TTx, token string, keys []InboxKey) ([]InboxKey, error)
+
+	// InboxSavepoint runs one step of the per-message savepoint protocol in
+	// tx (see SavepointAction).
+	InboxSavepoint(ctx context.Context, tx TTx, a SavepointAction) error
+
+	// FinishInbox settles claimed rows in tx, in bulk (one statement on
+	// Postgres), guarded by state 'running' and token, and returns how many
+	// rows it changed; a row leased to another token or no longer running
+	// is left alone and not counted. See InboxOutcome.
+	FinishInbox(ctx context.Context, tx TTx, token string, outcomes []InboxOutcome) (int, error)
+
+	// RescueInbox makes up to limit running rows whose lease expired ready
+	// again (run_at now, lease cleared), recording the expiry in their error
+	// history, and returns how many it rescued. The attempt stays counted.
+	// Rows held by a live batch transaction (LockInbox) are skipped.
+	RescueInbox(ctx context.Context, limit int) (int, error)
+
+	// PurgeInbox deletes up to limit handled rows whose handled_at is more
+	// than age ago, oldest first, through the handled_at index, and returns
+	// how many it deleted. Callers repeat it while it returns limit.
+	PurgeInbox(ctx context.Context, age time.Duration, limit int) (int, error)
+
+	// ListInbox returns the inbox rows matching q in seq order, for
+	// inspection, tools and tests.
+	ListInbox(ctx context.Context, q InboxQuery) ([]InboxRow, error)
+
+	// InboxStats counts the inbox's rows by state and its pending dead
+	// letters. It reads the whole inbox table.
+	InboxStats(ctx context.Context) (InboxStats, error)
+
+	// ListInboxDeadLetters returns the inbox's dead letters matching q in
+	// the order they were first recorded (seq).
+	ListInboxDeadLetters(ctx context.Context, q InboxDeadLetterQuery) ([]InboxDeadLetter, error)
+
+	// ReplayInboxDeadLetters puts the pending dead letters matching q (at
+	// most q.Limit, oldest first, when it is set) back into the inbox as
+	// fresh messages, in one transaction: ready, attempts 0, run_at and
+	// replayed_at now, no expiry (a replay is a decision to process the
+	// message), the error history kept. It stamps replayed_at on each dead
+	// letter it replayed and returns how many. A dead letter already
+	// replayed and not failed since is not pending, so replaying twice does
+	// not duplicate; neither does a dead letter whose (source, id) is in the
+	// inbox already.
+	ReplayInboxDeadLetters(ctx context.Context, q InboxDeadLetterQuery) (int, error)
+
+	// PurgeInboxDeadLetters deletes the inbox's dead letters matching q (at
+	// most q.Limit, oldest first, when it is set) in one statement and
+	// returns how many it deleted.
+	PurgeInboxDeadLetters(ctx context.Context, q InboxDeadLetterQuery) (int, error)
+}
+
+// States of durable_inbox.state.
+const (
+	InboxStateReady   = "ready"   // waiting for run_at, then for a worker
+	InboxStateRunning = "running" // leased to a worker
+	InboxStateHandled = "handled" // done; kept for the dedupe window
+)
+
+// InboxRow is a row of durable_inbox.
+type InboxRow struct {
+	Seq         int64 // assigned by the database; arrival order
+	Source      string
+	ID          string
+	Topic       string
+	Key         string
+	Headers     map[string]string
+	Payload     []byte
+	CreatedAt   time.Time // at the sender
+	ReceivedAt  time.Time
+	ExpiresAt   time.Time // zero: never
+	State       string    // InboxStateReady, InboxStateRunning or InboxStateHandled
+	Attempts    int
+	RunAt       time.Time // earliest next attempt; for InsertInbox, zero is now
+	LeaseToken  string
+	LockedBy    string
+	LockedUntil time.Time
+	LastError   string
+	Errors      []InboxError
+	HandledAt   time.Time
+	ReplayedAt  time.Time // zero: not a replay
+
+	// Expired is set by ClaimInbox when ExpiresAt had passed at claim time
+	// (by the database's clock): the row must not be handled.
+	Expired bool
+}
+
+// InboxKey names an inbox row.
+type InboxKey struct {
+	Source string
+	ID     string
+}
+
+// InboxError is one entry of a row's error history (the errors column, a
+// JSON array of objects with these fields), kept in the inbox row and moved
+// with it to the dead letters.
+type InboxError struct {
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error"`
+}
+
+// InboxClaim asks ClaimInbox for rows.
+type InboxClaim struct {
+	// Token identifies this claim and guards every later change to the
+	// claimed rows. It must be unique per claim, across processes too, and
+	// not empty.
+	Token string
+	// Worker names the claimer; it becomes locked_by.
+	Worker string
+	// Limit bounds the number of rows claimed; it must be positive.
+	Limit int
+	// Lease is how long the rows stay leased (locked_until = now + Lease);
+	// it must be positive.
+	Lease time.Duration
+	// Topics, when not empty, restricts the claim to these topics.
+	Topics []string
+	// ExcludeTopics are never claimed.
+	ExcludeTopics []string
+}
+
+// InboxOutcomeKind says how FinishInbox settles a row.
+type InboxOutcomeKind uint8
+
+const (
+	// InboxHandled: state handled, handled_at now, lease cleared.
+	InboxHandled InboxOutcomeKind = iota + 1
+	// InboxRetry: state ready, run_at now + RetryAfter, lease cleared.
+	InboxRetry
+	// InboxDead: moved to durable_dead_letters with Reason, deleted from the
+	// inbox, in tx.
+	InboxDead
+)
+
+// InboxOutcome settles one claimed row.
+type InboxOutcome struct {
+	Source string
+	ID     string
+	Kind   InboxOutcomeKind
+	// Error, when not empty, becomes last_error and is appended to the
+	// error history with the row's attempt number and the time.
+	Error string
+	// RetryAfter delays the next attempt of an InboxRetry.
+	RetryAfter time.Duration
+	// UndoAttempt takes back the attempt the claim counted (InboxRetry): the
+	// message was not tried (released at shutdown) or asked to be tried
+	// later without a failure (a snooze).
+	UndoAttempt bool
+	// Reason is the dead-letter reason of an InboxDead.
+	Reason string
+}
+
+// SavepointAction is a step of the per-message savepoint protocol a worker
+// follows in its batch transaction: a savepoint before each handler, so a
+// failing handler is rolled back alone. Combined steps cost one round trip.
+type SavepointAction uint8
+
+const (
+	// SavepointSet establishes the savepoint.
+	SavepointSet SavepointAction = iota + 1
+	// SavepointRelease releases it, keeping the work done since.
+	SavepointRelease
+	// SavepointReleaseSet releases it and establishes it again.
+	SavepointReleaseSet
+	// SavepointRollback rolls back to it; the savepoint stays established.
+	SavepointRollback
+)
+
+// InboxQuery filters ListInbox. Zero fields do not filter.
+type InboxQuery struct {
+	Source string
+	IDs    []string
+	State  string
+	Limit  int // 0: no limit
+}
+
+// InboxStats counts inbox rows; the groups do not overlap.
+type InboxStats struct {
+	Ready    int64 // ready, never attempted
+	Retrying int64 // ready, attempted before
+	Running  int64 // leased to a worker
+	Handled  int64 // kept for the dedupe window
+	Dead     int64 // pending inbox dead letters
+}
+
+// InboxDeadLetter is an inbox row of durable_dead_letters (side 'inbox').
+type InboxDeadLetter struct {
+	Seq           int64
+	Source        string
+	ID            string
+	Topic         string
+	Key           string
+	Headers       map[string]string
+	Payload       []byte
+	CreatedAt     time.Time
+	ExpiresAt     time.Time // zero: never
+	Reason        string
+	Attempts      int
+	LastError     string
+	Errors        []InboxError
+	FirstFailedAt time.Time
+	FailedAt      time.Time
+	ReplayedAt    time.Time // zero: never replayed
+}
+
+// InboxDeadLetterQuery filters the inbox's dead letters. Zero fields do not
+// filter, except IncludeReplayed.
+type InboxDeadLetterQuery struct {
+	Source string
+	Topic  string
+	Reason string
+	IDs    []string
+	Since  time.Time // failed_at ≥ Since
+	// IncludeReplayed also matches dead letters that were replayed and have
+	// not failed since; without it only pending ones match.
+	IncludeReplayed bool
+	Limit           int // 0: no limit
+}

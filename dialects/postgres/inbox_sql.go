@@ -1,0 +1,261 @@
+package postgres
+
+import (
+	"strings"
+	"sync"
+)
+
+// The inbox statements, shared by both flavours; "{schema}" is replaced as
+// in queries.go. Durations travel as bigint microseconds. Every instant is
+// the database's: now() (the transaction's start) where one statement is the
+// whole transaction, clock_timestamp() in a worker's batch transaction,
+// which lasts as long as its handlers.
+const (
+	// Rows come out of unnest in array order and are inserted in ordinality
+	// order (explicitly, since an anti join may reorder them), so seq follows
+	// the batch. ON CONFLICT DO NOTHING skips rows already stored (and a
+	// repeat within the batch); NOT EXISTS skips messages already in the dead
+	// letters.
+	sqlInsertInbox = `INSERT INTO {schema}durable_inbox
+	(source, id, topic, key, headers, payload, created_at, expires_at, run_at)
+SELECT r.source, r.id, r.topic, r.key, r.headers::jsonb, r.payload,
+	coalesce(r.created_at, now()), r.expires_at, coalesce(r.run_at, now())
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+	$7::timestamptz[], $8::timestamptz[], $9::timestamptz[]) WITH ORDINALITY
+	AS r(source, id, topic, key, headers, payload, created_at, expires_at, run_at, ord)
+WHERE NOT EXISTS (SELECT 1 FROM {schema}durable_dead_letters d
+	WHERE d.side = 'inbox' AND d.source = r.source AND d.destination = '' AND d.id = r.id)
+ORDER BY r.ord
+ON CONFLICT (source, id) DO NOTHING
+RETURNING source, id`
+
+	// Closes a race of InsertInbox under READ COMMITTED: a resend arriving
+	// while a worker moves the same message to the dead letters waits for
+	// the move on the conflicting row, finds it deleted and inserts a fresh
+	// copy, though its NOT EXISTS ran on a snapshot older than the move. This
+	// second statement takes a new snapshot, which sees the move, and takes
+	// such copies back out.
+	sqlUninsertInboxDead = `DELETE FROM {schema}durable_inbox i
+USING unnest($1::text[], $2::text[]) AS k(source, id), {schema}durable_dead_letters d
+WHERE i.source = k.source AND i.id = k.id
+	AND d.side = 'inbox' AND d.source = i.source AND d.destination = '' AND d.id = i.id
+RETURNING i.source, i.id`
+
+	inboxColumns = `i.seq, i.source, i.id, i.topic, i.key, i.headers, i.payload, i.created_at, i.received_at,
+	i.expires_at, i.state, i.attempts, i.run_at, i.lease_token, i.locked_by, i.locked_until,
+	i.last_error, i.errors, i.handled_at, i.replayed_at`
+
+	// Ordering keys: a keyed row is a candidate only when no older row of
+	// its (source, key) is unfinished (durable_inbox_key_idx). SKIP LOCKED
+	// makes concurrent claims pass over each other's candidates.
+	sqlClaimInbox = `WITH c AS (
+	SELECT i.source, i.id FROM {schema}durable_inbox i
+	WHERE i.state = 'ready' AND i.run_at <= now()
+		AND (cardinality($5::text[]) = 0 OR i.topic = ANY($5::text[]))
+		AND NOT (i.topic = ANY($6::text[]))
+		AND (i.key = '' OR NOT EXISTS (
+			SELECT 1 FROM {schema}durable_inbox p
+			WHERE p.source = i.source AND p.key = i.key AND p.key <> ''
+				AND p.state <> 'handled' AND p.seq < i.seq))
+	ORDER BY i.run_at, i.seq
+	LIMIT $1
+	FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}durable_inbox i
+SET state = 'running',
+	attempts = i.attempts + CASE WHEN i.expires_at <= now() THEN 0 ELSE 1 END,
+	lease_token = $2, locked_by = $3,
+	locked_until = now() + $4::bigint * interval '1 microsecond'
+FROM c
+WHERE i.source = c.source AND i.id = c.id
+RETURNING ` + inboxColumns + `, coalesce(i.expires_at <= now(), false)`
+
+	// FOR UPDATE waits for a rescuer that is changing one of the rows, then
+	// re-checks the token on the new row version and drops the row.
+	sqlLockInbox = `SELECT i.source, i.id FROM {schema}durable_inbox i
+JOIN unnest($2::text[], $3::text[]) AS k(source, id) ON i.source = k.source AND i.id = k.id
+WHERE i.state = 'running' AND i.lease_token = $1
+FOR UPDATE OF i`
+
+	// One statement settles a whole batch: handled and retried rows are
+	// updated, dead ones deleted and inserted into the dead letters (an
+	// earlier dead letter of the same message, replayed since, is updated
+	// in place and keeps its first_failed_at and replayed_at). kind: h
+	// handled, r retry, d dead.
+	sqlFinishInbox = `WITH o AS (
+	SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::boolean[], $8::text[])
+		AS o(source, id, kind, err, delay_us, undo, reason)
+), u AS (
+	UPDATE {schema}durable_inbox i SET
+		state = CASE WHEN o.kind = 'h' THEN 'handled' ELSE 'ready' END,
+		handled_at = CASE WHEN o.kind = 'h' THEN clock_timestamp() END,
+		run_at = CASE WHEN o.kind = 'h' THEN i.run_at
+			ELSE clock_timestamp() + o.delay_us * interval '1 microsecond' END,
+		attempts = CASE WHEN o.undo AND i.attempts > 0 THEN i.attempts - 1 ELSE i.attempts END,
+		last_error = coalesce(nullif(o.err, ''), i.last_error),
+		errors = CASE WHEN o.err = '' THEN i.errors
+			ELSE i.errors || jsonb_build_array(jsonb_build_object(
+				'attempt', i.attempts, 'at', clock_timestamp(), 'error', o.err)) END,
+		lease_token = NULL, locked_by = NULL, locked_until = NULL
+	FROM o
+	WHERE o.kind <> 'd' AND i.source = o.source AND i.id = o.id
+		AND i.state = 'running' AND i.lease_token = $1
+	RETURNING 1
+), moved AS (
+	DELETE FROM {schema}durable_inbox i USING o
+	WHERE o.kind = 'd' AND i.source = o.source AND i.id = o.id
+		AND i.state = 'running' AND i.lease_token = $1
+	RETURNING i.source, i.id, i.topic, i.key, i.headers, i.payload, i.created_at, i.expires_at,
+		i.attempts, o.reason, coalesce(nullif(o.err, ''), i.last_error, '') AS last_error,
+		CASE WHEN o.err = '' THEN i.errors
+			ELSE i.errors || jsonb_build_array(jsonb_build_object(
+				'attempt', i.attempts, 'at', clock_timestamp(), 'error', o.err)) END AS errors
+), dead AS (
+	INSERT INTO {schema}durable_dead_letters AS dl
+		(side, id, source, destination, topic, key, headers, payload, created_at, expires_at,
+		reason, attempts, last_error, errors, first_failed_at, failed_at)
+	SELECT 'inbox', m.id, m.source, '', m.topic, m.key, m.headers, m.payload, m.created_at, m.expires_at,
+		m.reason, m.attempts, m.last_error, m.errors,
+		coalesce((m.errors->0->>'at')::timestamptz, clock_timestamp()), clock_timestamp()
+	FROM moved m
+	ON CONFLICT (side, source, destination, id) DO UPDATE SET
+		topic = excluded.topic, key = excluded.key, headers = excluded.headers,
+		payload = excluded.payload, created_at = excluded.created_at, expires_at = excluded.expires_at,
+		reason = excluded.reason, attempts = excluded.attempts, last_error = excluded.last_error,
+		errors = excluded.errors, failed_at = excluded.failed_at
+	RETURNING 1
+)
+SELECT (SELECT count(*) FROM u) + (SELECT count(*) FROM dead)`
+
+	// SKIP LOCKED passes over rows a live batch transaction holds
+	// (LockInbox), whatever their lease says; the UPDATE re-checks state and
+	// lease, so a row settled meanwhile is left alone.
+	sqlRescueInbox = `WITH r AS (
+	SELECT source, id FROM {schema}durable_inbox
+	WHERE state = 'running' AND locked_until < now()
+	ORDER BY locked_until
+	LIMIT $1
+	FOR UPDATE SKIP LOCKED
+), u AS (
+	UPDATE {schema}durable_inbox i SET
+	state = 'ready', run_at = now(),
+	last_error = 'lease of ' || coalesce(i.locked_by, 'a worker') || ' expired before it finished',
+	errors = i.errors || jsonb_build_array(jsonb_build_object('attempt', i.attempts, 'at', now(),
+		'error', 'lease of ' || coalesce(i.locked_by, 'a worker') || ' expired before it finished')),
+	lease_token = NULL, locked_by = NULL, locked_until = NULL
+FROM r
+	WHERE i.source = r.source AND i.id = r.id AND i.state = 'running' AND i.locked_until < now()
+	RETURNING 1
+)
+SELECT count(*) FROM u`
+
+	sqlPurgeInbox = `WITH p AS (
+	SELECT source, id FROM {schema}durable_inbox
+	WHERE state = 'handled' AND handled_at < now() - $1::bigint * interval '1 microsecond'
+	ORDER BY handled_at
+	LIMIT $2
+	FOR UPDATE SKIP LOCKED
+), d AS (
+	DELETE FROM {schema}durable_inbox i USING p
+	WHERE i.source = p.source AND i.id = p.id AND i.state = 'handled'
+	RETURNING 1
+)
+SELECT count(*) FROM d`
+
+	sqlInboxStats = `SELECT
+	count(*) FILTER (WHERE state = 'ready' AND attempts = 0),
+	count(*) FILTER (WHERE state = 'ready' AND attempts > 0),
+	count(*) FILTER (WHERE state = 'running'),
+	count(*) FILTER (WHERE state = 'handled'),
+	(SELECT count(*) FROM {schema}durable_dead_letters
+		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at))
+FROM {schema}durable_inbox`
+
+	// ListInbox: WHERE, ORDER BY and LIMIT are appended.
+	sqlListInbox = `SELECT ` + inboxColumns + `, false FROM {schema}durable_inbox i`
+
+	inboxDeadColumns = `d.seq, d.source, d.id, d.topic, d.key, d.headers, d.payload, d.created_at, d.expires_at,
+	d.reason, d.attempts, d.last_error, d.errors, d.first_failed_at, d.failed_at, d.replayed_at`
+
+	// The dead-letter statements get "{where}" (conditions on d, starting
+	// with side = 'inbox') and "{limit}" (empty or LIMIT $n) from
+	// inboxDeadFilter.
+	sqlListInboxDead = `SELECT ` + inboxDeadColumns + ` FROM {schema}durable_dead_letters d
+WHERE {where}
+ORDER BY d.seq {limit}`
+
+	// FOR UPDATE serializes concurrent replays of the same dead letter: the
+	// second waits, re-checks that it is still pending, and skips it.
+	sqlReplayInboxDead = `WITH c AS (
+	SELECT d.seq FROM {schema}durable_dead_letters d
+	WHERE {where} AND (d.replayed_at IS NULL OR d.replayed_at < d.failed_at)
+	ORDER BY d.seq {limit}
+	FOR UPDATE
+), ins AS (
+	INSERT INTO {schema}durable_inbox (source, id, topic, key, headers, payload, created_at, errors, replayed_at)
+	SELECT d.source, d.id, d.topic, d.key, d.headers, d.payload, d.created_at, d.errors, now()
+	FROM {schema}durable_dead_letters d JOIN c ON c.seq = d.seq
+	ORDER BY d.seq
+	ON CONFLICT (source, id) DO NOTHING
+	RETURNING source, id
+), upd AS (
+	UPDATE {schema}durable_dead_letters d SET replayed_at = now()
+	FROM ins
+	WHERE d.side = 'inbox' AND d.destination = '' AND d.source = ins.source AND d.id = ins.id
+	RETURNING 1
+)
+SELECT count(*) FROM upd`
+
+	sqlPurgeInboxDead = `WITH c AS (
+	SELECT d.seq FROM {schema}durable_dead_letters d
+	WHERE {where}
+	ORDER BY d.seq {limit}
+), del AS (
+	DELETE FROM {schema}durable_dead_letters d USING c WHERE d.seq = c.seq
+	RETURNING 1
+)
+SELECT count(*) FROM del`
+)
+
+// Savepoint statements, sent without arguments so that pgx uses the simple
+// protocol and the two statements of a combined step travel together.
+const (
+	sqlInboxSavepointSet        = `SAVEPOINT durable_message`
+	sqlInboxSavepointRelease    = `RELEASE SAVEPOINT durable_message`
+	sqlInboxSavepointReleaseSet = `RELEASE SAVEPOINT durable_message; SAVEPOINT durable_message`
+	sqlInboxSavepointRollback   = `ROLLBACK TO SAVEPOINT durable_message`
+)
+
+// inboxQueries holds the inbox statements with the schema qualifier
+// substituted.
+type inboxQueries struct {
+	insert, uninsertDead, claim, lock, finish, rescue, purge, stats, list string
+	listDead, replayDead, purgeDead                                       string
+}
+
+// inboxQueryCache holds one inboxQueries per qualifier; dialects are few and
+// long-lived, so it stays small.
+var inboxQueryCache sync.Map // qualifier → *inboxQueries
+
+func inboxQueriesFor(qualifier string) *inboxQueries {
+	if q, ok := inboxQueryCache.Load(qualifier); ok {
+		return q.(*inboxQueries)
+	}
+	r := strings.NewReplacer("{schema}", qualifier)
+	q := &inboxQueries{
+		insert:       r.Replace(sqlInsertInbox),
+		uninsertDead: r.Replace(sqlUninsertInboxDead),
+		claim:        r.Replace(sqlClaimInbox),
+		lock:         r.Replace(sqlLockInbox),
+		finish:       r.Replace(sqlFinishInbox),
+		rescue:       r.Replace(sqlRescueInbox),
+		purge:        r.Replace(sqlPurgeInbox),
+		stats:        r.Replace(sqlInboxStats),
+		list:         r.Replace(sqlListInbox),
+		listDead:     r.Replace(sqlListInboxDead),
+		replayDead:   r.Replace(sqlReplayInboxDead),
+		purgeDead:    r.Replace(sqlPurgeInboxDead),
+	}
+	actual, _ := inboxQueryCache.LoadOrStore(qualifier, q)
+	return actual.(*inboxQueries)
+}
