@@ -26,6 +26,9 @@ import (
 
 // Options configure Start; the zero value (or nil) is ready to use.
 type Options struct {
+	// Name tells servers apart in the log: lines are prefixed
+	// "pg-<name>:<port>: ". Default: "pg:<port>: ".
+	Name string
 	// BinDir holds initdb and postgres. Default: found as the package doc
 	// says.
 	BinDir string
@@ -172,7 +175,11 @@ func Start(tb testing.TB, opts *Options) *Server {
 		if s.port, err = freePort(); err != nil {
 			tb.Fatalf("pgserver: %v", err)
 		}
-		s.log.setPrefix(fmt.Sprintf("pg:%d: ", s.port))
+		if opts.Name != "" {
+			s.log.setPrefix(fmt.Sprintf("pg-%s:%d: ", opts.Name, s.port))
+		} else {
+			s.log.setPrefix(fmt.Sprintf("pg:%d: ", s.port))
+		}
 		err = s.Start()
 		if err == nil {
 			return s

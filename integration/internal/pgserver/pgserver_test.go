@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -113,7 +114,26 @@ func TestKillKeepsCommittedRows(t *testing.T) {
 // error, a new connection works, and the port stays the same.
 func TestRestartWhileConnected(t *testing.T) {
 	ctx := context.Background()
-	srv := Start(t, &Options{Params: map[string]string{"max_connections": "20"}})
+	var (
+		mu     sync.Mutex
+		logged []string
+	)
+	srv := Start(t, &Options{
+		Name:   "billing",
+		Params: map[string]string{"max_connections": "20"},
+		Logf: func(format string, args ...any) {
+			line := fmt.Sprintf(format, args...)
+			mu.Lock()
+			logged = append(logged, line)
+			mu.Unlock()
+			t.Log(line)
+		},
+	})
+	mu.Lock()
+	if want := fmt.Sprintf("pg-billing:%d: ", srv.Port()); len(logged) == 0 || !strings.HasPrefix(logged[0], want) {
+		t.Fatalf("log lines %q, want the prefix %q", logged, want)
+	}
+	mu.Unlock()
 	port := srv.Port()
 	conn := connect(t, srv.URL("postgres"))
 	var maxConns string
