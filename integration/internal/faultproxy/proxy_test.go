@@ -403,12 +403,16 @@ func TestLatency(t *testing.T) {
 		t.Fatalf("pipelined writes took %v; latency should not serialize them", el)
 	}
 	p.Latency(0)
-	start = time.Now()
-	if err := roundTrip(c, []byte("fast"), 2*time.Second); err != nil {
-		t.Fatal(err)
+	fastest := time.Hour
+	for range 3 { // the best of three, so a busy machine does not fail the test
+		start = time.Now()
+		if err := roundTrip(c, []byte("fast"), 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		fastest = min(fastest, time.Since(start))
 	}
-	if rt := time.Since(start); rt >= d {
-		t.Fatalf("round trip without latency took %v", rt)
+	if fastest >= d {
+		t.Fatalf("round trip without latency took %v", fastest)
 	}
 }
 
