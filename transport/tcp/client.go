@@ -214,7 +214,7 @@ func (c *Client) Send(ctx context.Context, b *transport.Batch) (transport.Result
 		if len(frame)-4 > cc.maxFrame {
 			return transport.Result{}, tooLarge("batch encodes to %d bytes, more than the server's frame maximum of %d", len(frame)-4, cc.maxFrame)
 		}
-		res, retry, err := cc.send(ctx, frame)
+		res, retry, err := cc.send(ctx, frame, len(b.Envelopes))
 		if retry {
 			continue // the connection was already dead before anything was written
 		}
@@ -675,13 +675,14 @@ type clientConn struct {
 type call struct {
 	done chan struct{}
 	ping bool
+	n    int // envelopes in the batch
 	res  transport.Result
 	err  error
 }
 
 // send writes a BATCH frame and waits for its answer. retry reports that nothing was written
 // because the connection was already dead, so another connection may be tried.
-func (cc *clientConn) send(ctx context.Context, frame []byte) (transport.Result, bool, error) {
+func (cc *clientConn) send(ctx context.Context, frame []byte, n int) (transport.Result, bool, error) {
 	select {
 	case cc.sem <- struct{}{}:
 	case <-cc.dead:
@@ -690,7 +691,7 @@ func (cc *clientConn) send(ctx context.Context, frame []byte) (transport.Result,
 	case <-ctx.Done():
 		return transport.Result{}, false, ctxErr(ctx)
 	}
-	cl := &call{done: make(chan struct{})}
+	cl := &call{done: make(chan struct{}), n: n}
 	id, ok := cc.register(cl)
 	if !ok {
 		<-cc.sem
@@ -788,6 +789,10 @@ func (cc *clientConn) complete(id uint64, ping bool, res transport.Result, err e
 	cc.mu.Unlock()
 	if !ping {
 		<-cc.sem
+	}
+	if err == nil && len(res.Outcomes) != 0 && len(res.Outcomes) != cl.n {
+		res, err = transport.Result{}, &transport.SendError{Kind: transport.ErrProtocol,
+			Err: fmt.Errorf("%s: ACK carries %d outcomes for a batch of %d envelopes", cc.c.addr, len(res.Outcomes), cl.n), Retry: true}
 	}
 	cl.res, cl.err = res, err
 	close(cl.done)

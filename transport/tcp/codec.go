@@ -477,7 +477,8 @@ func decodeBatch(body []byte) (uint64, []transport.Envelope, error) {
 	envStart := r.b
 	for i := uint32(0); i < count; i++ {
 		strBytes += len(r.str16()) + len(r.str16()) + len(r.str16())
-		if !r.skipTime() || !r.skipTime() || !r.skipTime() {
+		created, deliver, expires := r.skipTime(), r.skipTime(), r.skipTime()
+		if !created || !deliver || !expires {
 			if r.bad {
 				return 0, nil, errTruncated
 			}
@@ -572,15 +573,6 @@ func appendAck(dst []byte, id uint64, outcomes []transport.Outcome) []byte {
 		dst = appendStr16(dst, truncReason(o.Reason))
 	}
 	return endFrame(dst, start)
-}
-
-// ackFrameLen is the encoded length of an ACK frame.
-func ackFrameLen(outcomes []transport.Outcome) int {
-	n := frameHeaderLen + 8 + 4
-	for _, o := range outcomes {
-		n += minOutcomeLen + len(truncReason(o.Reason))
-	}
-	return n
 }
 
 func truncReason(s string) string {

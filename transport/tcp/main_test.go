@@ -26,7 +26,6 @@ var testSecret = []byte("correct horse battery staple")
 type logSink struct {
 	mu    sync.Mutex
 	lines []string
-	attrs []slog.Attr
 	t     testing.TB
 }
 
