@@ -229,6 +229,11 @@ func (c *Client) Ping(ctx context.Context) error {
 		return errClosed
 	}
 	defer c.leave()
+	return c.ping(ctx)
+}
+
+// ping is Ping without the accounting that Close waits for, for the circuit probe.
+func (c *Client) ping(ctx context.Context) error {
 	for {
 		cc, err := c.conn(ctx, true)
 		if err != nil {
@@ -467,7 +472,7 @@ func (c *Client) probe() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout+c.cfg.HandshakeTimeout+c.cfg.ReadTimeout)
-		err := c.Ping(ctx)
+		err := c.ping(ctx)
 		cancel()
 		if err == nil {
 			return

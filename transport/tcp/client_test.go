@@ -334,3 +334,25 @@ func TestPingAndDial(t *testing.T) {
 		t.Fatalf("dial to a closed port: %v", err)
 	}
 }
+
+func TestBackoff(t *testing.T) {
+	c, err := NewClient("127.0.0.1:1", ClientConfig{BackoffMin: 10 * time.Millisecond, BackoffMax: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	for n := 1; n <= 40; n++ {
+		base := min(10*time.Millisecond<<min(n-1, 20), time.Second)
+		seen := map[time.Duration]bool{}
+		for i := 0; i < 50; i++ {
+			d := c.backoff(n)
+			if d < base/2 || d > base {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", n, d, base/2, base)
+			}
+			seen[d] = true
+		}
+		if len(seen) < 10 {
+			t.Fatalf("backoff(%d) has little jitter: %d distinct values", n, len(seen))
+		}
+	}
+}
