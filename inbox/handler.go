@@ -1,0 +1,204 @@
+package inbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Message is a received message as a handler sees it.
+type Message struct {
+	// ID identifies the message; it is unique per Source.
+	ID string
+	// Source is the sending node.
+	Source string
+	// Topic routed the message to its handler.
+	Topic string
+	// Key is the ordering key, "" for none. Messages of one Source with the
+	// same Key are handled one at a time, in the order they arrived.
+	Key string
+	// Headers are the sender's headers; never nil.
+	Headers map[string]string
+	// Payload is the message body.
+	Payload []byte
+	// CreatedAt is when the sender enqueued the message (its clock).
+	CreatedAt time.Time
+	// ReceivedAt is when the inbox stored the message.
+	ReceivedAt time.Time
+	// ExpiresAt is when the message stops being worth handling; zero:
+	// never. An expired message goes to the dead letters unhandled.
+	ExpiresAt time.Time
+	// Attempt is the number of this attempt, from 1. A retry after a
+	// failure counts; a snooze (Retry) does not.
+	Attempt int
+	// LastError is the error of the previous attempt, if any.
+	LastError string
+	// ReplayedAt is when the message was replayed from the dead letters;
+	// zero if it never was.
+	ReplayedAt time.Time
+}
+
+// Handler handles messages.
+//
+// Handle runs in tx, the transaction that also marks the message done: its
+// writes in tx and the completion commit together, so they happen exactly
+// once. Writes elsewhere (HTTP calls, other databases) happen at least once:
+// a handler may run again after a failure or a crash.
+//
+// A nil error marks the message handled. Any other error rolls back the
+// handler's writes (to a savepoint; the rest of the batch commits) and
+// retries the message with backoff, until MaxAttempts; Permanent, Retry and
+// DecodeError change that. Handle must honour ctx, which ends at the
+// handler timeout, and must not commit, roll back or keep tx, nor use the
+// database outside tx (on SQLite that waits forever for the only
+// connection). It may call outbox.Enqueue with tx to send onward messages.
+type Handler[TTx any] interface {
+	Handle(ctx context.Context, tx TTx, msg *Message) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc[TTx any] func(ctx context.Context, tx TTx, msg *Message) error
+
+// Handle calls f(ctx, tx, msg).
+func (f HandlerFunc[TTx]) Handle(ctx context.Context, tx TTx, msg *Message) error {
+	return f(ctx, tx, msg)
+}
+
+// Middleware wraps a Handler, for logging, tracing, metrics or recovery
+// around every message.
+type Middleware[TTx any] func(next Handler[TTx]) Handler[TTx]
+
+// Mux routes messages to handlers by topic, like http.ServeMux by path. A
+// message whose topic has no handler fails with ErrNoHandler and goes to the
+// dead letters with reason no_handler, from where it can be replayed once a
+// handler exists. A Mux is safe for concurrent use; handlers may be added
+// while workers run.
+//
+// Mux's own Handle registers a handler, so a Mux is not itself a Handler;
+// Dispatch routes a message, and AsHandler returns the Mux as a Handler.
+type Mux[TTx any] struct {
+	mu      sync.RWMutex
+	raw     map[string]Handler[TTx] // as registered
+	wrapped map[string]Handler[TTx] // with the middleware applied
+	mw      []Middleware[TTx]
+}
+
+// NewMux returns an empty Mux.
+func NewMux[TTx any]() *Mux[TTx] {
+	return &Mux[TTx]{raw: make(map[string]Handler[TTx]), wrapped: make(map[string]Handler[TTx])}
+}
+
+// Handle registers h for topic. It panics if topic is empty, h is nil, or
+// topic already has a handler.
+func (m *Mux[TTx]) Handle(topic string, h Handler[TTx]) {
+	if topic == "" {
+		panic("durable/inbox: Mux.Handle: empty topic")
+	}
+	if h == nil {
+		panic("durable/inbox: Mux.Handle: nil handler for topic " + topic)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.raw == nil {
+		m.raw, m.wrapped = make(map[string]Handler[TTx]), make(map[string]Handler[TTx])
+	}
+	if _, dup := m.raw[topic]; dup {
+		panic("durable/inbox: Mux.Handle: multiple registrations for topic " + topic)
+	}
+	m.raw[topic] = h
+	m.wrapped[topic] = m.wrap(h)
+}
+
+// HandleFunc registers f for topic; see Handle.
+func (m *Mux[TTx]) HandleFunc(topic string, f func(ctx context.Context, tx TTx, msg *Message) error) {
+	if f == nil {
+		panic("durable/inbox: Mux.HandleFunc: nil function for topic " + topic)
+	}
+	m.Handle(topic, HandlerFunc[TTx](f))
+}
+
+// Use adds middleware around every handler of m, those registered before
+// and after. The first middleware added is the outermost.
+func (m *Mux[TTx]) Use(mw ...Middleware[TTx]) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, w := range mw {
+		if w == nil {
+			panic("durable/inbox: Mux.Use: nil middleware")
+		}
+	}
+	m.mw = append(m.mw, mw...)
+	for topic, h := range m.raw {
+		m.wrapped[topic] = m.wrap(h)
+	}
+}
+
+func (m *Mux[TTx]) wrap(h Handler[TTx]) Handler[TTx] {
+	for i := len(m.mw) - 1; i >= 0; i-- {
+		h = m.mw[i](h)
+	}
+	return h
+}
+
+// Handler returns the handler for topic, with the middleware applied, and
+// whether there is one.
+func (m *Mux[TTx]) Handler(topic string) (h Handler[TTx], ok bool) {
+	if m == nil {
+		return nil, false
+	}
+	m.mu.RLock()
+	h, ok = m.wrapped[topic]
+	m.mu.RUnlock()
+	return h, ok
+}
+
+// Topics returns the registered topics in order.
+func (m *Mux[TTx]) Topics() []string {
+	if m == nil {
+		return nil
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]string, 0, len(m.raw))
+	for t := range m.raw {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Dispatch hands msg to the handler of its topic, or returns an error
+// matching ErrNoHandler.
+func (m *Mux[TTx]) Dispatch(ctx context.Context, tx TTx, msg *Message) error {
+	h, ok := m.Handler(msg.Topic)
+	if !ok {
+		return fmt.Errorf("%w %q", ErrNoHandler, msg.Topic)
+	}
+	return h.Handle(ctx, tx, msg)
+}
+
+// AsHandler returns m as a Handler that calls Dispatch, to mount one Mux
+// under another's topic or to wrap it.
+func (m *Mux[TTx]) AsHandler() Handler[TTx] { return HandlerFunc[TTx](m.Dispatch) }
+
+// JSON returns a handler that decodes the payload as JSON into a T and
+// calls fn with it. A payload that does not decode fails with a
+// *DecodeError, so the message goes to the dead letters at once with reason
+// decode_error instead of being retried.
+//
+//	mux.Handle("order.placed", inbox.JSON(func(ctx context.Context, tx pgx.Tx, m *inbox.Message, o Order) error {
+//		_, err := tx.Exec(ctx, `INSERT INTO invoices (order_id) VALUES ($1)`, o.ID)
+//		return err
+//	}))
+func JSON[TTx, T any](fn func(ctx context.Context, tx TTx, msg *Message, v T) error) HandlerFunc[TTx] {
+	return func(ctx context.Context, tx TTx, msg *Message) error {
+		var v T
+		if err := json.Unmarshal(msg.Payload, &v); err != nil {
+			return &DecodeError{Err: err}
+		}
+		return fn(ctx, tx, msg, v)
+	}
+}

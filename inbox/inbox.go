@@ -1,0 +1,601 @@
+package inbox
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
+)
+
+// Defaults of Config's zero values.
+const (
+	// DefaultConcurrency is the number of workers of the default queue on
+	// Postgres. On SQLite, which has one writer, it is 1.
+	DefaultConcurrency = 4
+	// DefaultBatchSize is how many messages a worker claims at once and
+	// handles in one transaction. It stays under 64 so that a batch's
+	// savepoints never overflow Postgres's per-transaction cache of
+	// subtransactions, past which every snapshot in the database gets slower.
+	DefaultBatchSize = 50
+	// DefaultPollInterval is how long an idle worker waits before looking
+	// for work again; a Deliver in the same process wakes it sooner.
+	DefaultPollInterval = time.Second
+	// DefaultHandlerTimeout bounds one handler call.
+	DefaultHandlerTimeout = 30 * time.Second
+	// DefaultMaxAttempts is how many times a failing message is tried before
+	// it goes to the dead letters.
+	DefaultMaxAttempts = 10
+	// DefaultLease is how long a claim holds its messages before anyone may
+	// rescue them. A batch transaction locks its messages, so the lease only
+	// needs to cover the time from claim to lock; it also bounds how long
+	// the messages of a crashed worker wait.
+	DefaultLease = time.Minute
+	// DefaultRescueInterval is how often an inbox looks for expired leases.
+	DefaultRescueInterval = 30 * time.Second
+	// DefaultRetention is the dedupe window: how long handled messages are
+	// kept so that a late duplicate is still recognised.
+	DefaultRetention = 7 * 24 * time.Hour
+	// DefaultCleanupInterval is how often handled messages older than the
+	// retention are deleted.
+	DefaultCleanupInterval = time.Minute
+	// DefaultCleanupBatch is how many rows one cleanup statement deletes.
+	DefaultCleanupBatch = 1000
+)
+
+// Config configures an Inbox. The zero value (or a nil *Config) gives the
+// documented defaults; negative values are invalid.
+type Config struct {
+	// Name identifies this inbox in leases (locked_by) and logs. Empty: the
+	// host name, the process id and a random suffix.
+	Name string
+
+	// Concurrency is the number of workers of the default queue, which
+	// handles every topic that no Queue lists, unknown topics included.
+	// Each worker handles one batch at a time, in a transaction of its own
+	// (one database connection). Zero: DefaultConcurrency, or 1 on SQLite.
+	Concurrency int
+	// Queues give topics workers of their own: a slow or busy topic then
+	// does not hold the others back, and its concurrency is set apart.
+	Queues []Queue
+	// BatchSize is how many messages a worker claims at once and handles in
+	// one transaction, with a savepoint per message. Zero: DefaultBatchSize.
+	BatchSize int
+	// PollInterval is how long an idle worker waits before it looks for
+	// work again. Zero: DefaultPollInterval.
+	PollInterval time.Duration
+
+	// HandlerTimeout bounds each handler call (its ctx ends then). Zero:
+	// DefaultHandlerTimeout.
+	HandlerTimeout time.Duration
+	// MaxAttempts is how many times a failing message is tried before it
+	// goes to the dead letters (reason handler_error). Zero:
+	// DefaultMaxAttempts.
+	MaxAttempts int
+	// Backoff returns the delay before the next attempt after the given
+	// failed attempt (from 1). Nil: DefaultBackoff.
+	Backoff func(attempt int) time.Duration
+	// Topics overrides HandlerTimeout, MaxAttempts and Backoff per topic.
+	Topics map[string]TopicPolicy
+
+	// Lease is how long a claim holds its messages; see DefaultLease. Zero:
+	// DefaultLease.
+	Lease time.Duration
+	// RescueInterval is how often the inbox makes messages with expired
+	// leases ready again. Zero: DefaultRescueInterval.
+	RescueInterval time.Duration
+
+	// Retention is the dedupe window: handled messages are kept this long,
+	// then deleted, DefaultCleanupBatch rows per statement. A duplicate
+	// that arrives after the window is stored and handled again. Zero:
+	// DefaultRetention.
+	Retention time.Duration
+	// CleanupInterval is how often handled messages past the retention are
+	// deleted. Zero: DefaultCleanupInterval.
+	CleanupInterval time.Duration
+
+	// Logger receives the inbox's logs: start and stop at Info, failures at
+	// Warn and Error, batches at Debug; nothing per message above Debug.
+	// Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// Queue is a set of topics with workers of their own.
+type Queue struct {
+	// Name names the queue in logs and leases. Empty: the first topic.
+	Name string
+	// Topics are the queue's topics; at least one, none in another queue.
+	Topics []string
+	// Concurrency is the number of workers. Zero: 1.
+	Concurrency int
+	// BatchSize overrides Config.BatchSize for the queue.
+	BatchSize int
+}
+
+// TopicPolicy overrides Config's failure policy for one topic. Zero fields
+// keep Config's values.
+type TopicPolicy struct {
+	HandlerTimeout time.Duration
+	MaxAttempts    int
+	Backoff        func(attempt int) time.Duration
+}
+
+// DefaultBackoff is the delay before the attempt after the given failed
+// attempt: 2 s doubled per attempt (2 s, 4 s, 8 s, … ; about 17 minutes over
+// the first ten attempts), at most one hour, each with ±25 % jitter so that
+// messages that failed together do not retry together.
+func DefaultBackoff(attempt int) time.Duration {
+	d := float64(2*time.Second) * math.Pow(2, float64(max(attempt, 1)-1))
+	d = min(d, float64(time.Hour))
+	return time.Duration(d * (0.75 + 0.5*mrand.Float64()))
+}
+
+// Inbox stores the batches a transport delivers (it is a
+// transport.Handler) and runs workers that hand each stored message to its
+// handler. It is safe for concurrent use.
+//
+// The Inbox routes messages by topic with its Mux: register handlers with
+// Handle, HandleFunc and Use before or while Run runs. The Mux may be
+// replaced by assigning the field before Run.
+type Inbox[TTx any] struct {
+	*Mux[TTx]
+
+	d      dialects.Dialect[TTx]
+	store  dialects.InboxStore[TTx]
+	cfg    Config // defaults applied
+	name   string
+	log    *slog.Logger
+	queues []*queue
+
+	running atomic.Bool
+}
+
+// queue is a Queue, or the default queue, with its wake-up signal.
+type queue struct {
+	name          string
+	topics        []string // nil: the default queue
+	exclude       []string // the default queue: every listed topic
+	concurrency   int
+	batch         int
+	wake          chan struct{}
+	lastClaimFail atomic.Int64 // unix nanoseconds of the last logged claim failure
+}
+
+// signal wakes one idle worker of q, if any.
+func (q *queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// New returns an Inbox storing and working through d, which must implement
+// dialects.InboxStore (every dialect of this module does). It does no I/O;
+// Run checks the schema.
+func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
+	if d == nil {
+		return nil, errors.New("durable/inbox: New needs a dialect")
+	}
+	store, ok := d.(dialects.InboxStore[TTx])
+	if !ok {
+		return nil, fmt.Errorf("durable/inbox: the %s dialect (%T) does not implement dialects.InboxStore", d.Name(), d)
+	}
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+		if d.Name() == "sqlite" {
+			c.Concurrency = 1
+		}
+	}
+	c.BatchSize = orDefault(c.BatchSize, DefaultBatchSize)
+	c.PollInterval = orDefault(c.PollInterval, DefaultPollInterval)
+	c.HandlerTimeout = orDefault(c.HandlerTimeout, DefaultHandlerTimeout)
+	c.MaxAttempts = orDefault(c.MaxAttempts, DefaultMaxAttempts)
+	if c.Backoff == nil {
+		c.Backoff = DefaultBackoff
+	}
+	c.Lease = orDefault(c.Lease, DefaultLease)
+	c.RescueInterval = orDefault(c.RescueInterval, DefaultRescueInterval)
+	c.Retention = orDefault(c.Retention, DefaultRetention)
+	c.CleanupInterval = orDefault(c.CleanupInterval, DefaultCleanupInterval)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	name := c.Name
+	if name == "" {
+		host, _ := os.Hostname()
+		name = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), rand.Text()[:6])
+	}
+	ib := &Inbox[TTx]{
+		Mux:   NewMux[TTx](),
+		d:     d,
+		store: store,
+		cfg:   c,
+		name:  name,
+		log:   c.Logger.With("inbox", name),
+	}
+	var listed []string
+	for i, q := range c.Queues {
+		qn := q.Name
+		if qn == "" {
+			qn = q.Topics[0]
+		}
+		ib.queues = append(ib.queues, &queue{
+			name:        qn,
+			topics:      q.Topics,
+			concurrency: orDefault(q.Concurrency, 1),
+			batch:       orDefault(q.BatchSize, c.BatchSize),
+			wake:        make(chan struct{}, 1),
+		})
+		listed = append(listed, c.Queues[i].Topics...)
+	}
+	ib.queues = append(ib.queues, &queue{
+		name:        "default",
+		exclude:     listed,
+		concurrency: c.Concurrency,
+		batch:       c.BatchSize,
+		wake:        make(chan struct{}, 1),
+	})
+	return ib, nil
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func (c *Config) validate() error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"Concurrency", int64(c.Concurrency)}, {"BatchSize", int64(c.BatchSize)},
+		{"PollInterval", int64(c.PollInterval)}, {"HandlerTimeout", int64(c.HandlerTimeout)},
+		{"MaxAttempts", int64(c.MaxAttempts)}, {"Lease", int64(c.Lease)},
+		{"RescueInterval", int64(c.RescueInterval)}, {"Retention", int64(c.Retention)},
+		{"CleanupInterval", int64(c.CleanupInterval)},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("durable/inbox: Config.%s must not be negative", f.name)
+		}
+	}
+	seen := map[string]string{}
+	names := map[string]bool{"default": true}
+	for i, q := range c.Queues {
+		if len(q.Topics) == 0 {
+			return fmt.Errorf("durable/inbox: Config.Queues[%d] has no topics", i)
+		}
+		if q.Concurrency < 0 || q.BatchSize < 0 {
+			return fmt.Errorf("durable/inbox: Config.Queues[%d]: Concurrency and BatchSize must not be negative", i)
+		}
+		qn := q.Name
+		if qn == "" {
+			qn = q.Topics[0]
+		}
+		if names[qn] {
+			return fmt.Errorf("durable/inbox: Config.Queues[%d]: queue name %q is taken", i, qn)
+		}
+		names[qn] = true
+		for _, t := range q.Topics {
+			if t == "" {
+				return fmt.Errorf("durable/inbox: Config.Queues[%d] lists an empty topic", i)
+			}
+			if other, dup := seen[t]; dup {
+				return fmt.Errorf("durable/inbox: topic %q is in queues %q and %q", t, other, qn)
+			}
+			seen[t] = qn
+		}
+	}
+	for t, p := range c.Topics {
+		if p.HandlerTimeout < 0 || p.MaxAttempts < 0 {
+			return fmt.Errorf("durable/inbox: Config.Topics[%q]: values must not be negative", t)
+		}
+	}
+	return nil
+}
+
+// policy is the effective failure policy of a topic.
+type policy struct {
+	timeout     time.Duration
+	maxAttempts int
+	backoff     func(int) time.Duration
+}
+
+func (ib *Inbox[TTx]) policy(topic string) policy {
+	p := policy{timeout: ib.cfg.HandlerTimeout, maxAttempts: ib.cfg.MaxAttempts, backoff: ib.cfg.Backoff}
+	if tp, ok := ib.cfg.Topics[topic]; ok {
+		p.timeout = orDefault(tp.HandlerTimeout, p.timeout)
+		p.maxAttempts = orDefault(tp.MaxAttempts, p.maxAttempts)
+		if tp.Backoff != nil {
+			p.backoff = tp.Backoff
+		}
+	}
+	return p
+}
+
+// Name returns the inbox's name, as used in leases and logs.
+func (ib *Inbox[TTx]) Name() string { return ib.name }
+
+// Dialect returns the dialect the inbox works through.
+func (ib *Inbox[TTx]) Dialect() dialects.Dialect[TTx] { return ib.d }
+
+// CheckSchema verifies that durable's migrations ran; see
+// dialects.Dialect.CheckSchema.
+func (ib *Inbox[TTx]) CheckSchema(ctx context.Context) error { return ib.d.CheckSchema(ctx) }
+
+var _ transport.Handler = (*Inbox[any])(nil)
+
+// Deliver stores a delivered batch: every envelope becomes an inbox row
+// keyed by (b.Source, ID), all in one transaction and one statement (a few
+// on SQLite for very large batches), and Deliver returns only after it
+// committed. An envelope whose (source, id) is stored already, or is in the
+// dead letters, or repeats an earlier envelope of the batch, is answered
+// Duplicate and not stored again, so a resend is acknowledged and handled
+// once. Duplicates are recognised while the original is kept: handled
+// messages for Config.Retention, dead letters until purged.
+//
+// An envelope that cannot be stored (an empty ID, text that is not valid
+// UTF-8 or holds a NUL byte) is answered Rejected with the reason, and the
+// others are stored. An invalid source fails the whole batch permanently.
+// A database error fails it retryably: the sender sends it again. The
+// envelope's Attempt (the sender's) is not kept; the inbox counts its own.
+//
+// Storing wakes idle workers of this Inbox.
+func (ib *Inbox[TTx]) Deliver(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+	if b == nil || len(b.Envelopes) == 0 {
+		return transport.Result{}, nil
+	}
+	if reason := checkText(b.Source); reason != "" {
+		return transport.Result{}, transport.Permanent(fmt.Errorf("durable/inbox: batch source %s", reason))
+	}
+	outcomes := make([]transport.Outcome, len(b.Envelopes))
+	rows := make([]dialects.InboxRow, 0, len(b.Envelopes))
+	index := make([]int, 0, len(b.Envelopes))
+	for i := range b.Envelopes {
+		e := &b.Envelopes[i]
+		if reason := checkEnvelope(e); reason != "" {
+			outcomes[i] = transport.Outcome{Status: transport.Rejected, Reason: reason}
+			continue
+		}
+		rows = append(rows, dialects.InboxRow{
+			Source:    b.Source,
+			ID:        e.ID,
+			Topic:     e.Topic,
+			Key:       e.Key,
+			Headers:   e.Headers,
+			Payload:   e.Payload,
+			CreatedAt: e.CreatedAt,
+			ExpiresAt: e.ExpiresAt,
+			RunAt:     e.DeliverAt,
+		})
+		index = append(index, i)
+	}
+	if len(rows) == 0 {
+		return transport.Result{Outcomes: outcomes}, nil
+	}
+	stored, err := ib.insert(ctx, rows)
+	if err != nil {
+		return transport.Result{}, err
+	}
+	wake := false
+	for j, ok := range stored {
+		if !ok {
+			outcomes[index[j]].Status = transport.Duplicate
+		}
+		wake = wake || ok
+	}
+	if wake {
+		ib.wakeAll()
+	}
+	return transport.Result{Outcomes: outcomes}, nil
+}
+
+func (ib *Inbox[TTx]) insert(ctx context.Context, rows []dialects.InboxRow) ([]bool, error) {
+	tx, err := ib.d.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("durable/inbox: deliver: begin: %w", err)
+	}
+	stored, err := ib.store.InsertInbox(ctx, tx, rows)
+	if err != nil {
+		_ = ib.d.Rollback(ctx, tx)
+		return nil, fmt.Errorf("durable/inbox: deliver: %w", err)
+	}
+	if err := ib.d.Commit(ctx, tx); err != nil {
+		_ = ib.d.Rollback(ctx, tx)
+		return nil, fmt.Errorf("durable/inbox: deliver: commit: %w", err)
+	}
+	return stored, nil
+}
+
+// checkEnvelope returns why e cannot be stored, or "".
+func checkEnvelope(e *transport.Envelope) string {
+	if e.ID == "" {
+		return "empty message id"
+	}
+	for _, f := range []struct{ name, v string }{{"id", e.ID}, {"topic", e.Topic}, {"key", e.Key}} {
+		if r := checkText(f.v); r != "" {
+			return f.name + " " + r
+		}
+	}
+	for k, v := range e.Headers {
+		if r := checkText(k); r != "" {
+			return "header name " + r
+		}
+		if r := checkText(v); r != "" {
+			return "header " + k + " " + r
+		}
+	}
+	return ""
+}
+
+// checkText returns why s cannot be stored as text (Postgres refuses NUL
+// and invalid UTF-8), or "".
+func checkText(s string) string {
+	if !utf8.ValidString(s) {
+		return "is not valid UTF-8"
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return "contains a NUL byte"
+	}
+	return ""
+}
+
+// wakeAll wakes an idle worker of every queue.
+func (ib *Inbox[TTx]) wakeAll() {
+	for _, q := range ib.queues {
+		q.signal()
+	}
+}
+
+// Stats counts the inbox's messages. The groups do not overlap.
+type Stats struct {
+	Ready    int64 // waiting for their first attempt
+	Retrying int64 // waiting for another attempt after a failure
+	Running  int64 // leased to a worker
+	Handled  int64 // done, kept for the dedupe window
+	Dead     int64 // in the dead letters, not replayed since they failed
+}
+
+// Stats counts the inbox's messages by state and its pending dead letters.
+// It reads the whole inbox table.
+func (ib *Inbox[TTx]) Stats(ctx context.Context) (Stats, error) {
+	s, err := ib.store.InboxStats(ctx)
+	if err != nil {
+		return Stats{}, err
+	}
+	return Stats(s), nil
+}
+
+// Run checks the schema, then runs the workers of every queue and the
+// housekeeping (rescue of expired leases, deletion of handled messages past
+// the retention) until ctx ends. It then stops claiming, lets each
+// in-flight handler finish (bounded by its timeout), releases the messages
+// of its batch that had not started, commits, and returns nil. Errors of
+// the database while running are logged and retried, not returned.
+//
+// Several Inboxes, in one process or many, may run on one database: they
+// share the work.
+func (ib *Inbox[TTx]) Run(ctx context.Context) error {
+	if !ib.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	defer ib.running.Store(false)
+	if err := ib.d.CheckSchema(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	workers := 0
+	for _, q := range ib.queues {
+		for i := range q.concurrency {
+			worker := fmt.Sprintf("%s/%s/%d", ib.name, q.name, i)
+			wg.Go(func() { ib.work(ctx, q, worker) })
+			workers++
+		}
+	}
+	wg.Go(func() { ib.housekeep(ctx) })
+	ib.log.Info("durable/inbox: running", "dialect", ib.d.Name(), "queues", len(ib.queues), "workers", workers)
+	wg.Wait()
+	ib.log.Info("durable/inbox: stopped")
+	return nil
+}
+
+// housekeep rescues expired leases and deletes old handled messages, at
+// once and then periodically, until ctx ends.
+func (ib *Inbox[TTx]) housekeep(ctx context.Context) {
+	rescue := time.NewTicker(ib.cfg.RescueInterval)
+	defer rescue.Stop()
+	cleanup := time.NewTicker(ib.cfg.CleanupInterval)
+	defer cleanup.Stop()
+	ib.rescueLogged(ctx)
+	ib.cleanupLogged(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-rescue.C:
+			ib.rescueLogged(ctx)
+		case <-cleanup.C:
+			ib.cleanupLogged(ctx)
+		}
+	}
+}
+
+func (ib *Inbox[TTx]) rescueLogged(ctx context.Context) {
+	n, err := ib.Rescue(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		ib.log.Warn("durable/inbox: rescue of expired leases failed", "err", err)
+	case n > 0:
+		ib.log.Warn("durable/inbox: rescued messages whose lease expired (a worker died or stalled)", "messages", n)
+	}
+}
+
+func (ib *Inbox[TTx]) cleanupLogged(ctx context.Context) {
+	n, err := ib.Cleanup(ctx)
+	if err != nil && ctx.Err() == nil {
+		ib.log.Warn("durable/inbox: cleanup of handled messages failed", "err", err)
+	}
+	if n > 0 {
+		ib.log.Debug("durable/inbox: deleted handled messages past the retention", "messages", n)
+	}
+}
+
+// rescueBatch bounds one rescue statement.
+const rescueBatch = 1000
+
+// Rescue makes messages whose lease expired ready again, as Run does every
+// RescueInterval, and returns how many. Messages a live worker holds in its
+// batch transaction are left alone whatever their lease says.
+func (ib *Inbox[TTx]) Rescue(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		n, err := ib.store.RescueInbox(ctx, rescueBatch)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < rescueBatch {
+			break
+		}
+	}
+	if total > 0 {
+		ib.wakeAll()
+	}
+	return total, nil
+}
+
+// Cleanup deletes handled messages older than the retention, in statements
+// of DefaultCleanupBatch rows, as Run does every CleanupInterval, and
+// returns how many it deleted.
+func (ib *Inbox[TTx]) Cleanup(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		n, err := ib.store.PurgeInbox(ctx, ib.cfg.Retention, DefaultCleanupBatch)
+		total += n
+		if err != nil || n < DefaultCleanupBatch {
+			return total, err
+		}
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+	}
+}

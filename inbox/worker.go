@@ -1,0 +1,379 @@
+package inbox
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/durable-go/durable/dialects"
+)
+
+// opTimeout bounds a worker's statements outside the batch transaction.
+const opTimeout = 30 * time.Second
+
+// maxErrorBytes bounds one error as stored in a message's history.
+const maxErrorBytes = 8 << 10
+
+// work runs one worker of q until ctx ends.
+func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
+	failures := 0
+	for ctx.Err() == nil {
+		token, rows, err := ib.claim(ctx, q, worker)
+		if err != nil {
+			failures++
+			if ctx.Err() != nil {
+				return
+			}
+			// Every worker of a queue fails alike when the database is
+			// down: log once per poll interval per queue.
+			now := time.Now().UnixNano()
+			if last := q.lastClaimFail.Load(); now-last > int64(ib.cfg.PollInterval) && q.lastClaimFail.CompareAndSwap(last, now) {
+				ib.log.Warn("durable/inbox: claim failed", "queue", q.name, "err", err)
+			}
+			sleep(ctx, nil, min(ib.cfg.PollInterval<<min(failures, 5), 30*time.Second))
+			continue
+		}
+		failures = 0
+		if len(rows) == 0 {
+			sleep(ctx, q.wake, jitter(ib.cfg.PollInterval))
+			continue
+		}
+		if len(rows) == q.batch {
+			q.signal() // there may be more: let an idle sibling look
+		}
+		ib.process(ctx, q, worker, token, rows)
+	}
+}
+
+// sleep waits for d, a wake-up on wake (if not nil) or the end of ctx.
+func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-t.C:
+	}
+}
+
+// jitter spreads d by ±20 %, so that idle workers do not poll in step.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
+}
+
+// claim leases a batch for worker under a new token. It runs even when ctx
+// ends during the statement, so that a claim that committed is not lost
+// unnoticed; process then releases it.
+func (ib *Inbox[TTx]) claim(ctx context.Context, q *queue, worker string) (string, []dialects.InboxRow, error) {
+	token := rand.Text()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	rows, err := ib.store.ClaimInbox(cctx, dialects.InboxClaim{
+		Token:         token,
+		Worker:        worker,
+		Limit:         q.batch,
+		Lease:         ib.cfg.Lease,
+		Topics:        q.topics,
+		ExcludeTopics: q.exclude,
+	})
+	return token, rows, err
+}
+
+// spState tracks the per-message savepoint of a batch transaction.
+type spState uint8
+
+const (
+	spNone  spState = iota // no savepoint yet
+	spClean                // established, nothing done since (after a rollback to it)
+	spDirty                // established, a handler succeeded since
+)
+
+// errBroken carries the failure that made a batch transaction unusable and
+// the message that was being handled then (nil if none).
+type errBroken struct {
+	culprit *dialects.InboxRow
+	err     error
+}
+
+// process handles a claimed batch in one transaction: lock the rows still
+// leased to token, run each one's handler after a savepoint, settle all of
+// them in one statement, commit.
+func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token string, rows []dialects.InboxRow) {
+	// The batch outlives ctx: a shutdown lets it finish. Its own deadline
+	// only guards against a hung database.
+	budget := ib.cfg.Lease + opTimeout
+	for i := range rows {
+		budget += ib.policy(rows[i].Topic).timeout
+	}
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
+	defer cancel()
+	log := ib.log.With("worker", worker)
+
+	tx, err := ib.d.Begin(bctx)
+	if err != nil {
+		log.Warn("durable/inbox: cannot begin a batch; its messages wait for their lease to expire", "messages", len(rows), "err", err)
+		return
+	}
+	done := false
+	defer func() {
+		if !done {
+			_ = ib.d.Rollback(bctx, tx)
+		}
+	}()
+	keys := make([]dialects.InboxKey, len(rows))
+	for i, r := range rows {
+		keys[i] = dialects.InboxKey{Source: r.Source, ID: r.ID}
+	}
+	heldKeys, err := ib.store.LockInbox(bctx, tx, token, keys)
+	if err != nil {
+		_ = ib.d.Rollback(bctx, tx)
+		done = true
+		log.Warn("durable/inbox: cannot lock a claimed batch; releasing it", "messages", len(rows), "err", err)
+		ib.settleAfterFailure(bctx, log, token, rows, nil, nil, nil)
+		return
+	}
+	held := make(map[dialects.InboxKey]bool, len(heldKeys))
+	for _, k := range heldKeys {
+		held[k] = true
+	}
+	if len(heldKeys) < len(rows) {
+		log.Debug("durable/inbox: lost the lease of claimed messages before handling them", "lost", len(rows)-len(heldKeys))
+	}
+	mine := rows[:0:0]
+	for _, r := range rows {
+		if held[dialects.InboxKey{Source: r.Source, ID: r.ID}] {
+			mine = append(mine, r)
+		}
+	}
+	if len(mine) == 0 {
+		return
+	}
+
+	outcomes, broken := ib.handleAll(ctx, bctx, tx, mine)
+	if broken != nil {
+		_ = ib.d.Rollback(bctx, tx)
+		done = true
+		log.Warn("durable/inbox: a handler left the batch transaction unusable; retrying the batch without it",
+			"messages", len(mine), "err", broken.err)
+		ib.settleAfterFailure(bctx, log, token, mine, broken.culprit, broken.err, nil)
+		return
+	}
+	n, err := ib.store.FinishInbox(bctx, tx, token, outcomes)
+	if err == nil {
+		err = ib.d.Commit(bctx, tx)
+		done = err == nil
+	}
+	if err != nil {
+		_ = ib.d.Rollback(bctx, tx)
+		done = true
+		log.Warn("durable/inbox: cannot commit a batch; its messages count a failed attempt", "messages", len(mine), "err", err)
+		ib.settleAfterFailure(bctx, log, token, mine, nil, nil, fmt.Errorf("durable/inbox: the batch transaction failed: %w", err))
+		return
+	}
+	if n != len(outcomes) {
+		log.Warn("durable/inbox: a batch settled fewer messages than it handled", "settled", n, "handled", len(outcomes))
+	}
+	again := false
+	for _, o := range outcomes {
+		again = again || (o.Kind == dialects.InboxRetry && o.RetryAfter <= 0)
+	}
+	if again {
+		q.signal()
+	}
+	log.Debug("durable/inbox: batch done", "messages", len(outcomes))
+}
+
+// handleAll runs the handlers of rows in tx, a savepoint before each, and
+// returns their outcomes. Once ctx (the Run context) ends, the messages not
+// started yet are released. A non-nil errBroken means tx is unusable.
+func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialects.InboxRow) ([]dialects.InboxOutcome, *errBroken) {
+	outcomes := make([]dialects.InboxOutcome, 0, len(rows))
+	sp := spNone
+	last := -1 // index in rows of the last message that succeeded after the savepoint
+	// confirm checks, at the next savepoint step, that the last successful
+	// handler left tx usable: if not, its work is rolled back and it fails.
+	confirm := func(action dialects.SavepointAction) *errBroken {
+		err := ib.store.InboxSavepoint(bctx, tx, action)
+		if err == nil {
+			return nil
+		}
+		if sp != spDirty {
+			return &errBroken{err: err}
+		}
+		culprit := &rows[last]
+		if rerr := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRollback); rerr != nil {
+			return &errBroken{culprit: culprit, err: err}
+		}
+		for i := range outcomes {
+			if outcomes[i].Source == culprit.Source && outcomes[i].ID == culprit.ID {
+				outcomes[i] = ib.failure(culprit, fmt.Errorf("durable/inbox: the handler returned nil, but its transaction failed: %w", err))
+			}
+		}
+		sp = spClean // rolled back to it: established and clean
+		return nil
+	}
+	for i := range rows {
+		r := &rows[i]
+		if ctx.Err() != nil {
+			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxRetry, UndoAttempt: true})
+			continue
+		}
+		if r.Expired {
+			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
+				Reason: ReasonExpired, Error: "durable/inbox: expired at " + r.ExpiresAt.UTC().Format(time.RFC3339Nano) + " before it was handled"})
+			continue
+		}
+		pol := ib.policy(r.Topic)
+		if r.Attempts > pol.maxAttempts {
+			// Attempts ended without an outcome (a crash, a lost lease)
+			// until none was left.
+			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
+				Reason: ReasonHandlerError, Error: fmt.Sprintf("durable/inbox: attempt %d of at most %d: gave up", r.Attempts, pol.maxAttempts)})
+			continue
+		}
+		switch sp {
+		case spNone:
+			if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointSet); err != nil {
+				return nil, &errBroken{err: err}
+			}
+		case spDirty:
+			if b := confirm(dialects.SavepointReleaseSet); b != nil {
+				return nil, b
+			}
+		}
+		herr := ib.call(bctx, pol.timeout, tx, r)
+		if herr == nil {
+			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxHandled})
+			sp, last = spDirty, i
+			continue
+		}
+		if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRollback); err != nil {
+			return nil, &errBroken{culprit: r, err: errors.Join(herr, err)}
+		}
+		sp = spClean
+		outcomes = append(outcomes, ib.failure(r, herr))
+	}
+	if sp == spDirty {
+		if b := confirm(dialects.SavepointRelease); b != nil {
+			return nil, b
+		}
+	}
+	return outcomes, nil
+}
+
+// call runs the handler of r with the timeout, turning a panic into a
+// *PanicError.
+func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r *dialects.InboxRow) (err error) {
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	headers := r.Headers
+	if headers == nil {
+		headers = map[string]string{}
+	}
+	msg := &Message{
+		ID: r.ID, Source: r.Source, Topic: r.Topic, Key: r.Key, Headers: headers, Payload: r.Payload,
+		CreatedAt: r.CreatedAt, ReceivedAt: r.ReceivedAt, ExpiresAt: r.ExpiresAt,
+		Attempt: r.Attempts, LastError: r.LastError, ReplayedAt: r.ReplayedAt,
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = &PanicError{Value: p, Stack: debug.Stack()}
+		}
+		if err != nil && errors.Is(hctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			err = fmt.Errorf("durable/inbox: handler timed out after %v: %w", timeout, err)
+		}
+	}()
+	mux := ib.Mux
+	return mux.Dispatch(hctx, tx, msg)
+}
+
+// failure turns a handler's error into the outcome of r's attempt.
+func (ib *Inbox[TTx]) failure(r *dialects.InboxRow, herr error) dialects.InboxOutcome {
+	o := dialects.InboxOutcome{Source: r.Source, ID: r.ID, Error: errorText(herr)}
+	var (
+		decode *DecodeError
+		perm   *permanentError
+		retry  *retryError
+	)
+	switch {
+	case errors.Is(herr, ErrNoHandler):
+		o.Kind, o.Reason = dialects.InboxDead, ReasonNoHandler
+	case errors.As(herr, &decode):
+		o.Kind, o.Reason = dialects.InboxDead, ReasonDecodeError
+	case errors.As(herr, &perm):
+		o.Kind, o.Reason = dialects.InboxDead, ReasonPermanent
+	case errors.As(herr, &retry):
+		o.Kind, o.RetryAfter, o.UndoAttempt, o.Error = dialects.InboxRetry, retry.after, true, ""
+	default:
+		pol := ib.policy(r.Topic)
+		if r.Attempts >= pol.maxAttempts {
+			o.Kind, o.Reason = dialects.InboxDead, ReasonHandlerError
+		} else {
+			o.Kind, o.RetryAfter = dialects.InboxRetry, max(pol.backoff(r.Attempts), 0)
+		}
+	}
+	return o
+}
+
+// errorText is err's message as stored: valid UTF-8 without NUL bytes
+// (which Postgres text cannot hold), at most maxErrorBytes.
+func errorText(err error) string {
+	s := strings.ToValidUTF8(err.Error(), "\uFFFD")
+	s = strings.ReplaceAll(s, "\x00", "\uFFFD")
+	if len(s) > maxErrorBytes {
+		cut := maxErrorBytes
+		for cut > 0 && !utf8RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + " …(truncated)"
+	}
+	if s == "" {
+		s = fmt.Sprintf("%T with an empty message", err)
+	}
+	return s
+}
+
+func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// settleAfterFailure settles, in a transaction of its own, a batch whose
+// transaction failed. With cause set, every message counts a failed attempt
+// with that error (the commit failed: the culprit is unknown). Otherwise
+// the culprit, if any, fails with culpritErr and the others are released
+// without counting their attempt: their work was rolled back with the
+// batch, and they run again. If even this fails, the leases expire and the
+// messages are rescued.
+func (ib *Inbox[TTx]) settleAfterFailure(ctx context.Context, log *slog.Logger, token string, rows []dialects.InboxRow, culprit *dialects.InboxRow, culpritErr, cause error) {
+	outcomes := make([]dialects.InboxOutcome, 0, len(rows))
+	for i := range rows {
+		r := &rows[i]
+		switch {
+		case cause != nil:
+			outcomes = append(outcomes, ib.failure(r, cause))
+		case culprit != nil && r.Source == culprit.Source && r.ID == culprit.ID:
+			outcomes = append(outcomes, ib.failure(r, culpritErr))
+		default:
+			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxRetry, UndoAttempt: true})
+		}
+	}
+	tx, err := ib.d.Begin(ctx)
+	if err == nil {
+		_, err = ib.store.FinishInbox(ctx, tx, token, outcomes)
+		if err == nil {
+			err = ib.d.Commit(ctx, tx)
+		}
+		if err != nil {
+			_ = ib.d.Rollback(ctx, tx)
+		}
+	}
+	if err != nil {
+		log.Warn("durable/inbox: cannot settle a failed batch; its messages wait for their lease to expire", "messages", len(rows), "err", err)
+		return
+	}
+	ib.wakeAll()
+}
