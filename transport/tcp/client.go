@@ -247,10 +247,11 @@ func (c *Client) ping(ctx context.Context) error {
 	}
 }
 
-// Close stops the client. New Sends fail with transport.ErrClosed at once; Close waits until
-// the Sends in progress got their answers, or until ctx ends, in which case they fail with
-// ErrClosed (retryable: their batches were not acknowledged). It then closes the connection
-// and returns after every goroutine of the client has ended.
+// Close stops the client. New Sends, and Sends that have not yet written their batch, fail with
+// transport.ErrClosed (retryable); Close waits until the batches already written got their
+// answers, or until ctx ends, in which case they fail with ErrClosed too (their batches were not
+// acknowledged). It then closes the connection and returns after every goroutine of the client
+// has ended. Close is idempotent.
 func (c *Client) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
