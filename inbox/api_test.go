@@ -257,7 +257,7 @@ func TestRetention(t *testing.T) {
 
 func testRetention[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
-	cfg.Retention = 200 * time.Millisecond
+	cfg.Retention = time.Second
 	cfg.CleanupInterval = time.Hour // by hand below
 	ib := newInbox(t, f, cfg)
 	ib.HandleFunc("t", effect(f))
@@ -272,7 +272,7 @@ func testRetention[TTx any](t *testing.T, f *fixture[TTx]) {
 	if s := statuses(deliver(t, ib, batch("orders", envelope(1, "t"))), 1); s[0] != transport.Duplicate {
 		t.Fatalf("resend inside the window: %v", s[0])
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
 	if n, err := ib.Cleanup(ctx); err != nil || n != 2 {
 		t.Fatalf("Cleanup after the window = %d, %v; want 2", n, err)
 	}

@@ -204,7 +204,7 @@ var _ io.Writer = testWriter{}
 // fastConfig is a Config for tests: short polls and backoff.
 func fastConfig(t testing.TB) *Config {
 	return &Config{
-		PollInterval: 10 * time.Millisecond,
+		PollInterval: 100 * time.Millisecond,
 		Backoff:      func(int) time.Duration { return 5 * time.Millisecond },
 		Logger:       quiet(t),
 	}

@@ -505,6 +505,7 @@ func (ib *Inbox[TTx]) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	workers := 0
 	for _, q := range ib.queues {
+		wg.Go(func() { ib.poll(ctx, q) })
 		for i := range q.concurrency {
 			worker := fmt.Sprintf("%s/%s/%d", ib.name, q.name, i)
 			wg.Go(func() { ib.work(ctx, q, worker) })

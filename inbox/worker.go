@@ -41,13 +41,31 @@ func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 		}
 		failures = 0
 		if len(rows) == 0 {
-			sleep(ctx, q.wake, jitter(ib.cfg.PollInterval))
+			// Idle: wait for a wake-up (the queue's poller, a Deliver, a
+			// sibling that found a full batch), so that idle workers cost
+			// one claim per poll interval per queue, not one each.
+			select {
+			case <-ctx.Done():
+			case <-q.wake:
+			}
 			continue
 		}
 		if len(rows) == q.batch {
 			q.signal() // there may be more: let an idle sibling look
 		}
 		ib.process(ctx, q, worker, token, rows)
+	}
+}
+
+// poll wakes an idle worker of q every poll interval (with jitter) until
+// ctx ends: polling is the source of truth, wake-ups only make it sooner.
+func (ib *Inbox[TTx]) poll(ctx context.Context, q *queue) {
+	for {
+		sleep(ctx, nil, jitter(ib.cfg.PollInterval))
+		if ctx.Err() != nil {
+			return
+		}
+		q.signal()
 	}
 }
 
@@ -179,12 +197,19 @@ func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token strin
 	if n != len(outcomes) {
 		log.Warn("durable/inbox: a batch settled fewer messages than it handled", "settled", n, "handled", len(outcomes))
 	}
-	again := false
+	// A retry due before the next poll gets a wake-up of its own, so that
+	// short backoffs and snoozes are not stretched to the poll interval.
+	soonest := time.Duration(-1)
 	for _, o := range outcomes {
-		again = again || (o.Kind == dialects.InboxRetry && o.RetryAfter <= 0)
+		if o.Kind == dialects.InboxRetry && (soonest < 0 || o.RetryAfter < soonest) {
+			soonest = o.RetryAfter
+		}
 	}
-	if again {
+	switch {
+	case soonest == 0:
 		q.signal()
+	case soonest > 0 && soonest < ib.cfg.PollInterval:
+		time.AfterFunc(soonest, q.signal)
 	}
 	log.Debug("durable/inbox: batch done", "messages", len(outcomes))
 }
