@@ -1,0 +1,369 @@
+package durable
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/inbox"
+	"github.com/durable-go/durable/outbox"
+	"github.com/durable-go/durable/transport"
+	"github.com/durable-go/durable/transport/tcp"
+)
+
+// Config configures a Node. Name is required; everything else has a
+// documented default. The parts' own configurations (Outbox, Relay, Inbox,
+// Server, Client) are used as given, except for the fields the Node sets to
+// tie the parts together, listed on each.
+type Config[TTx any] struct {
+	// Name identifies this service. Peers see it as the Source of the
+	// messages it sends (inbox rows are keyed by source and id), so it must
+	// be stable across restarts and unique among the services that send to
+	// the same peer. Required.
+	Name string
+
+	// Listen is the TCP address the inbox accepts peers on, such as
+	// ":7400". Empty (and no Listener): the node only sends.
+	Listen string
+	// Listener, when set, is used instead of Listen; the Node closes it.
+	Listener net.Listener
+	// Mux routes received messages to handlers by topic. Nil: the inbox's
+	// own Mux; register handlers with Node.Inbox().HandleFunc.
+	Mux *inbox.Mux[TTx]
+
+	// Peers maps each destination name used in outbox.Message.Destination to
+	// the peer that receives it.
+	Peers map[string]Peer
+	// AllowUnknownDestinations makes Enqueue accept destinations that are not
+	// in Peers (they wait in the outbox until a node knows them). By default
+	// a destination outside Peers is refused with outbox.ErrUnknownDestination,
+	// which catches typos at the call site.
+	AllowUnknownDestinations bool
+
+	// Secret is the shared secret peers authenticate with (HMAC over a
+	// server nonce and a timestamp; see transport/tcp/PROTOCOL.md). It is
+	// the server's secret and the default of every Peer.
+	Secret []byte
+	// TLS, when set, makes the server speak TLS 1.3 only; set ClientAuth to
+	// tls.RequireAndVerifyClientCert for mutual TLS.
+	TLS *tls.Config
+	// Insecure lets the server accept peers with no credential at all (no
+	// Secret, no mutual TLS, no Verify in Server). Only for tests and demos
+	// on a trusted network.
+	Insecure bool
+
+	// Outbox configures Enqueue. The Node sets Destinations to the names in
+	// Peers, unless it is already set or AllowUnknownDestinations is true.
+	Outbox outbox.Config
+	// Relay configures the relay. The Node sets Outbox (in-process wake-ups)
+	// and Logger when they are unset.
+	Relay outbox.RelayConfig
+	// Inbox configures the workers. The Node sets Name and Logger when they
+	// are unset.
+	Inbox inbox.Config
+	// Server configures the TCP server. The Node sets NodeID, Secret, TLS,
+	// Insecure and Logger from the fields above when they are unset.
+	Server tcp.ServerConfig
+	// Client is the base configuration of every peer's TCP client. The Node
+	// sets NodeID, Logger, and Secret and TLS from the Peer or the fields
+	// above, when they are unset.
+	Client tcp.ClientConfig
+
+	// ShutdownTimeout bounds the graceful stop once Run's context ends:
+	// the server drains the batches it is storing and the relay the batches
+	// it is sending. Default 10s.
+	ShutdownTimeout time.Duration
+
+	// Logger receives every part's logs, with a "node" attribute. Nil:
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Peer is a remote service this node sends to.
+type Peer struct {
+	// Addr is the peer's listen address, host:port. Required.
+	Addr string
+	// Secret overrides Config.Secret for this peer.
+	Secret []byte
+	// TLS, when set, makes the connection TLS 1.3: RootCAs to trust the
+	// peer's certificate authority, Certificates for mutual TLS.
+	TLS *tls.Config
+}
+
+// DefaultShutdownTimeout is the default of Config.ShutdownTimeout.
+const DefaultShutdownTimeout = 10 * time.Second
+
+// Node is one service's durable messaging: an outbox to enqueue into, a
+// relay that sends what was committed to the peers, and an inbox with a TCP
+// server that receives from peers and workers that run the handlers. Create
+// it with NewNode, register handlers, then call Run.
+//
+// The parts stay usable on their own (packages outbox, inbox and
+// transport/tcp); a Node only wires them together the usual way.
+type Node[TTx any] struct {
+	cfg     Config[TTx]
+	log     *slog.Logger
+	d       dialects.Dialect[TTx]
+	outbox  *outbox.Outbox[TTx]
+	relay   *outbox.Relay[TTx]
+	inbox   *inbox.Inbox[TTx]
+	server  *tcp.Server // nil when the node does not listen
+	clients map[string]*tcp.Client
+	noPeers bool // no Peers and no way to name a destination: Enqueue fails
+
+	mu      sync.Mutex
+	addr    net.Addr
+	running bool
+}
+
+// NewNode builds a node on d. It validates the configuration and creates
+// every part, but does no I/O: Run checks the schema, listens and connects.
+func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], error) {
+	if d == nil {
+		return nil, errors.New("durable: NewNode needs a dialect")
+	}
+	if cfg.Name == "" {
+		return nil, errors.New("durable: Config.Name is required: it identifies this service to its peers")
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("node", cfg.Name)
+	n := &Node[TTx]{cfg: cfg, log: log, d: d, clients: make(map[string]*tcp.Client, len(cfg.Peers))}
+
+	obCfg := cfg.Outbox
+	if len(obCfg.Destinations) == 0 && !cfg.AllowUnknownDestinations {
+		obCfg.Destinations = slices.Sorted(maps.Keys(cfg.Peers))
+		// A node without peers only receives: Enqueue refuses every
+		// destination rather than accept all of them.
+		n.noPeers = len(obCfg.Destinations) == 0
+	}
+	var err error
+	if n.outbox, err = outbox.New(d, &obCfg); err != nil {
+		return nil, err
+	}
+
+	senders := make(map[string]transport.Sender, len(cfg.Peers))
+	for _, name := range slices.Sorted(maps.Keys(cfg.Peers)) {
+		p := cfg.Peers[name]
+		if p.Addr == "" {
+			n.closeClients()
+			return nil, fmt.Errorf("durable: peer %q has no Addr", name)
+		}
+		cc := cfg.Client
+		if cc.NodeID == "" {
+			cc.NodeID = cfg.Name
+		}
+		if cc.Logger == nil {
+			cc.Logger = log.With("peer", name)
+		}
+		if cc.Secret == nil && cc.Token == nil {
+			cc.Secret = p.Secret
+			if cc.Secret == nil {
+				cc.Secret = cfg.Secret
+			}
+		}
+		if cc.TLS == nil {
+			cc.TLS = p.TLS
+		}
+		c, err := tcp.NewClient(p.Addr, cc)
+		if err != nil {
+			n.closeClients()
+			return nil, fmt.Errorf("durable: peer %q: %w", name, err)
+		}
+		n.clients[name] = c
+		senders[name] = c
+	}
+
+	rc := cfg.Relay
+	if rc.Outbox == nil {
+		rc.Outbox = n.outbox
+	}
+	if rc.Logger == nil {
+		rc.Logger = log
+	}
+	if len(senders) > 0 {
+		if n.relay, err = outbox.NewRelay(d, senders, &rc); err != nil {
+			n.closeClients()
+			return nil, err
+		}
+	}
+
+	ic := cfg.Inbox
+	if ic.Name == "" {
+		ic.Name = cfg.Name
+	}
+	if ic.Logger == nil {
+		ic.Logger = log
+	}
+	if n.inbox, err = inbox.New(d, &ic); err != nil {
+		n.closeClients()
+		return nil, err
+	}
+	if cfg.Mux != nil {
+		n.inbox.Mux = cfg.Mux
+	}
+
+	if cfg.Listen != "" || cfg.Listener != nil {
+		sc := cfg.Server
+		if sc.NodeID == "" {
+			sc.NodeID = cfg.Name
+		}
+		if sc.Secret == nil {
+			sc.Secret = cfg.Secret
+		}
+		if sc.TLS == nil {
+			sc.TLS = cfg.TLS
+		}
+		if !sc.Insecure {
+			sc.Insecure = cfg.Insecure
+		}
+		if sc.Logger == nil {
+			sc.Logger = log
+		}
+		if n.server, err = tcp.NewServer(n.inbox, sc); err != nil {
+			n.closeClients()
+			return nil, fmt.Errorf("durable: server: %w", err)
+		}
+	}
+	return n, nil
+}
+
+func (n *Node[TTx]) closeClients() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, c := range n.clients {
+		_ = c.Close(ctx)
+	}
+}
+
+// ErrNoPeers is returned by Enqueue on a node configured without peers.
+var ErrNoPeers = errors.New("durable: this node has no peers to send to (Config.Peers is empty)")
+
+// Enqueue writes msgs to the outbox in tx, the caller's transaction; see
+// outbox.Outbox.Enqueue. The relay of this node sends them once tx commits.
+func (n *Node[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*outbox.Message) error {
+	if n.noPeers {
+		return ErrNoPeers
+	}
+	return n.outbox.Enqueue(ctx, tx, msgs...)
+}
+
+// Outbox returns the node's outbox.
+func (n *Node[TTx]) Outbox() *outbox.Outbox[TTx] { return n.outbox }
+
+// Relay returns the node's relay, for Stats; nil on a node without peers.
+func (n *Node[TTx]) Relay() *outbox.Relay[TTx] { return n.relay }
+
+// Inbox returns the node's inbox: register handlers on it before Run, and
+// use it for dead letters and Stats.
+func (n *Node[TTx]) Inbox() *inbox.Inbox[TTx] { return n.inbox }
+
+// Dialect returns the dialect the node works on.
+func (n *Node[TTx]) Dialect() dialects.Dialect[TTx] { return n.d }
+
+// Addr returns the address the inbox listens on, once Run is listening;
+// nil before, and on a node that does not listen.
+func (n *Node[TTx]) Addr() net.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.addr
+}
+
+// Run checks the schema, starts listening (when configured), and runs the
+// server, the relay and the inbox workers until ctx ends or one of them
+// fails. On ctx's end it stops gracefully: the server refuses new batches and
+// drains those it is storing, the relay finishes or releases what it is
+// sending, the workers finish their batches; then the peers' connections are
+// closed. It returns nil after a graceful stop, or the first error of a
+// part. Run may be called once.
+func (n *Node[TTx]) Run(ctx context.Context) error {
+	n.mu.Lock()
+	if n.running {
+		n.mu.Unlock()
+		return errors.New("durable: Node.Run called twice")
+	}
+	n.running = true
+	n.mu.Unlock()
+	defer n.closeClients()
+
+	if err := n.d.CheckSchema(ctx); err != nil {
+		if n.cfg.Listener != nil {
+			_ = n.cfg.Listener.Close()
+		}
+		return err
+	}
+
+	var ln net.Listener
+	if n.server != nil {
+		ln = n.cfg.Listener
+		if ln == nil {
+			var err error
+			var lc net.ListenConfig
+			if ln, err = lc.Listen(ctx, "tcp", n.cfg.Listen); err != nil {
+				return fmt.Errorf("durable: listen: %w", err)
+			}
+		}
+		n.mu.Lock()
+		n.addr = ln.Addr()
+		n.mu.Unlock()
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	errs := make(chan error, 3)
+	var wg sync.WaitGroup
+	part := func(name string, run func() error) {
+		wg.Go(func() {
+			err := run()
+			if err != nil {
+				err = fmt.Errorf("durable: %s: %w", name, err)
+			}
+			errs <- err
+			stop() // one part ending ends the others
+		})
+	}
+	if n.server != nil {
+		part("server", func() error {
+			err := n.server.Serve(ln)
+			if errors.Is(err, tcp.ErrServerClosed) {
+				return nil
+			}
+			return err
+		})
+		wg.Go(func() {
+			<-runCtx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
+			defer cancel()
+			if err := n.server.Shutdown(sctx); err != nil {
+				n.log.Warn("durable: server shutdown", "err", err)
+				_ = n.server.Close()
+			}
+		})
+	}
+	if n.relay != nil {
+		part("relay", func() error { return n.relay.Run(runCtx) })
+	}
+	part("inbox", func() error { return n.inbox.Run(runCtx) })
+	wg.Wait()
+	close(errs)
+	var first error
+	for err := range errs {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
