@@ -1,0 +1,105 @@
+// Package inbox is the receiving half of durable. An Inbox stores the
+// batches a transport delivers (it is a transport.Handler) and runs workers
+// that hand each message to its handler inside the transaction that marks it
+// done.
+//
+//	ib, err := inbox.New(postgres.New(pool), &inbox.Config{Concurrency: 8})
+//	...
+//	ib.HandleFunc("order.placed", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+//		_, err := tx.Exec(ctx, `INSERT INTO invoices (order_id) VALUES ($1)`, orderID(m))
+//		return err // nil: done; an error: retried with backoff; inbox.Permanent(err): dead letter now
+//	})
+//	srv, err := tcp.NewServer(ib, tcp.ServerConfig{...}) // the transport stores batches with ib.Deliver
+//	...
+//	err = ib.Run(ctx) // workers, until ctx ends
+//
+// # Guarantees
+//
+// Deliver stores a batch in one transaction keyed by (source, message id)
+// and returns only after it committed, so the sender is acknowledged only
+// for stored messages, and a resend is acknowledged as a duplicate and
+// stored once.
+//
+// A handler's writes in its tx commit together with the message's
+// completion, so inside the receiver's database the effect happens exactly
+// once. Effects outside that database (HTTP calls, e-mail, other databases)
+// happen at least once: a handler may run again after a failure, a timeout
+// or a crash, and should be idempotent there.
+//
+// Nothing is dropped: a message that cannot be processed ends in the dead
+// letters (table durable_dead_letters, side "inbox") with its reason, every
+// attempt's error and their times, where plain SQL can read it (see
+// docs/dead-letters.md) and Replay can put it back.
+//
+// # Deduplication and retention
+//
+// A message is recognised as a duplicate while it is in the inbox, which
+// keeps handled messages for Config.Retention (the dedupe window, 7 days by
+// default), and while it is in the dead letters, replayed or not, until
+// purged. A duplicate of a dead letter is not stored: it was received, and
+// its fate was decided; Replay is the way to run it again. A message that
+// arrives again after its handled row left the window is stored and handled
+// again; pick a window longer than any sender's retry horizon. Handled rows
+// past the window are deleted 1,000 at a time through an index, never by one
+// unbounded DELETE.
+//
+// # Workers
+//
+// Each worker claims a batch of due messages with a lease (FOR UPDATE SKIP
+// LOCKED on Postgres, one UPDATE … RETURNING on SQLite), which counts an
+// attempt, and commits the claim. It then opens one transaction for the
+// batch: it locks the rows still leased to it, runs each message's handler
+// after a savepoint (a failing handler is rolled back to it alone), and
+// settles every message of the batch in one statement before committing.
+// Every change is guarded by the message's state and lease token: a worker
+// whose lease expired and whose messages were rescued or claimed by another
+// changes nothing. A batch transaction holds its rows, so a lease only needs
+// to cover the time from claim to lock; leases of crashed workers are
+// rescued by any inbox, every RescueInterval.
+//
+// Messages with the same ordering key (Envelope.Key) from the same source
+// are handled one at a time, in the order they arrived; one waiting for a
+// retry holds the later ones back, one that goes to the dead letters
+// releases them. A replayed message joins the end of its key's queue.
+//
+// Concurrency is per queue: the default queue serves every topic not given
+// to a Queue of its own. A worker holds one database connection for the
+// duration of a batch; size the pool for the workers of all queues plus the
+// transport's deliveries.
+//
+// # Failures
+//
+// A handler's error rolls back its writes and retries the message after
+// Backoff (exponential, 2 s doubling to at most an hour, with jitter), up
+// to MaxAttempts (10) attempts, then dead-letters it with reason
+// handler_error; both can be set per topic (Config.Topics). Retry(after)
+// snoozes a message without counting an attempt; Permanent(err) dead-letters
+// it at once (reason permanent); a *DecodeError (see JSON) is reason
+// decode_error; a topic without a handler is reason no_handler, replayable
+// once a handler is deployed; an expired message (ExpiresAt passed) is
+// reason expired and never handled. A panic is an error carrying its stack;
+// a handler that overruns HandlerTimeout sees its ctx end. Each attempt's
+// error, with its number and time, is appended to the message's error
+// history, which follows it into the dead letters and across replays.
+//
+// If a handler leaves the batch transaction unusable (pgx closes the
+// connection when a handler's ctx ends during a statement; a handler that
+// commits or rolls back tx), the batch is rolled back: that message counts
+// a failed attempt and the others are released to run again, without
+// counting theirs. If the commit itself fails, every message of the batch
+// counts a failed attempt.
+//
+// # SQLite
+//
+// SQLite has one writer, and the dialect one connection: a batch
+// transaction holds it while its handlers run, and Deliver, claims and the
+// other workers wait meanwhile. The default concurrency is therefore 1;
+// keep handlers short. A handler must use its tx only: any other use of the
+// database waits for the connection the batch holds, forever.
+//
+// # Shutdown
+//
+// When Run's context ends, workers stop claiming; a handler in flight
+// finishes (within its timeout), the messages of its batch that had not
+// started are released, the batch commits, and Run returns nil.
+package inbox
