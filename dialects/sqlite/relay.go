@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -16,44 +15,44 @@ import (
 
 var _ dialects.Relayer = (*Dialect)(nil)
 
-// now is SQLite's clock in the stored time format. Within one statement
-// every call returns the same instant.
-const now = `strftime('%Y-%m-%d %H:%M:%f', 'now')`
-
 // The relay's statements. Seqs travel as one JSON array parameter.
-// Durations travel as strftime modifiers ("+1.500 seconds"): every time is
-// judged by SQLite's clock.
+//
+// Times: SQLite is embedded, and its clock ('now') is the system clock this
+// process reads too, so the dialect takes the time once per statement in Go
+// and passes it as a parameter, in the stored format. That also spares
+// SQLite from formatting the time again for every row a claim scans, which
+// made claims several times slower.
 const (
 	// One UPDATE … RETURNING: SQLite has one writer, so no other claim runs
 	// between the choice of the rows and their lease. The IN subquery is
 	// not correlated, so it is evaluated once, before any row changes.
 	sqlClaim = `UPDATE durable_outbox SET
 	locked_by = ?1,
-	locked_until = strftime('%Y-%m-%d %H:%M:%f', 'now', ?2),
-	attempts = attempts + CASE WHEN expires_at <= ` + now + ` THEN 0 ELSE 1 END
+	locked_until = ?2,
+	attempts = attempts + CASE WHEN expires_at <= ?5 THEN 0 ELSE 1 END
 WHERE seq IN (
 	SELECT o.seq FROM durable_outbox o
-	WHERE o.destination = ?3 AND o.sent_at IS NULL AND o.deliver_at <= ` + now + `
-		AND (o.locked_until IS NULL OR o.locked_until <= ` + now + `)
+	WHERE o.destination = ?3 AND o.sent_at IS NULL AND o.deliver_at <= ?5
+		AND (o.locked_until IS NULL OR o.locked_until <= ?5)
 		AND (o.key = '' OR NOT EXISTS (
 			SELECT 1 FROM durable_outbox e
 			WHERE e.destination = o.destination AND e.key = o.key AND e.key <> ''
 				AND e.sent_at IS NULL AND e.seq < o.seq))
 	ORDER BY o.seq
 	LIMIT ?4)
-RETURNING ` + listColumns + `, coalesce(expires_at <= ` + now + `, 0)`
+RETURNING ` + listColumns + `, coalesce(expires_at <= ?5, 0)`
 
 	sqlAckDelete = `DELETE FROM durable_outbox
 WHERE seq IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND sent_at IS NULL`
 
-	sqlAckRetain = `UPDATE durable_outbox SET sent_at = ` + now + `, locked_until = NULL
+	sqlAckRetain = `UPDATE durable_outbox SET sent_at = ?3, locked_until = NULL
 WHERE seq IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND sent_at IS NULL`
 
 	sqlRelease = `UPDATE durable_outbox SET
 	locked_by = NULL,
-	locked_until = CASE WHEN ?3 THEN strftime('%Y-%m-%d %H:%M:%f', 'now', ?4) END,
-	last_error = coalesce(nullif(?5, ''), last_error),
-	attempts = max(attempts - ?6, 0)
+	locked_until = ?3,
+	last_error = coalesce(nullif(?4, ''), last_error),
+	attempts = max(attempts - ?5, 0)
 WHERE seq IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND sent_at IS NULL`
 
 	// ?1 is a JSON array of [seq, reason, error]. The error history holds
@@ -65,8 +64,8 @@ SELECT 'outbox', o.id, o.destination, o.topic, o.key, o.headers, o.payload, o.cr
 	l.reason, o.attempts, l.error,
 	CASE WHEN coalesce(o.last_error, '') NOT IN ('', l.error)
 		THEN json_array(json_object('attempt', max(o.attempts - 1, 0), 'error', o.last_error),
-			json_object('at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'attempt', o.attempts, 'error', l.error))
-		ELSE json_array(json_object('at', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'attempt', o.attempts, 'error', l.error))
+			json_object('at', ?3, 'attempt', o.attempts, 'error', l.error))
+		ELSE json_array(json_object('at', ?3, 'attempt', o.attempts, 'error', l.error))
 	END
 FROM durable_outbox o
 JOIN (SELECT json_extract(value, '$[0]') AS seq, json_extract(value, '$[1]') AS reason,
@@ -87,10 +86,10 @@ ON CONFLICT (side, source, destination, id) DO UPDATE SET
 WHERE seq IN (SELECT json_extract(value, '$[0]') FROM json_each(?1)) AND locked_by = ?2 AND sent_at IS NULL`
 
 	sqlStats = `SELECT destination, count(*),
-	count(*) FILTER (WHERE locked_by IS NOT NULL AND locked_until > ` + now + `),
-	count(*) FILTER (WHERE locked_by IS NULL AND locked_until > ` + now + `),
-	count(*) FILTER (WHERE deliver_at > ` + now + `),
-	max((julianday('now') - julianday(min(created_at))) * 86400.0, 0)
+	count(*) FILTER (WHERE locked_by IS NOT NULL AND locked_until > ?1),
+	count(*) FILTER (WHERE locked_by IS NULL AND locked_until > ?1),
+	count(*) FILTER (WHERE deliver_at > ?1),
+	max((julianday(?1) - julianday(min(created_at))) * 86400.0, 0)
 FROM durable_outbox
 WHERE sent_at IS NULL
 GROUP BY destination
@@ -107,19 +106,12 @@ SELECT destination FROM d WHERE destination IS NOT NULL`
 
 	sqlPurge = `DELETE FROM durable_outbox WHERE seq IN (
 	SELECT seq FROM durable_outbox
-	WHERE sent_at IS NOT NULL AND sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?1)
+	WHERE sent_at IS NOT NULL AND sent_at < ?1
 	ORDER BY sent_at
 	LIMIT ?2)`
 
 	deadLetterColumns = "seq, side, id, source, destination, topic, key, headers, payload, created_at, expires_at, reason, attempts, last_error, errors, first_failed_at, failed_at, replayed_at"
 )
-
-// modifier renders d as a strftime modifier, whole milliseconds rounded up
-// (the stored precision), with the given sign.
-func modifier(sign string, d time.Duration) string {
-	ms := math.Ceil(float64(d) / float64(time.Millisecond))
-	return fmt.Sprintf("%s%.3f seconds", sign, ms/1000)
-}
 
 // seqsJSON renders seqs as a JSON array.
 func seqsJSON(seqs []int64) string {
@@ -138,7 +130,8 @@ func (d *Dialect) ClaimOutbox(ctx context.Context, c dialects.OutboxClaim) ([]di
 	case c.Lease <= 0:
 		return nil, fmt.Errorf("durable/sqlite: claim outbox: lease %v, want > 0", c.Lease)
 	}
-	rs, err := d.db.QueryContext(ctx, sqlClaim, c.Token, modifier("+", c.Lease), c.Destination, c.Limit)
+	now := time.Now()
+	rs, err := d.db.QueryContext(ctx, sqlClaim, c.Token, formatTime(now.Add(c.Lease)), c.Destination, c.Limit, formatTime(now))
 	if err != nil {
 		return nil, schemaError(ctx, d.db, "claim outbox", err)
 	}
@@ -226,11 +219,10 @@ func (d *Dialect) AckOutbox(ctx context.Context, token string, seqs []int64, ret
 	if len(seqs) == 0 {
 		return 0, nil
 	}
-	stmt := sqlAckDelete
 	if retain {
-		stmt = sqlAckRetain
+		return d.exec(ctx, "ack outbox", sqlAckRetain, seqsJSON(seqs), token, formatTime(time.Now()))
 	}
-	return d.exec(ctx, "ack outbox", stmt, seqsJSON(seqs), token)
+	return d.exec(ctx, "ack outbox", sqlAckDelete, seqsJSON(seqs), token)
 }
 
 // ReleaseOutbox ends the lease of rows leased to token; see
@@ -246,7 +238,11 @@ func (d *Dialect) ReleaseOutbox(ctx context.Context, token string, seqs []int64,
 	if r.Unsent {
 		undo = 1
 	}
-	return d.exec(ctx, "release outbox", sqlRelease, seqsJSON(seqs), token, r.RetryAfter > 0, modifier("+", r.RetryAfter), r.Error, undo)
+	var until any // NULL: claimable at once
+	if r.RetryAfter > 0 {
+		until = formatTime(time.Now().Add(r.RetryAfter))
+	}
+	return d.exec(ctx, "release outbox", sqlRelease, seqsJSON(seqs), token, until, r.Error, undo)
 }
 
 // DeadLetterOutbox moves rows leased to token to durable_dead_letters: an
@@ -275,7 +271,8 @@ func (d *Dialect) DeadLetterOutbox(ctx context.Context, token string, letters []
 			_ = tx.Rollback()
 		}
 	}()
-	if _, err := tx.ExecContext(ctx, sqlDeadLetterInsert, string(js), token); err != nil {
+	at := time.Now().UTC().Format(time.RFC3339Nano)
+	if _, err := tx.ExecContext(ctx, sqlDeadLetterInsert, string(js), token, at); err != nil {
 		return 0, schemaError(ctx, tx, "dead-letter outbox", err)
 	}
 	res, err := tx.ExecContext(ctx, sqlDeadLetterDelete, string(js), token)
@@ -294,7 +291,7 @@ func (d *Dialect) DeadLetterOutbox(ctx context.Context, token string, letters []
 
 // OutboxStats returns the backlog per destination; see dialects.Relayer.
 func (d *Dialect) OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error) {
-	rs, err := d.db.QueryContext(ctx, sqlStats)
+	rs, err := d.db.QueryContext(ctx, sqlStats, formatTime(time.Now()))
 	if err != nil {
 		return nil, schemaError(ctx, d.db, "outbox stats", err)
 	}
@@ -345,7 +342,7 @@ func (d *Dialect) PurgeOutbox(ctx context.Context, age time.Duration, limit int)
 	if limit <= 0 || age < 0 {
 		return 0, fmt.Errorf("durable/sqlite: purge outbox: age %v and limit %d, want age ≥ 0 and limit > 0", age, limit)
 	}
-	return d.exec(ctx, "purge outbox", sqlPurge, modifier("-", age), limit)
+	return d.exec(ctx, "purge outbox", sqlPurge, formatTime(time.Now().Add(-age)), limit)
 }
 
 // ListDeadLetters returns the dead letters matching q in seq order; see
