@@ -1,7 +1,6 @@
 package tcp
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/subtle"
 	"encoding/binary"
@@ -214,18 +213,14 @@ func readHeader(r io.Reader, hdr *[frameHeaderLen]byte, maxFrame int) (frameType
 }
 
 // readBody reads an n-byte frame body. It uses scratch when it is large enough; otherwise it
-// allocates as the data arrives: first what r has buffered (at least 4 KiB, at most bodyChunk),
-// then doubling. A peer that declares a large frame and sends little costs little.
+// allocates at most bodyChunk bytes before the data arrives, then doubles as it does, so a peer
+// that declares a large frame and sends little costs little.
 func readBody(r io.Reader, n int, scratch []byte) ([]byte, error) {
 	var b []byte
 	if n <= cap(scratch) {
 		b = scratch[:n]
 	} else {
-		first := bodyChunk
-		if br, ok := r.(*bufio.Reader); ok {
-			first = min(max(br.Buffered(), 4<<10), bodyChunk)
-		}
-		b = make([]byte, min(n, first))
+		b = make([]byte, min(n, bodyChunk))
 	}
 	got := 0
 	for {
@@ -387,6 +382,9 @@ func batchFrameLen(envs []transport.Envelope) (int, error) {
 			return 0, invalid("envelope %d (%q): time outside years 1-9999", i, trunc(e.ID))
 		}
 		n += minEnvelopeLen + len(e.ID) + len(e.Topic) + len(e.Key) + len(e.Payload)
+		if len(e.Headers) == 0 {
+			continue
+		}
 		for k, v := range e.Headers {
 			if len(k) > math.MaxUint16 || len(v) > math.MaxUint16 {
 				return 0, tooLarge("envelope %d (%q): header %q longer than 65535 bytes", i, trunc(e.ID), trunc(k))
