@@ -40,6 +40,7 @@ type Outbox[TTx any] struct {
 	notifier dialects.Notifier[TTx] // nil unless Config.Notify
 	lim      limits
 	newID    func() (string, error)
+	subs     subscribers // in-process wake-ups (Subscribe)
 }
 
 // New returns an Outbox writing through d. It does no I/O; call CheckSchema
@@ -167,6 +168,7 @@ func (o *Outbox[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*Message) err
 	for i, m := range msgs {
 		m.ID = rows[i].ID
 	}
+	o.subs.notify(rows)
 	return nil
 }
 

@@ -1,0 +1,555 @@
+package outbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
+)
+
+// Relay defaults: the values RelayConfig's zero fields stand for.
+const (
+	// DefaultPollInterval is how often an idle relay looks for due rows
+	// without a wake-up. It bounds the latency of a message whose wake-up
+	// was lost, and how late a scheduled message (DeliverAt) may leave.
+	DefaultPollInterval = time.Second
+	// DefaultBatchSize is the most rows claimed, and sent, at once.
+	DefaultBatchSize = 256
+	// DefaultBatchBytes bounds the payload and header bytes of one batch.
+	DefaultBatchBytes = 1 << 20
+	// DefaultLinger is the shortest time between two claims of a busy
+	// destination; see RelayConfig.Linger.
+	DefaultLinger = 5 * time.Millisecond
+	// DefaultInFlight is the number of batches per destination that may be
+	// sent and not yet acknowledged at once.
+	DefaultInFlight = 4
+	// DefaultLease is how long claimed rows stay reserved for one relay.
+	DefaultLease = 30 * time.Second
+	// DefaultSendTimeout bounds one Send.
+	DefaultSendTimeout = 10 * time.Second
+	// DefaultRetryMin and DefaultRetryMax bound the backoff of a destination
+	// whose sends fail.
+	DefaultRetryMin = 100 * time.Millisecond
+	DefaultRetryMax = 30 * time.Second
+)
+
+// Internal timings.
+const (
+	// opTimeout bounds each database operation of the relay.
+	opTimeout = 15 * time.Second
+	// followWindow and followMax shape the follow-up claims after an
+	// in-process wake-up that found nothing: the enqueuing transaction
+	// had not committed yet, so the relay looks again after 1ms, 2ms, 4ms
+	// ... up to followMax apart, for followWindow.
+	followWindow = time.Second
+	followMax    = 250 * time.Millisecond
+	// housekeepingInterval is how often the relay looks for destinations
+	// without a Sender and, with Retention, purges sent rows.
+	housekeepingInterval = time.Minute
+	// unknownLogInterval rate-limits the warning about a destination
+	// without a Sender.
+	unknownLogInterval = 5 * time.Minute
+	// failureLogInterval rate-limits the warnings about a failing
+	// destination or database.
+	failureLogInterval = 30 * time.Second
+	// purgeBatch is the number of retained rows deleted per statement.
+	purgeBatch = 1000
+)
+
+// RelayConfig configures a Relay. A nil *RelayConfig, and every zero field,
+// stand for the documented default.
+type RelayConfig struct {
+	// Logger receives the relay's events: failures and recoveries of
+	// destinations, dead letters, destinations without a Sender. Nothing is
+	// logged per message at Info or above. Nil: slog.Default().
+	Logger *slog.Logger
+
+	// ID names this relay in the leases it takes (durable_outbox.locked_by
+	// holds ID/n). Default: host name, process id and a random suffix.
+	ID string
+
+	// PollInterval is how often an idle destination is checked for due
+	// rows without a wake-up. Default DefaultPollInterval (1s).
+	PollInterval time.Duration
+	// BatchSize is the most rows claimed at once for one destination, and
+	// the most envelopes in one batch. Default DefaultBatchSize.
+	BatchSize int
+	// BatchBytes bounds the bytes (payload, headers, names) of one batch; a
+	// claim that holds more is sent as several batches. A single larger
+	// message is sent alone. Default DefaultBatchBytes (1 MiB).
+	BatchBytes int
+	// Linger batches a stream of messages: while a destination is busy
+	// (its last claim found rows, but not a full batch), a wake-up makes it
+	// claim again no sooner than Linger after that claim, so that one claim
+	// takes the messages of many transactions instead of one each. An idle
+	// destination claims at once on a wake-up, and a full claim is followed
+	// by the next at once. Default DefaultLinger (5ms); negative: never wait.
+	Linger time.Duration
+	// InFlight bounds the batches per destination sent and not yet
+	// answered. Default DefaultInFlight.
+	InFlight int
+
+	// Lease is how long claimed rows stay reserved for this relay: another
+	// relay on the same database takes them only after it expired, so it
+	// must exceed the time to send and acknowledge a batch. Default
+	// DefaultLease (30s).
+	Lease time.Duration
+	// SendTimeout bounds one Send; it must be shorter than Lease. A send
+	// is also cut short so that it ends before the lease does. Default
+	// DefaultSendTimeout (10s).
+	SendTimeout time.Duration
+	// RetryMin and RetryMax bound the exponential backoff, with jitter, of
+	// a destination whose sends fail with a retryable error: its rows wait
+	// that long before they are claimed again, and the destination pauses;
+	// other destinations are not affected. Defaults DefaultRetryMin (100ms)
+	// and DefaultRetryMax (30s).
+	RetryMin, RetryMax time.Duration
+	// Retention, when positive, keeps acknowledged rows (sent_at set) for
+	// that long before the relay deletes them, for audits; zero deletes
+	// them on acknowledgement.
+	Retention time.Duration
+	// DrainTimeout bounds the wait for batches in flight once Run's context
+	// is cancelled; batches still unanswered then are cancelled and their
+	// rows released for the next relay. Default: SendTimeout.
+	DrainTimeout time.Duration
+
+	// NoListen stops the relay from listening for database notifications
+	// (Postgres LISTEN) even when the dialect can: use it behind a
+	// transaction-mode pooler, which does not pass them. Polling and the
+	// in-process wake-ups still work.
+	NoListen bool
+	// Outbox, when set, wakes the relay as soon as it enqueues a message:
+	// pass the *Outbox that writes to the same database in this process.
+	// See Outbox.Subscribe.
+	Outbox Waker
+}
+
+// resolve fills in the defaults and checks the values.
+func (c RelayConfig) resolve() (RelayConfig, error) {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ID == "" {
+		c.ID = defaultRelayID()
+	}
+	for _, f := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"PollInterval", &c.PollInterval, DefaultPollInterval},
+		{"Lease", &c.Lease, DefaultLease},
+		{"SendTimeout", &c.SendTimeout, DefaultSendTimeout},
+		{"RetryMin", &c.RetryMin, DefaultRetryMin},
+		{"RetryMax", &c.RetryMax, DefaultRetryMax},
+		{"Retention", &c.Retention, 0},
+		{"DrainTimeout", &c.DrainTimeout, 0},
+	} {
+		if *f.v < 0 {
+			return c, fmt.Errorf("durable/outbox: RelayConfig.%s is negative (%v)", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"BatchSize", &c.BatchSize, DefaultBatchSize},
+		{"BatchBytes", &c.BatchBytes, DefaultBatchBytes},
+		{"InFlight", &c.InFlight, DefaultInFlight},
+	} {
+		if *f.v < 0 {
+			return c, fmt.Errorf("durable/outbox: RelayConfig.%s is negative (%d)", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	switch {
+	case c.Linger == 0:
+		c.Linger = DefaultLinger
+	case c.Linger < 0:
+		c.Linger = 0
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = c.SendTimeout
+	}
+	if c.RetryMax < c.RetryMin {
+		return c, fmt.Errorf("durable/outbox: RelayConfig.RetryMax (%v) is below RetryMin (%v)", c.RetryMax, c.RetryMin)
+	}
+	if c.SendTimeout >= c.Lease {
+		return c, fmt.Errorf("durable/outbox: RelayConfig.SendTimeout (%v) must be shorter than Lease (%v): a send outliving its lease may be duplicated by another relay", c.SendTimeout, c.Lease)
+	}
+	return c, nil
+}
+
+func defaultRelayID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "relay"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+// Relay moves committed outbox rows to their destinations: it claims due
+// rows in batches with a lease, sends them through the destination's
+// transport.Sender, and deletes them (or marks them sent) once the peer
+// acknowledged them. Several relays, in one process or many, may run on
+// one database: a row is leased to one of them at a time.
+//
+// # Delivery
+//
+// Delivery is at least once. A row leaves the outbox only after its peer
+// acknowledged it, in one statement guarded by the lease; a relay that dies
+// between the acknowledgement and that statement leaves the row to be sent
+// again once its lease expired, and the receiver recognises the id.
+//
+// Per envelope, the peer's answer decides: Accepted and Duplicate are
+// delivered; Rejected moves the row to durable_dead_letters (side outbox,
+// reason rejected, with the peer's reason). A batch that fails with a
+// retryable error (see transport.IsRetryable) is released with a backoff of
+// its destination alone: the destination pauses, the others keep flowing. A
+// batch refused for good (transport.ErrRejected, or any other error marked
+// permanent) is dead-lettered with the error, except for
+// transport.ErrTooLarge and transport.ErrInvalid: those describe the batch's
+// composition or one envelope, and the relay chose the composition, so it
+// splits the batch in halves and sends them again, until the single
+// offending envelope is dead-lettered alone and every other one delivered.
+// Both errors arise while encoding, before anything is written to the
+// network, so the search costs no round trips.
+//
+// A message whose ExpiresAt passed before it could be sent is moved to the
+// dead letters with reason expired and never sent. A message with DeliverAt
+// in the future leaves within PollInterval of that time.
+//
+// # Order
+//
+// Within a destination rows are claimed and sent in enqueue order, and
+// several batches may be in flight, so messages without a key can arrive
+// in a different order. A message with an ordering key is not sent while an
+// earlier message with the same destination and key is unsent (in flight,
+// waiting for a retry, or scheduled later): such messages leave one at a
+// time, in enqueue order, even across relays. Throughput per key is
+// therefore one message per round trip; spread ordered traffic over many
+// keys.
+//
+// # Wake-ups
+//
+// Polling every PollInterval is the floor; wake-ups only save latency. On
+// Postgres the relay listens for the NOTIFY that Enqueue sends at commit
+// with Config.Notify (a dialects.Listener, on its own connection, which
+// reconnects). In one process, RelayConfig.Outbox wakes it on Enqueue.
+//
+// # Destinations without a Sender
+//
+// Rows for a destination that has no Sender in this relay are kept, never
+// dropped; Stats reports them and the relay logs a warning now and then.
+//
+// # Stopping
+//
+// When Run's context is cancelled, the relay stops claiming, lets the
+// batches in flight finish (up to DrainTimeout), releases what it claimed
+// and did not send, and returns nil. The Senders stay open: the caller
+// closes them after Run returned.
+type Relay[TTx any] struct {
+	d       dialects.Dialect[TTx]
+	core    *relayCore
+	running atomic.Bool
+}
+
+// NewRelay returns a relay for the outbox of d that sends each destination's
+// rows through senders[destination]. The dialect must implement
+// dialects.Relayer (every dialect of this module does). A nil cfg gives the
+// defaults. NewRelay does no I/O; Run checks the schema.
+func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *RelayConfig) (*Relay[TTx], error) {
+	if d == nil {
+		return nil, errors.New("durable/outbox: NewRelay needs a dialect")
+	}
+	store, ok := d.(dialects.Relayer)
+	if !ok {
+		return nil, fmt.Errorf("durable/outbox: the %s dialect (%T) does not implement dialects.Relayer, which the relay needs", d.Name(), d)
+	}
+	if len(senders) == 0 {
+		return nil, errors.New("durable/outbox: NewRelay needs at least one destination's Sender")
+	}
+	var c RelayConfig
+	if cfg != nil {
+		c = *cfg
+	}
+	c, err := c.resolve()
+	if err != nil {
+		return nil, err
+	}
+	core := &relayCore{
+		store:   store,
+		cfg:     c,
+		log:     c.Logger,
+		lanes:   make(map[string]*lane, len(senders)),
+		unknown: make(map[string]time.Time),
+	}
+	if l, ok := d.(dialects.Listener); ok && !c.NoListen {
+		core.listener = l
+	}
+	for dest, s := range senders {
+		if dest == "" || checkName(dest) != "" {
+			return nil, fmt.Errorf("durable/outbox: invalid destination name %q in the senders", dest)
+		}
+		if s == nil {
+			return nil, fmt.Errorf("durable/outbox: nil Sender for destination %q", dest)
+		}
+		core.lanes[dest] = newLane(core, dest, s)
+	}
+	return &Relay[TTx]{d: d, core: core}, nil
+}
+
+// Run checks the schema, then relays until ctx is cancelled. It then drains
+// (see Relay, "Stopping") and returns nil. It returns an error only when it
+// cannot start: the schema check failed, or the relay is running already.
+// A relay may be run again after Run returned.
+func (r *Relay[TTx]) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("durable/outbox: Relay.Run called while the relay is running")
+	}
+	defer r.running.Store(false)
+	if err := r.d.CheckSchema(ctx); err != nil {
+		return err
+	}
+	r.core.run(ctx)
+	return nil
+}
+
+// RelayStats is a snapshot of a relay's work and of the outbox's backlog.
+// The counters are this relay's since it was created; the backlog is the
+// database's, whichever relay will send it.
+type RelayStats struct {
+	Sent         int64 // rows acknowledged by their peer (Duplicate included)
+	Retried      int64 // rows released for a retry after a failed send
+	DeadLettered int64 // rows moved to the dead letters (Expired included)
+	Expired      int64 // rows dead-lettered because they expired
+	Unsent       int64 // rows not yet acknowledged, in every destination
+	// OldestAge is the age of the oldest unsent row; zero when none.
+	OldestAge time.Duration
+	// Destinations holds every destination that has a Sender or unsent
+	// rows.
+	Destinations map[string]DestinationStats
+}
+
+// DestinationStats is the part of RelayStats about one destination.
+type DestinationStats struct {
+	// HasSender reports whether this relay has a Sender for the
+	// destination; rows of a destination without one wait in the outbox.
+	HasSender bool
+	// Paused reports that the destination is in its retry backoff.
+	Paused bool
+
+	Sent, Retried, DeadLettered, Expired int64 // as in RelayStats
+
+	Unsent    int64         // rows not yet acknowledged
+	InFlight  int64         // rows leased by a relay now
+	Retrying  int64         // rows waiting for a retry
+	Scheduled int64         // rows whose DeliverAt is in the future
+	OldestAge time.Duration // age of the oldest unsent row
+}
+
+// Stats returns the relay's counters and the outbox's backlog per
+// destination (one query that reads every unsent row). It may be called at
+// any time, also while Run is not running.
+func (r *Relay[TTx]) Stats(ctx context.Context) (RelayStats, error) {
+	return r.core.stats(ctx)
+}
+
+// relayCore is the part of Relay that does not depend on the transaction
+// type.
+type relayCore struct {
+	store    dialects.Relayer
+	listener dialects.Listener // nil: none, or NoListen
+	cfg      RelayConfig
+	log      *slog.Logger
+	lanes    map[string]*lane // fixed after NewRelay
+	claims   atomic.Uint64    // numbers the claim tokens
+
+	mu      sync.Mutex
+	unknown map[string]time.Time // destination without a Sender → last warned
+}
+
+// token returns a lease token unique to this claim.
+func (c *relayCore) token() string {
+	return fmt.Sprintf("%s/%d", c.cfg.ID, c.claims.Add(1))
+}
+
+// wake pokes the lane of dest, or every lane for "". early marks an
+// in-process wake-up that may precede the commit.
+func (c *relayCore) wake(dest string, early bool) {
+	if dest == "" {
+		for _, l := range c.lanes {
+			l.poke(early)
+		}
+		return
+	}
+	if l, ok := c.lanes[dest]; ok {
+		l.poke(early)
+	}
+}
+
+func (c *relayCore) run(ctx context.Context) {
+	// Sends outlive ctx during the drain; stop cancels them afterwards.
+	sendCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	var (
+		loops    sync.WaitGroup
+		inflight sync.WaitGroup
+	)
+	if c.cfg.Outbox != nil {
+		unsubscribe := c.cfg.Outbox.Subscribe(func(dest string) { c.wake(dest, true) })
+		defer unsubscribe()
+	}
+	if c.listener != nil {
+		loops.Go(func() { c.listen(ctx) })
+	}
+	for _, l := range c.lanes {
+		loops.Go(func() { l.loop(ctx, sendCtx, &inflight) })
+	}
+	loops.Go(func() { c.housekeeping(ctx) })
+	loops.Wait() // every loop ends when ctx is done; no new sends start
+
+	drained := make(chan struct{})
+	go func() {
+		inflight.Wait()
+		close(drained)
+	}()
+	t := time.NewTimer(c.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-drained:
+	case <-t.C:
+		c.log.Warn("durable/outbox: relay: batches still unanswered after the drain timeout; cancelling them", "drain_timeout", c.cfg.DrainTimeout)
+		stop()
+		<-drained
+	}
+}
+
+func (c *relayCore) listen(ctx context.Context) {
+	var (
+		mu   sync.Mutex
+		last time.Time
+	)
+	err := c.listener.ListenOutbox(ctx, func(dest string) { c.wake(dest, false) }, func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(last) >= failureLogInterval {
+			last = time.Now()
+			c.log.Warn("durable/outbox: relay: listening for wake-ups failed; polling meanwhile", "err", err)
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		c.log.Error("durable/outbox: relay: cannot listen for wake-ups; relying on polling", "err", err)
+	}
+}
+
+// housekeeping reports destinations without a Sender and purges retained
+// rows, at start and every housekeepingInterval.
+func (c *relayCore) housekeeping(ctx context.Context) {
+	t := time.NewTicker(housekeepingInterval)
+	defer t.Stop()
+	for {
+		c.reportUnknown(ctx)
+		if c.cfg.Retention > 0 {
+			c.purge(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *relayCore) reportUnknown(ctx context.Context) {
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	dests, err := c.store.OutboxDestinations(octx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("durable/outbox: relay: listing the outbox's destinations failed", "err", err)
+		}
+		return
+	}
+	var warn []string
+	now := time.Now()
+	c.mu.Lock()
+	for _, d := range dests {
+		if _, ok := c.lanes[d]; ok {
+			continue
+		}
+		if last, ok := c.unknown[d]; !ok || now.Sub(last) >= unknownLogInterval {
+			c.unknown[d] = now
+			warn = append(warn, d)
+		}
+	}
+	c.mu.Unlock()
+	for _, d := range warn {
+		c.log.Warn("durable/outbox: relay: unsent messages for a destination without a Sender are kept in the outbox", "destination", d)
+	}
+}
+
+func (c *relayCore) purge(ctx context.Context) {
+	for ctx.Err() == nil {
+		octx, cancel := context.WithTimeout(ctx, opTimeout)
+		n, err := c.store.PurgeOutbox(octx, c.cfg.Retention, purgeBatch)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("durable/outbox: relay: purging sent rows failed", "err", err)
+			}
+			return
+		}
+		if n < purgeBatch {
+			return
+		}
+	}
+}
+
+func (c *relayCore) stats(ctx context.Context) (RelayStats, error) {
+	rows, err := c.store.OutboxStats(ctx)
+	if err != nil {
+		return RelayStats{}, err
+	}
+	s := RelayStats{Destinations: make(map[string]DestinationStats, len(c.lanes)+len(rows))}
+	for dest, l := range c.lanes {
+		ds := DestinationStats{
+			HasSender:    true,
+			Paused:       l.pausedFor() > 0,
+			Sent:         l.sent.Load(),
+			Retried:      l.retried.Load(),
+			DeadLettered: l.dead.Load(),
+			Expired:      l.expired.Load(),
+		}
+		s.Sent += ds.Sent
+		s.Retried += ds.Retried
+		s.DeadLettered += ds.DeadLettered
+		s.Expired += ds.Expired
+		s.Destinations[dest] = ds
+	}
+	for _, r := range rows {
+		ds := s.Destinations[r.Destination]
+		ds.Unsent, ds.InFlight, ds.Retrying, ds.Scheduled, ds.OldestAge = r.Unsent, r.Leased, r.Retrying, r.Scheduled, r.OldestAge
+		s.Destinations[r.Destination] = ds
+		s.Unsent += r.Unsent
+		s.OldestAge = max(s.OldestAge, r.OldestAge)
+	}
+	return s, nil
+}
