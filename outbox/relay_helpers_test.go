@@ -92,11 +92,11 @@ type delivery struct {
 // decide, when set, may fail a batch (its error is the NACK) or reject
 // envelopes.
 type receiver struct {
-	mu     sync.Mutex
-	got    []delivery
-	counts map[string]int
+	mu      sync.Mutex
+	got     []delivery
+	counts  map[string]int
 	changed chan struct{} // closed and replaced on every batch
-	decide func(b *transport.Batch) (transport.Result, error)
+	decide  func(b *transport.Batch) (transport.Result, error)
 }
 
 func newReceiver() *receiver {
