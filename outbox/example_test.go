@@ -4,7 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -14,6 +17,8 @@ import (
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/migrations"
 	"github.com/durable-go/durable/outbox"
+	"github.com/durable-go/durable/transport"
+	"github.com/durable-go/durable/transport/tcp"
 )
 
 // Enqueue a message in the same transaction as a business write: both commit
@@ -56,4 +61,75 @@ func ExampleOutbox_Enqueue() {
 		fmt.Println(r.ID, r.Destination, r.Topic, string(r.Payload))
 	}
 	// Output: order-1-placed billing order.placed {"order":1,"total":4200}
+}
+
+// A relay sends committed messages to their destination's peer over TCP and
+// deletes them from the outbox once the peer acknowledged them. Here the
+// peer is a tcp.Server in the same process whose Handler prints what it
+// receives; in a real system it is the inbox of another service.
+func ExampleRelay() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "durable-relay-example")
+	defer os.RemoveAll(dir)
+	db, _ := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
+	defer db.Close()
+	up, _ := migrations.FS(migrations.SQLite)
+	schema, _ := fs.ReadFile(up, "0001_init.up.sql")
+	db.Exec(string(schema))
+	d, err := sqlite.New(db)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ob, _ := outbox.New(d, nil)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	// The peer.
+	received := make(chan transport.Envelope, 1)
+	srv, _ := tcp.NewServer(transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+		for _, e := range b.Envelopes {
+			received <- e
+		}
+		return transport.Result{}, nil // stored: acknowledge the batch
+	}), tcp.ServerConfig{Insecure: true, Logger: quiet})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() { srv.Close(); <-served }()
+
+	// The relay: one Sender per destination; Outbox wakes it on Enqueue.
+	billing, _ := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{NodeID: "shop", Logger: quiet})
+	defer billing.Close(ctx)
+	relay, err := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing}, &outbox.RelayConfig{
+		Outbox: ob,
+		Logger: quiet,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(runCtx) }()
+
+	tx, _ := db.BeginTx(ctx, nil)
+	ob.Enqueue(ctx, tx, &outbox.Message{
+		ID:          "order-1-placed",
+		Destination: "billing",
+		Topic:       "order.placed",
+		Payload:     []byte(`{"order":1,"total":4200}`),
+	})
+	tx.Commit()
+
+	e := <-received
+	fmt.Println("received:", e.ID, e.Topic, string(e.Payload), "attempt", e.Attempt)
+
+	stop() // graceful: the batch in flight is acknowledged first
+	fmt.Println("Run returned:", <-done)
+	rows, _ := d.ListOutbox(ctx, dialects.OutboxQuery{})
+	fmt.Println("left in the outbox:", len(rows))
+	// Output:
+	// received: order-1-placed order.placed {"order":1,"total":4200} attempt 1
+	// Run returned: <nil>
+	// left in the outbox: 0
 }
