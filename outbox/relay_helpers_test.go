@@ -175,7 +175,7 @@ type server struct {
 	once sync.Once
 }
 
-func startServer(t *testing.T, h transport.Handler) *server {
+func startServer(t testing.TB, h transport.Handler) *server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -184,7 +184,7 @@ func startServer(t *testing.T, h transport.Handler) *server {
 	return serveOn(t, ln, h)
 }
 
-func serveOn(t *testing.T, ln net.Listener, h transport.Handler) *server {
+func serveOn(t testing.TB, ln net.Listener, h transport.Handler) *server {
 	t.Helper()
 	srv, err := tcp.NewServer(h, tcp.ServerConfig{NodeID: "receiver", Insecure: true, Logger: quiet})
 	if err != nil {
@@ -206,7 +206,7 @@ func (s *server) close() {
 }
 
 // newClient returns a tcp.Client with fast reconnects, closed at cleanup.
-func newClient(t *testing.T, addr string) *tcp.Client {
+func newClient(t testing.TB, addr string) *tcp.Client {
 	t.Helper()
 	c, err := tcp.NewClient(addr, tcp.ClientConfig{
 		NodeID: "sender", Logger: quiet, BackoffMin: 5 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
@@ -238,7 +238,7 @@ func fastRelay(log *slog.Logger) *outbox.RelayConfig {
 	}
 }
 
-func newRelay[TTx any](t *testing.T, d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *outbox.RelayConfig) *outbox.Relay[TTx] {
+func newRelay[TTx any](t testing.TB, d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *outbox.RelayConfig) *outbox.Relay[TTx] {
 	t.Helper()
 	r, err := outbox.NewRelay(d, senders, cfg)
 	if err != nil {
@@ -249,7 +249,7 @@ func newRelay[TTx any](t *testing.T, d dialects.Dialect[TTx], senders map[string
 
 // start runs r until the returned stop is called (or the test ends); stop
 // waits for Run and fails the test unless it returned nil.
-func start[TTx any](t *testing.T, r *outbox.Relay[TTx]) (stop func()) {
+func start[TTx any](t testing.TB, r *outbox.Relay[TTx]) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
