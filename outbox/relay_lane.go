@@ -227,10 +227,16 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 
 // expire dead-letters the expired rows of a claim and returns the others.
 func (l *lane) expire(ctx context.Context, token string, rows []dialects.ClaimedRow) []dialects.ClaimedRow {
-	var letters []dialects.OutboxDeadLetter
+	var (
+		letters []dialects.OutboxDeadLetter
+		firstID string
+	)
 	send := rows[:0:0]
 	for _, r := range rows {
 		if r.Expired {
+			if firstID == "" {
+				firstID = r.ID
+			}
 			letters = append(letters, dialects.OutboxDeadLetter{
 				Seq: r.Seq, Reason: dialects.ReasonExpired,
 				Error: fmt.Sprintf("expired at %s before it could be sent", r.ExpiresAt.UTC().Format(time.RFC3339Nano)),
@@ -250,7 +256,7 @@ func (l *lane) expire(ctx context.Context, token string, rows []dialects.Claimed
 			l.dead.Add(int64(n))
 			l.expired.Add(int64(n))
 			l.c.log.Warn("durable/outbox: relay: expired messages moved to the dead letters",
-				"destination", l.dest, "count", n, "first_id", rows[0].ID)
+				"destination", l.dest, "count", n, "first_id", firstID)
 		}
 	}
 	return send
@@ -374,9 +380,9 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 		return nil
 
 	case transport.IsRetryable(err):
-		after := l.failed(err)
-		if sendCtx.Err() != nil {
-			after = 0 // the relay is stopping: leave the rows to the next one
+		var after time.Duration // the relay is stopping: leave the rows to the next one at once
+		if sendCtx.Err() == nil {
+			after = l.failed(err)
 		}
 		l.release(sendCtx, token, rows, dialects.OutboxRelease{RetryAfter: after, Error: err.Error()})
 		l.retried.Add(int64(len(rows)))
