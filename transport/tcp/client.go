@@ -48,7 +48,8 @@ type ClientConfig struct {
 	// before it is considered dead; keep it above PingInterval. Default 45s.
 	ReadTimeout time.Duration
 	// PingInterval is how often an open connection sends PING to keep it alive and detect a
-	// dead peer. Default 15s; negative disables pings.
+	// dead peer. Default 15s; negative disables pings, in which case the server closes a
+	// connection that stays silent for its IdleTimeout, even with a batch in flight.
 	PingInterval time.Duration
 	// AckTimeout bounds the wait for the ACK of one batch. Default 30s.
 	AckTimeout time.Duration
