@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,13 +221,20 @@ func (s relaySuite[TTx]) concurrentClaims(t *testing.T) {
 		owner = map[string]string{}
 		wg    sync.WaitGroup
 		errs  = make(chan error, claimers)
+		stop  atomic.Bool // one claimer failed: the others end too
 	)
 	for c := range claimers {
 		wg.Go(func() {
-			for round := 0; ; round++ {
+			defer func() {
+				if t.Failed() {
+					stop.Store(true)
+				}
+			}()
+			for round := 0; !stop.Load(); round++ {
 				tok := fmt.Sprintf("c%d-%d", c, round)
 				got, err := r.ClaimOutbox(ctxFor(t), dialects.OutboxClaim{Destination: "billing", Token: tok, Limit: 7, Lease: lease})
 				if err != nil {
+					stop.Store(true)
 					errs <- err
 					return
 				}
@@ -234,6 +242,7 @@ func (s relaySuite[TTx]) concurrentClaims(t *testing.T) {
 				for _, g := range got {
 					if prev, dup := owner[g.ID]; dup {
 						mu.Unlock()
+						stop.Store(true)
 						errs <- fmt.Errorf("%s claimed by %s and %s", g.ID, prev, tok)
 						return
 					}
