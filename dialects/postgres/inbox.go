@@ -4,15 +4,19 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/durable-go/durable/dialects"
 )
@@ -116,30 +120,90 @@ func inboxKeyColumns(m map[dialects.InboxKey]struct{}) (sources, ids []string) {
 	return sources, ids
 }
 
-func (c *core) claimInbox(ctx context.Context, cl dialects.InboxClaim) ([]dialects.InboxRow, error) {
+// ownConn lends a connection of the dialect's pool (or database) to one
+// call; release gives it back, discarding it when broken is true (the
+// session state is unknown).
+type ownConn func(ctx context.Context) (q querier, release func(broken bool), err error)
+
+// inOwnTx runs fn in a short transaction of its own on a connection of
+// acquire, begun with sqlInboxOwnTx, and commits.
+func (c *core) inOwnTx(ctx context.Context, acquire ownConn, fn func(q querier) error) (err error) {
+	q, release, err := acquire(ctx)
+	if err != nil {
+		return err
+	}
+	if err := q.exec(ctx, sqlInboxOwnTx); err != nil {
+		release(true)
+		return err
+	}
+	if err := fn(q); err != nil {
+		release(q.exec(context.WithoutCancel(ctx), "ROLLBACK") != nil)
+		return err
+	}
+	if err := q.exec(ctx, "COMMIT"); err != nil {
+		release(true)
+		return err
+	}
+	release(false)
+	return nil
+}
+
+func (c *core) claimInbox(ctx context.Context, acquire ownConn, cl dialects.InboxClaim) ([]dialects.InboxRow, error) {
 	if c.err != nil {
 		return nil, c.err
 	}
 	if cl.Token == "" || cl.Limit <= 0 || cl.Lease <= 0 {
 		return nil, errors.New("durable: postgres: claim inbox: Token, a positive Limit and a positive Lease are required")
 	}
-	topics, exclude := cl.Topics, cl.ExcludeTopics
-	if topics == nil {
-		topics = []string{}
+	var filter strings.Builder
+	if err := inboxTopicFilter(&filter, " AND i.topic IN (", cl.Topics); err != nil {
+		return nil, err
 	}
-	if exclude == nil {
-		exclude = []string{}
+	if err := inboxTopicFilter(&filter, " AND i.topic NOT IN (", cl.ExcludeTopics); err != nil {
+		return nil, err
 	}
-	rs, err := c.root.query(ctx, c.inboxQ().claim, cl.Limit, cl.Token, cl.Worker, inboxMicros(cl.Lease), topics, exclude)
-	if err != nil {
-		return nil, c.opError(ctx, "claim inbox", err)
-	}
-	out, err := scanInboxRows(rs)
+	stmt := strings.NewReplacer("{topics}", filter.String(), "{limit}", strconv.Itoa(cl.Limit)).Replace(c.inboxQ().claim)
+	var out []dialects.InboxRow
+	err := c.inOwnTx(ctx, acquire, func(q querier) error {
+		rs, err := q.query(ctx, stmt, cl.Token, cl.Worker, inboxMicros(cl.Lease))
+		if err != nil {
+			return err
+		}
+		out, err = scanInboxRows(rs)
+		return err
+	})
 	if err != nil {
 		return nil, c.opError(ctx, "claim inbox", err)
 	}
 	slices.SortFunc(out, func(a, b dialects.InboxRow) int { return cmp.Compare(a.Seq, b.Seq) })
 	return out, nil
+}
+
+// inboxTopicFilter writes op, topics as literals and ")" to b, or nothing
+// for no topics.
+func inboxTopicFilter(b *strings.Builder, op string, topics []string) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	b.WriteString(op)
+	for i, t := range topics {
+		if strings.IndexByte(t, 0) >= 0 || !utf8.ValidString(t) {
+			return fmt.Errorf("durable: postgres: claim inbox: invalid topic %q", t)
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(inboxLiteral(t))
+	}
+	b.WriteString(")")
+	return nil
+}
+
+// inboxLiteral quotes s as an SQL string literal (standard_conforming_strings,
+// on by default since Postgres 9.1, makes backslashes ordinary characters;
+// an E” literal does not depend on it).
+func inboxLiteral(s string) string {
+	return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
 }
 
 func (c *core) lockInbox(ctx context.Context, q querier, token string, keys []dialects.InboxKey) ([]dialects.InboxKey, error) {
@@ -258,14 +322,62 @@ func (c *core) rescueInbox(ctx context.Context, limit int) (int, error) {
 	if limit <= 0 {
 		return 0, errors.New("durable: postgres: rescue inbox: limit must be positive")
 	}
-	return c.inboxCount(ctx, c.root, "rescue inbox", c.inboxQ().rescue, limit)
+	return c.inboxCount(ctx, c.root, "rescue inbox", strings.Replace(c.inboxQ().rescue, "{limit}", strconv.Itoa(limit), 1))
 }
 
-func (c *core) purgeInbox(ctx context.Context, age time.Duration, limit int) (int, error) {
+func (c *core) purgeInbox(ctx context.Context, acquire ownConn, age time.Duration, limit int) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
 	if limit <= 0 {
 		return 0, errors.New("durable: postgres: purge inbox: limit must be positive")
 	}
-	return c.inboxCount(ctx, c.root, "purge inbox", c.inboxQ().purge, inboxMicros(age), limit)
+	var n int
+	err := c.inOwnTx(ctx, acquire, func(q querier) error {
+		rs, err := q.query(ctx, strings.Replace(c.inboxQ().purge, "{limit}", strconv.Itoa(limit), 1), inboxMicros(age))
+		if err != nil {
+			return err
+		}
+		return scanOne(rs, &n)
+	})
+	if err != nil {
+		return 0, c.opError(ctx, "purge inbox", err)
+	}
+	return n, nil
+}
+
+// pgxConn lends a connection of pool; a broken one is closed instead of
+// returned (pgxpool also destroys a connection left inside a transaction).
+func pgxConn(pool *pgxpool.Pool) ownConn {
+	return func(ctx context.Context) (querier, func(bool), error) {
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return pgxQuerier{conn}, func(broken bool) {
+			if broken {
+				_ = conn.Conn().Close(context.Background())
+			}
+			conn.Release()
+		}, nil
+	}
+}
+
+// sqlConn lends a connection of db; a broken one is discarded, never
+// returned to the pool with a transaction open.
+func sqlConn(db *sql.DB) ownConn {
+	return func(ctx context.Context) (querier, func(bool), error) {
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return sqlQuerier{conn}, func(broken bool) {
+			if broken {
+				_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			}
+			_ = conn.Close()
+		}, nil
+	}
 }
 
 func (c *core) inboxStats(ctx context.Context) (dialects.InboxStats, error) {
@@ -460,9 +572,11 @@ func (d *Dialect) InsertInbox(ctx context.Context, tx pgx.Tx, rows []dialects.In
 }
 
 // ClaimInbox leases due ready rows with FOR UPDATE SKIP LOCKED in one
-// statement; see dialects.InboxStore.
+// statement, in a short transaction with planner settings that keep the
+// claim an ordered index scan on stale statistics (see sqlInboxOwnTx); see
+// dialects.InboxStore.
 func (d *Dialect) ClaimInbox(ctx context.Context, c dialects.InboxClaim) ([]dialects.InboxRow, error) {
-	return d.claimInbox(ctx, c)
+	return d.claimInbox(ctx, pgxConn(d.pool), c)
 }
 
 // LockInbox locks, with SELECT … FOR UPDATE in tx, the rows of keys still
@@ -491,7 +605,7 @@ func (d *Dialect) RescueInbox(ctx context.Context, limit int) (int, error) {
 // PurgeInbox deletes handled rows older than age, up to limit; see
 // dialects.InboxStore.
 func (d *Dialect) PurgeInbox(ctx context.Context, age time.Duration, limit int) (int, error) {
-	return d.purgeInbox(ctx, age, limit)
+	return d.purgeInbox(ctx, pgxConn(d.pool), age, limit)
 }
 
 // ListInbox returns the inbox rows matching q in seq order.
@@ -529,7 +643,7 @@ func (d *SQLDialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialect
 
 // ClaimInbox is Dialect.ClaimInbox.
 func (d *SQLDialect) ClaimInbox(ctx context.Context, c dialects.InboxClaim) ([]dialects.InboxRow, error) {
-	return d.claimInbox(ctx, c)
+	return d.claimInbox(ctx, sqlConn(d.db), c)
 }
 
 // LockInbox is Dialect.LockInbox for a *sql.Tx.
@@ -554,7 +668,7 @@ func (d *SQLDialect) RescueInbox(ctx context.Context, limit int) (int, error) {
 
 // PurgeInbox is Dialect.PurgeInbox.
 func (d *SQLDialect) PurgeInbox(ctx context.Context, age time.Duration, limit int) (int, error) {
-	return d.purgeInbox(ctx, age, limit)
+	return d.purgeInbox(ctx, sqlConn(d.db), age, limit)
 }
 
 // ListInbox is Dialect.ListInbox.
