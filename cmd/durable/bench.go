@@ -1,0 +1,555 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/spf13/cobra"
+
+	"github.com/durable-go/durable/migrations"
+)
+
+// benchOptions are bench's flags.
+type benchOptions struct {
+	workloads  []string
+	w1Messages int
+	w1Writers  int
+	w2Messages int
+	w2Batch    int
+	w3Rate     int
+	w3Duration time.Duration
+	payload    int
+	cpuProfile string
+
+	// Overrides of the tuned configuration; zero (or "") keeps it.
+	notify           string
+	relayBatch       int
+	relayLinger      time.Duration
+	relayInFlight    int
+	relayPoll        time.Duration
+	inboxConcurrency int
+	inboxBatch       int
+	inboxPoll        time.Duration
+	senderConns      int
+	receiverConns    int
+}
+
+func (a *app) benchCommand() *cobra.Command {
+	o := &benchOptions{}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the whole pipeline (enqueue → relay → TCP → inbox → handler) against the raw commit rate",
+		Long: `bench measures durable end to end, on Postgres and on SQLite: messages enqueued in app
+transactions, relayed over TCP on 127.0.0.1 to an inbox in a second database, handled by a
+no-op handler. Each workload runs on fresh databases (two new schemas of the --dsn server,
+dropped afterwards; two SQLite files in a temporary directory, removed afterwards), and
+measures in the same run the raw limit of that database: plain single-row
+insert-and-commit statements at the same concurrency, or 1,000-row batch inserts (COPY
+on Postgres, one multi-row INSERT on SQLite) for W2.
+
+  W1 enlisted  16 goroutines; each transaction writes a business row and enqueues one
+               message; 20,000 messages. Ratio: end-to-end messages/s over raw commits/s.
+  W2 bulk      100,000 messages enqueued in transactions of 1,000. Ratio: end-to-end
+               messages/s over raw batch-inserted rows/s.
+  W3 latency   200 messages/s for 30s, each in its own W1-style transaction: commit →
+               handler start p50/p99/max. Raw: the latency of one plain commit.
+
+End to end is first commit → last handler's transaction committed; latency is each
+message's commit → its handler's start. The breakdown shows where the time goes between
+the stages (relay claim, inbox received and stored, worker claim, handler start, handler
+committed). See docs/benchmarks.md for how to read the numbers.
+
+--dsn names the Postgres server (default ` + benchDefaultDSN + `;
+DURABLE_DSN is not read, so that a benchmark never lands on an application's database by
+accident); the user needs CREATE on the database. --dialect postgres|sqlite|both (default
+both). The tuning flags override the configuration bench uses, for experiments.`,
+		Example: `  durable bench
+  durable bench --dialect sqlite --json
+  durable bench --dialect postgres --dsn postgres://postgres@db:5432/bench --w3-duration 10s
+  durable bench --workloads w1 --dialect postgres --relay-linger 2ms`,
+		Args: cobra.NoArgs,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.benchValidate(cmd, o)
+		},
+		RunE: a.wrap(func(cmd *cobra.Command, _ []string) error {
+			return a.bench(cmd.Context(), cmd, o)
+		}),
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&o.workloads, "workloads", []string{"w1", "w2", "w3"}, "workloads to run: w1, w2, w3")
+	f.IntVar(&o.w1Messages, "w1-messages", 20000, "W1: messages")
+	f.IntVar(&o.w1Writers, "w1-writers", 16, "W1: concurrent app transactions (also the raw limit's writers)")
+	f.IntVar(&o.w2Messages, "w2-messages", 100000, "W2: messages")
+	f.IntVar(&o.w2Batch, "w2-batch", 1000, "W2: messages per transaction (and rows per raw batch)")
+	f.IntVar(&o.w3Rate, "w3-rate", 200, "W3: messages per second")
+	f.DurationVar(&o.w3Duration, "w3-duration", 30*time.Second, "W3: how long to send")
+	f.IntVar(&o.payload, "payload", 256, "payload bytes per message (and per raw row)")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (this process: relay, inbox, drivers) to this file")
+
+	f.StringVar(&o.notify, "notify", "", "Postgres: on or off, NOTIFY at commit to wake the relay (default: the tuned value)")
+	f.IntVar(&o.relayBatch, "relay-batch", 0, "relay BatchSize (default: tuned)")
+	f.DurationVar(&o.relayLinger, "relay-linger", 0, "relay Linger; negative: none (default: tuned)")
+	f.IntVar(&o.relayInFlight, "relay-inflight", 0, "relay InFlight (default: tuned)")
+	f.DurationVar(&o.relayPoll, "relay-poll", 0, "relay PollInterval (default: tuned)")
+	f.IntVar(&o.inboxConcurrency, "inbox-concurrency", 0, "inbox Concurrency (default: tuned)")
+	f.IntVar(&o.inboxBatch, "inbox-batch", 0, "inbox BatchSize (default: tuned)")
+	f.DurationVar(&o.inboxPoll, "inbox-poll", 0, "inbox PollInterval (default: tuned)")
+	f.IntVar(&o.senderConns, "sender-conns", 0, "Postgres: sender pool's max connections (default: writers + relay in-flight + 4)")
+	f.IntVar(&o.receiverConns, "receiver-conns", 0, "Postgres: receiver pool's max connections (default: inbox concurrency + relay in-flight + 4)")
+	for _, name := range []string{"notify", "relay-batch", "relay-linger", "relay-inflight", "relay-poll",
+		"inbox-concurrency", "inbox-batch", "inbox-poll", "sender-conns", "receiver-conns"} {
+		_ = f.SetAnnotation(name, "group", []string{"tuning"})
+	}
+	return cmd
+}
+
+// benchValidate replaces the root's check of the global flags: bench
+// accepts --dialect both, and reads no DURABLE_DSN.
+func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
+	switch strings.ToLower(a.dialect) {
+	case "", "both":
+		a.dialect = "both"
+	case migrations.Postgres, "postgresql":
+		a.dialect = migrations.Postgres
+	case migrations.SQLite, "sqlite3":
+		a.dialect = migrations.SQLite
+	default:
+		return usageErrorf("--dialect %q: want postgres, sqlite or both", a.dialect)
+	}
+	if a.schema != "" {
+		return usageErrorf("--schema does not apply to bench: it creates fresh schemas and drops them")
+	}
+	if a.timeout < 0 {
+		return usageErrorf("--timeout %s: must not be negative", a.timeout)
+	}
+	if a.dsn != "" {
+		if k := dsnKind(a.dsn); k != kindPostgresURL && k != kindKeyValue {
+			return usageErrorf("--dsn names the Postgres server bench runs on; SQLite runs in a temporary directory")
+		}
+	}
+	for _, w := range o.workloads {
+		switch w {
+		case "w1", "w2", "w3":
+		default:
+			return usageErrorf("--workloads: unknown workload %q (want w1, w2, w3)", w)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		v    int
+	}{
+		{"w1-messages", o.w1Messages}, {"w1-writers", o.w1Writers}, {"w2-messages", o.w2Messages},
+		{"w2-batch", o.w2Batch}, {"w3-rate", o.w3Rate}, {"payload", o.payload},
+	} {
+		if c.v < 1 {
+			return usageErrorf("--%s %d: must be at least 1", c.name, c.v)
+		}
+	}
+	if o.w3Duration < time.Second/time.Duration(o.w3Rate) {
+		return usageErrorf("--w3-duration %s: too short for one message at --w3-rate %d", o.w3Duration, o.w3Rate)
+	}
+	for _, c := range []struct {
+		name string
+		v    int
+	}{
+		{"relay-batch", o.relayBatch}, {"relay-inflight", o.relayInFlight}, {"inbox-concurrency", o.inboxConcurrency},
+		{"inbox-batch", o.inboxBatch}, {"sender-conns", o.senderConns}, {"receiver-conns", o.receiverConns},
+	} {
+		if c.v < 0 {
+			return usageErrorf("--%s %d: must not be negative", c.name, c.v)
+		}
+	}
+	if o.relayPoll < 0 || o.inboxPoll < 0 {
+		return usageErrorf("--relay-poll and --inbox-poll must not be negative")
+	}
+	switch o.notify {
+	case "", "on", "off":
+	default:
+		return usageErrorf("--notify %q: want on or off", o.notify)
+	}
+	return nil
+}
+
+// benchTuned is the configuration bench runs with: the knobs chosen for the
+// targets on a small machine (see docs/benchmarks.md, "Tuning").
+func benchTuned(dialect string, o *benchOptions, w benchWorkload) benchTuning {
+	t := benchTuning{
+		RelayBatchSize:   256,
+		RelayLingerMS:    5,
+		RelayInFlight:    4,
+		RelayPollMS:      1000,
+		InboxConcurrency: 4,
+		InboxBatchSize:   50,
+		InboxPollMS:      1000,
+	}
+	if dialect == migrations.SQLite {
+		t.InboxConcurrency = 1
+	}
+	if o.notify != "" {
+		t.Notify = o.notify == "on" && dialect == migrations.Postgres
+	}
+	set := func(dst *int, v int) {
+		if v > 0 {
+			*dst = v
+		}
+	}
+	set(&t.RelayBatchSize, o.relayBatch)
+	set(&t.RelayInFlight, o.relayInFlight)
+	set(&t.InboxConcurrency, o.inboxConcurrency)
+	set(&t.InboxBatchSize, o.inboxBatch)
+	if o.relayLinger != 0 {
+		t.RelayLingerMS = float64(o.relayLinger) / 1e6
+	}
+	if o.relayPoll > 0 {
+		t.RelayPollMS = float64(o.relayPoll) / 1e6
+	}
+	if o.inboxPoll > 0 {
+		t.InboxPollMS = float64(o.inboxPoll) / 1e6
+	}
+	if dialect == migrations.Postgres {
+		// Every app writer holds a connection for its transaction; the relay
+		// needs one per batch in flight (the ACK) and one to claim; the
+		// inbox one per worker and one per batch being stored.
+		t.SenderConns = max(w.writers, 1) + t.RelayInFlight + 4
+		t.ReceiverConns = t.InboxConcurrency + t.RelayInFlight + 4
+		set(&t.SenderConns, o.senderConns)
+		set(&t.ReceiverConns, o.receiverConns)
+	}
+	return t
+}
+
+func (o *benchOptions) workloadList() []benchWorkload {
+	var out []benchWorkload
+	for _, id := range []string{"w1", "w2", "w3"} {
+		if !containsString(o.workloads, id) {
+			continue
+		}
+		switch id {
+		case "w1":
+			out = append(out, benchWorkload{id: id, name: "enlisted", messages: o.w1Messages, writers: o.w1Writers, perTx: 1})
+		case "w2":
+			out = append(out, benchWorkload{id: id, name: "bulk", messages: o.w2Messages, writers: 1, perTx: o.w2Batch})
+		case "w3":
+			n := max(int(o.w3Duration.Seconds()*float64(o.w3Rate)), 1)
+			out = append(out, benchWorkload{id: id, name: "latency", messages: n, writers: 16, perTx: 1,
+				rate: o.w3Rate, duration: o.w3Duration})
+		}
+	}
+	return out
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// benchMachine describes where the numbers were measured.
+type benchMachine struct {
+	CPUs       int       `json:"cpus"`
+	GoVersion  string    `json:"go_version"`
+	OS         string    `json:"os"`
+	Arch       string    `json:"arch"`
+	Postgres   string    `json:"postgres_version"`
+	SQLite     string    `json:"sqlite_version"`
+	LoadBefore []float64 `json:"load_average_before"`
+	LoadAfter  []float64 `json:"load_average_after"`
+	Started    time.Time `json:"started_at"`
+	Command    string    `json:"command"`
+}
+
+// benchReport is what --json prints.
+type benchReport struct {
+	Machine benchMachine  `json:"machine"`
+	Results []benchResult `json:"results"`
+	Targets []benchTarget `json:"targets"`
+}
+
+// benchTarget is one of the project's targets, judged on this run.
+type benchTarget struct {
+	Dialect  string  `json:"dialect"`
+	Workload string  `json:"workload"`
+	Want     string  `json:"want"`
+	Got      float64 `json:"got"`
+	Met      bool    `json:"met"`
+}
+
+// benchLoad reads the load averages (1, 5, 15 minutes) on Linux; nil
+// elsewhere.
+func benchLoad() []float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return nil
+	}
+	fields := strings.Fields(string(b))
+	var out []float64
+	for _, f := range fields[:min(3, len(fields))] {
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil {
+			return nil
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func (a *app) bench(ctx context.Context, cmd *cobra.Command, o *benchOptions) error {
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return failuref("--cpuprofile: %v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return failuref("--cpuprofile: %v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	rep := &benchReport{Machine: benchMachine{
+		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
+		LoadBefore: benchLoad(), Started: time.Now().UTC().Truncate(time.Second),
+		Command: "durable " + strings.Join(os.Args[1:], " "),
+	}}
+	payload := make([]byte, o.payload)
+	_, _ = rand.Read(payload)
+	workloads := o.workloadList()
+
+	var (
+		pg *benchPG
+		sl *benchSQLite
+	)
+	if a.dialect != migrations.SQLite {
+		dsn := a.dsn
+		if dsn == "" {
+			dsn = benchDefaultDSN
+		}
+		sctx, cancel := a.step(ctx)
+		var err error
+		pg, err = a.benchOpenPostgres(sctx, dsn)
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer pg.close()
+		rep.Machine.Postgres = pg.version
+	}
+	if a.dialect != migrations.Postgres {
+		var err error
+		if sl, err = benchOpenSQLite(ctx); err != nil {
+			return failuref("sqlite: %v", err)
+		}
+		defer sl.close()
+		rep.Machine.SQLite = sl.version
+	}
+
+	progress := a.benchProgress()
+	for _, dialect := range []string{migrations.Postgres, migrations.SQLite} {
+		if (dialect == migrations.Postgres && pg == nil) || (dialect == migrations.SQLite && sl == nil) {
+			continue
+		}
+		for _, w := range workloads {
+			t := benchTuned(dialect, o, w)
+			p := newBenchProbe(w.messages)
+			var (
+				res benchResult
+				err error
+			)
+			progress("running %s %s on %s…", strings.ToUpper(w.id), w.name, dialect)
+			sctx, cancel := a.step(ctx)
+			if dialect == migrations.Postgres {
+				env, eerr := pg.env(sctx, w.id, p, t.SenderConns, t.ReceiverConns)
+				cancel()
+				if eerr != nil {
+					return fmt.Errorf("postgres %s: %w", w.id, eerr)
+				}
+				res, err = benchRunWorkload(ctx, env, p, dialect, w, t, payload)
+				env.close()
+			} else {
+				env, eerr := sl.env(sctx, w.id, p)
+				cancel()
+				if eerr != nil {
+					return fmt.Errorf("sqlite %s: %w", w.id, eerr)
+				}
+				res, err = benchRunWorkload(ctx, env, p, dialect, w, t, payload)
+				env.close()
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return failuref("interrupted")
+				}
+				return fmt.Errorf("%s %s: %w", dialect, w.id, err)
+			}
+			rep.Results = append(rep.Results, res)
+		}
+	}
+	progress("")
+	rep.Machine.LoadAfter = benchLoad()
+	rep.Targets = benchTargets(rep.Results)
+	if a.json {
+		return a.printJSON(rep)
+	}
+	a.benchPrint(rep)
+	return nil
+}
+
+// benchProgress returns a function that shows what runs, on one line of
+// stderr rewritten in place, when stderr is a terminal (and does nothing
+// otherwise, so that stderr stays for errors); "" clears the line.
+func (a *app) benchProgress() func(format string, args ...any) {
+	f, ok := a.stderr.(*os.File)
+	if !ok || !(isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())) {
+		return func(string, ...any) {}
+	}
+	return func(format string, args ...any) {
+		fmt.Fprintf(f, "\r\033[K"+format, args...)
+	}
+}
+
+func benchLoadString(l []float64) string {
+	if l == nil {
+		return "unknown"
+	}
+	return fmt.Sprintf("%.2f %.2f %.2f", l[0], l[1], l[2])
+}
+
+func (a *app) benchPrint(rep *benchReport) {
+	a.benchHeader(rep)
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tdialect\tmessages\tend-to-end msg/s\traw limit (same run)\tratio\tcommit→handler p50 / p99 / max ms\t")
+	for i := range rep.Results {
+		benchRow(tw, &rep.Results[i])
+	}
+	tw.Flush()
+	a.benchFooter(rep)
+}
+
+func (a *app) benchHeader(rep *benchReport) {
+	m := rep.Machine
+	fmt.Fprintf(a.stdout, "durable bench: %d CPUs, %s %s/%s", m.CPUs, m.GoVersion, m.OS, m.Arch)
+	if m.Postgres != "" {
+		fmt.Fprintf(a.stdout, ", PostgreSQL %s", m.Postgres)
+	}
+	if m.SQLite != "" {
+		fmt.Fprintf(a.stdout, ", SQLite %s", m.SQLite)
+	}
+	fmt.Fprintf(a.stdout, "\nload average before: %s\n\n", benchLoadString(m.LoadBefore))
+}
+
+func benchWorkloadLabel(r *benchResult) string {
+	return strings.ToUpper(r.Workload) + " " + r.Name
+}
+
+func benchRow(tw *tabwriter.Writer, r *benchResult) {
+	raw := ""
+	switch r.Workload {
+	case "w2":
+		raw = fmt.Sprintf("%s rows/s (%s of %d)", benchInt(r.Raw.PerSec), r.Raw.Kind, r.Raw.Batch)
+	case "w3":
+		raw = fmt.Sprintf("commit p50 %.2f / p99 %.2f ms", r.Raw.Latency.P50, r.Raw.Latency.P99)
+	default:
+		raw = fmt.Sprintf("%s commits/s (%d writers)", benchInt(r.Raw.PerSec), r.Raw.Writers)
+	}
+	ratio := "-"
+	if r.Ratio != nil {
+		ratio = fmt.Sprintf("%.2f", *r.Ratio)
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.1f / %.1f / %.1f\t\n", benchWorkloadLabel(r), r.Dialect,
+		benchInt(float64(r.Messages)), benchInt(r.EndToEndPerSec), raw, ratio, r.Latency.P50, r.Latency.P99, r.Latency.Max)
+}
+
+// benchInt formats v rounded, with thousands separators.
+func benchInt(v float64) string {
+	s := strconv.FormatInt(int64(v+0.5), 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func (a *app) benchFooter(rep *benchReport) {
+	fmt.Fprintf(a.stdout, "\nwhere the time goes, per message, p50 / p99 ms (the ACK runs beside the path):\n")
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	if len(rep.Results) > 0 {
+		fmt.Fprint(tw, "workload\tdialect\t")
+		for _, s := range rep.Results[0].Stages {
+			fmt.Fprintf(tw, "%s → %s\t", s.From, s.To)
+		}
+		fmt.Fprintln(tw)
+	}
+	for i := range rep.Results {
+		r := &rep.Results[i]
+		fmt.Fprintf(tw, "%s\t%s\t", benchWorkloadLabel(r), r.Dialect)
+		for _, s := range r.Stages {
+			fmt.Fprintf(tw, "%.1f / %.1f\t", s.P50, s.P99)
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+
+	fmt.Fprintf(a.stdout, "\nenqueue side (app commits/s while the pipeline ran) and checks:\n")
+	tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tdialect\tenqueued/s\tenqueued\tdelivered\thandled\tduplicate calls\tdead letters\t")
+	for i := range rep.Results {
+		r := &rep.Results[i]
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t\n", benchWorkloadLabel(r), r.Dialect, benchInt(r.EnqueuePerSec),
+			r.Enqueued, r.Delivered, r.Handled, r.Duplicates, r.DeadLetters)
+	}
+	tw.Flush()
+
+	if len(rep.Targets) > 0 {
+		fmt.Fprintf(a.stdout, "\ntargets (judged on this run, never asserted):\n")
+		tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+		for _, t := range rep.Targets {
+			verdict := "met"
+			if !t.Met {
+				verdict = "MISSED"
+			}
+			fmt.Fprintf(tw, "  %s %s\t%s\t%s\t%s\n", strings.ToUpper(t.Workload), t.Dialect, t.Want, strconv.FormatFloat(t.Got, 'f', 2, 64), verdict)
+		}
+		tw.Flush()
+	}
+	for i := range rep.Results {
+		r := &rep.Results[i]
+		for _, w := range r.Warnings {
+			fmt.Fprintf(a.stdout, "warning (%s %s): %s\n", strings.ToUpper(r.Workload), r.Dialect, w)
+		}
+	}
+	fmt.Fprintf(a.stdout, "\nload average after: %s\n", benchLoadString(rep.Machine.LoadAfter))
+}
+
+// benchTargets judges the project's targets on the results of this run.
+func benchTargets(results []benchResult) []benchTarget {
+	var out []benchTarget
+	for i := range results {
+		r := &results[i]
+		switch {
+		case r.Workload == "w1" && r.Ratio != nil && r.Dialect == migrations.Postgres:
+			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.7 × raw single-row commits", *r.Ratio, *r.Ratio >= 0.7})
+		case r.Workload == "w1" && r.Ratio != nil && r.Dialect == migrations.SQLite:
+			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.3 × raw single-row commits", *r.Ratio, *r.Ratio >= 0.3})
+		case r.Workload == "w2" && r.Dialect == migrations.Postgres:
+			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 50,000 msg/s", r.EndToEndPerSec, r.EndToEndPerSec >= 50000})
+		case r.Workload == "w3" && r.Dialect == migrations.Postgres:
+			out = append(out,
+				benchTarget{r.Dialect, r.Workload, "commit → handler p50 ≤ 5 ms", r.Latency.P50, r.Latency.P50 <= 5},
+				benchTarget{r.Dialect, r.Workload, "commit → handler p99 ≤ 20 ms", r.Latency.P99, r.Latency.P99 <= 20})
+		}
+	}
+	return out
+}
