@@ -1,0 +1,517 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lib "github.com/durable-go/durable" // the root package; "durable" is the tests' helper
+	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/inbox"
+	"github.com/durable-go/durable/migrations"
+	"github.com/durable-go/durable/outbox"
+)
+
+// demoBackend is what the exchange needs of a database flavour: the two
+// services' dialects, a way to write in their transactions, and
+// database/sql views of both databases to read the results with.
+type demoBackend[TTx any] struct {
+	kind            string // migrations.SQLite or migrations.Postgres
+	orders, billing dialects.Dialect[TTx]
+	reads           [2]*sql.DB // orders, billing
+	exec            func(ctx context.Context, tx TTx, q string, args ...any) error
+
+	where   string   // the databases, for the summary
+	files   []string // SQLite files
+	schemas []string // Postgres schemas
+	inspect string   // the command that shows the dead letters
+}
+
+// placeholder returns the i-th (from 1) bind parameter of the flavour.
+func (b *demoBackend[TTx]) placeholder(i int) string {
+	if b.kind == migrations.SQLite {
+		return "?"
+	}
+	return "$" + strconv.Itoa(i)
+}
+
+// The demo's business tables. invoices has no unique constraint on
+// message_id on purpose: a duplicate effect would be stored, and counted,
+// rather than prevented by the table.
+const (
+	demoOrdersTable = `CREATE TABLE orders (
+	id           bigint  PRIMARY KEY,
+	message_id   text    NOT NULL,
+	customer     text    NOT NULL,
+	amount_cents bigint  NOT NULL,
+	poison       integer NOT NULL,
+	committed_ns bigint  NOT NULL
+)`
+	demoInvoicesTable = `CREATE TABLE invoices (
+	message_id   text    NOT NULL,
+	order_id     bigint  NOT NULL,
+	amount_cents bigint  NOT NULL,
+	committed_ns bigint  NOT NULL,
+	started_ns   bigint  NOT NULL,
+	attempt      integer NOT NULL
+)`
+)
+
+const (
+	demoTopic = "order.placed"
+	// demoCommitHeader carries the time, in Unix nanoseconds, at which the
+	// order's transaction wrote its messages, just before its commit: the
+	// start of the commit → handler latency.
+	demoCommitHeader = "demo-committed-ns"
+)
+
+// demoOrder is the payload of an order.placed message.
+type demoOrder struct {
+	ID          int64  `json:"id"`
+	Customer    string `json:"customer"`
+	AmountCents int64  `json:"amount_cents"`
+	// Poison makes billing's handler fail on every attempt.
+	Poison bool `json:"poison,omitempty"`
+}
+
+// poisonCount is the number of poison orders among n at rate.
+func poisonCount(n int, rate float64) int {
+	return min(n, int(float64(n)*rate+1e-9))
+}
+
+// isPoison reports whether order i (from 0) of n is poison: exactly p of the
+// n orders are, spread evenly, the same ones on every run.
+func isPoison(i, n, p int) bool {
+	return (i+1)*p/n > i*p/n
+}
+
+// runDemo runs the exchange on b and returns its summary. The progress bar
+// and the nodes' logs go to p, which writes to stderr.
+func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx], p *progress) (*demoSummary, error) {
+	for i, ddl := range []string{demoOrdersTable, demoInvoicesTable} {
+		if _, err := b.reads[i].ExecContext(parent, ddl); err != nil {
+			return nil, fmt.Errorf("create the demo's tables: %w", err)
+		}
+	}
+
+	level := slog.LevelWarn
+	if o.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(p, &slog.HandlerOptions{Level: level}))
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen on 127.0.0.1: %w", err)
+	}
+	billing, err := lib.NewNode(b.billing, lib.Config[TTx]{
+		Name:     "billing",
+		Listener: ln,
+		Secret:   secret,
+		Inbox: inbox.Config{
+			PollInterval: 100 * time.Millisecond,
+			MaxAttempts:  o.maxAttempts,
+			// Short and fixed, so that the poison orders reach the dead
+			// letters within the demo's seconds (the default starts at 2 s
+			// and doubles).
+			Backoff: func(attempt int) time.Duration { return time.Duration(attempt) * 100 * time.Millisecond },
+		},
+		Logger: log,
+	})
+	if err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	insertInvoice := fmt.Sprintf(`INSERT INTO invoices (message_id, order_id, amount_cents, committed_ns, started_ns, attempt) VALUES (%s, %s, %s, %s, %s, %s)`,
+		b.placeholder(1), b.placeholder(2), b.placeholder(3), b.placeholder(4), b.placeholder(5), b.placeholder(6))
+	billing.Inbox().Handle(demoTopic, inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, ord demoOrder) error {
+		started := time.Now().UnixNano()
+		if ord.Poison {
+			return fmt.Errorf("order %d: card declined (a poison order: it fails on every attempt)", ord.ID)
+		}
+		committed, _ := strconv.ParseInt(m.Headers[demoCommitHeader], 10, 64)
+		return b.exec(ctx, tx, insertInvoice, m.ID, ord.ID, ord.AmountCents, committed, started, m.Attempt)
+	}))
+	orders, err := lib.NewNode(b.orders, lib.Config[TTx]{
+		Name:   "orders",
+		Peers:  map[string]lib.Peer{"billing": {Addr: ln.Addr().String()}},
+		Secret: secret,
+		Relay:  outbox.RelayConfig{PollInterval: 100 * time.Millisecond},
+		Logger: log,
+	})
+	if err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+
+	// The nodes run until the exchange is over (or fails), then stop
+	// gracefully before the results are read.
+	nodeCtx, stopNodes := context.WithCancel(context.WithoutCancel(parent))
+	defer stopNodes()
+	nodeErr := make(chan error, 2)
+	var nodes sync.WaitGroup
+	for _, n := range []interface{ Run(context.Context) error }{billing, orders} {
+		nodes.Go(func() { nodeErr <- n.Run(nodeCtx) })
+	}
+	stop := func() error {
+		stopNodes()
+		nodes.Wait()
+		close(nodeErr)
+		var first error
+		for err := range nodeErr {
+			if err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
+
+	ctx, cancel := context.WithTimeout(parent, o.maxTime)
+	defer cancel()
+	n := o.messages
+	poison := poisonCount(n, o.poisonRate)
+	var committed atomic.Int64
+	start := time.Now()
+
+	// Enqueuers: each takes the next transaction's share of the orders.
+	insertOrders := func(rows int) string {
+		var q strings.Builder
+		q.WriteString("INSERT INTO orders (id, message_id, customer, amount_cents, poison, committed_ns) VALUES ")
+		for r := range rows {
+			if r > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteByte('(')
+			for c := range 6 {
+				if c > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteString(b.placeholder(r*6 + c + 1))
+			}
+			q.WriteByte(')')
+		}
+		return q.String()
+	}
+	place := func(lo, hi int) (err error) {
+		tx, err := b.orders.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		committedTx := false
+		defer func() {
+			if !committedTx {
+				_ = b.orders.Rollback(context.WithoutCancel(ctx), tx)
+			}
+		}()
+		stamp := time.Now().UnixNano()
+		ords := make([]demoOrder, 0, hi-lo)
+		msgs := make([]*outbox.Message, 0, hi-lo)
+		for i := lo; i < hi; i++ {
+			ord := demoOrder{
+				ID:          int64(i + 1),
+				Customer:    fmt.Sprintf("customer-%03d", i%997),
+				AmountCents: int64(500 + (i*7919)%50_000),
+				Poison:      isPoison(i, n, poison),
+			}
+			payload, err := json.Marshal(ord)
+			if err != nil {
+				return err
+			}
+			ords = append(ords, ord)
+			msgs = append(msgs, &outbox.Message{
+				Destination: "billing",
+				Topic:       demoTopic,
+				Headers:     map[string]string{demoCommitHeader: strconv.FormatInt(stamp, 10)},
+				Payload:     payload,
+			})
+		}
+		// Enqueue first so that the orders rows can record the message ids
+		// Enqueue assigns; both are in tx, so the order does not matter.
+		if err := orders.Enqueue(ctx, tx, msgs...); err != nil {
+			return fmt.Errorf("enqueue: %w", err)
+		}
+		args := make([]any, 0, 6*len(ords))
+		for i, ord := range ords {
+			poisonFlag := 0
+			if ord.Poison {
+				poisonFlag = 1
+			}
+			args = append(args, ord.ID, msgs[i].ID, ord.Customer, ord.AmountCents, poisonFlag, stamp)
+		}
+		if err := b.exec(ctx, tx, insertOrders(len(ords)), args...); err != nil {
+			return fmt.Errorf("insert orders: %w", err)
+		}
+		if err := b.orders.Commit(ctx, tx); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		committedTx = true
+		committed.Add(int64(hi - lo))
+		return nil
+	}
+	txs := (n + o.txSize - 1) / o.txSize
+	var nextTx atomic.Int64
+	enqDone := make(chan error, 1)
+	go func() {
+		var wg sync.WaitGroup
+		errs := make(chan error, o.enqueuers)
+		for range o.enqueuers {
+			wg.Go(func() {
+				for {
+					k := int(nextTx.Add(1) - 1)
+					if k >= txs || ctx.Err() != nil {
+						return
+					}
+					lo := k * o.txSize
+					if err := place(lo, min(n, lo+o.txSize)); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		enqDone <- <-errs // nil when none failed
+	}()
+
+	// Watch billing's database until every committed order is handled or
+	// dead-lettered.
+	var (
+		enqueueEnd time.Time
+		runErr     error
+		timedOut   bool
+	)
+	enqRunning := true
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	watch := func() (handled, dead int64, err error) {
+		err = b.reads[1].QueryRowContext(ctx, `SELECT
+	(SELECT count(*) FROM durable_inbox WHERE state = 'handled'),
+	(SELECT count(*) FROM durable_dead_letters WHERE side = 'inbox')`).Scan(&handled, &dead)
+		return handled, dead, err
+	}
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			if parent.Err() != nil {
+				runErr = errors.New("interrupted")
+			} else {
+				timedOut = true
+			}
+			break loop
+		case err := <-nodeErr:
+			if err == nil {
+				err = errors.New("stopped early")
+			}
+			runErr = fmt.Errorf("a node stopped: %w", err)
+			nodeErr <- nil // stop counts every node
+			break loop
+		case err := <-enqDone:
+			enqRunning = false
+			enqueueEnd = time.Now()
+			if err != nil {
+				runErr = fmt.Errorf("placing orders: %w", err)
+				break loop
+			}
+		case <-tick.C:
+		}
+		handled, dead, err := watch()
+		if err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			runErr = fmt.Errorf("reading billing's progress: %w", err)
+			break loop
+		}
+		c := committed.Load()
+		p.update(c, int64(n), handled, dead, time.Since(start))
+		if !enqRunning && handled+dead >= c {
+			break loop
+		}
+	}
+	if enqRunning {
+		cancel()
+		<-enqDone
+	}
+	total := time.Since(start)
+	stopErr := stop()
+	p.clear()
+	if runErr != nil {
+		return nil, runErr
+	}
+	if stopErr != nil {
+		return nil, stopErr
+	}
+
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(parent), time.Minute)
+	defer rcancel()
+	s, err := collectDemo(rctx, b)
+	if err != nil {
+		return nil, fmt.Errorf("reading the results: %w", err)
+	}
+	s.Dialect = b.kind
+	s.Where = b.where
+	s.Files = b.files
+	s.Schemas = b.schemas
+	s.Inspect = b.inspect
+	s.Messages = n
+	s.Poison = poison
+	s.Enqueuers = o.enqueuers
+	s.TxSize = o.txSize
+	s.Transactions = txs
+	s.MaxAttempts = o.maxAttempts
+	s.TimedOut = timedOut
+	s.EnqueueSeconds = enqueueEnd.Sub(start).Seconds()
+	if enqueueEnd.IsZero() {
+		s.EnqueueSeconds = 0
+	}
+	s.TotalSeconds = total.Seconds()
+	s.OK = s.Lost == 0 && s.DuplicateEffects == 0 && s.UnexpectedEffects == 0 && !timedOut
+	return s, nil
+}
+
+// collectDemo reads the outcome from both databases once the nodes stopped.
+// Duplicates are counted by SQL on the effect table; lost and unexpected
+// messages by comparing the two databases' message ids.
+func collectDemo[TTx any](ctx context.Context, b *demoBackend[TTx]) (*demoSummary, error) {
+	ordersDB, billingDB := b.reads[0], b.reads[1]
+	s := &demoSummary{}
+
+	// orders: every committed order and its message.
+	orderIDs := make(map[string]bool)
+	var firstCommit int64
+	err := queryRows(ctx, ordersDB, `SELECT message_id, committed_ns FROM orders`, func(r *sql.Rows) error {
+		var id string
+		var ns int64
+		if err := r.Scan(&id, &ns); err != nil {
+			return err
+		}
+		orderIDs[id] = true
+		if firstCommit == 0 || ns < firstCommit {
+			firstCommit = ns
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Enqueued = int64(len(orderIDs))
+	if err := ordersDB.QueryRowContext(ctx, `SELECT count(*) FROM durable_outbox WHERE sent_at IS NULL`).Scan(&s.OutboxUnsent); err != nil {
+		return nil, err
+	}
+	dead := make(map[string]bool)
+	// The sending side's dead letters (rejected or expired before sending):
+	// none are expected, but such a message is not lost.
+	err = queryRows(ctx, ordersDB, `SELECT id FROM durable_dead_letters WHERE side = 'outbox'`, func(r *sql.Rows) error {
+		var id string
+		err := r.Scan(&id)
+		dead[id] = true
+		s.DeadLetteredOutbox++
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	// billing: the inbox, the dead letters and the effects.
+	if err := billingDB.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(CASE WHEN state = 'handled' THEN 1 ELSE 0 END), 0) FROM durable_inbox WHERE source = 'orders'`).
+		Scan(&s.Delivered, &s.Handled); err != nil {
+		return nil, err
+	}
+	err = queryRows(ctx, billingDB, `SELECT id, attempts FROM durable_dead_letters WHERE side = 'inbox' AND source = 'orders'`, func(r *sql.Rows) error {
+		var id string
+		var attempts int64
+		if err := r.Scan(&id, &attempts); err != nil {
+			return err
+		}
+		dead[id] = true
+		s.DeadLettered++
+		s.FailedAttempts += attempts
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Delivered += s.DeadLettered // dead letters left the inbox table
+	s.DeadLettered += s.DeadLetteredOutbox
+	if err := billingDB.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT message_id FROM invoices GROUP BY message_id HAVING count(*) > 1) AS d`).
+		Scan(&s.DuplicateEffects); err != nil {
+		return nil, err
+	}
+	effects := make(map[string]bool)
+	var latencies []int64
+	var lastStarted int64
+	err = queryRows(ctx, billingDB, `SELECT message_id, committed_ns, started_ns FROM invoices`, func(r *sql.Rows) error {
+		var id string
+		var committed, started int64
+		if err := r.Scan(&id, &committed, &started); err != nil {
+			return err
+		}
+		s.Effects++
+		effects[id] = true
+		if !orderIDs[id] {
+			s.UnexpectedEffects++
+		}
+		latencies = append(latencies, max(0, started-committed))
+		lastStarted = max(lastStarted, started)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for id := range orderIDs {
+		if !effects[id] && !dead[id] {
+			s.Lost++
+		}
+	}
+	if s.Effects > 0 && lastStarted > firstCommit {
+		span := time.Duration(lastStarted - firstCommit)
+		s.ThroughputSeconds = span.Seconds()
+		s.Throughput = float64(len(effects)) / span.Seconds()
+	}
+	slices.Sort(latencies)
+	s.LatencyP50MS = percentileMS(latencies, 0.50)
+	s.LatencyP99MS = percentileMS(latencies, 0.99)
+	if len(latencies) > 0 {
+		s.LatencyMaxMS = float64(latencies[len(latencies)-1]) / 1e6
+	}
+	return s, nil
+}
+
+func queryRows(ctx context.Context, db *sql.DB, q string, each func(*sql.Rows) error) error {
+	rows, err := db.QueryContext(ctx, q)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := each(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// percentileMS is the nearest-rank percentile of sorted nanoseconds, in
+// milliseconds; 0 when there are none.
+func percentileMS(sorted []int64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted))*p+0.999999) - 1
+	return float64(sorted[min(max(i, 0), len(sorted)-1)]) / 1e6
+}
