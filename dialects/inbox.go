@@ -287,6 +287,7 @@ type InboxDeadLetterQuery struct {
 	Reason string
 	IDs    []string
 	Since  time.Time // failed_at ≥ Since
+	Before time.Time // failed_at < Before
 	// IncludeReplayed also matches dead letters that were replayed and have
 	// not failed since; without it only pending ones match.
 	IncludeReplayed bool

@@ -11,6 +11,8 @@ import (
 // durable_dead_letters (side "inbox"): the whole message, why it failed,
 // and every attempt's error.
 type DeadLetter struct {
+	// Source and ID identify the message; Topic, Key, Headers, Payload,
+	// CreatedAt and ExpiresAt are as received.
 	Source    string
 	ID        string
 	Topic     string
@@ -22,10 +24,13 @@ type DeadLetter struct {
 	// Reason is one of the Reason constants.
 	Reason string
 	// Attempts is how many attempts the message had when it failed for good.
-	Attempts  int
+	Attempts int
+	// LastError is the error that sent the message here.
 	LastError string
 	// Errors is the error history, oldest first, across replays.
-	Errors        []AttemptError
+	Errors []AttemptError
+	// FirstFailedAt is the first failure; FailedAt the one that sent the
+	// message here (the latest).
 	FirstFailedAt time.Time
 	FailedAt      time.Time
 	// ReplayedAt is when the message was last replayed; zero if never. A
@@ -39,21 +44,23 @@ func (d *DeadLetter) Pending() bool { return d.ReplayedAt.IsZero() || d.Replayed
 
 // AttemptError is one entry of a message's error history.
 type AttemptError struct {
-	Attempt int
-	At      time.Time
-	Error   string
+	Attempt int       // the attempt's number, from 1 (0: failed before any attempt, e.g. expired)
+	At      time.Time // when it failed
+	Error   string    // the error's text (at most 8 KiB)
 }
 
 // DeadLetterFilter selects the inbox's dead letters. Zero fields do not
 // filter, except IncludeReplayed: by default only pending dead letters
 // match.
 type DeadLetterFilter struct {
-	Source string
-	Topic  string
-	Reason string
-	IDs    []string
+	Source string   // the sending node
+	Topic  string   // the message's topic
+	Reason string   // one of the Reason constants
+	IDs    []string // any of these message ids
 	// Since matches dead letters that failed at or after it.
 	Since time.Time
+	// Before matches dead letters that failed before it.
+	Before time.Time
 	// IncludeReplayed also matches dead letters replayed since they last
 	// failed.
 	IncludeReplayed bool
@@ -63,7 +70,7 @@ type DeadLetterFilter struct {
 
 func (f DeadLetterFilter) query() dialects.InboxDeadLetterQuery {
 	return dialects.InboxDeadLetterQuery{
-		Source: f.Source, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs, Since: f.Since,
+		Source: f.Source, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs, Since: f.Since, Before: f.Before,
 		IncludeReplayed: f.IncludeReplayed, Limit: f.Limit,
 	}
 }

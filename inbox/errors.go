@@ -38,6 +38,7 @@ var (
 // with reason decode_error: retrying would not help.
 type DecodeError struct{ Err error }
 
+// Error describes the decoding failure.
 func (e *DecodeError) Error() string { return "durable/inbox: cannot decode payload: " + e.Err.Error() }
 
 // Unwrap returns the decoding error.
@@ -71,8 +72,9 @@ func (e *retryError) Error() string { return fmt.Sprintf("durable/inbox: retry a
 // PanicError is the error of a handler that panicked: the panic value and
 // the goroutine's stack. The message is retried like after any error.
 type PanicError struct {
-	Value any
-	Stack []byte
+	Value any    // what the handler panicked with
+	Stack []byte // the handler goroutine's stack at the panic
 }
 
+// Error returns the panic value and the stack.
 func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v\n\n%s", e.Value, e.Stack) }

@@ -126,9 +126,9 @@ type Queue struct {
 // TopicPolicy overrides Config's failure policy for one topic. Zero fields
 // keep Config's values.
 type TopicPolicy struct {
-	HandlerTimeout time.Duration
-	MaxAttempts    int
-	Backoff        func(attempt int) time.Duration
+	HandlerTimeout time.Duration                   // overrides Config.HandlerTimeout
+	MaxAttempts    int                             // overrides Config.MaxAttempts
+	Backoff        func(attempt int) time.Duration // overrides Config.Backoff
 }
 
 // DefaultBackoff is the delay before the attempt after the given failed

@@ -14,7 +14,8 @@ import (
 	"github.com/durable-go/durable/dialects"
 )
 
-// opTimeout bounds a worker's statements outside the batch transaction.
+// opTimeout is the part of a batch's deadline not spent in handlers: its
+// own statements, and the wait for a connection.
 const opTimeout = 30 * time.Second
 
 // maxErrorBytes bounds one error as stored in a message's history.
@@ -85,14 +86,13 @@ func jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
 }
 
-// claim leases a batch for worker under a new token. It runs even when ctx
-// ends during the statement, so that a claim that committed is not lost
-// unnoticed; process then releases it.
+// claim leases a batch for worker under a new token. A shutdown may
+// interrupt it: the claim then rolls back, or, if it committed unseen,
+// its lease expires and it is rescued. There is no timeout: on SQLite a
+// claim waits, legitimately, for the batch that holds the only connection.
 func (ib *Inbox[TTx]) claim(ctx context.Context, q *queue, worker string) (string, []dialects.InboxRow, error) {
 	token := rand.Text()
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	defer cancel()
-	rows, err := ib.store.ClaimInbox(cctx, dialects.InboxClaim{
+	rows, err := ib.store.ClaimInbox(ctx, dialects.InboxClaim{
 		Token:         token,
 		Worker:        worker,
 		Limit:         q.batch,

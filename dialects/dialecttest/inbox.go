@@ -363,6 +363,8 @@ func (s inboxSuite[TTx]) deadLetters(t *testing.T) {
 		{dialects.InboxDeadLetterQuery{IDs: []string{inboxID(3), inboxID(1)}}, []string{inboxID(1), inboxID(3)}},
 		{dialects.InboxDeadLetterQuery{Since: start.Add(-time.Minute)}, []string{inboxID(1), inboxID(2), inboxID(3)}},
 		{dialects.InboxDeadLetterQuery{Since: time.Now().Add(time.Minute)}, nil},
+		{dialects.InboxDeadLetterQuery{Before: time.Now().Add(time.Minute), Source: "billing"}, []string{inboxID(3)}},
+		{dialects.InboxDeadLetterQuery{Before: start.Add(-time.Minute)}, nil},
 		{dialects.InboxDeadLetterQuery{Limit: 2}, []string{inboxID(1), inboxID(2)}},
 		{dialects.InboxDeadLetterQuery{Source: "billing", Reason: "handler_error"}, nil},
 	} {

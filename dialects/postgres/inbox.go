@@ -499,6 +499,9 @@ func inboxDeadFilter(f dialects.InboxDeadLetterQuery) (where, limit string, args
 	if !f.Since.IsZero() {
 		add("d.failed_at >= $%d", f.Since)
 	}
+	if !f.Before.IsZero() {
+		add("d.failed_at < $%d", f.Before)
+	}
 	if !f.IncludeReplayed {
 		conds = append(conds, "(d.replayed_at IS NULL OR d.replayed_at < d.failed_at)")
 	}

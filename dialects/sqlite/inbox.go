@@ -611,6 +611,9 @@ func inboxDeadFilter(f dialects.InboxDeadLetterQuery, first int) (stmt func(stri
 	if !f.Since.IsZero() {
 		add("d.failed_at >= ?%d", formatTime(f.Since))
 	}
+	if !f.Before.IsZero() {
+		add("d.failed_at < ?%d", formatTime(f.Before))
+	}
 	if !f.IncludeReplayed {
 		conds = append(conds, "(d.replayed_at IS NULL OR d.replayed_at < d.failed_at)")
 	}
