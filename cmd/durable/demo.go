@@ -195,7 +195,7 @@ func (a *app) demoSQLite(ctx context.Context, o *demoOptions, p *progress) (*dem
 		},
 		where: fmt.Sprintf("SQLite files in %s", dir),
 		files: paths[:],
-		inspect: fmt.Sprintf(`sqlite3 %s "SELECT id, topic, reason, attempts, last_error, failed_at FROM durable_dead_letters ORDER BY failed_at"`,
+		inspect: fmt.Sprintf(`sqlite3 -header -column %s "SELECT id, topic, reason, attempts, last_error, failed_at FROM durable_dead_letters ORDER BY failed_at"`,
 			shellQuote(paths[1])),
 	}
 	return runDemo(ctx, o, b, p)

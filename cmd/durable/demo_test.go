@@ -79,7 +79,7 @@ func TestDemoSQLite(t *testing.T) {
 	s := runDemoJSON(t, "-n", "300", "--poison-rate", "0.02", "--dir", dir)
 	checkSummary(t, s, 300, 6, 3)
 	billing := filepath.Join(dir, "billing.db")
-	if len(s.Files) != 2 || s.Files[1] != billing || !strings.Contains(s.Inspect, "sqlite3 "+billing+` "SELECT `) {
+	if len(s.Files) != 2 || s.Files[1] != billing || !strings.Contains(s.Inspect, "sqlite3 -header -column "+billing+` "SELECT `) {
 		t.Errorf("files %v, inspect %q: want the kept files and the sqlite3 command on %s", s.Files, s.Inspect, billing)
 	}
 
@@ -187,7 +187,7 @@ func TestDemoText(t *testing.T) {
 		"  lost                       0   ",
 		"latency p99",
 		"OK: every order was invoiced exactly once or dead-lettered; none was lost.",
-		`sqlite3 ` + filepath.Join(dir, "billing.db") + ` "SELECT id, topic, reason, attempts, last_error, failed_at FROM durable_dead_letters ORDER BY failed_at"`,
+		`sqlite3 -header -column ` + filepath.Join(dir, "billing.db") + ` "SELECT id, topic, reason, attempts, last_error, failed_at FROM durable_dead_letters ORDER BY failed_at"`,
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, r.stdout)
