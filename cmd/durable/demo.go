@@ -137,7 +137,10 @@ func (a *app) demo(ctx context.Context, o *demoOptions) error {
 	} else {
 		s.print(a.stdout)
 	}
-	if !s.OK {
+	switch {
+	case s.TimedOut:
+		return failuref("demo failed: the exchange did not finish within --max-time %s (%d messages not handled nor dead-lettered)", o.maxTime, s.Lost)
+	case !s.OK:
 		return failuref("demo failed: %d lost, %d duplicate effects, %d unexpected effects", s.Lost, s.DuplicateEffects, s.UnexpectedEffects)
 	}
 	return nil

@@ -172,7 +172,9 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		close(nodeErr)
 		var first error
 		for err := range nodeErr {
-			if err != nil && first == nil {
+			// A node stopped while starting reports the cancellation
+			// (Node.Run returns its schema check's error).
+			if err != nil && first == nil && !errors.Is(err, context.Canceled) {
 				first = err
 			}
 		}
@@ -303,15 +305,18 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 	(SELECT count(*) FROM durable_dead_letters WHERE side = 'inbox')`).Scan(&handled, &dead)
 		return handled, dead, err
 	}
+	ended := func() { // ctx ended: interrupted, or out of time
+		if parent.Err() != nil {
+			runErr = errors.New("interrupted")
+		} else {
+			timedOut = true
+		}
+	}
 loop:
 	for {
 		select {
 		case <-ctx.Done():
-			if parent.Err() != nil {
-				runErr = errors.New("interrupted")
-			} else {
-				timedOut = true
-			}
+			ended()
 			break loop
 		case err := <-nodeErr:
 			if err == nil {
@@ -323,6 +328,10 @@ loop:
 		case err := <-enqDone:
 			enqRunning = false
 			enqueueEnd = time.Now()
+			if err != nil && ctx.Err() != nil {
+				ended()
+				break loop
+			}
 			if err != nil {
 				runErr = fmt.Errorf("placing orders: %w", err)
 				break loop

@@ -269,3 +269,19 @@ func TestDemoFormatting(t *testing.T) {
 		t.Errorf("p99 of 1..4 ms = %v, want 4", got)
 	}
 }
+
+// TestDemoTimeout: an exchange that cannot finish in --max-time fails with
+// exit code 1 and says so, after printing what it saw.
+func TestDemoTimeout(t *testing.T) {
+	r := runInProcess(t, "demo", "--json", "-n", "200", "--dir", t.TempDir(), "--max-time", "1ns")
+	if r.code != exitFailure || !strings.Contains(r.stderr, "did not finish within --max-time") {
+		t.Fatalf("want exit %d and the timeout named, got\n%s", exitFailure, r)
+	}
+	var s demoSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("decoding the summary: %v\n%s", err, r)
+	}
+	if s.OK || !s.TimedOut {
+		t.Errorf("ok %v, timed_out %v: want a failed, timed-out summary", s.OK, s.TimedOut)
+	}
+}
