@@ -356,7 +356,9 @@ var _ transport.Handler = (*Inbox[any])(nil)
 // An envelope that cannot be stored (an empty ID, text that is not valid
 // UTF-8 or holds a NUL byte) is answered Rejected with the reason, and the
 // others are stored. An invalid source fails the whole batch permanently.
-// A database error fails it retryably: the sender sends it again. The
+// A database error fails it retryably: the sender sends it again. (Two
+// deliveries of overlapping ids in different orders at the same moment can
+// deadlock on Postgres, which then fails one of them: retryably too.) The
 // envelope's Attempt (the sender's) is not kept; the inbox counts its own.
 //
 // Storing wakes idle workers of this Inbox.
