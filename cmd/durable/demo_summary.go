@@ -181,8 +181,8 @@ func (p *progress) update(enqueued, total, handled, dead int64, elapsed time.Dur
 	const width = 24
 	frac := min(1, float64(handled+dead)/float64(total))
 	filled := int(frac * width)
-	line := fmt.Sprintf("%s%s %3.0f%%  enqueued %s/%s  handled %s  dead %d  %.1fs",
-		strings.Repeat("█", filled), strings.Repeat("░", width-filled), frac*100,
+	line := fmt.Sprintf("%s%s %3d%%  enqueued %s/%s  handled %s  dead %d  %.1fs",
+		strings.Repeat("█", filled), strings.Repeat("░", width-filled), int(frac*100),
 		count(enqueued), count(total), count(handled), dead, elapsed.Seconds())
 	p.mu.Lock()
 	defer p.mu.Unlock()
