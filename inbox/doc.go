@@ -50,7 +50,8 @@
 // attempt, and commits the claim. It then opens one transaction for the
 // batch: it locks the rows still leased to it, runs each message's handler
 // after a savepoint (a failing handler is rolled back to it alone), and
-// settles every message of the batch in one statement before committing.
+// settles every message of the batch in bulk (one statement on Postgres)
+// before committing.
 // Every change is guarded by the message's state and lease token: a worker
 // whose lease expired and whose messages were rescued or claimed by another
 // changes nothing. A batch transaction holds its rows, so a lease only needs
