@@ -146,9 +146,10 @@ func (c *cluster) check() {
 		}
 		kinds[id] = kind
 	}
-	if err := rows.Close(); err != nil {
+	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
+	rows.Close()
 	effects, err := history.CountEffectsSQL(ctx, c.billing.db, "effects", "message_id")
 	if err != nil {
 		t.Fatal(err)
@@ -171,9 +172,10 @@ func (c *cluster) check() {
 		dead[id]++
 		deadReason[id] = reason
 	}
-	if err := rows.Close(); err != nil {
+	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
+	rows.Close()
 
 	h := history.New()
 	for id := range kinds {
@@ -216,6 +218,7 @@ func (c *cluster) check() {
 	runErrors := slices.Clone(c.runErrors)
 	unexpected := slices.Clone(c.unexpected)
 	faults := maps.Clone(c.faults)
+	caught := c.caught
 	c.mu.Unlock()
 	var vanished, resurrected []string
 	var nCommitted, nRolledBack, nUnknown, unknownCommitted int
@@ -260,6 +263,9 @@ func (c *cluster) check() {
 		}
 		violations = append(violations, fmt.Sprintf("key %s: seq %d (%s) handled after seq %d", key, seq, id, last))
 	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
 	rows.Close()
 	if len(violations) > 0 {
 		t.Errorf("%d messages handled out of their key's order:\n\t%s", len(violations), strings.Join(first(violations, 25), "\n\t"))
@@ -285,6 +291,7 @@ func (c *cluster) check() {
 		len(kinds), poison, sumValues(effects), sumValues(dead), nCommitted, nRolledBack, nUnknown, unknownCommitted)
 	t.Logf("faults: %v; %d service starts; %d Node.Run restarts; proxy: %d connections, %d cut, %d refused, %d B to receivers, %d B to senders",
 		faults, starts, len(runErrors), ps.Accepted, ps.Cuts, ps.Refused, ps.BytesToTarget, ps.BytesToClient)
+	t.Logf("kills: %v", caught)
 }
 
 func sumValues(m map[string]int) int {

@@ -34,6 +34,7 @@ type scenario struct {
 	rate      float64       // business transactions per second, per sender process
 	writers   int           // enqueue goroutines per sender process
 	dbFaults  bool          // restart and kill the Postgres servers
+	stuck     float64       // share of handler calls that hang past the inbox lease
 }
 
 // side is one service's database: the test's handle on it, and what the
@@ -114,6 +115,7 @@ type cluster struct {
 	runErrors  []string        // RUN-ERROR lines: a Node's Run failed and was started again
 	unexpected []string        // helpers that exited without being told to
 	faults     map[string]int  // faults applied, by name
+	caught     caught          // what the SIGKILLs interrupted
 	target     *service        // the receiver the proxy forwards new connections to
 }
 
@@ -198,6 +200,8 @@ func (c *cluster) retarget(rng *rand.Rand, force bool) *service {
 	cur := c.target
 	c.mu.Unlock()
 	if !force && cur != nil && cur.running() {
+		// It may have been restarted on a new port.
+		c.proxy.SetTarget(cur.address())
 		return cur
 	}
 	var live []*service
@@ -258,7 +262,7 @@ func (s *service) startService() error {
 	case "sender":
 		args = append(args, "-dsn", c.orders.dsn, "-peer", c.proxy.Addr(), "-writers", fmt.Sprint(c.sc.writers))
 	case "receiver":
-		args = append(args, "-dsn", c.billing.dsn)
+		args = append(args, "-dsn", c.billing.dsn, "-stuck", fmt.Sprint(c.sc.stuck))
 	}
 	args = append(args, extra...)
 	var p *proc.Process
@@ -328,11 +332,61 @@ func (s *service) tell() *proc.Process {
 	return s.p
 }
 
-// kill sends SIGKILL and waits for the exit.
+// kill sends SIGKILL, waits for the exit and looks at what the process left
+// behind.
 func (s *service) kill() {
 	p := s.tell()
-	if p != nil {
-		p.Kill()
+	if p == nil || p.Exited() {
+		return
+	}
+	p.Kill()
+	s.c.afterKill(s, p.Pid())
+}
+
+// caught counts what the SIGKILLs interrupted, as the leases the killed
+// processes left in the databases show.
+type caught struct {
+	senderKills, senderKillsInFlight, outboxRowsInFlight    int
+	receiverKills, receiverKillsMidBatch, inboxRowsMidBatch int
+}
+
+func (k caught) String() string {
+	return fmt.Sprintf("%d of %d sender kills left %d outbox rows claimed and not yet deleted (between claim/send and delete); "+
+		"%d of %d receiver kills left %d inbox rows leased to a worker (between claim and completion)",
+		k.senderKillsInFlight, k.senderKills, k.outboxRowsInFlight,
+		k.receiverKillsMidBatch, k.receiverKills, k.inboxRowsMidBatch)
+}
+
+// afterKill counts the rows the killed process held a lease on. A database
+// that is down at the moment is not counted.
+func (c *cluster) afterKill(s *service, pid int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var n int
+	var err error
+	switch s.role {
+	case "sender":
+		n, err = queryInt(ctx, c.orders.db, `SELECT count(*) FROM durable_outbox WHERE sent_at IS NULL AND locked_by LIKE $1`, fmt.Sprintf("orders-%d/%%", pid))
+	case "receiver":
+		n, err = queryInt(ctx, c.billing.db, `SELECT count(*) FROM durable_inbox WHERE state = 'running' AND locked_by LIKE $1`, fmt.Sprintf("billing-%d/%%", pid))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := &c.caught
+	switch {
+	case err != nil:
+	case s.role == "sender":
+		k.senderKills++
+		k.outboxRowsInFlight += n
+		if n > 0 {
+			k.senderKillsInFlight++
+		}
+	default:
+		k.receiverKills++
+		k.inboxRowsMidBatch += n
+		if n > 0 {
+			k.receiverKillsMidBatch++
+		}
 	}
 }
 

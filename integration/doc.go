@@ -25,8 +25,8 @@
 // Several senders share one database (their relays compete for the rows)
 // and several receivers share the other (the proxy moves between them).
 //
-// Two fault loops run at once for the length of the scenario, each driven
-// by a random generator seeded from the scenario's seed:
+// Fault loops run at once for the length of the scenario, each driven by a
+// random generator seeded from the scenario's seed:
 //
 //   - the network loop, on the proxy: cut every connection, cut after a
 //     random number of bytes in one or both directions (mid-frame), stall
@@ -34,10 +34,15 @@
 //     still arrive), add latency, limit the bandwidth, reset new connections,
 //     refuse connections, switch to another receiver;
 //   - the crash loop: SIGKILL a sender or a receiver, stop one gracefully
-//     (SIGTERM, which must succeed), kill every service at once, and on
-//     Postgres restart a database server (fast or immediate) or SIGKILL it
-//     and start it again. Every service is started again after a random
-//     delay.
+//     (SIGTERM, which must succeed), kill every service at once. Every
+//     service is started again after a random delay;
+//   - on Postgres, the database loop: restart a server (fast, or immediate
+//     with crash recovery), or SIGKILL it and start it again.
+//
+// The receivers' handler also fails now and then on its own: an error, a
+// panic, a failed statement it ignores (which aborts a Postgres
+// transaction), a hang past the inbox lease and at times the handler
+// timeout. Each of these must roll the effect back and retry.
 //
 // The kills land at random moments of a steady stream, so the windows
 // between commit and send, send and delete, inbox insert and ACK, and handler

@@ -23,6 +23,7 @@ func TestFaultSQLite(t *testing.T) {
 		receivers: 2,
 		rate:      60,
 		writers:   1,
+		stuck:     0.0005,
 	})
 }
 
@@ -39,6 +40,7 @@ func TestFaultPostgres(t *testing.T) {
 		rate:      60,
 		writers:   2,
 		dbFaults:  true,
+		stuck:     0.002,
 	})
 }
 
@@ -116,8 +118,13 @@ func runScenario(t *testing.T, sc scenario) {
 		c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 1)), networkFaults, 200*time.Millisecond, 1500*time.Millisecond)
 	})
 	wg.Go(func() {
-		c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 2)), crashFaults, 500*time.Millisecond, 3500*time.Millisecond)
+		c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 2)), crashFaults, 500*time.Millisecond, 3*time.Second)
 	})
+	if sc.dbFaults {
+		wg.Go(func() {
+			c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 3)), databaseFaults, 2*time.Second, 6*time.Second)
+		})
+	}
 	wg.Wait()
 	c.logf("faults over")
 	if t.Failed() {

@@ -110,8 +110,7 @@ var networkFaults = []fault{
 		}},
 }
 
-// crashFaults kill and stop the services and, on Postgres, the database
-// servers. A SIGKILL lands wherever the service happens to be: between
+// crashFaults kill and stop the services. A SIGKILL lands wherever the service happens to be: between
 // commit and send, send and delete, inbox insert and ACK, handler and
 // completion, all are hit statistically, none on purpose.
 var crashFaults = []fault{
@@ -146,21 +145,26 @@ var crashFaults = []fault{
 			c.startAgain(s)
 		}
 	}},
-	{name: "pg-restart-fast", weight: 1, ok: hasDBFaults, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+}
+
+// databaseFaults restart and kill the Postgres servers, while the other
+// loops go on.
+var databaseFaults = []fault{
+	{name: "pg-restart-fast", weight: 1, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		sd := c.pickSide(rng)
 		c.logf("fault: restart %s database (fast)", sd.name)
 		if err := sd.pg.Restart(pgserver.Fast); err != nil {
 			c.t.Errorf("restart %s: %v", sd.name, err)
 		}
 	}},
-	{name: "pg-restart-immediate", weight: 1, ok: hasDBFaults, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+	{name: "pg-restart-immediate", weight: 1, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		sd := c.pickSide(rng)
 		c.logf("fault: restart %s database (immediate: crash recovery)", sd.name)
 		if err := sd.pg.Restart(pgserver.Immediate); err != nil {
 			c.t.Errorf("restart %s: %v", sd.name, err)
 		}
 	}},
-	{name: "pg-kill", weight: 2, ok: hasDBFaults, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+	{name: "pg-kill", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		sd := c.pickSide(rng)
 		d := between(rng, 0, 3*time.Second)
 		c.logf("fault: SIGKILL %s database, down for %v", sd.name, d.Round(time.Millisecond))
@@ -173,8 +177,6 @@ var crashFaults = []fault{
 		}
 	}},
 }
-
-func hasDBFaults(c *cluster) bool { return c.sc.dbFaults && c.orders.pg != nil }
 
 func (c *cluster) pickSide(rng *rand.Rand) *side {
 	if rng.IntN(2) == 0 {

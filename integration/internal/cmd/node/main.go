@@ -12,7 +12,9 @@
 // As a receiver (-role receiver, node name "billing") it listens on -listen
 // and handles topic "order.placed": the handler writes an effect row
 // (effects table, no unique constraint, so a double effect shows), then may
-// fail on purpose (-fail), which must roll the effect back; a poison message
+// fail on purpose (-fail), which must roll the effect back, or hang past the
+// inbox's lease and at times its handler timeout (-stuck), panic (-panic), or
+// run a failing statement and return nil anyway (-swallow); a poison message
 // writes its effect and then fails permanently, so it must end in the dead
 // letters with no effect. For messages with an ordering key the handler
 // also records the key's last sequence number and writes a row into
@@ -70,7 +72,8 @@ type options struct {
 	writers                  int
 	seed                     uint64
 	rollback, poison, keyed  float64
-	fail                     float64
+	fail, stuck, swallow     float64
+	panics                   float64
 	slow                     time.Duration
 	verbose                  bool
 }
@@ -91,7 +94,10 @@ func main() {
 	flag.Float64Var(&o.poison, "poison", 0.01, "sender: share of poison messages")
 	flag.Float64Var(&o.keyed, "keyed", 0.3, "sender: share of messages with an ordering key")
 	flag.Float64Var(&o.fail, "fail", 0.03, "receiver: share of handler calls that fail after writing the effect")
-	flag.DurationVar(&o.slow, "slow", 2*time.Millisecond, "receiver: longest random pause in the handler")
+	flag.DurationVar(&o.slow, "slow", 4*time.Millisecond, "receiver: longest random pause in the handler")
+	flag.Float64Var(&o.swallow, "swallow", 0.01, "receiver: share of handler calls that run a failing statement, ignore the error and return nil")
+	flag.Float64Var(&o.panics, "panic", 0.005, "receiver: share of handler calls that panic after writing the effect")
+	flag.Float64Var(&o.stuck, "stuck", 0, "receiver: share of handler calls that hang for 3 to 6s, past the inbox lease (3s) and at times the handler timeout (5s)")
 	flag.BoolVar(&o.verbose, "v", false, "log at debug level")
 	flag.Parse()
 	if o.name == "" {
@@ -146,10 +152,21 @@ func openSQLite(path string) (*db[*sql.Tx], error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := sqlite.New(sdb)
-	if err != nil {
-		sdb.Close()
-		return nil, err
+	// New probes the settings inside a write transaction, so it fails with
+	// SQLITE_BUSY while another process holds the write lock longer than
+	// the busy timeout (a hanging handler does): try again, as a supervisor
+	// restarting the service would.
+	var d *sqlite.Dialect
+	for start := time.Now(); ; {
+		if d, err = sqlite.New(sdb); err == nil {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			sdb.Close()
+			return nil, err
+		}
+		printLine("OPEN-RETRY %s", oneLine(err))
+		time.Sleep(100 * time.Millisecond)
 	}
 	return &db[*sql.Tx]{
 		d: d,
@@ -225,7 +242,10 @@ func serve[TTx any](ctx context.Context, o options, log *slog.Logger, d *db[TTx]
 	}
 	// Timings short enough that a killed process's leases expire and a
 	// stalled connection is given up within seconds.
+	// The leases name the process, so that the test can tell what a killed
+	// process was holding.
 	cfg.Relay = outbox.RelayConfig{
+		ID:           fmt.Sprintf("%s-%d", o.name, os.Getpid()),
 		PollInterval: 200 * time.Millisecond,
 		Lease:        4 * time.Second,
 		SendTimeout:  2 * time.Second,
@@ -246,6 +266,7 @@ func serve[TTx any](ctx context.Context, o options, log *slog.Logger, d *db[TTx]
 	cfg.Server.IdleTimeout = 5 * time.Second
 	cfg.Server.WriteTimeout = time.Second
 	cfg.Inbox = inbox.Config{
+		Name:           fmt.Sprintf("%s-%d", o.name, os.Getpid()),
 		PollInterval:   200 * time.Millisecond,
 		HandlerTimeout: 5 * time.Second,
 		MaxAttempts:    100, // transient failures never exhaust it; only poison dead-letters
@@ -458,14 +479,19 @@ func enqueueOne[TTx any](ctx context.Context, log *slog.Logger, d *db[TTx], n *d
 func handler[TTx any](o options, d *db[TTx]) func(ctx context.Context, tx TTx, m *inbox.Message) error {
 	var mu sync.Mutex
 	rng := rand.New(rand.NewPCG(o.seed, uint64(os.Getpid())))
-	random := func() (fail bool, pause time.Duration) {
+	random := func() (fail, swallow, panics bool, pause time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		fail = rng.Float64() < o.fail
+		swallow = rng.Float64() < o.swallow
+		panics = rng.Float64() < o.panics
 		if o.slow > 0 {
 			pause = time.Duration(rng.Int64N(int64(o.slow)))
 		}
-		return fail, pause
+		if rng.Float64() < o.stuck {
+			pause = 3*time.Second + time.Duration(rng.Int64N(int64(3*time.Second)))
+		}
+		return fail, swallow, panics, pause
 	}
 	return func(ctx context.Context, tx TTx, m *inbox.Message) error {
 		var p Payload
@@ -490,12 +516,29 @@ func handler[TTx any](o options, d *db[TTx]) func(ctx context.Context, tx TTx, m
 				return err
 			}
 		}
-		fail, pause := random()
+		fail, swallow, panics, pause := random()
 		if pause > 0 {
-			time.Sleep(pause)
+			t := time.NewTimer(pause)
+			select {
+			case <-t.C:
+			case <-ctx.Done(): // the handler timeout
+				t.Stop()
+				return ctx.Err()
+			}
 		}
 		if p.Poison {
 			return inbox.Permanent(errors.New("poison message"))
+		}
+		if swallow {
+			// A handler that ignores a failed statement: on Postgres the
+			// transaction is now aborted, and the inbox must notice it at
+			// the next savepoint, undo this message and retry it; SQLite
+			// carries on, and the effect stands.
+			_ = d.exec(ctx, tx, `INSERT INTO no_such_table VALUES (1)`)
+			return nil
+		}
+		if panics {
+			panic("handler panics on purpose")
 		}
 		if fail {
 			return errors.New("transient failure (on purpose)")
