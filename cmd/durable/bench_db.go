@@ -45,6 +45,9 @@ type benchEnv[TTx any] struct {
 	rawBatch func(ctx context.Context, n int, payload []byte) error
 	// warm opens up to n connections of the sender's pool ahead of the run.
 	warm func(ctx context.Context, n int)
+	// backends lists the server processes of the run's connections, with
+	// their roles, for the CPU accounting; nil on SQLite.
+	backends func(ctx context.Context) map[int]string
 
 	close func()
 }
@@ -105,33 +108,69 @@ func (a *app) benchOpenPostgres(ctx context.Context, dsn string) (*benchPG, erro
 
 func (s *benchPG) close() { s.admin.Close() }
 
-// database creates schema name, migrated and with the plain tables, and
-// returns a pool of at most conns connections whose search_path is it.
-func (s *benchPG) database(ctx context.Context, name string, conns int) (*pgxpool.Pool, error) {
-	ident := pgx.Identifier{name}.Sanitize()
-	if _, err := s.admin.Exec(ctx, "CREATE SCHEMA "+ident); err != nil {
-		return nil, fmt.Errorf("create schema %s: %w", name, err)
-	}
-	cfg := s.cfg.Copy()
-	cfg.ConnConfig.RuntimeParams["search_path"] = ident
-	cfg.MaxConns = int32(conns)
-	cfg.MinConns = 0
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+// appName is the application_name of the run's connections of one role
+// (the admin pool has none), by which the CPU accounting finds their
+// backends.
+func (s *benchPG) appName(role string) string { return "durable-bench-" + s.run + "-" + role }
+
+// backends returns the server process of each of the run's connections,
+// with its role.
+func (s *benchPG) backends(ctx context.Context) map[int]string {
+	prefix := s.appName("")
+	rows, err := s.admin.Query(ctx, `SELECT pid, application_name FROM pg_stat_activity WHERE starts_with(application_name, $1)`, prefix)
 	if err != nil {
-		return nil, err
+		return nil
 	}
+	defer rows.Close()
+	out := make(map[int]string)
+	for rows.Next() {
+		var (
+			pid  int
+			name string
+		)
+		if err := rows.Scan(&pid, &name); err != nil {
+			return nil
+		}
+		out[pid] = strings.TrimPrefix(name, prefix)
+	}
+	if rows.Err() != nil {
+		return nil
+	}
+	return out
+}
+
+// create makes schema name, migrated and with the plain tables.
+func (s *benchPG) create(ctx context.Context, name string) error {
+	if _, err := s.admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("create schema %s: %w", name, err)
+	}
+	pool, err := s.pool(ctx, name, "setup", 1)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
 	stmts, err := benchUpSQL(migrations.Postgres)
 	if err != nil {
-		pool.Close()
-		return nil, err
+		return err
 	}
 	for _, stmt := range stmts {
 		if _, err := pool.Exec(ctx, stmt); err != nil {
-			pool.Close()
-			return nil, fmt.Errorf("migrate schema %s: %w", name, err)
+			return fmt.Errorf("migrate schema %s: %w", name, err)
 		}
 	}
-	return pool, nil
+	return nil
+}
+
+// pool opens a pool of at most conns connections on schema name (its
+// search_path), named for role in pg_stat_activity so that the CPU of its
+// backends can be told apart.
+func (s *benchPG) pool(ctx context.Context, name, role string, conns int) (*pgxpool.Pool, error) {
+	cfg := s.cfg.Copy()
+	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{name}.Sanitize()
+	cfg.ConnConfig.RuntimeParams["application_name"] = s.appName(role)
+	cfg.MaxConns = int32(conns)
+	cfg.MinConns = 0
+	return pgxpool.NewWithConfig(ctx, cfg)
 }
 
 // drop removes schema name; it runs even when ctx was cancelled (an
@@ -142,24 +181,41 @@ func (s *benchPG) drop(ctx context.Context, name string) {
 	_, _ = s.admin.Exec(dctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{name}.Sanitize()+" CASCADE")
 }
 
+// The roles of the run's connections: the app's transactions and the raw
+// limit; the sender's dialect (relay, and the sender's idle inbox); the
+// receiver's dialect (deliveries and workers).
+const (
+	benchRoleApp   = "app"
+	benchRoleRelay = "relay"
+	benchRoleInbox = "inbox"
+)
+
 // env creates the sender's and the receiver's schemas for one workload.
-func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, senderConns, receiverConns int) (*benchEnv[pgx.Tx], error) {
+func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, t benchTuning) (*benchEnv[pgx.Tx], error) {
 	sName := fmt.Sprintf("durable_bench_%s_%s_sender", s.run, workload)
 	rName := fmt.Sprintf("durable_bench_%s_%s_receiver", s.run, workload)
-	var sp, rp *pgxpool.Pool
+	var ap, sp, rp *pgxpool.Pool
 	cleanup := func() {
-		if sp != nil {
-			sp.Close()
-		}
-		if rp != nil {
-			rp.Close()
+		for _, pool := range []*pgxpool.Pool{ap, sp, rp} {
+			if pool != nil {
+				pool.Close()
+			}
 		}
 		s.drop(ctx, sName)
 		s.drop(ctx, rName)
 	}
-	var err error
-	if sp, err = s.database(ctx, sName, senderConns); err == nil {
-		rp, err = s.database(ctx, rName, receiverConns)
+	err := s.create(ctx, sName)
+	if err == nil {
+		err = s.create(ctx, rName)
+	}
+	if err == nil {
+		ap, err = s.pool(ctx, sName, benchRoleApp, t.AppConns)
+	}
+	if err == nil {
+		sp, err = s.pool(ctx, sName, benchRoleRelay, t.SenderConns)
+	}
+	if err == nil {
+		rp, err = s.pool(ctx, rName, benchRoleInbox, t.ReceiverConns)
 	}
 	if err != nil {
 		cleanup()
@@ -168,7 +224,7 @@ func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, sende
 	e := &benchEnv[pgx.Tx]{
 		sender:   &benchPGDialect{Dialect: postgres.New(sp, postgres.WithSchema(sName)), p: p},
 		receiver: &benchPGDialect{Dialect: postgres.New(rp, postgres.WithSchema(rName)), p: p},
-		begin:    func(ctx context.Context) (pgx.Tx, error) { return sp.Begin(ctx) },
+		begin:    func(ctx context.Context) (pgx.Tx, error) { return ap.Begin(ctx) },
 		commit:   func(ctx context.Context, tx pgx.Tx) error { return tx.Commit(ctx) },
 		rollback: func(ctx context.Context, tx pgx.Tx) { _ = tx.Rollback(ctx) },
 		business: func(ctx context.Context, tx pgx.Tx, id int64) error {
@@ -176,18 +232,18 @@ func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, sende
 			return err
 		},
 		rawRow: func(ctx context.Context, payload []byte) error {
-			_, err := sp.Exec(ctx, `INSERT INTO bench_raw (payload) VALUES ($1)`, payload)
+			_, err := ap.Exec(ctx, `INSERT INTO bench_raw (payload) VALUES ($1)`, payload)
 			return err
 		},
 		rawBatch: func(ctx context.Context, n int, payload []byte) error {
-			_, err := sp.CopyFrom(ctx, pgx.Identifier{"bench_raw"}, []string{"payload"},
+			_, err := ap.CopyFrom(ctx, pgx.Identifier{"bench_raw"}, []string{"payload"},
 				pgx.CopyFromSlice(n, func(int) ([]any, error) { return []any{payload}, nil }))
 			return err
 		},
 		warm: func(ctx context.Context, n int) {
 			conns := make([]*pgxpool.Conn, 0, n)
 			for range n {
-				c, err := sp.Acquire(ctx)
+				c, err := ap.Acquire(ctx)
 				if err != nil {
 					break
 				}
@@ -197,7 +253,8 @@ func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, sende
 				c.Release()
 			}
 		},
-		close: cleanup,
+		backends: s.backends,
+		close:    cleanup,
 	}
 	return e, nil
 }

@@ -62,15 +62,19 @@ type benchProbe struct {
 
 // The database calls of the pipeline the probe counts and times.
 const (
-	bopRelayClaim  = iota // ClaimOutbox
-	bopRelayAck           // AckOutbox
-	bopInboxInsert        // InsertInbox (in Deliver's transaction)
-	bopInboxClaim         // ClaimInbox
-	bopCommit             // Commit of a Deliver or a worker batch
+	bopRelayClaim     = iota // ClaimOutbox
+	bopRelayAck              // AckOutbox
+	bopInboxInsert           // InsertInbox (in Deliver's transaction)
+	bopInboxClaim            // ClaimInbox
+	bopInboxLock             // LockInbox (first statement of a worker's batch)
+	bopInboxSavepoint        // InboxSavepoint (one per message handled)
+	bopInboxFinish           // FinishInbox (settles a batch)
+	bopCommit                // Commit of a Deliver or a worker batch
 	benchOps
 )
 
-var benchOpNames = [benchOps]string{"relay claim", "relay ack", "inbox insert", "inbox claim", "inbox commit"}
+var benchOpNames = [benchOps]string{"relay claim", "relay ack", "inbox insert", "inbox claim", "inbox lock",
+	"inbox savepoint", "inbox finish", "inbox commit"}
 
 // benchOpStat counts the calls of one kind: how many, how many returned no
 // rows, the rows they handled and the time they took.
@@ -284,6 +288,27 @@ func (d *benchPGDialect) InsertInbox(ctx context.Context, tx pgx.Tx, rows []dial
 	return stored, err
 }
 
+func (d *benchPGDialect) LockInbox(ctx context.Context, tx pgx.Tx, token string, keys []dialects.InboxKey) ([]dialects.InboxKey, error) {
+	start := time.Now()
+	held, err := d.Dialect.LockInbox(ctx, tx, token, keys)
+	d.p.op(bopInboxLock, start, len(held))
+	return held, err
+}
+
+func (d *benchPGDialect) InboxSavepoint(ctx context.Context, tx pgx.Tx, a dialects.SavepointAction) error {
+	start := time.Now()
+	err := d.Dialect.InboxSavepoint(ctx, tx, a)
+	d.p.op(bopInboxSavepoint, start, 1)
+	return err
+}
+
+func (d *benchPGDialect) FinishInbox(ctx context.Context, tx pgx.Tx, token string, outcomes []dialects.InboxOutcome) (int, error) {
+	start := time.Now()
+	n, err := d.Dialect.FinishInbox(ctx, tx, token, outcomes)
+	d.p.op(bopInboxFinish, start, n)
+	return n, err
+}
+
 func (d *benchPGDialect) ClaimInbox(ctx context.Context, c dialects.InboxClaim) ([]dialects.InboxRow, error) {
 	start := time.Now()
 	rows, err := d.Dialect.ClaimInbox(ctx, c)
@@ -336,6 +361,27 @@ func (d *benchSQLiteDialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows [
 		d.p.inserted(tx, rows, stored)
 	}
 	return stored, err
+}
+
+func (d *benchSQLiteDialect) LockInbox(ctx context.Context, tx *sql.Tx, token string, keys []dialects.InboxKey) ([]dialects.InboxKey, error) {
+	start := time.Now()
+	held, err := d.Dialect.LockInbox(ctx, tx, token, keys)
+	d.p.op(bopInboxLock, start, len(held))
+	return held, err
+}
+
+func (d *benchSQLiteDialect) InboxSavepoint(ctx context.Context, tx *sql.Tx, a dialects.SavepointAction) error {
+	start := time.Now()
+	err := d.Dialect.InboxSavepoint(ctx, tx, a)
+	d.p.op(bopInboxSavepoint, start, 1)
+	return err
+}
+
+func (d *benchSQLiteDialect) FinishInbox(ctx context.Context, tx *sql.Tx, token string, outcomes []dialects.InboxOutcome) (int, error) {
+	start := time.Now()
+	n, err := d.Dialect.FinishInbox(ctx, tx, token, outcomes)
+	d.p.op(bopInboxFinish, start, n)
+	return n, err
 }
 
 func (d *benchSQLiteDialect) ClaimInbox(ctx context.Context, c dialects.InboxClaim) ([]dialects.InboxRow, error) {

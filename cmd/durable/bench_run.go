@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"sync"
@@ -42,6 +43,7 @@ type benchTuning struct {
 	InboxConcurrency int     `json:"inbox_concurrency"`
 	InboxBatchSize   int     `json:"inbox_batch_size"`
 	InboxPollMS      float64 `json:"inbox_poll_interval_ms"`
+	AppConns         int     `json:"app_pool_max_conns,omitempty"`
 	SenderConns      int     `json:"sender_pool_max_conns,omitempty"`
 	ReceiverConns    int     `json:"receiver_pool_max_conns,omitempty"`
 }
@@ -98,6 +100,14 @@ type benchCall struct {
 	MeanMS  float64 `json:"mean_ms"`
 }
 
+// benchCPUUse is the CPU cost of the raw limit, per row, and of the
+// pipeline, per message: app transactions, relay, transport, inbox and
+// handlers together.
+type benchCPUUse struct {
+	RawPerRow  *benchCPU `json:"raw_per_row"`
+	PerMessage *benchCPU `json:"pipeline_per_message"`
+}
+
 // benchResult is one workload on one dialect.
 type benchResult struct {
 	Dialect     string  `json:"dialect"`
@@ -125,6 +135,8 @@ type benchResult struct {
 	Ratio  *float64     `json:"ratio"`
 	Stages []benchStage `json:"stages"`
 
+	// CPU is what a raw row and a message cost in CPU time (Linux only).
+	CPU benchCPUUse `json:"cpu"`
 	// Calls are the pipeline's database calls, counted and timed.
 	Calls []benchCall `json:"calls"`
 
@@ -246,6 +258,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 
 	// The raw limit, in this run, on the sender's database.
 	env.warm(ctx, w.writers)
+	cpu0 := benchSampleCPU(ctx, env.backends)
 	switch w.id {
 	case "w2":
 		kind := "copy"
@@ -262,6 +275,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 	if err != nil {
 		return res, err
 	}
+	res.CPU.RawPerRow = benchCPUPer(cpu0, benchSampleCPU(ctx, env.backends), res.Raw.Rows)
 
 	// The two services.
 	logs := &benchLog{}
@@ -316,12 +330,17 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 	runCtx, stop := context.WithCancel(ctx)
 	runErrs := make(chan error, 2)
 	var nodes sync.WaitGroup
-	for _, run := range []func(context.Context) error{receiver.Run, sender.Run} {
+	// The parts' goroutines inherit a pprof label naming their side, so that
+	// a --cpuprofile tells the sender's relay from the receiver's inbox
+	// (go tool pprof -tagfocus side=receiver).
+	for side, run := range map[string]func(context.Context) error{"receiver": receiver.Run, "sender": sender.Run} {
 		nodes.Go(func() {
-			if err := run(runCtx); err != nil {
-				runErrs <- err
-				stop()
-			}
+			pprof.Do(runCtx, pprof.Labels("side", side), func(ctx context.Context) {
+				if err := run(ctx); err != nil {
+					runErrs <- err
+					stop()
+				}
+			})
 		})
 	}
 	defer func() {
@@ -344,14 +363,20 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 	}
 
 	// The workload.
-	if err := benchProduce(runCtx, env, sender, p, w, payload); err != nil {
-		return res, err
+	cpu1 := benchSampleCPU(runCtx, env.backends)
+	var perr error
+	pprof.Do(runCtx, pprof.Labels("side", "app"), func(ctx context.Context) {
+		perr = benchProduce(ctx, env, sender, p, w, payload)
+	})
+	if perr != nil {
+		return res, perr
 	}
 	if err := benchWait(runCtx, "the messages", func() int64 { return p.count[bstDone].Load() }, int64(w.messages), p.done); err != nil {
 		return res, err
 	}
 	// The last ACKs are recorded just after the last store.
 	_ = benchWait(runCtx, "the acknowledgements", func() int64 { return p.count[bstAcked].Load() }, int64(w.messages), nil)
+	res.CPU.PerMessage = benchCPUPer(cpu1, benchSampleCPU(runCtx, env.backends), w.messages)
 
 	st, err := receiver.Inbox().Stats(runCtx)
 	if err != nil {

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/durable-go/durable/internal/testdb"
+)
+
+// benchSmallArgs makes every workload tiny: the smoke tests check the
+// command's output, never a speed.
+var benchSmallArgs = []string{"bench", "--json", "--w1-messages", "200", "--w2-messages", "2000",
+	"--w3-rate", "100", "--w3-duration", "1s"}
+
+// benchResultFields are the keys every result carries, nested ones as
+// "parent.child".
+var benchResultFields = []string{
+	"dialect", "workload", "name", "messages", "writers", "messages_per_tx", "offered_rate_per_sec",
+	"duration_sec", "enqueued", "delivered", "handled", "duplicate_handler_calls", "dead_letters",
+	"seconds", "enqueue_per_sec", "end_to_end_per_sec",
+	"latency_ms.p50", "latency_ms.p90", "latency_ms.p99", "latency_ms.max",
+	"raw.kind", "raw.writers", "raw.rows", "raw.batch", "raw.rows_per_sec", "raw.latency_ms.p50",
+	"ratio", "stages", "cpu", "calls", "config.notify", "config.relay_batch_size", "config.relay_linger_ms",
+	"config.relay_in_flight", "config.inbox_concurrency", "config.inbox_batch_size", "warnings",
+}
+
+func benchField(m map[string]any, path string) (any, bool) {
+	var v any = m
+	for _, k := range strings.Split(path, ".") {
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if v, ok = obj[k]; !ok {
+			return nil, false
+		}
+	}
+	return v, true
+}
+
+// checkBenchJSON checks the report of a smoke run on dialects: every
+// workload of every dialect present with all its fields, every message
+// handled once, no dead letter.
+func checkBenchJSON(t *testing.T, out string, dialects ...string) {
+	t.Helper()
+	var rep struct {
+		Machine map[string]any   `json:"machine"`
+		Results []map[string]any `json:"results"`
+		Targets []map[string]any `json:"targets"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("bench --json printed no JSON report: %v\n%s", err, out)
+	}
+	for _, k := range []string{"cpus", "go_version", "postgres_version", "sqlite_version", "load_average_before", "load_average_after", "command"} {
+		if _, ok := rep.Machine[k]; !ok {
+			t.Errorf("machine has no %q", k)
+		}
+	}
+	if want := 3 * len(dialects); len(rep.Results) != want {
+		t.Fatalf("%d results, want %d (W1–W3 on %v)", len(rep.Results), want, dialects)
+	}
+	for i, r := range rep.Results {
+		name := r["dialect"].(string) + " " + r["workload"].(string)
+		if want := dialects[i/3]; r["dialect"] != want {
+			t.Errorf("result %d is on %v, want %s", i, r["dialect"], want)
+		}
+		for _, f := range benchResultFields {
+			if _, ok := benchField(r, f); !ok {
+				t.Errorf("%s: no field %q", name, f)
+			}
+		}
+		messages := r["messages"].(float64)
+		for _, f := range []string{"enqueued", "delivered", "handled"} {
+			if r[f] != messages {
+				t.Errorf("%s: %s = %v, want %v (every message)", name, f, r[f], messages)
+			}
+		}
+		if r["dead_letters"] != 0.0 {
+			t.Errorf("%s: %v dead letters", name, r["dead_letters"])
+		}
+		if e2e, _ := r["end_to_end_per_sec"].(float64); e2e <= 0 {
+			t.Errorf("%s: end_to_end_per_sec = %v", name, r["end_to_end_per_sec"])
+		}
+		if stages, _ := r["stages"].([]any); len(stages) != 7 {
+			t.Errorf("%s: %d stages, want 7", name, len(stages))
+		}
+	}
+}
+
+func TestBenchSmokeSQLite(t *testing.T) {
+	r := mustSucceed(t, append(benchSmallArgs, "--dialect", "sqlite")...)
+	checkBenchJSON(t, r.stdout, "sqlite")
+}
+
+// TestBenchSmokePostgres runs on the test server (skipped when it is not
+// reachable, unless CI is set); the bench creates and drops its own
+// schemas.
+func TestBenchSmokePostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	u := testdb.PostgresURL(t)
+	r := mustSucceed(t, append(benchSmallArgs, "--dialect", "postgres", "--dsn", u)...)
+	checkBenchJSON(t, r.stdout, "postgres")
+}
+
+func TestBenchUsage(t *testing.T) {
+	wantError(t, durable(t, "bench", "--dialect", "mysql"), exitUsage, `--dialect "mysql": want postgres, sqlite or both`)
+	wantError(t, durable(t, "bench", "--workloads", "w4"), exitUsage, `--workloads: unknown workload "w4" (want w1, w2, w3)`)
+	wantError(t, durable(t, "bench", "--dsn", "./app.db"), exitUsage, "--dsn names the Postgres server bench runs on; SQLite runs in a temporary directory")
+}
