@@ -33,10 +33,13 @@ fmt:
 generate:
 	$(GO) generate ./...
 
-## bench: Go benchmarks of the parts built so far (the end-to-end `durable
-## bench` arrives with the end-to-end issue).
+## bench: the end-to-end benchmark (W1–W3 on Postgres and SQLite, the raw
+## limit beside each; see docs/benchmarks.md). Pass flags with BENCHFLAGS,
+## e.g. make bench BENCHFLAGS='--dialect sqlite --json'. The parts' Go
+## micro-benchmarks: go test -run='^$' -bench=. -benchmem ./...
+BENCHFLAGS ?=
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./...
+	$(GO) run ./cmd/durable bench $(BENCHFLAGS)
 
 ## db/up: a PostgreSQL for the tests, for people who have none (needs Docker).
 db/up:
