@@ -94,6 +94,8 @@ Errors are one line on stderr, prefixed "durable: ". Exit codes:
 	f.DurationVar(&a.timeout, "timeout", defaultTimeout, "time limit for connecting and for each database step (0: none)")
 
 	root.AddCommand(a.migrateCommand())
+	root.AddCommand(a.deadLettersCommand())
+	root.AddCommand(a.statsCommand())
 	root.AddCommand(a.demoCommand())
 	root.AddCommand(a.benchCommand())
 	return root

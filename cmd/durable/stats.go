@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/durable-go/durable/dialects"
+)
+
+func (a *app) statsCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats",
+		Short: "Report the outbox backlog per destination and the inbox's messages by state",
+		Long: `Report what is waiting in durable's tables:
+
+  outbox  per destination: unsent messages, of which in flight (leased by a relay),
+          waiting for a retry, and scheduled for later; the age of the oldest unsent
+          message; and the totals
+  inbox   messages ready (never tried), in progress (leased to a worker), retrying
+          (waiting for another attempt), dead (pending dead letters), and handled
+          (kept for the dedupe window)
+
+The numbers are the database's, whichever node works on it; each part is one query that
+reads the whole unsent outbox and the whole inbox table, so prefer metrics for frequent
+polling. Ages are measured by the database's clock (Postgres) or this machine's (SQLite).`,
+		Example: `  durable stats --dsn ./app.db
+  durable stats --dsn "$DURABLE_DSN" --json | jq '.outbox.oldest_age_seconds'`,
+		Args: cobra.NoArgs,
+		RunE: a.wrap(func(cmd *cobra.Command, _ []string) error {
+			return a.stats(cmd.Context())
+		}),
+	}
+}
+
+// statsResult is what stats prints with --json.
+type statsResult struct {
+	Dialect  string       `json:"dialect"`
+	Database string       `json:"database"`
+	Outbox   outboxStats  `json:"outbox"`
+	Inbox    inboxSummary `json:"inbox"`
+}
+
+type outboxStats struct {
+	Unsent int64 `json:"unsent"`
+	// OldestAgeSeconds is the age of the oldest unsent message, 0 when none.
+	OldestAgeSeconds float64            `json:"oldest_age_seconds"`
+	Destinations     []destinationStats `json:"destinations"`
+}
+
+type destinationStats struct {
+	Destination      string  `json:"destination"`
+	Unsent           int64   `json:"unsent"`
+	InFlight         int64   `json:"in_flight"`
+	Retrying         int64   `json:"retrying"`
+	Scheduled        int64   `json:"scheduled"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+}
+
+type inboxSummary struct {
+	Ready      int64 `json:"ready"`
+	InProgress int64 `json:"in_progress"`
+	Retrying   int64 `json:"retrying"`
+	Dead       int64 `json:"dead"`
+	Handled    int64 `json:"handled"`
+}
+
+func (a *app) stats(parent context.Context) error {
+	ctx, cancel := a.step(parent)
+	defer cancel()
+	db, err := a.openDurable(ctx)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if db.relayer == nil {
+		return failuref("the %s dialect does not implement dialects.Relayer", db.dialect)
+	}
+	dests, err := db.relayer.OutboxStats(ctx)
+	if err != nil {
+		return err
+	}
+	is, err := db.inbox.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	res := statsResult{Dialect: db.dialect, Database: db.target,
+		Outbox: outboxStats{Destinations: make([]destinationStats, 0, len(dests))},
+		Inbox:  inboxSummary{Ready: is.Ready, InProgress: is.Running, Retrying: is.Retrying, Dead: is.Dead, Handled: is.Handled},
+	}
+	var oldest time.Duration
+	for _, d := range dests {
+		res.Outbox.Unsent += d.Unsent
+		oldest = max(oldest, d.OldestAge)
+		res.Outbox.Destinations = append(res.Outbox.Destinations, destinationStats{
+			Destination: d.Destination, Unsent: d.Unsent, InFlight: d.Leased, Retrying: d.Retrying,
+			Scheduled: d.Scheduled, OldestAgeSeconds: ageSeconds(d.OldestAge),
+		})
+	}
+	res.Outbox.OldestAgeSeconds = ageSeconds(oldest)
+	if a.json {
+		return a.printJSON(res)
+	}
+	return a.printStats(&res, dests, oldest)
+}
+
+// ageSeconds is d in seconds, to the millisecond.
+func ageSeconds(d time.Duration) float64 {
+	return float64(d.Milliseconds()) / 1000
+}
+
+// age formats an age for the table: to the second, "-" for none.
+func age(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	if d < time.Second {
+		return "<1s"
+	}
+	return d.Truncate(time.Second).String()
+}
+
+func (a *app) printStats(res *statsResult, dests []dialects.OutboxStats, oldest time.Duration) error {
+	fmt.Fprintf(a.stdout, "%s\n\n", res.Database)
+	if len(dests) == 0 {
+		fmt.Fprintln(a.stdout, "outbox: no unsent messages")
+	} else {
+		fmt.Fprintf(a.stdout, "outbox: %d unsent, oldest %s\n", res.Outbox.Unsent, age(oldest))
+		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DESTINATION\tUNSENT\tIN FLIGHT\tRETRYING\tSCHEDULED\tOLDEST")
+		for _, d := range dests {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", oneLineText(d.Destination), d.Unsent, d.Leased, d.Retrying, d.Scheduled, age(d.OldestAge))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(a.stdout)
+	fmt.Fprintln(a.stdout, "inbox:")
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	in := res.Inbox
+	for _, r := range []struct {
+		name string
+		n    int64
+		note string
+	}{
+		{"ready", in.Ready, "waiting for their first attempt"},
+		{"in progress", in.InProgress, "leased to a worker"},
+		{"retrying", in.Retrying, "waiting for another attempt"},
+		{"dead", in.Dead, "pending dead letters (durable deadletters list)"},
+		{"handled", in.Handled, "kept for the dedupe window"},
+	} {
+		fmt.Fprintf(tw, "  %s\t%d\t%s\n", r.name, r.n, r.note)
+	}
+	return tw.Flush()
+}

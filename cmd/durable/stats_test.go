@@ -1,0 +1,90 @@
+package main
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestStats(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testStats(t, sqliteEnv(t)) })
+	t.Run("postgres", func(t *testing.T) { testStats(t, postgresEnv(t)) })
+}
+
+func testStats(t *testing.T, e *dlEnv) {
+	// The seeded inbox: five dead letters, nothing else.
+	want := "^" + regexp.QuoteMeta(e.target+"\n\n"+
+		"outbox: no unsent messages\n\n"+
+		"inbox:\n"+
+		"  ready        0  waiting for their first attempt\n"+
+		"  in progress  0  leased to a worker\n"+
+		"  retrying     0  waiting for another attempt\n"+
+		"  dead         5  pending dead letters (durable deadletters list)\n"+
+		"  handled      0  kept for the dedupe window\n") + "$"
+	if r := mustSucceed(t, e.cmd("stats")...); !regexp.MustCompile(want).MatchString(r.stdout) {
+		t.Errorf("stats printed:\n%s\nwant:\n%s", r.stdout, want)
+	}
+
+	// An outbox backlog for two destinations, and three replayed messages
+	// handled.
+	e.enqueue(t, "billing", 2)
+	e.enqueue(t, "crm", 1)
+	mustSucceed(t, e.cmd("deadletters", "replay", "--source", "shop", "--topic", "order.placed", "--yes")...)
+	e.process(t, 3)
+
+	r := mustSucceed(t, e.cmd("stats")...)
+	age := `(<1s|\d+s|\d+m\d+s)`
+	want = "^" + regexp.QuoteMeta(e.target+"\n\n") +
+		`outbox: 3 unsent, oldest ` + age + "\n" +
+		`DESTINATION  UNSENT  IN FLIGHT  RETRYING  SCHEDULED  OLDEST` + "\n" +
+		`billing      2       0          0         0          ` + age + "\n" +
+		`crm          1       0          0         0          ` + age + "\n" +
+		regexp.QuoteMeta("\ninbox:\n"+
+			"  ready        0  waiting for their first attempt\n"+
+			"  in progress  0  leased to a worker\n"+
+			"  retrying     0  waiting for another attempt\n"+
+			"  dead         2  pending dead letters (durable deadletters list)\n"+
+			"  handled      3  kept for the dedupe window\n") + "$"
+	if !regexp.MustCompile(want).MatchString(r.stdout) {
+		t.Errorf("stats printed:\n%s\nwant (regexp):\n%s", r.stdout, want)
+	}
+
+	r = mustSucceed(t, e.cmd("stats", "--json")...)
+	var got statsResult
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("stats --json: %v\n%s", err, r.stdout)
+	}
+	ages := []float64{got.Outbox.OldestAgeSeconds}
+	for i := range got.Outbox.Destinations {
+		ages = append(ages, got.Outbox.Destinations[i].OldestAgeSeconds)
+		got.Outbox.Destinations[i].OldestAgeSeconds = 0
+	}
+	for _, a := range ages {
+		if a < 0 || a > 300 {
+			t.Errorf("stats --json: an oldest age of %vs", a)
+		}
+	}
+	if ages[0] != max(ages[1], ages[2]) {
+		t.Errorf("stats --json: oldest %v is not the oldest of the destinations' %v", ages[0], ages[1:])
+	}
+	got.Outbox.OldestAgeSeconds = 0
+	wantJSON := statsResult{
+		Dialect: strings.Fields(e.target)[0], Database: e.target,
+		Outbox: outboxStats{Unsent: 3, Destinations: []destinationStats{
+			{Destination: "billing", Unsent: 2}, {Destination: "crm", Unsent: 1},
+		}},
+		Inbox: inboxSummary{Dead: 2, Handled: 3},
+	}
+	if !jsonEqual(got, wantJSON) {
+		t.Errorf("stats --json:\n got %+v\nwant %+v", got, wantJSON)
+	}
+}
+
+func jsonEqual(a, b any) bool {
+	x, err1 := json.Marshal(a)
+	y, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && string(x) == string(y)
+}
