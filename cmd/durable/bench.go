@@ -506,6 +506,22 @@ func benchInt(v float64) string {
 }
 
 func (a *app) benchFooter(rep *benchReport) {
+	var apps []*benchResult
+	for i := range rep.Results {
+		if rep.Results[i].AppTx != nil {
+			apps = append(apps, &rep.Results[i])
+		}
+	}
+	if len(apps) > 0 {
+		fmt.Fprintf(a.stdout, "\nthe app's own W1 transaction without durable (business row + the message as a plain row):\n")
+		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "dialect\ttransactions/s\tof raw\tend-to-end of it\t")
+		for _, r := range apps {
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f\t\n", r.Dialect, benchInt(r.AppTx.PerSec), r.AppTx.PerSec/r.Raw.PerSec, *r.RatioToAppTx)
+		}
+		tw.Flush()
+	}
+
 	fmt.Fprintf(a.stdout, "\nwhere the time goes, per message, p50 / p99 ms (the ACK runs beside the path):\n")
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	if len(rep.Results) > 0 {
@@ -525,12 +541,13 @@ func (a *app) benchFooter(rep *benchReport) {
 	}
 	tw.Flush()
 
-	fmt.Fprintf(a.stdout, "\nenqueue side (app commits/s while the pipeline ran) and checks:\n")
+	fmt.Fprintf(a.stdout, "\nenqueue side (app commits/s while the pipeline ran), CPU per message against a raw row, and checks:\n")
 	tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tdialect\tenqueued/s\tenqueued\tdelivered\thandled\tduplicate calls\tdead letters\t")
+	fmt.Fprintln(tw, "workload\tdialect\tenqueued/s\tCPU µs/msg (go + postgres app/relay/inbox)\tCPU µs/raw row\tenqueued\tdelivered\thandled\tduplicate calls\tdead letters\t")
 	for i := range rep.Results {
 		r := &rep.Results[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t\n", benchWorkloadLabel(r), r.Dialect, benchInt(r.EnqueuePerSec),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t\n", benchWorkloadLabel(r), r.Dialect, benchInt(r.EnqueuePerSec),
+			benchCPUString(r.CPU.PerMessage, true), benchCPUString(r.CPU.RawPerRow, false),
 			r.Enqueued, r.Delivered, r.Handled, r.Duplicates, r.DeadLetters)
 	}
 	tw.Flush()
@@ -554,6 +571,22 @@ func (a *app) benchFooter(rep *benchReport) {
 		}
 	}
 	fmt.Fprintf(a.stdout, "\nload average after: %s\n", benchLoadString(rep.Machine.LoadAfter))
+}
+
+// benchCPUString shows a CPU cost: its total, and with roles its parts.
+func benchCPUString(c *benchCPU, roles bool) string {
+	if c == nil {
+		return "-"
+	}
+	if c.Postgres == nil {
+		return fmt.Sprintf("%.0f", c.Go)
+	}
+	s := fmt.Sprintf("%.0f = %.0f + %.0f", c.Go+*c.Postgres, c.Go, *c.Postgres)
+	if roles {
+		r := c.PostgresByRole
+		s += fmt.Sprintf(" (%.0f/%.0f/%.0f)", r[benchRoleApp], r[benchRoleRelay], r[benchRoleInbox])
+	}
+	return s
 }
 
 // benchTargets judges the project's targets on the results of this run.

@@ -40,6 +40,9 @@ type benchEnv[TTx any] struct {
 	// rawRow inserts one payload row into a plain table and commits, in one
 	// statement: the cheapest durable write of one row.
 	rawRow func(ctx context.Context, payload []byte) error
+	// plainMessage writes the message as a plain row in tx, where durable
+	// would enqueue it: the app transaction without durable.
+	plainMessage func(ctx context.Context, tx TTx, payload []byte) error
 	// rawBatch inserts n payload rows into a plain table in one transaction
 	// (COPY on Postgres, one multi-row INSERT on SQLite).
 	rawBatch func(ctx context.Context, n int, payload []byte) error
@@ -55,9 +58,11 @@ type benchEnv[TTx any] struct {
 // benchTables are the plain tables of the app and of the raw limit.
 var benchTables = map[string]string{
 	migrations.Postgres: `CREATE TABLE bench_orders (id bigint PRIMARY KEY, total bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE bench_raw (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload bytea NOT NULL)`,
+CREATE TABLE bench_raw (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload bytea NOT NULL);
+CREATE TABLE bench_messages (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL, payload bytea NOT NULL)`,
 	migrations.SQLite: `CREATE TABLE bench_orders (id INTEGER PRIMARY KEY, total INTEGER NOT NULL, created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')));
-CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)`,
+CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE bench_messages (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL)`,
 }
 
 func benchUpSQL(dialect string) ([]string, error) {
@@ -231,6 +236,10 @@ func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, t ben
 			_, err := tx.Exec(ctx, `INSERT INTO bench_orders (id, total) VALUES ($1, $2)`, id, 100+id%900)
 			return err
 		},
+		plainMessage: func(ctx context.Context, tx pgx.Tx, payload []byte) error {
+			_, err := tx.Exec(ctx, `INSERT INTO bench_messages (topic, payload) VALUES ($1, $2)`, "bench.w1", payload)
+			return err
+		},
 		rawRow: func(ctx context.Context, payload []byte) error {
 			_, err := ap.Exec(ctx, `INSERT INTO bench_raw (payload) VALUES ($1)`, payload)
 			return err
@@ -345,6 +354,10 @@ func (s *benchSQLite) env(ctx context.Context, workload string, p *benchProbe) (
 		rollback: func(_ context.Context, tx *sql.Tx) { _ = tx.Rollback() },
 		business: func(ctx context.Context, tx *sql.Tx, id int64) error {
 			_, err := tx.ExecContext(ctx, `INSERT INTO bench_orders (id, total) VALUES (?, ?)`, id, 100+id%900)
+			return err
+		},
+		plainMessage: func(ctx context.Context, tx *sql.Tx, payload []byte) error {
+			_, err := tx.ExecContext(ctx, `INSERT INTO bench_messages (topic, payload) VALUES (?, ?)`, "bench.w1", payload)
 			return err
 		},
 		rawRow: func(ctx context.Context, payload []byte) error {

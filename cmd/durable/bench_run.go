@@ -132,8 +132,14 @@ type benchResult struct {
 	Raw            benchRaw     `json:"raw"`
 	// Ratio is end-to-end messages/s over the raw rows/s; null for W3,
 	// whose rate is fixed.
-	Ratio  *float64     `json:"ratio"`
-	Stages []benchStage `json:"stages"`
+	Ratio *float64 `json:"ratio"`
+	// AppTx (W1 only, else null) is the app's own transaction without
+	// durable: the business row and the message as a plain row, same
+	// writers. It bounds what any outbox can reach on this database;
+	// RatioToAppTx is end-to-end over it.
+	AppTx        *benchRaw    `json:"app_tx"`
+	RatioToAppTx *float64     `json:"ratio_to_app_tx"`
+	Stages       []benchStage `json:"stages"`
 
 	// CPU is what a raw row and a message cost in CPU time (Linux only).
 	CPU benchCPUUse `json:"cpu"`
@@ -276,6 +282,32 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 		return res, err
 	}
 	res.CPU.RawPerRow = benchCPUPer(cpu0, benchSampleCPU(ctx, env.backends), res.Raw.Rows)
+	if w.id == "w1" {
+		var id atomic.Int64
+		id.Store(-1)
+		app, err := benchRawSingle(ctx, w.writers, w.messages, payload, func(ctx context.Context, payload []byte) error {
+			tx, err := env.begin(ctx)
+			if err != nil {
+				return err
+			}
+			// Negative ids: the workload's orders use 0 and up.
+			if err = env.business(ctx, tx, id.Add(-1)); err == nil {
+				err = env.plainMessage(ctx, tx, payload)
+			}
+			if err == nil {
+				err = env.commit(ctx, tx)
+			}
+			if err != nil {
+				env.rollback(ctx, tx)
+			}
+			return err
+		})
+		if err != nil {
+			return res, fmt.Errorf("app transaction: %w", err)
+		}
+		app.Kind = "app transaction without durable"
+		res.AppTx = &app
+	}
 
 	// The two services.
 	logs := &benchLog{}
@@ -548,6 +580,10 @@ func benchSummarise(res *benchResult, p *benchProbe) {
 	if res.Workload != "w3" && res.Raw.PerSec > 0 {
 		r := res.EndToEndPerSec / res.Raw.PerSec
 		res.Ratio = &r
+	}
+	if res.AppTx != nil && res.AppTx.PerSec > 0 {
+		r := res.EndToEndPerSec / res.AppTx.PerSec
+		res.RatioToAppTx = &r
 	}
 	stage := func(from, to int) benchStage {
 		d := make([]int64, 0, p.n)

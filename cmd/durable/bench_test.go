@@ -21,7 +21,7 @@ var benchResultFields = []string{
 	"seconds", "enqueue_per_sec", "end_to_end_per_sec",
 	"latency_ms.p50", "latency_ms.p90", "latency_ms.p99", "latency_ms.max",
 	"raw.kind", "raw.writers", "raw.rows", "raw.batch", "raw.rows_per_sec", "raw.latency_ms.p50",
-	"ratio", "stages", "cpu", "calls", "config.notify", "config.relay_batch_size", "config.relay_linger_ms",
+	"ratio", "app_tx", "ratio_to_app_tx", "stages", "cpu", "calls", "config.notify", "config.relay_batch_size", "config.relay_linger_ms",
 	"config.relay_in_flight", "config.inbox_concurrency", "config.inbox_batch_size", "warnings",
 }
 
