@@ -122,6 +122,10 @@ type Node[TTx any] struct {
 	mu      sync.Mutex
 	addr    net.Addr
 	running bool
+	// runDone is Run's context's Done: closed once the node stops (ctx
+	// ended, a part failed, or Run returned early); nil before Run. Ready
+	// reads it (health.go).
+	runDone <-chan struct{}
 }
 
 // NewNode builds a node on d. It validates the configuration and creates
@@ -296,8 +300,11 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 		return errors.New("durable: Node.Run called twice")
 	}
 	n.running = true
+	runCtx, stop := context.WithCancel(ctx)
+	n.runDone = runCtx.Done()
 	n.mu.Unlock()
 	defer n.closeClients()
+	defer stop()
 
 	if err := n.d.CheckSchema(ctx); err != nil {
 		if n.cfg.Listener != nil {
@@ -321,8 +328,6 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 		n.mu.Unlock()
 	}
 
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
 	errs := make(chan error, 3)
 	var wg sync.WaitGroup
 	part := func(name string, run func() error) {
