@@ -7,6 +7,11 @@
 //	durable migrate down   --dsn ./app.db --all --yes
 //	durable migrate sql    --dialect postgres > durable.sql
 //	durable migrate check  --dsn "$DURABLE_DSN"
+//	durable deadletters list   --dsn ./app.db --since 1h
+//	durable deadletters show   order-1-placed --source shop
+//	durable deadletters replay --reason no_handler --yes
+//	durable deadletters purge  --before 30d --include-replayed --yes
+//	durable stats              --dsn "$DURABLE_DSN" --json
 //
 // Global flags: --dialect postgres|sqlite (inferred from the DSN when
 // omitted), --dsn (or the DURABLE_DSN environment variable), --schema
@@ -16,7 +21,8 @@
 //
 //	0  success
 //	1  failure (a migration failed, the user declined a confirmation, a timeout)
-//	2  usage error (unknown command or flag, bad flag value, --yes missing without a terminal)
+//	2  usage error (unknown command or flag, bad flag value, --yes missing without a terminal,
+//	   replay or purge without a filter or --all)
 //	3  the database cannot be used: invalid DSN, DSN and --dialect disagree,
 //	   unreachable, authentication refused, SQLite file missing or not a database
 //	4  the durable schema is missing or at the wrong version (run durable migrate up)

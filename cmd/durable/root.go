@@ -54,7 +54,8 @@ func (a *app) rootCommand() *cobra.Command {
 		Use:   "durable",
 		Short: "Operate durable's outbox, inbox and dead-letter tables",
 		Long: `durable is the command-line tool for durable, the transactional outbox → TCP relay → inbox
-library. It migrates durable's schema on Postgres or SQLite.
+library. It migrates durable's schema on Postgres or SQLite, lists, replays and purges the
+inbox's dead letters, and reports the outbox and inbox backlogs.
 
 The database is chosen with --dsn (or the DURABLE_DSN environment variable):
   - Postgres: a URL (postgres://user:password@host:5432/app?sslmode=disable) or a
@@ -74,7 +75,9 @@ Errors are one line on stderr, prefixed "durable: ". Exit codes:
 		Example: `  export DURABLE_DSN='postgres://app@db:5432/app?sslmode=disable'
   durable migrate up
   durable migrate status --json
-  durable migrate up --dsn ./app.db`,
+  durable migrate up --dsn ./app.db
+  durable deadletters list --since 1h
+  durable stats --json`,
 		Version:           version(),
 		SilenceUsage:      true,
 		SilenceErrors:     true,
