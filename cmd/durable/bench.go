@@ -515,9 +515,10 @@ func (a *app) benchFooter(rep *benchReport) {
 	if len(apps) > 0 {
 		fmt.Fprintf(a.stdout, "\nthe app's own W1 transaction without durable (business row + the message as a plain row):\n")
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "dialect\ttransactions/s\tof raw\tend-to-end of it\t")
+		fmt.Fprintln(tw, "dialect\ttransactions/s\tof raw\tend-to-end of it\tCPU µs/tx (go + postgres)\t")
 		for _, r := range apps {
-			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f\t\n", r.Dialect, benchInt(r.AppTx.PerSec), r.AppTx.PerSec/r.Raw.PerSec, *r.RatioToAppTx)
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f\t%s\t\n", r.Dialect, benchInt(r.AppTx.PerSec), r.AppTx.PerSec/r.Raw.PerSec,
+				*r.RatioToAppTx, benchCPUString(r.CPU.AppTxPerTx, false))
 		}
 		tw.Flush()
 	}

@@ -104,7 +104,9 @@ type benchCall struct {
 // pipeline, per message: app transactions, relay, transport, inbox and
 // handlers together.
 type benchCPUUse struct {
-	RawPerRow  *benchCPU `json:"raw_per_row"`
+	RawPerRow *benchCPU `json:"raw_per_row"`
+	// AppTxPerTx is the app's W1 transaction without durable (W1 only).
+	AppTxPerTx *benchCPU `json:"app_tx_per_tx"`
 	PerMessage *benchCPU `json:"pipeline_per_message"`
 }
 
@@ -283,6 +285,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 	}
 	res.CPU.RawPerRow = benchCPUPer(cpu0, benchSampleCPU(ctx, env.backends), res.Raw.Rows)
 	if w.id == "w1" {
+		cpuApp := benchSampleCPU(ctx, env.backends)
 		var id atomic.Int64
 		id.Store(-1)
 		app, err := benchRawSingle(ctx, w.writers, w.messages, payload, func(ctx context.Context, payload []byte) error {
@@ -307,6 +310,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 		}
 		app.Kind = "app transaction without durable"
 		res.AppTx = &app
+		res.CPU.AppTxPerTx = benchCPUPer(cpuApp, benchSampleCPU(ctx, env.backends), app.Rows)
 	}
 
 	// The two services.
