@@ -310,6 +310,9 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 		if n.cfg.Listener != nil {
 			_ = n.cfg.Listener.Close()
 		}
+		if ctx.Err() != nil {
+			return nil // stopped while starting: a graceful stop
+		}
 		return err
 	}
 

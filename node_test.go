@@ -316,3 +316,18 @@ func TestNodeUnmigrated(t *testing.T) {
 		t.Fatalf("Run on an unmigrated database = %v, want ErrSchema", err)
 	}
 }
+
+// TestNodeCancelledWhileStarting: a Run whose context ends before it got
+// going is a graceful stop, not an error.
+func TestNodeCancelledWhileStarting(t *testing.T) {
+	_, d := openSQLite(t)
+	n, err := durable.NewNode(d, durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := n.Run(ctx); err != nil {
+		t.Fatalf("Run with a cancelled context = %v, want nil", err)
+	}
+}
