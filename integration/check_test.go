@@ -219,6 +219,7 @@ func (c *cluster) check() {
 	unexpected := slices.Clone(c.unexpected)
 	faults := maps.Clone(c.faults)
 	caught := c.caught
+	died := maps.Clone(c.died)
 	c.mu.Unlock()
 	var vanished, resurrected []string
 	var nCommitted, nRolledBack, nUnknown, unknownCommitted int
@@ -291,7 +292,7 @@ func (c *cluster) check() {
 		len(kinds), poison, sumValues(effects), sumValues(dead), nCommitted, nRolledBack, nUnknown, unknownCommitted)
 	t.Logf("faults: %v; %d service starts; %d Node.Run restarts; proxy: %d connections, %d cut, %d refused, %d B to receivers, %d B to senders",
 		faults, starts, len(runErrors), ps.Accepted, ps.Cuts, ps.Refused, ps.BytesToTarget, ps.BytesToClient)
-	t.Logf("kills: %v", caught)
+	t.Logf("kills: %v; services killed at their exact crash point: %v", caught, died)
 }
 
 func sumValues(m map[string]int) int {

@@ -116,6 +116,7 @@ type cluster struct {
 	unexpected []string        // helpers that exited without being told to
 	faults     map[string]int  // faults applied, by name
 	caught     caught          // what the SIGKILLs interrupted
+	died       map[string]int  // DIE lines: services that killed themselves at a crash point, by point
 	target     *service        // the receiver the proxy forwards new connections to
 }
 
@@ -127,6 +128,7 @@ func newCluster(t *testing.T, sc scenario) *cluster {
 		bin:     helperBinary(t),
 		printed: make(map[string]byte),
 		faults:  make(map[string]int),
+		died:    make(map[string]int),
 	}
 	// The two databases are independent; on Postgres each needs initdb.
 	var wg sync.WaitGroup
@@ -182,6 +184,13 @@ func (c *cluster) onLine(svc *service, stream, line string) {
 	if len(line) > 2 && line[1] == ' ' && strings.IndexByte("CUR", line[0]) >= 0 {
 		c.mu.Lock()
 		c.printed[line[2:]] = line[0]
+		c.mu.Unlock()
+		return
+	}
+	if where, ok := strings.CutPrefix(line, "DIE "); ok {
+		where, _, _ = strings.Cut(where, " ")
+		c.mu.Lock()
+		c.died[where]++
 		c.mu.Unlock()
 		return
 	}
@@ -265,8 +274,7 @@ func (s *service) startService() error {
 		args = append(args, "-dsn", c.billing.dsn, "-stuck", fmt.Sprint(c.sc.stuck))
 	}
 	args = append(args, extra...)
-	var p *proc.Process
-	p = proc.Start(c.t, c.bin, proc.Options{
+	p := proc.Start(c.t, c.bin, proc.Options{
 		Name:   fmt.Sprintf("%s#%d", s.name, n),
 		Args:   args,
 		OnLine: func(stream, line string) { c.onLine(s, stream, line) },

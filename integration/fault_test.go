@@ -74,7 +74,7 @@ func faultTest(t *testing.T, sc scenario) {
 		if *seedFlag == 0 {
 			var b [8]byte
 			_, _ = crand.Read(b[:])
-			seed = binary.LittleEndian.Uint64(b[:]) >> 1
+			seed = uint64(binary.LittleEndian.Uint32(b[:]) >> 1) // short enough to type
 		} else if i > 0 {
 			seed++
 		}

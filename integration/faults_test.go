@@ -3,10 +3,12 @@ package integration
 import (
 	"context"
 	"math/rand/v2"
+	"syscall"
 	"time"
 
 	"github.com/durable-go/durable/integration/internal/faultproxy"
 	"github.com/durable-go/durable/integration/internal/pgserver"
+	"github.com/durable-go/durable/integration/internal/proc"
 )
 
 // fault is one kind of trouble. run applies it, holds it for a random time
@@ -53,6 +55,18 @@ var networkFaults = []fault{
 		for c.proxy.Armed() && time.Now().Before(deadline) && pause(ctx, 20*time.Millisecond) {
 		}
 		c.proxy.CutAfter(dir, -1)
+	}},
+	{name: "cut-at-ack", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		// The next bytes from a receiver are most likely an ACK: the
+		// batch is committed in the inbox and the relay never hears of it
+		// (from the sender's side, the receiver died between insert and
+		// ACK).
+		c.proxy.CutAfter(faultproxy.ToClient, 0)
+		c.logf("fault: cut at the next byte to a sender")
+		deadline := time.Now().Add(3 * time.Second)
+		for c.proxy.Armed() && time.Now().Before(deadline) && pause(ctx, 10*time.Millisecond) {
+		}
+		c.proxy.CutAfter(faultproxy.ToClient, -1)
 	}},
 	{name: "stall", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		// Up to twice the client's read and ack timeouts: short stalls
@@ -121,6 +135,39 @@ var crashFaults = []fault{
 	{name: "kill-receiver", weight: 3, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		r := c.receivers[rng.IntN(len(c.receivers))]
 		c.restart(ctx, rng, r, false)
+	}},
+	{name: "die-after-commit", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		c.dieAt(ctx, rng, c.senders[rng.IntN(len(c.senders))])
+	}},
+	{name: "die-in-handler", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		c.dieAt(ctx, rng, c.receivers[rng.IntN(len(c.receivers))])
+	}},
+	{name: "kill-senders-at-ack", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		// SIGKILL every sender the moment the proxy forwards bytes to
+		// them, most likely an ACK: the relay that gets it is then
+		// between the acknowledgement and the deletion of its rows.
+		before := c.proxy.Stats().BytesToClient
+		deadline := time.Now().Add(3 * time.Second)
+		for c.proxy.Stats().BytesToClient == before && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(100 * time.Microsecond)
+		}
+		killed := make(map[*service]*proc.Process)
+		for _, s := range c.senders {
+			if p := s.tell(); p != nil && !p.Exited() {
+				_ = p.Signal(syscall.SIGKILL)
+				killed[s] = p
+			}
+		}
+		for s, p := range killed {
+			p.Kill() // waits for the exit
+			c.afterKill(s, p.Pid())
+		}
+		d := between(rng, 0, time.Second)
+		c.logf("fault: SIGKILL every sender as bytes reached them, restart in %v", d.Round(time.Millisecond))
+		pause(ctx, d)
+		for _, s := range c.senders {
+			c.startAgain(s)
+		}
 	}},
 	{name: "stop-sender", weight: 1, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		s := c.senders[rng.IntN(len(c.senders))]
@@ -199,6 +246,35 @@ func (c *cluster) restart(ctx context.Context, rng *rand.Rand, s *service, grace
 		s.kill()
 		c.logf("fault: SIGKILL %s, restart in %v", s.name, d.Round(time.Millisecond))
 	}
+	if s.role == "receiver" {
+		c.retarget(rng, false)
+	}
+	pause(ctx, d)
+	c.startAgain(s)
+}
+
+// dieAt makes s kill itself at its exact crash point (see the node helper:
+// a sender right after a COMMIT, a receiver inside a handler) and starts it
+// again after a random delay. A service that does not get there within
+// seconds (no traffic) is killed instead.
+func (c *cluster) dieAt(ctx context.Context, rng *rand.Rand, s *service) {
+	p := s.tell()
+	if p == nil || p.Exited() {
+		return
+	}
+	if err := p.Signal(syscall.SIGUSR1); err != nil {
+		c.t.Errorf("%v", err)
+	}
+	how := "died at its crash point"
+	select {
+	case <-p.Done():
+	case <-time.After(5 * time.Second):
+		how = "did not reach its crash point within 5s; SIGKILL"
+		p.Kill()
+	}
+	c.afterKill(s, p.Pid())
+	d := between(rng, 0, time.Second)
+	c.logf("fault: %s %s, restart in %v", s.name, how, d.Round(time.Millisecond))
 	if s.role == "receiver" {
 		c.retarget(rng, false)
 	}

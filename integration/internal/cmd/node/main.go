@@ -20,6 +20,12 @@
 // also records the key's last sequence number and writes a row into
 // order_violations when a message arrives after a later one of its key.
 //
+// SIGUSR1 arms a crash at an exact point of the application's code: a
+// sender kills itself (SIGKILL) right after its next COMMIT returned, before
+// the relay could send the message ("DIE after-commit <id>"); a receiver
+// kills itself inside its next handler call, after the effect was written
+// and before the inbox completes the message ("DIE in-handler <id>").
+//
 // The test creates the tables and runs the migrations; this program only
 // opens the database. It prints "READY ..." once it runs, and keeps running
 // through database outages: a Node whose Run fails is built again.
@@ -40,6 +46,7 @@ import (
 	"os/signal"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -128,6 +135,7 @@ func run(o options) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	armOnSIGUSR1()
 	switch o.dialect {
 	case "sqlite":
 		d, err := openSQLite(o.dsn)
@@ -226,6 +234,27 @@ func openPostgres(ctx context.Context, url string) (*db[pgx.Tx], error) {
 
 // out serializes the lines the test parses.
 var out sync.Mutex
+
+// dieNext is armed by SIGUSR1: see the package documentation.
+var dieNext atomic.Bool
+
+// die prints why and kills this process at once: no deferred function, no
+// graceful anything.
+func die(where, id string) {
+	printLine("DIE %s %s", where, id)
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // the signal is on its way
+}
+
+func armOnSIGUSR1() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	go func() {
+		for range ch {
+			dieNext.Store(true)
+		}
+	}()
+}
 
 func printLine(format string, args ...any) {
 	out.Lock()
@@ -470,6 +499,9 @@ func enqueueOne[TTx any](ctx context.Context, log *slog.Logger, d *db[TTx], n *d
 		return "R"
 	}
 	printLine("C %s", m.ID)
+	if dieNext.CompareAndSwap(true, false) {
+		die("after-commit", m.ID)
+	}
 	return "C"
 }
 
@@ -500,6 +532,9 @@ func handler[TTx any](o options, d *db[TTx]) func(ctx context.Context, tx TTx, m
 		}
 		if err := d.exec(ctx, tx, `INSERT INTO effects (message_id, source) VALUES ($1, $2)`, m.ID, m.Source); err != nil {
 			return err
+		}
+		if dieNext.CompareAndSwap(true, false) {
+			die("in-handler", m.ID)
 		}
 		if m.Key != "" {
 			last, ok, err := d.queryInt(ctx, tx, `SELECT seq FROM key_seen WHERE source = $1 AND key = $2`, m.Source, m.Key)
