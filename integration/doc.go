@@ -29,13 +29,20 @@
 // random generator seeded from the scenario's seed:
 //
 //   - the network loop, on the proxy: cut every connection, cut after a
-//     random number of bytes in one or both directions (mid-frame), stall
+//     random number of bytes in one or both directions (mid-frame), cut at
+//     the next byte a receiver sends (an ACK, most likely: the batch is in
+//     the inbox, the relay never hears of it), stall
 //     (longer than the client's timeouts, so batches are given up and then
 //     still arrive), add latency, limit the bandwidth, reset new connections,
 //     refuse connections, switch to another receiver;
-//   - the crash loop: SIGKILL a sender or a receiver, stop one gracefully
-//     (SIGTERM, which must succeed), kill every service at once. Every
-//     service is started again after a random delay;
+//   - the crash loop: SIGKILL a sender or a receiver at a random moment;
+//     make a sender kill itself right after a COMMIT returned (before its
+//     relay could send the message), or a receiver inside its handler
+//     (after the effect was written, before the inbox completed the
+//     message); SIGKILL every sender the moment bytes, most likely an ACK,
+//     reach them (between acknowledgement and deletion); stop a service
+//     gracefully (SIGTERM, which must succeed); kill every service at once.
+//     Every service is started again after a random delay;
 //   - on Postgres, the database loop: restart a server (fast, or immediate
 //     with crash recovery), or SIGKILL it and start it again.
 //
@@ -44,10 +51,15 @@
 // transaction), a hang past the inbox lease and at times the handler
 // timeout. Each of these must roll the effect back and retry.
 //
-// The kills land at random moments of a steady stream, so the windows
-// between commit and send, send and delete, inbox insert and ACK, and handler
-// and completion are all hit statistically, over many kills, and none on
-// purpose: aiming at one exact point needs crash hooks in the library.
+// Commit-then-send and handler-then-completion are hit exactly, from the
+// application's code (the helper SIGKILLs itself on SIGUSR1, see
+// internal/cmd/node). The other windows inside the library, between
+// acknowledgement and deletion in the relay and between the inbox's commit
+// and its ACK, are hit statistically: kills timed on the traffic and at
+// random moments of a steady stream, and cuts at the ACK, which the sender
+// cannot tell from a receiver that died there. Aiming at those exact points
+// needs crash hooks in the library. Each scenario logs how many kills found
+// rows leased to the killed process.
 //
 // Then the faults heal, the senders restart to relay without enqueuing, and
 // the test waits until the outbox is empty and every inbox message is
