@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"runtime"
@@ -29,6 +30,7 @@ type benchOptions struct {
 	w3Duration time.Duration
 	payload    int
 	cpuProfile string
+	jsonFile   string
 
 	// Overrides of the tuned configuration; zero (or "") keeps it.
 	notify           string
@@ -93,6 +95,7 @@ both). The tuning flags override the configuration bench uses, for experiments.`
 	f.IntVar(&o.w3Rate, "w3-rate", 200, "W3: messages per second")
 	f.DurationVar(&o.w3Duration, "w3-duration", 30*time.Second, "W3: how long to send")
 	f.IntVar(&o.payload, "payload", 256, "payload bytes per message (and per raw row)")
+	f.StringVar(&o.jsonFile, "json-file", "", "also write the JSON report to this file (with the readable output on stdout)")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (this process: relay, inbox, drivers) to this file")
 
 	f.StringVar(&o.notify, "notify", "", "Postgres: on or off, NOTIFY at commit to wake the relay (default: the tuned value)")
@@ -420,6 +423,15 @@ func (a *app) bench(ctx context.Context, cmd *cobra.Command, o *benchOptions) er
 	progress("")
 	rep.Machine.LoadAfter = benchLoad()
 	rep.Targets = benchTargets(rep.Results)
+	if o.jsonFile != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err == nil {
+			err = os.WriteFile(o.jsonFile, append(b, '\n'), 0o644)
+		}
+		if err != nil {
+			return failuref("--json-file: %v", err)
+		}
+	}
 	if a.json {
 		return a.printJSON(rep)
 	}
