@@ -12,6 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/outbox"
@@ -85,6 +89,20 @@ type Config[TTx any] struct {
 	// Logger receives every part's logs, with a "node" attribute. Nil:
 	// slog.Default().
 	Logger *slog.Logger
+
+	// MeterProvider receives the metrics of the outbox, the relay and the
+	// inbox (it becomes their MeterProvider when theirs is unset); see the
+	// packages' metrics.go. Nil: no metrics.
+	MeterProvider metric.MeterProvider
+	// TracerProvider records the spans of Enqueue and of each handler call
+	// (it becomes the outbox's and the inbox's TracerProvider when theirs
+	// is unset). Nil: no spans; the trace context of Enqueue's ctx still
+	// travels to the handler's ctx.
+	TracerProvider trace.TracerProvider
+	// Propagator writes and reads the trace context in message headers
+	// (the outbox's and the inbox's Propagator when unset). Nil: W3C Trace
+	// Context.
+	Propagator propagation.TextMapPropagator
 }
 
 // Peer is a remote service this node sends to.
@@ -148,6 +166,9 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	n := &Node[TTx]{cfg: cfg, log: log, d: d, clients: make(map[string]*tcp.Client, len(cfg.Peers))}
 
 	obCfg := cfg.Outbox
+	obCfg.MeterProvider = orValue(obCfg.MeterProvider, cfg.MeterProvider)
+	obCfg.TracerProvider = orValue(obCfg.TracerProvider, cfg.TracerProvider)
+	obCfg.Propagator = orValue(obCfg.Propagator, cfg.Propagator)
 	if len(obCfg.Destinations) == 0 && !cfg.AllowUnknownDestinations {
 		obCfg.Destinations = slices.Sorted(maps.Keys(cfg.Peers))
 		// A node without peers only receives: Enqueue refuses every
@@ -198,6 +219,7 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	if rc.Logger == nil {
 		rc.Logger = log
 	}
+	rc.MeterProvider = orValue(rc.MeterProvider, cfg.MeterProvider)
 	if len(senders) > 0 {
 		if n.relay, err = outbox.NewRelay(d, senders, &rc); err != nil {
 			n.closeClients()
@@ -212,6 +234,9 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	if ic.Logger == nil {
 		ic.Logger = log
 	}
+	ic.MeterProvider = orValue(ic.MeterProvider, cfg.MeterProvider)
+	ic.TracerProvider = orValue(ic.TracerProvider, cfg.TracerProvider)
+	ic.Propagator = orValue(ic.Propagator, cfg.Propagator)
 	if n.inbox, err = inbox.New(d, &ic); err != nil {
 		n.closeClients()
 		return nil, err
@@ -243,6 +268,15 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 		}
 	}
 	return n, nil
+}
+
+// orValue returns v, or def when v is nil.
+func orValue[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
 }
 
 func (n *Node[TTx]) closeClients() {

@@ -9,6 +9,22 @@
 //	postgres.NewSQL(db)    // Dialect[*sql.Tx]  (pgx stdlib driver)
 //	sqlite.New(db)         // Dialect[*sql.Tx]  (modernc.org/sqlite)
 //
+// # One contract
+//
+// Dialect is the one interface a dialect implements: the enqueue path
+// (InsertOutbox), the relay's operations (Relayer, embedded), the inbox's
+// (InboxStore, embedded) and the dead letters both sides write
+// (ListDeadLetters, ReplayDeadLetters, PurgeDeadLetters). outbox.New,
+// outbox.NewRelay and inbox.New all take a Dialect, so a dialect that lacks
+// an operation fails to compile rather than at run time. Relayer and
+// InboxStore are named parts of Dialect, for documentation and for callers
+// that need only one side.
+//
+// What not every database can do is optional, in capability interfaces that
+// callers discover by type assertion, as database/sql does with its driver
+// interfaces: Notifier (wake relays at commit) and Listener (receive those
+// wake-ups). The Postgres dialects implement both; SQLite neither.
+//
 // Every dialect passes the conformance suite in package dialecttest.
 package dialects
 
@@ -57,6 +73,36 @@ type Dialect[TTx any] interface {
 	// ListOutbox returns outbox rows in enqueue order, for inspection and
 	// tests. It is not the relay's claim path.
 	ListOutbox(ctx context.Context, q OutboxQuery) ([]OutboxRow, error)
+
+	// Relayer holds the relay's operations: claiming outbox rows with a
+	// lease and settling them (see outbox.Relay).
+	Relayer
+
+	// InboxStore holds the inbox's operations: storing delivered messages,
+	// leasing them to workers and settling them (see inbox.Inbox).
+	InboxStore[TTx]
+
+	// ListDeadLetters returns the dead letters of either side matching q,
+	// in the order they were first recorded (seq), for inspection, tools
+	// and tests. See DeadLetterQuery for what matches.
+	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
+
+	// ReplayDeadLetters puts the pending inbox dead letters matching q (at
+	// most q.Limit, oldest first, when it is set) back into the inbox as
+	// fresh messages, in one transaction: ready, attempts 0, run_at and
+	// replayed_at now, no expiry (a replay is a decision to process the
+	// message), the error history kept. It stamps replayed_at on each dead
+	// letter it replayed and returns how many. Only the inbox side can be
+	// replayed: q.Side must be empty or SideInbox, and q.IncludeReplayed is
+	// ignored. A dead letter already replayed and not failed since is not
+	// pending, so replaying twice does not duplicate; neither does a dead
+	// letter whose (source, id) is in the inbox already.
+	ReplayDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
+
+	// PurgeDeadLetters deletes the dead letters matching q (at most
+	// q.Limit, oldest first, when it is set) in one statement and returns
+	// how many it deleted.
+	PurgeDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
 }
 
 // Notifier is implemented by dialects that can wake relays at commit time
@@ -65,6 +111,22 @@ type Notifier[TTx any] interface {
 	// NotifyOutbox queues a wake-up for the relays of the given destinations
 	// that the database delivers when tx commits, and never if it rolls back.
 	NotifyOutbox(ctx context.Context, tx TTx, destinations []string) error
+}
+
+// Listener is implemented by dialects whose database can push wake-ups to
+// relays (Postgres LISTEN on the channel NotifyOutbox writes to). Relays
+// discover it by type assertion. Wake-ups are hints: they are lost while the
+// listening connection is down, so a relay polls as well.
+type Listener interface {
+	// ListenOutbox holds a connection of its own that listens for outbox
+	// notifications until ctx ends, then returns nil. For each notification
+	// it calls wake with the destination it names. After every (re)connect it
+	// calls wake("") — any destination — because notifications sent while it
+	// was disconnected are lost. A failed or broken connection is reported to
+	// report (when not nil) and opened again with exponential backoff and
+	// jitter. wake and report are called from one goroutine and must not
+	// block.
+	ListenOutbox(ctx context.Context, wake func(destination string), report func(error)) error
 }
 
 // OutboxRow is one message for one destination, as stored in durable_outbox.

@@ -8,8 +8,8 @@ import (
 // InboxStore is the storage contract of the inbox (package inbox): storing
 // delivered messages keyed by (source, id), leasing them to workers, settling
 // each one in the worker's transaction, rescuing expired leases, retention,
-// statistics and the inbox's dead letters. Every dialect implements it;
-// inbox.New discovers it by type assertion.
+// statistics. It is part of Dialect, whose dead-letter methods serve the
+// inbox's dead letters too.
 //
 // Methods that take a TTx run in the caller's transaction and never commit or
 // roll it back; the others are one statement or one transaction of their own.
@@ -38,14 +38,8 @@ import (
 //
 // # Dead letters
 //
-// Inbox dead letters are rows of durable_dead_letters with side "inbox" and
-// an empty destination. A message whose (source, id) is there was received before:
-// InsertInbox does not store it again. Replaying puts it back into the inbox
-// as a fresh message and stamps replayed_at on the dead letter, which stays
-// for the record; a message that fails again updates the same dead-letter row
-// (the unique index on side, source, destination, id). A dead letter is
-// pending while it was never replayed or failed again after its last replay
-// (replayed_at IS NULL OR replayed_at < failed_at).
+// FinishInbox moves a message that failed for good to durable_dead_letters
+// (SideInbox, an empty destination); see DeadLetterRow.
 type InboxStore[TTx any] interface {
 	// InsertInbox stores rows in tx, keyed by (source, id), with one
 	// multi-row statement (chunks of them on SQLite) and ON CONFLICT DO
@@ -104,26 +98,6 @@ type InboxStore[TTx any] interface {
 	// InboxStats counts the inbox's rows by state and its pending dead
 	// letters. It reads the whole inbox table.
 	InboxStats(ctx context.Context) (InboxStats, error)
-
-	// ListInboxDeadLetters returns the inbox's dead letters matching q in
-	// the order they were first recorded (seq).
-	ListInboxDeadLetters(ctx context.Context, q InboxDeadLetterQuery) ([]InboxDeadLetter, error)
-
-	// ReplayInboxDeadLetters puts the pending dead letters matching q (at
-	// most q.Limit, oldest first, when it is set) back into the inbox as
-	// fresh messages, in one transaction: ready, attempts 0, run_at and
-	// replayed_at now, no expiry (a replay is a decision to process the
-	// message), the error history kept. It stamps replayed_at on each dead
-	// letter it replayed and returns how many. A dead letter already
-	// replayed and not failed since is not pending, so replaying twice does
-	// not duplicate; neither does a dead letter whose (source, id) is in the
-	// inbox already.
-	ReplayInboxDeadLetters(ctx context.Context, q InboxDeadLetterQuery) (int, error)
-
-	// PurgeInboxDeadLetters deletes the inbox's dead letters matching q (at
-	// most q.Limit, oldest first, when it is set) in one statement and
-	// returns how many it deleted.
-	PurgeInboxDeadLetters(ctx context.Context, q InboxDeadLetterQuery) (int, error)
 }
 
 // States of durable_inbox.state.
@@ -152,7 +126,7 @@ type InboxRow struct {
 	LockedBy    string
 	LockedUntil time.Time
 	LastError   string
-	Errors      []InboxError
+	Errors      []AttemptError
 	HandledAt   time.Time
 	ReplayedAt  time.Time // zero: not a replay
 
@@ -165,15 +139,6 @@ type InboxRow struct {
 type InboxKey struct {
 	Source string
 	ID     string
-}
-
-// InboxError is one entry of a row's error history (the errors column, a
-// JSON array of objects with these fields), kept in the inbox row and moved
-// with it to the dead letters.
-type InboxError struct {
-	Attempt int       `json:"attempt"`
-	At      time.Time `json:"at"`
-	Error   string    `json:"error"`
 }
 
 // InboxClaim asks ClaimInbox for rows.
@@ -257,39 +222,4 @@ type InboxStats struct {
 	Running  int64 // leased to a worker
 	Handled  int64 // kept for the dedupe window
 	Dead     int64 // pending inbox dead letters
-}
-
-// InboxDeadLetter is an inbox row of durable_dead_letters (side 'inbox').
-type InboxDeadLetter struct {
-	Seq           int64
-	Source        string
-	ID            string
-	Topic         string
-	Key           string
-	Headers       map[string]string
-	Payload       []byte
-	CreatedAt     time.Time
-	ExpiresAt     time.Time // zero: never
-	Reason        string
-	Attempts      int
-	LastError     string
-	Errors        []InboxError
-	FirstFailedAt time.Time
-	FailedAt      time.Time
-	ReplayedAt    time.Time // zero: never replayed
-}
-
-// InboxDeadLetterQuery filters the inbox's dead letters. Zero fields do not
-// filter, except IncludeReplayed.
-type InboxDeadLetterQuery struct {
-	Source string
-	Topic  string
-	Reason string
-	IDs    []string
-	Since  time.Time // failed_at ≥ Since
-	Before time.Time // failed_at < Before
-	// IncludeReplayed also matches dead letters that were replayed and have
-	// not failed since; without it only pending ones match.
-	IncludeReplayed bool
-	Limit           int // 0: no limit
 }

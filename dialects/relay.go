@@ -7,8 +7,7 @@ import (
 
 // Relayer is the storage contract of the relay (outbox.Relay): claiming due
 // outbox rows with a lease, and settling each claimed row once the peer
-// answered. Every dialect implements it; outbox.NewRelay discovers it by type
-// assertion.
+// answered. It is part of Dialect.
 //
 // # Leases
 //
@@ -80,26 +79,6 @@ type Relayer interface {
 	// AckOutbox) longer than age ago, oldest first, and returns how many it
 	// deleted. Callers repeat it while it returns limit.
 	PurgeOutbox(ctx context.Context, age time.Duration, limit int) (int, error)
-
-	// ListDeadLetters returns the dead letters matching q in the order they
-	// were recorded (seq), for inspection, tools and tests.
-	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
-}
-
-// Listener is implemented by dialects whose database can push wake-ups to
-// relays (Postgres LISTEN on the channel NotifyOutbox writes to). Relays
-// discover it by type assertion. Wake-ups are hints: they are lost while the
-// listening connection is down, so a relay polls as well.
-type Listener interface {
-	// ListenOutbox holds a connection of its own that listens for outbox
-	// notifications until ctx ends, then returns nil. For each notification
-	// it calls wake with the destination it names. After every (re)connect it
-	// calls wake("") — any destination — because notifications sent while it
-	// was disconnected are lost. A failed or broken connection is reported to
-	// report (when not nil) and opened again with exponential backoff and
-	// jitter. wake and report are called from one goroutine and must not
-	// block.
-	ListenOutbox(ctx context.Context, wake func(destination string), report func(error)) error
 }
 
 // OutboxClaim asks ClaimOutbox for rows.
@@ -137,17 +116,6 @@ type OutboxRelease struct {
 	Unsent bool
 }
 
-// Dead-letter reasons of the outbox side, as stored in
-// durable_dead_letters.reason.
-const (
-	ReasonExpired  = "expired"  // not sent before ExpiresAt
-	ReasonRejected = "rejected" // refused for good by the peer or the transport
-)
-
-// SideOutbox is durable_dead_letters.side of messages that were never
-// delivered (the relay's dead letters); the inbox's are "inbox".
-const SideOutbox = "outbox"
-
 // OutboxDeadLetter is one row for DeadLetterOutbox.
 type OutboxDeadLetter struct {
 	Seq    int64
@@ -164,43 +132,4 @@ type OutboxStats struct {
 	Retrying    int64         // waiting for a retry after a failed send
 	Scheduled   int64         // deliver_at still in the future
 	OldestAge   time.Duration // now - created_at of the oldest unsent row
-}
-
-// DeadLetterRow is a row of durable_dead_letters.
-type DeadLetterRow struct {
-	Seq           int64
-	Side          string // SideOutbox or "inbox"
-	ID            string
-	Source        string // inbox side: the sending node
-	Destination   string // outbox side: the peer it was for
-	Topic         string
-	Key           string
-	Headers       map[string]string
-	Payload       []byte
-	CreatedAt     time.Time
-	ExpiresAt     time.Time // zero: never
-	Reason        string
-	Attempts      int
-	LastError     string
-	Errors        []DeadLetterError
-	FirstFailedAt time.Time
-	FailedAt      time.Time
-	ReplayedAt    time.Time // zero: never replayed
-}
-
-// DeadLetterError is one entry of a dead letter's error history (the errors
-// column, a JSON array of objects with these fields).
-type DeadLetterError struct {
-	At      time.Time `json:"at"`
-	Attempt int       `json:"attempt"`
-	Error   string    `json:"error"`
-}
-
-// DeadLetterQuery filters ListDeadLetters. Zero fields do not filter.
-type DeadLetterQuery struct {
-	Side        string
-	Destination string
-	Reason      string
-	IDs         []string
-	Limit       int // 0: no limit
 }

@@ -138,16 +138,10 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-// notAStore is a dialect without the inbox's storage.
-type notAStore struct{ dialects.Dialect[*sql.Tx] }
-
 func TestNewValidation(t *testing.T) {
 	f := openSQLite(t)
 	if _, err := New[*sql.Tx](nil, nil); err == nil {
 		t.Fatal("New(nil) = nil error")
-	}
-	if _, err := New[*sql.Tx](notAStore{f.d}, nil); err == nil || !strings.Contains(err.Error(), "does not implement dialects.InboxStore") {
-		t.Fatalf("New with a dialect that is no InboxStore = %v", err)
 	}
 	for name, c := range map[string]Config{
 		"negative":         {BatchSize: -1},

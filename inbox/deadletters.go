@@ -68,16 +68,16 @@ type DeadLetterFilter struct {
 	Limit int
 }
 
-func (f DeadLetterFilter) query() dialects.InboxDeadLetterQuery {
-	return dialects.InboxDeadLetterQuery{
-		Source: f.Source, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs, Since: f.Since, Before: f.Before,
+func (f DeadLetterFilter) query() dialects.DeadLetterQuery {
+	return dialects.DeadLetterQuery{
+		Side: dialects.SideInbox, Source: f.Source, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs, Since: f.Since, Before: f.Before,
 		IncludeReplayed: f.IncludeReplayed, Limit: f.Limit,
 	}
 }
 
 // DeadLetters returns the dead letters matching f, oldest first.
 func (ib *Inbox[TTx]) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
-	rows, err := ib.store.ListInboxDeadLetters(ctx, f.query())
+	rows, err := ib.d.ListDeadLetters(ctx, f.query())
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func (ib *Inbox[TTx]) DeadLetter(ctx context.Context, source, id string) (*DeadL
 func (ib *Inbox[TTx]) Replay(ctx context.Context, f DeadLetterFilter) (int, error) {
 	q := f.query()
 	q.IncludeReplayed = false
-	n, err := ib.store.ReplayInboxDeadLetters(ctx, q)
+	n, err := ib.d.ReplayDeadLetters(ctx, q)
 	if n > 0 {
 		ib.wakeAll()
 	}
@@ -139,12 +139,12 @@ const purgeBatch = 1000
 func (ib *Inbox[TTx]) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int, error) {
 	q := f.query()
 	if q.Limit > 0 {
-		return ib.store.PurgeInboxDeadLetters(ctx, q)
+		return ib.d.PurgeDeadLetters(ctx, q)
 	}
 	q.Limit = purgeBatch
 	total := 0
 	for {
-		n, err := ib.store.PurgeInboxDeadLetters(ctx, q)
+		n, err := ib.d.PurgeDeadLetters(ctx, q)
 		total += n
 		if err != nil || n < purgeBatch {
 			return total, err

@@ -4,21 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/durable-go/durable/dialects"
 )
 
-// Dead-letter reasons of the inbox, as stored in durable_dead_letters.reason.
+// Dead-letter reasons of the inbox, as stored in durable_dead_letters.reason
+// (the dialects package lists those of both sides).
 const (
 	// ReasonHandlerError: the handler failed MaxAttempts times.
-	ReasonHandlerError = "handler_error"
+	ReasonHandlerError = dialects.ReasonHandlerError
 	// ReasonDecodeError: the handler could not decode the payload
 	// (DecodeError).
-	ReasonDecodeError = "decode_error"
+	ReasonDecodeError = dialects.ReasonDecodeError
 	// ReasonNoHandler: no handler for the message's topic (ErrNoHandler).
-	ReasonNoHandler = "no_handler"
+	ReasonNoHandler = dialects.ReasonNoHandler
 	// ReasonExpired: the message's ExpiresAt passed before it was handled.
-	ReasonExpired = "expired"
+	ReasonExpired = dialects.ReasonExpired
 	// ReasonPermanent: the handler returned Permanent(err).
-	ReasonPermanent = "permanent"
+	ReasonPermanent = dialects.ReasonPermanent
 )
 
 var (

@@ -15,6 +15,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/transport"
 )
@@ -109,6 +113,17 @@ type Config struct {
 	// Warn and Error, batches at Debug; nothing per message above Debug.
 	// Nil: slog.Default().
 	Logger *slog.Logger
+
+	// MeterProvider, when set, receives the inbox's metrics (see
+	// metrics.go). Nil: no metrics.
+	MeterProvider metric.MeterProvider
+	// TracerProvider, when set, runs each handler in a consumer span that
+	// continues the sender's trace (see "Tracing" in tracing.go). Nil: no
+	// span; the handler's ctx still carries the sender's span context.
+	TracerProvider trace.TracerProvider
+	// Propagator reads the trace context from message headers. Nil: W3C
+	// Trace Context (traceparent, tracestate).
+	Propagator propagation.TextMapPropagator
 }
 
 // Queue is a set of topics with workers of their own.
@@ -157,6 +172,8 @@ type Inbox[TTx any] struct {
 	name   string
 	log    *slog.Logger
 	queues []*queue
+	mx     *metrics // nil: no metrics
+	tr     tracing
 
 	running atomic.Bool
 }
@@ -230,6 +247,11 @@ func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
 		cfg:   c,
 		name:  name,
 		log:   c.Logger.With("inbox", name),
+		tr:    newTracing(c.TracerProvider, c.Propagator),
+	}
+	var err error
+	if ib.mx, err = newMetrics(c.MeterProvider); err != nil {
+		return nil, err
 	}
 	var listed []string
 	for i, q := range c.Queues {
@@ -399,12 +421,15 @@ func (ib *Inbox[TTx]) Deliver(ctx context.Context, b *transport.Batch) (transpor
 		return transport.Result{}, err
 	}
 	wake := false
+	dups := 0
 	for j, ok := range stored {
 		if !ok {
 			outcomes[index[j]].Status = transport.Duplicate
+			dups++
 		}
 		wake = wake || ok
 	}
+	ib.mx.receivedBatch(len(stored)-dups, dups, len(b.Envelopes)-len(rows))
 	if wake {
 		ib.wakeAll()
 	}
@@ -515,6 +540,9 @@ func (ib *Inbox[TTx]) Run(ctx context.Context) error {
 		}
 	}
 	wg.Go(func() { ib.housekeep(ctx) })
+	defer ib.mx.observe(ib.store.InboxStats, func(err error) {
+		ib.log.Warn("durable/inbox: cannot register the state gauge", "err", err)
+	})()
 	ib.log.Info("durable/inbox: running", "dialect", ib.d.Name(), "queues", len(ib.queues), "workers", workers)
 	wg.Wait()
 	ib.log.Info("durable/inbox: stopped")
@@ -581,6 +609,7 @@ func (ib *Inbox[TTx]) Rescue(ctx context.Context) (int, error) {
 		}
 	}
 	if total > 0 {
+		ib.mx.rescuedRows(total)
 		ib.wakeAll()
 	}
 	return total, nil

@@ -54,6 +54,7 @@ func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 		if len(rows) == q.batch {
 			q.signal() // there may be more: let an idle sibling look
 		}
+		ib.mx.claimed(q.name, len(rows))
 		ib.process(ctx, q, worker, token, rows)
 	}
 }
@@ -177,8 +178,11 @@ func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token strin
 	if broken != nil {
 		_ = ib.d.Rollback(bctx, tx)
 		done = true
-		log.Warn("durable/inbox: a handler left the batch transaction unusable; retrying the batch without it",
-			"messages", len(mine), "err", broken.err)
+		attrs := []any{"messages", len(mine), "err", broken.err}
+		if c := broken.culprit; c != nil {
+			attrs = append(attrs, "message_id", c.ID, "source", c.Source, "topic", c.Topic)
+		}
+		log.Warn("durable/inbox: a handler left the batch transaction unusable; retrying the batch without it", attrs...)
 		ib.settleAfterFailure(bctx, log, token, mine, broken.culprit, broken.err, nil)
 		return
 	}
@@ -194,6 +198,7 @@ func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token strin
 		ib.settleAfterFailure(bctx, log, token, mine, nil, nil, fmt.Errorf("durable/inbox: the batch transaction failed: %w", err))
 		return
 	}
+	ib.settled(log, mine, outcomes)
 	if n != len(outcomes) {
 		log.Warn("durable/inbox: a batch settled fewer messages than it handled", "settled", n, "handled", len(outcomes))
 	}
@@ -306,6 +311,8 @@ func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r
 		CreatedAt: r.CreatedAt, ReceivedAt: r.ReceivedAt, ExpiresAt: r.ExpiresAt,
 		Attempt: r.Attempts, LastError: r.LastError, ReplayedAt: r.ReplayedAt,
 	}
+	hctx, end := ib.tr.start(hctx, msg)
+	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
 			err = &PanicError{Value: p, Stack: debug.Stack()}
@@ -313,6 +320,8 @@ func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r
 		if err != nil && errors.Is(hctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 			err = fmt.Errorf("durable/inbox: handler timed out after %v: %w", timeout, err)
 		}
+		end(err)
+		ib.mx.handlerDone(msg.Topic, time.Since(start), err)
 	}()
 	mux := ib.Mux
 	return mux.Dispatch(hctx, tx, msg)
@@ -400,5 +409,6 @@ func (ib *Inbox[TTx]) settleAfterFailure(ctx context.Context, log *slog.Logger, 
 		log.Warn("durable/inbox: cannot settle a failed batch; its messages wait for their lease to expire", "messages", len(rows), "err", err)
 		return
 	}
+	ib.settled(log, rows, outcomes)
 	ib.wakeAll()
 }

@@ -6,6 +6,9 @@ import (
 	"fmt"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/durable-go/durable/dialects"
 )
@@ -31,6 +34,17 @@ type Config struct {
 	// NewID generates the ID of a message enqueued without one. Nil: a
 	// UUIDv7 in its canonical text form.
 	NewID func() (string, error)
+
+	// MeterProvider, when set, receives the outbox's metrics (see
+	// metrics.go: durable.outbox.enqueued). Nil: no metrics.
+	MeterProvider metric.MeterProvider
+	// TracerProvider, when set, makes Enqueue record a producer span whose
+	// context the messages carry (see "Tracing" in tracing.go). Nil: no
+	// span; the trace context of ctx is carried all the same.
+	TracerProvider trace.TracerProvider
+	// Propagator writes the trace context into message headers. Nil: W3C
+	// Trace Context (traceparent, tracestate).
+	Propagator propagation.TextMapPropagator
 }
 
 // Outbox enqueues messages into durable_outbox in the caller's transactions.
@@ -41,6 +55,8 @@ type Outbox[TTx any] struct {
 	lim      limits
 	newID    func() (string, error)
 	subs     subscribers // in-process wake-ups (Subscribe)
+	mx       *outboxMetrics
+	tr       tracing
 }
 
 // New returns an Outbox writing through d. It does no I/O; call CheckSchema
@@ -90,6 +106,11 @@ func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Outbox[TTx], error) {
 	if o.newID == nil {
 		o.newID = newUUIDv7
 	}
+	var err error
+	if o.mx, err = newOutboxMetrics(c.MeterProvider); err != nil {
+		return nil, err
+	}
+	o.tr = newTracing(c.TracerProvider, c.Propagator)
 	return o, nil
 }
 
@@ -125,7 +146,10 @@ func (o *Outbox[TTx]) Dialect() dialects.Dialect[TTx] { return o.d }
 //
 // All messages of one call are written with one statement (COPY for large
 // batches on pgx), so enqueueing many messages at once is cheap.
-func (o *Outbox[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*Message) error {
+//
+// When ctx holds a span, the messages carry its trace context in their
+// headers (see "Tracing" in tracing.go).
+func (o *Outbox[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*Message) (err error) {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -157,6 +181,9 @@ func (o *Outbox[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*Message) err
 			ExpiresAt:   m.ExpiresAt,
 		}
 	}
+	ctx, end := o.tr.start(ctx, rows)
+	defer func() { end(err) }()
+	o.tr.inject(ctx, rows, o.lim.maxHeaders)
 	if err := o.d.InsertOutbox(ctx, tx, rows); err != nil {
 		return err
 	}
@@ -168,6 +195,7 @@ func (o *Outbox[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*Message) err
 	for i, m := range msgs {
 		m.ID = rows[i].ID
 	}
+	o.mx.enqueue(ctx, rows)
 	o.subs.notify(rows)
 	return nil
 }

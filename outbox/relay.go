@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/transport"
 )
@@ -131,6 +133,10 @@ type RelayConfig struct {
 	// pass the *Outbox that writes to the same database in this process.
 	// See Outbox.Subscribe.
 	Outbox Waker
+
+	// MeterProvider, when set, receives the relay's metrics (see
+	// metrics.go). Nil: no metrics.
+	MeterProvider metric.MeterProvider
 }
 
 // resolve fills in the defaults and checks the values.
@@ -317,10 +323,15 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 	if err != nil {
 		return nil, err
 	}
+	mx, err := newRelayMetrics(c.MeterProvider)
+	if err != nil {
+		return nil, err
+	}
 	core := &relayCore{
 		store:   store,
 		cfg:     c,
 		log:     c.Logger,
+		mx:      mx,
 		lanes:   make(map[string]*lane, len(senders)),
 		unknown: make(map[string]time.Time),
 	}
@@ -402,6 +413,7 @@ type relayCore struct {
 	listener dialects.Listener // nil: none, or NoListen
 	cfg      RelayConfig
 	log      *slog.Logger
+	mx       *relayMetrics    // nil: no metrics
 	lanes    map[string]*lane // fixed after NewRelay
 	claims   atomic.Uint64    // numbers the claim tokens
 
@@ -440,6 +452,7 @@ func (c *relayCore) run(ctx context.Context) {
 		unsubscribe := c.cfg.Outbox.Subscribe(func(dest string) { c.wake(dest, true) })
 		defer unsubscribe()
 	}
+	defer c.mx.observe(c)()
 	if c.listener != nil {
 		loops.Go(func() { c.listen(ctx) })
 	}

@@ -284,18 +284,10 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 	}
 }
 
-func relayer(t *testing.T, d any) dialects.Relayer {
+// deadLettersOf returns every dead letter of d.
+func deadLettersOf[TTx any](t *testing.T, d dialects.Dialect[TTx]) []dialects.DeadLetterRow {
 	t.Helper()
-	r, ok := d.(dialects.Relayer)
-	if !ok {
-		t.Fatalf("%T is not a dialects.Relayer", d)
-	}
-	return r
-}
-
-func deadLettersOf(t *testing.T, d any) []dialects.DeadLetterRow {
-	t.Helper()
-	dl, err := relayer(t, d).ListDeadLetters(ctxT(t), dialects.DeadLetterQuery{})
+	dl, err := d.ListDeadLetters(ctxT(t), dialects.DeadLetterQuery{IncludeReplayed: true})
 	if err != nil {
 		t.Fatal(err)
 	}

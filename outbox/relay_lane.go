@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ type lane struct {
 	slots chan struct{} // one token per claim in flight
 
 	sent, retried, dead, expired atomic.Int64
+	mx                           laneMetrics
 
 	mu         sync.Mutex
 	failures   int       // consecutive failed sends
@@ -42,6 +44,7 @@ func newLane(c *relayCore, dest string, s transport.Sender) *lane {
 		sender: s,
 		hint:   make(chan struct{}, 1),
 		slots:  make(chan struct{}, c.cfg.InFlight),
+		mx:     c.mx.lane(dest),
 	}
 }
 
@@ -255,6 +258,7 @@ func (l *lane) expire(ctx context.Context, token string, rows []dialects.Claimed
 		} else {
 			l.dead.Add(int64(n))
 			l.expired.Add(int64(n))
+			l.mx.deadLettered(n, dialects.ReasonExpired)
 			l.c.log.Warn("durable/outbox: relay: expired messages moved to the dead letters",
 				"destination", l.dest, "count", n, "first_id", firstID)
 		}
@@ -355,6 +359,9 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 	res, err := l.sender.Send(sctx, &transport.Batch{Envelopes: env})
 	cancel2()
 	cancel()
+	if !errors.Is(err, transport.ErrTooLarge) && !errors.Is(err, transport.ErrInvalid) {
+		l.mx.sending(len(rows)) // refused while encoding: nothing left
+	}
 
 	switch {
 	case err == nil:
@@ -362,9 +369,13 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 		var (
 			acked   []int64
 			letters []dialects.OutboxDeadLetter
+			dups    int
 		)
 		for i := range rows {
 			o := res.Outcome(i)
+			if o.Status == transport.Duplicate {
+				dups++
+			}
 			if o.Status == transport.Rejected {
 				reason := o.Reason
 				if reason == "" {
@@ -374,6 +385,11 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 				continue
 			}
 			acked = append(acked, rows[i].Seq) // Accepted or Duplicate
+		}
+		l.mx.answered(len(acked)-dups, dups, len(letters))
+		if l.c.log.Enabled(context.Background(), slog.LevelDebug) {
+			l.c.log.Debug("durable/outbox: relay: batch acknowledged", "destination", l.dest, "messages", len(rows),
+				"duplicates", dups, "rejected", len(letters), "first_id", rows[0].ID)
 		}
 		l.ack(sendCtx, token, acked)
 		l.deadLetter(sendCtx, token, rows, letters, "rejected by the peer")
@@ -386,6 +402,7 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 		}
 		l.release(sendCtx, token, rows, dialects.OutboxRelease{RetryAfter: after, Error: err.Error()})
 		l.retried.Add(int64(len(rows)))
+		l.mx.retried(len(rows))
 		return &retry{after: after, err: err.Error()}
 
 	case errors.Is(err, transport.ErrTooLarge) || errors.Is(err, transport.ErrInvalid):
@@ -404,6 +421,7 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 		for i := range rows {
 			letters[i] = dialects.OutboxDeadLetter{Seq: rows[i].Seq, Reason: dialects.ReasonRejected, Error: err.Error()}
 		}
+		l.mx.refused(len(rows))
 		l.deadLetter(sendCtx, token, rows, letters, "refused for good")
 		return nil
 	}
@@ -441,15 +459,16 @@ func (l *lane) deadLetter(ctx context.Context, token string, rows []dialects.Cla
 		return
 	}
 	l.dead.Add(int64(n))
-	first := rows[0].ID
-	for _, r := range rows {
-		if r.Seq == letters[0].Seq {
-			first = r.ID
+	l.mx.deadLettered(n, dialects.ReasonRejected)
+	first := &rows[0]
+	for i := range rows {
+		if rows[i].Seq == letters[0].Seq {
+			first = &rows[i]
 			break
 		}
 	}
 	l.c.log.Warn("durable/outbox: relay: messages "+what+", moved to the dead letters",
-		"destination", l.dest, "count", n, "first_id", first, "error", letters[0].Error)
+		"destination", l.dest, "count", n, "first_id", first.ID, "first_topic", first.Topic, "error", letters[0].Error)
 }
 
 func (l *lane) release(ctx context.Context, token string, rows []dialects.ClaimedRow, r dialects.OutboxRelease) {

@@ -41,9 +41,9 @@ func notifyConfig[TTx any](d dialects.Dialect[TTx]) *outbox.Config {
 	return &outbox.Config{Notify: ok}
 }
 
-func unsent(t *testing.T, d any) int64 {
+func unsent[TTx any](t *testing.T, d dialects.Dialect[TTx]) int64 {
 	t.Helper()
-	st, err := relayer(t, d).OutboxStats(ctxT(t))
+	st, err := d.OutboxStats(ctxT(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -780,9 +780,6 @@ func TestRelayRetention(t *testing.T) {
 	}
 }
 
-// noRelayer is a dialect without the relay's operations.
-type noRelayer struct{ dialects.Dialect[sqlTx] }
-
 // nopSender accepts everything.
 type nopSender struct{}
 
@@ -801,7 +798,6 @@ func TestNewRelayErrors(t *testing.T) {
 		want    string
 	}{
 		{"nil dialect", nil, ok, nil, "needs a dialect"},
-		{"no Relayer", noRelayer{d}, ok, nil, "does not implement dialects.Relayer"},
 		{"no senders", d, nil, nil, "at least one"},
 		{"nil sender", d, map[string]transport.Sender{"billing": nil}, nil, "nil Sender"},
 		{"bad destination", d, map[string]transport.Sender{"": nopSender{}}, nil, "invalid destination"},

@@ -10,7 +10,8 @@
 //	}
 //
 // The suite covers every storage operation of dialects.Dialect and is
-// extended whenever the contract grows.
+// extended whenever the contract grows. Harness.OpenUnmigrated is used only
+// by the subtests that check the schema errors.
 package dialecttest
 
 import (
@@ -34,7 +35,9 @@ type Harness[TTx any] struct {
 	OpenUnmigrated func(t *testing.T) dialects.Dialect[TTx]
 }
 
-// Run runs the whole conformance suite as subtests of t.
+// Run runs the whole conformance suite as subtests of t: the enqueue path
+// and the schema check, then the relay's operations (subtests Relay/…), the
+// inbox's (Inbox/…) and the dead letters of both sides (DeadLetters/…).
 func Run[TTx any](t *testing.T, h Harness[TTx]) {
 	t.Helper()
 	s := suite[TTx]{h: h}
@@ -52,6 +55,9 @@ func Run[TTx any](t *testing.T, h Harness[TTx]) {
 	t.Run("LargeBatch", s.largeBatch)
 	t.Run("ListOutboxFilters", s.listFilters)
 	t.Run("Notify", s.notify)
+	t.Run("Relay", relaySuite[TTx]{h: h}.run)
+	t.Run("Inbox", inboxSuite[TTx]{h: h}.run)
+	t.Run("DeadLetters", deadLetterSuite[TTx]{h: h}.run)
 }
 
 type suite[TTx any] struct{ h Harness[TTx] }

@@ -14,48 +14,36 @@ import (
 	"github.com/durable-go/durable/dialects"
 )
 
-// RunInbox runs the conformance suite of dialects.InboxStore as subtests of
-// t. The dialects h opens must implement it.
-func RunInbox[TTx any](t *testing.T, h Harness[TTx]) {
-	t.Helper()
-	s := inboxSuite[TTx]{h: h}
-	t.Run("InboxInsertRoundTrip", s.insertRoundTrip)
-	t.Run("InboxInsertDuplicates", s.insertDuplicates)
-	t.Run("InboxInsertRollback", s.insertRollback)
-	t.Run("InboxInsertLargeBatch", s.insertLargeBatch)
-	t.Run("InboxInsertDeadLetterDuplicate", s.insertDeadLetterDuplicate)
-	t.Run("InboxClaim", s.claim)
-	t.Run("InboxClaimTopics", s.claimTopics)
-	t.Run("InboxClaimOrderingKeys", s.claimOrderingKeys)
-	t.Run("InboxClaimExpired", s.claimExpired)
-	t.Run("InboxConcurrentClaims", s.concurrentClaims)
-	t.Run("InboxLock", s.lock)
-	t.Run("InboxFencing", s.fencing)
-	t.Run("InboxFinish", s.finishKinds)
-	t.Run("InboxSavepoints", s.savepoints)
-	t.Run("InboxRescue", s.rescue)
-	t.Run("InboxRescueSkipsLocked", s.rescueSkipsLocked)
-	t.Run("InboxPurge", s.purge)
-	t.Run("InboxStats", s.stats)
-	t.Run("InboxDeadLetters", s.deadLetters)
-	t.Run("InboxReplay", s.replay)
-	t.Run("InboxUnmigrated", s.unmigrated)
+// run runs the conformance suite of the inbox's operations
+// (dialects.InboxStore) as subtests of t.
+func (s inboxSuite[TTx]) run(t *testing.T) {
+	t.Run("InsertRoundTrip", s.insertRoundTrip)
+	t.Run("InsertDuplicates", s.insertDuplicates)
+	t.Run("InsertRollback", s.insertRollback)
+	t.Run("InsertLargeBatch", s.insertLargeBatch)
+	t.Run("InsertDeadLetterDuplicate", s.insertDeadLetterDuplicate)
+	t.Run("Claim", s.claim)
+	t.Run("ClaimTopics", s.claimTopics)
+	t.Run("ClaimOrderingKeys", s.claimOrderingKeys)
+	t.Run("ClaimExpired", s.claimExpired)
+	t.Run("ConcurrentClaims", s.concurrentClaims)
+	t.Run("Lock", s.lock)
+	t.Run("Fencing", s.fencing)
+	t.Run("Finish", s.finishKinds)
+	t.Run("Savepoints", s.savepoints)
+	t.Run("Rescue", s.rescue)
+	t.Run("RescueSkipsLocked", s.rescueSkipsLocked)
+	t.Run("Purge", s.purge)
+	t.Run("Stats", s.stats)
+	t.Run("DeadLetters", s.deadLetters)
+	t.Run("Replay", s.replay)
+	t.Run("Unmigrated", s.unmigrated)
 }
 
 type inboxSuite[TTx any] struct{ h Harness[TTx] }
 
 // inboxLease is the lease of claims that must not expire during a test.
 const inboxLease = time.Minute
-
-func (s inboxSuite[TTx]) open(t *testing.T) (dialects.Dialect[TTx], dialects.InboxStore[TTx]) {
-	t.Helper()
-	d := s.h.Open(t)
-	st, ok := d.(dialects.InboxStore[TTx])
-	if !ok {
-		t.Fatalf("%T does not implement dialects.InboxStore", d)
-	}
-	return d, st
-}
 
 // InboxRow returns a valid inbox row from source with distinct, non-trivial
 // field values; i names it.
@@ -75,14 +63,14 @@ func inboxID(i int) string { return InboxRow(i, "").ID }
 
 // insert stores rows in a transaction of their own and returns which were
 // stored.
-func (s inboxSuite[TTx]) insert(t *testing.T, d dialects.Dialect[TTx], st dialects.InboxStore[TTx], rows ...dialects.InboxRow) []bool {
+func (s inboxSuite[TTx]) insert(t *testing.T, d dialects.Dialect[TTx], rows ...dialects.InboxRow) []bool {
 	t.Helper()
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		t.Fatalf("Begin: %v", err)
 	}
-	stored, err := st.InsertInbox(ctx, tx, rows)
+	stored, err := d.InsertInbox(ctx, tx, rows)
 	if err != nil {
 		_ = d.Rollback(ctx, tx)
 		t.Fatalf("InsertInbox: %v", err)
@@ -96,27 +84,27 @@ func (s inboxSuite[TTx]) insert(t *testing.T, d dialects.Dialect[TTx], st dialec
 	return stored
 }
 
-func (s inboxSuite[TTx]) list(t *testing.T, st dialects.InboxStore[TTx], q dialects.InboxQuery) []dialects.InboxRow {
+func (s inboxSuite[TTx]) list(t *testing.T, d dialects.Dialect[TTx], q dialects.InboxQuery) []dialects.InboxRow {
 	t.Helper()
-	rows, err := st.ListInbox(ctxFor(t), q)
+	rows, err := d.ListInbox(ctxFor(t), q)
 	if err != nil {
 		t.Fatalf("ListInbox: %v", err)
 	}
 	return rows
 }
 
-func (s inboxSuite[TTx]) one(t *testing.T, st dialects.InboxStore[TTx], source, id string) dialects.InboxRow {
+func (s inboxSuite[TTx]) one(t *testing.T, d dialects.Dialect[TTx], source, id string) dialects.InboxRow {
 	t.Helper()
-	rows := s.list(t, st, dialects.InboxQuery{Source: source, IDs: []string{id}})
+	rows := s.list(t, d, dialects.InboxQuery{Source: source, IDs: []string{id}})
 	if len(rows) != 1 {
 		t.Fatalf("ListInbox(%s/%s) returned %d rows, want 1", source, id, len(rows))
 	}
 	return rows[0]
 }
 
-func (s inboxSuite[TTx]) claimN(t *testing.T, st dialects.InboxStore[TTx], token string, limit int, lease time.Duration) []dialects.InboxRow {
+func (s inboxSuite[TTx]) claimN(t *testing.T, d dialects.Dialect[TTx], token string, limit int, lease time.Duration) []dialects.InboxRow {
 	t.Helper()
-	rows, err := st.ClaimInbox(ctxFor(t), dialects.InboxClaim{Token: token, Worker: "w-" + token, Limit: limit, Lease: lease})
+	rows, err := d.ClaimInbox(ctxFor(t), dialects.InboxClaim{Token: token, Worker: "w-" + token, Limit: limit, Lease: lease})
 	if err != nil {
 		t.Fatalf("ClaimInbox: %v", err)
 	}
@@ -125,14 +113,14 @@ func (s inboxSuite[TTx]) claimN(t *testing.T, st dialects.InboxStore[TTx], token
 
 // settle settles outcomes in a transaction of their own, after locking them
 // as a worker does, and returns FinishInbox's count.
-func (s inboxSuite[TTx]) settle(t *testing.T, d dialects.Dialect[TTx], st dialects.InboxStore[TTx], token string, outs ...dialects.InboxOutcome) int {
+func (s inboxSuite[TTx]) settle(t *testing.T, d dialects.Dialect[TTx], token string, outs ...dialects.InboxOutcome) int {
 	t.Helper()
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		t.Fatalf("Begin: %v", err)
 	}
-	n, err := st.FinishInbox(ctx, tx, token, outs)
+	n, err := d.FinishInbox(ctx, tx, token, outs)
 	if err != nil {
 		_ = d.Rollback(ctx, tx)
 		t.Fatalf("FinishInbox: %v", err)
@@ -170,7 +158,7 @@ func inboxDone(r dialects.InboxRow) dialects.InboxOutcome {
 }
 
 func (s inboxSuite[TTx]) insertRoundTrip(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	want := []dialects.InboxRow{InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "billing")}
 	want[0].Key = "k1"
 	want[0].ExpiresAt = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -179,10 +167,10 @@ func (s inboxSuite[TTx]) insertRoundTrip(t *testing.T) {
 	want[2].RunAt = time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
 	want[2].CreatedAt = time.Time{}
 	before := time.Now()
-	if got := s.insert(t, d, st, want...); !slices.Equal(got, []bool{true, true, true}) {
+	if got := s.insert(t, d, want...); !slices.Equal(got, []bool{true, true, true}) {
 		t.Fatalf("InsertInbox stored %v, want all", got)
 	}
-	got := s.list(t, st, dialects.InboxQuery{})
+	got := s.list(t, d, dialects.InboxQuery{})
 	if len(got) != 3 {
 		t.Fatalf("ListInbox returned %d rows, want 3", len(got))
 	}
@@ -224,8 +212,8 @@ func (s inboxSuite[TTx]) insertRoundTrip(t *testing.T) {
 }
 
 func (s inboxSuite[TTx]) insertDuplicates(t *testing.T) {
-	d, st := s.open(t)
-	s.insert(t, d, st, InboxRow(1, "orders"), InboxRow(2, "orders"))
+	d := s.h.Open(t)
+	s.insert(t, d, InboxRow(1, "orders"), InboxRow(2, "orders"))
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
@@ -235,7 +223,7 @@ func (s inboxSuite[TTx]) insertDuplicates(t *testing.T) {
 	// source.
 	call := []dialects.InboxRow{InboxRow(2, "orders"), InboxRow(3, "orders"), InboxRow(3, "orders"), InboxRow(1, "billing")}
 	call[2].Topic = "other" // a repeat is a duplicate whatever its content
-	stored, err := st.InsertInbox(ctx, tx, call)
+	stored, err := d.InsertInbox(ctx, tx, call)
 	if err != nil {
 		t.Fatalf("InsertInbox with duplicates: %v", err)
 	}
@@ -243,13 +231,13 @@ func (s inboxSuite[TTx]) insertDuplicates(t *testing.T) {
 		t.Fatalf("stored = %v, want [false true false true]", stored)
 	}
 	// The transaction is still usable.
-	if stored, err := st.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(4, "orders")}); err != nil || !stored[0] {
+	if stored, err := d.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(4, "orders")}); err != nil || !stored[0] {
 		t.Fatalf("InsertInbox after duplicates = %v, %v", stored, err)
 	}
 	if err := d.Commit(ctx, tx); err != nil {
 		t.Fatal(err)
 	}
-	got := s.list(t, st, dialects.InboxQuery{})
+	got := s.list(t, d, dialects.InboxQuery{})
 	var keys []string
 	for _, r := range got {
 		keys = append(keys, r.Source+"/"+r.ID+"/"+r.Topic)
@@ -259,23 +247,23 @@ func (s inboxSuite[TTx]) insertDuplicates(t *testing.T) {
 }
 
 func (s inboxSuite[TTx]) insertRollback(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(1, "orders")}); err != nil {
+	if _, err := d.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(1, "orders")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Rollback(ctx, tx); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.list(t, st, dialects.InboxQuery{}); len(got) != 0 {
+	if got := s.list(t, d, dialects.InboxQuery{}); len(got) != 0 {
 		t.Fatalf("after rollback: %d rows, want 0", len(got))
 	}
 	// Nothing of it counts as received: the same id is stored later.
-	if got := s.insert(t, d, st, InboxRow(1, "orders")); !got[0] {
+	if got := s.insert(t, d, InboxRow(1, "orders")); !got[0] {
 		t.Fatal("a rolled-back id is reported as a duplicate")
 	}
 }
@@ -284,20 +272,20 @@ func (s inboxSuite[TTx]) insertRollback(t *testing.T) {
 const InboxLargeBatch = 10_000
 
 func (s inboxSuite[TTx]) insertLargeBatch(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	rows := make([]dialects.InboxRow, InboxLargeBatch)
 	for i := range rows {
 		// IDs deliberately not in lexical order: seq follows the call.
 		rows[i] = InboxRow(InboxLargeBatch-i, "orders")
 	}
-	s.insert(t, d, st, rows[:10]...)
-	stored := s.insert(t, d, st, rows...)
+	s.insert(t, d, rows[:10]...)
+	stored := s.insert(t, d, rows...)
 	for i, ok := range stored {
 		if ok != (i >= 10) {
 			t.Fatalf("row %d stored = %v, want %v", i, ok, i >= 10)
 		}
 	}
-	got := s.list(t, st, dialects.InboxQuery{})
+	got := s.list(t, d, dialects.InboxQuery{})
 	if len(got) != len(rows) {
 		t.Fatalf("%d rows, want %d", len(got), len(rows))
 	}
@@ -310,33 +298,33 @@ func (s inboxSuite[TTx]) insertLargeBatch(t *testing.T) {
 
 // deadLetter stores r and moves it to the dead letters with reason and
 // error, through a claim.
-func (s inboxSuite[TTx]) deadLetter(t *testing.T, d dialects.Dialect[TTx], st dialects.InboxStore[TTx], r dialects.InboxRow, reason, msg string) {
+func (s inboxSuite[TTx]) deadLetter(t *testing.T, d dialects.Dialect[TTx], r dialects.InboxRow, reason, msg string) {
 	t.Helper()
-	s.insert(t, d, st, r)
+	s.insert(t, d, r)
 	token := "dead-" + r.Source + "-" + r.ID
 	ctx := ctxFor(t)
-	rows, err := st.ClaimInbox(ctx, dialects.InboxClaim{Token: token, Worker: "w", Limit: 1, Lease: inboxLease, Topics: []string{r.Topic}})
+	rows, err := d.ClaimInbox(ctx, dialects.InboxClaim{Token: token, Worker: "w", Limit: 1, Lease: inboxLease, Topics: []string{r.Topic}})
 	if err != nil || len(rows) != 1 || rows[0].ID != r.ID {
 		t.Fatalf("claim %s for the dead letters: %v, %v", r.ID, inboxIDs(rows), err)
 	}
-	if n := s.settle(t, d, st, token, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead, Reason: reason, Error: msg}); n != 1 {
+	if n := s.settle(t, d, token, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead, Reason: reason, Error: msg}); n != 1 {
 		t.Fatalf("FinishInbox dead = %d, want 1", n)
 	}
 }
 
 func (s inboxSuite[TTx]) deadLetters(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	start := time.Now()
 	a, b, c := InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "billing")
 	a.Key, a.ExpiresAt = "k", time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	b.Topic = "topic.other"
-	s.deadLetter(t, d, st, a, "handler_error", "boom")
-	s.deadLetter(t, d, st, b, "no_handler", "no handler for topic.other")
-	s.deadLetter(t, d, st, c, "decode_error", "bad json")
-	if got := s.list(t, st, dialects.InboxQuery{}); len(got) != 0 {
+	s.deadLetter(t, d, a, "handler_error", "boom")
+	s.deadLetter(t, d, b, "no_handler", "no handler for topic.other")
+	s.deadLetter(t, d, c, "decode_error", "bad json")
+	if got := s.list(t, d, dialects.InboxQuery{}); len(got) != 0 {
 		t.Fatalf("inbox holds %v after the moves, want nothing", inboxIDs(got))
 	}
-	all := s.dead(t, st, dialects.InboxDeadLetterQuery{})
+	all := s.dead(t, d, dialects.DeadLetterQuery{})
 	if len(all) != 3 {
 		t.Fatalf("%d dead letters, want 3", len(all))
 	}
@@ -354,47 +342,48 @@ func (s inboxSuite[TTx]) deadLetters(t *testing.T) {
 	inboxNear(t, "FailedAt", g.FailedAt, start, 5*time.Second)
 
 	for _, c := range []struct {
-		q    dialects.InboxDeadLetterQuery
+		q    dialects.DeadLetterQuery
 		want []string
 	}{
-		{dialects.InboxDeadLetterQuery{Source: "orders"}, []string{inboxID(1), inboxID(2)}},
-		{dialects.InboxDeadLetterQuery{Topic: "topic.other"}, []string{inboxID(2)}},
-		{dialects.InboxDeadLetterQuery{Reason: "decode_error"}, []string{inboxID(3)}},
-		{dialects.InboxDeadLetterQuery{IDs: []string{inboxID(3), inboxID(1)}}, []string{inboxID(1), inboxID(3)}},
-		{dialects.InboxDeadLetterQuery{Since: start.Add(-time.Minute)}, []string{inboxID(1), inboxID(2), inboxID(3)}},
-		{dialects.InboxDeadLetterQuery{Since: time.Now().Add(time.Minute)}, nil},
-		{dialects.InboxDeadLetterQuery{Before: time.Now().Add(time.Minute), Source: "billing"}, []string{inboxID(3)}},
-		{dialects.InboxDeadLetterQuery{Before: start.Add(-time.Minute)}, nil},
-		{dialects.InboxDeadLetterQuery{Limit: 2}, []string{inboxID(1), inboxID(2)}},
-		{dialects.InboxDeadLetterQuery{Source: "billing", Reason: "handler_error"}, nil},
+		{dialects.DeadLetterQuery{Source: "orders"}, []string{inboxID(1), inboxID(2)}},
+		{dialects.DeadLetterQuery{Topic: "topic.other"}, []string{inboxID(2)}},
+		{dialects.DeadLetterQuery{Reason: "decode_error"}, []string{inboxID(3)}},
+		{dialects.DeadLetterQuery{IDs: []string{inboxID(3), inboxID(1)}}, []string{inboxID(1), inboxID(3)}},
+		{dialects.DeadLetterQuery{Since: start.Add(-time.Minute)}, []string{inboxID(1), inboxID(2), inboxID(3)}},
+		{dialects.DeadLetterQuery{Since: time.Now().Add(time.Minute)}, nil},
+		{dialects.DeadLetterQuery{Before: time.Now().Add(time.Minute), Source: "billing"}, []string{inboxID(3)}},
+		{dialects.DeadLetterQuery{Before: start.Add(-time.Minute)}, nil},
+		{dialects.DeadLetterQuery{Limit: 2}, []string{inboxID(1), inboxID(2)}},
+		{dialects.DeadLetterQuery{Source: "billing", Reason: "handler_error"}, nil},
 	} {
-		inboxWant(t, fmt.Sprintf("filter %+v", c.q), inboxDeadIDs(s.dead(t, st, c.q)), c.want...)
+		inboxWant(t, fmt.Sprintf("filter %+v", c.q), inboxDeadIDs(s.dead(t, d, c.q)), c.want...)
 	}
 
 	// Purge by filter.
 	ctx := ctxFor(t)
-	n, err := st.PurgeInboxDeadLetters(ctx, dialects.InboxDeadLetterQuery{Source: "orders", Limit: 1})
+	n, err := d.PurgeDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideInbox, Source: "orders", Limit: 1})
 	if err != nil || n != 1 {
-		t.Fatalf("PurgeInboxDeadLetters(limit 1) = %d, %v; want 1", n, err)
+		t.Fatalf("PurgeDeadLetters(limit 1) = %d, %v; want 1", n, err)
 	}
-	inboxWant(t, "after purging one", inboxDeadIDs(s.dead(t, st, dialects.InboxDeadLetterQuery{})), inboxID(2), inboxID(3))
-	n, err = st.PurgeInboxDeadLetters(ctx, dialects.InboxDeadLetterQuery{Reason: "decode_error"})
+	inboxWant(t, "after purging one", inboxDeadIDs(s.dead(t, d, dialects.DeadLetterQuery{})), inboxID(2), inboxID(3))
+	n, err = d.PurgeDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideInbox, Reason: "decode_error"})
 	if err != nil || n != 1 {
-		t.Fatalf("PurgeInboxDeadLetters(reason) = %d, %v; want 1", n, err)
+		t.Fatalf("PurgeDeadLetters(reason) = %d, %v; want 1", n, err)
 	}
-	inboxWant(t, "after purging by reason", inboxDeadIDs(s.dead(t, st, dialects.InboxDeadLetterQuery{})), inboxID(2))
+	inboxWant(t, "after purging by reason", inboxDeadIDs(s.dead(t, d, dialects.DeadLetterQuery{})), inboxID(2))
 }
 
-func (s inboxSuite[TTx]) dead(t *testing.T, st dialects.InboxStore[TTx], q dialects.InboxDeadLetterQuery) []dialects.InboxDeadLetter {
+func (s inboxSuite[TTx]) dead(t *testing.T, d dialects.Dialect[TTx], q dialects.DeadLetterQuery) []dialects.DeadLetterRow {
 	t.Helper()
-	rows, err := st.ListInboxDeadLetters(ctxFor(t), q)
+	q.Side = dialects.SideInbox // as package inbox asks
+	rows, err := d.ListDeadLetters(ctxFor(t), q)
 	if err != nil {
-		t.Fatalf("ListInboxDeadLetters: %v", err)
+		t.Fatalf("ListDeadLetters: %v", err)
 	}
 	return rows
 }
 
-func inboxDeadIDs(rows []dialects.InboxDeadLetter) []string {
+func inboxDeadIDs(rows []dialects.DeadLetterRow) []string {
 	var out []string
 	for _, r := range rows {
 		out = append(out, r.ID)
@@ -403,23 +392,23 @@ func inboxDeadIDs(rows []dialects.InboxDeadLetter) []string {
 }
 
 func (s inboxSuite[TTx]) insertDeadLetterDuplicate(t *testing.T) {
-	d, st := s.open(t)
-	s.deadLetter(t, d, st, InboxRow(1, "orders"), "permanent", "no")
-	if got := s.insert(t, d, st, InboxRow(1, "orders"), InboxRow(1, "billing")); !slices.Equal(got, []bool{false, true}) {
+	d := s.h.Open(t)
+	s.deadLetter(t, d, InboxRow(1, "orders"), "permanent", "no")
+	if got := s.insert(t, d, InboxRow(1, "orders"), InboxRow(1, "billing")); !slices.Equal(got, []bool{false, true}) {
 		t.Fatalf("stored = %v, want [false true]: a dead-lettered message is a duplicate of its source only", got)
 	}
-	if got := s.list(t, st, dialects.InboxQuery{Source: "orders"}); len(got) != 0 {
+	if got := s.list(t, d, dialects.InboxQuery{Source: "orders"}); len(got) != 0 {
 		t.Fatalf("inbox holds %v for orders, want nothing", inboxIDs(got))
 	}
 }
 
 func (s inboxSuite[TTx]) claim(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	rows := []dialects.InboxRow{InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "orders"), InboxRow(4, "orders"), InboxRow(5, "orders")}
 	rows[4].RunAt = time.Now().Add(time.Hour) // scheduled: not due
-	s.insert(t, d, st, rows...)
+	s.insert(t, d, rows...)
 	before := time.Now()
-	got := s.claimN(t, st, "tok-a", 3, inboxLease)
+	got := s.claimN(t, d, "tok-a", 3, inboxLease)
 	inboxWant(t, "first claim", inboxIDs(got), inboxID(1), inboxID(2), inboxID(3))
 	for _, r := range got {
 		if r.State != dialects.InboxStateRunning || r.Attempts != 1 || r.LeaseToken != "tok-a" || r.LockedBy != "w-tok-a" || r.Expired {
@@ -430,37 +419,37 @@ func (s inboxSuite[TTx]) claim(t *testing.T) {
 			t.Fatalf("claimed row without its message: %+v", r)
 		}
 	}
-	if stored := s.one(t, st, "orders", inboxID(2)); stored.State != dialects.InboxStateRunning || stored.LeaseToken != "tok-a" || stored.Attempts != 1 {
+	if stored := s.one(t, d, "orders", inboxID(2)); stored.State != dialects.InboxStateRunning || stored.LeaseToken != "tok-a" || stored.Attempts != 1 {
 		t.Fatalf("stored row after claim: %+v", stored)
 	}
-	inboxWant(t, "second claim", inboxIDs(s.claimN(t, st, "tok-b", 3, inboxLease)), inboxID(4))
-	inboxWant(t, "third claim", inboxIDs(s.claimN(t, st, "tok-c", 3, inboxLease)))
+	inboxWant(t, "second claim", inboxIDs(s.claimN(t, d, "tok-b", 3, inboxLease)), inboxID(4))
+	inboxWant(t, "third claim", inboxIDs(s.claimN(t, d, "tok-c", 3, inboxLease)))
 
 	ctx := ctxFor(t)
 	for _, bad := range []dialects.InboxClaim{{Limit: 1, Lease: time.Second}, {Token: "x", Lease: time.Second}, {Token: "x", Limit: 1}} {
-		if _, err := st.ClaimInbox(ctx, bad); err == nil {
+		if _, err := d.ClaimInbox(ctx, bad); err == nil {
 			t.Fatalf("ClaimInbox(%+v) = nil error", bad)
 		}
 	}
 }
 
 func (s inboxSuite[TTx]) claimTopics(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	rows := []dialects.InboxRow{InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "orders")}
 	rows[0].Topic, rows[1].Topic, rows[2].Topic = "a", "b", `c'\"x`
-	s.insert(t, d, st, rows...)
+	s.insert(t, d, rows...)
 	ctx := ctxFor(t)
-	got, err := st.ClaimInbox(ctx, dialects.InboxClaim{Token: "t1", Limit: 10, Lease: inboxLease, Topics: []string{"b", "z"}})
+	got, err := d.ClaimInbox(ctx, dialects.InboxClaim{Token: "t1", Limit: 10, Lease: inboxLease, Topics: []string{"b", "z"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	inboxWant(t, "Topics", inboxIDs(got), inboxID(2))
-	got, err = st.ClaimInbox(ctx, dialects.InboxClaim{Token: "t2", Limit: 10, Lease: inboxLease, ExcludeTopics: []string{`c'\"x`}})
+	got, err = d.ClaimInbox(ctx, dialects.InboxClaim{Token: "t2", Limit: 10, Lease: inboxLease, ExcludeTopics: []string{`c'\"x`}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	inboxWant(t, "ExcludeTopics", inboxIDs(got), inboxID(1))
-	got, err = st.ClaimInbox(ctx, dialects.InboxClaim{Token: "t3", Limit: 10, Lease: inboxLease, Topics: []string{`c'\"x`}})
+	got, err = d.ClaimInbox(ctx, dialects.InboxClaim{Token: "t3", Limit: 10, Lease: inboxLease, Topics: []string{`c'\"x`}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,57 +457,57 @@ func (s inboxSuite[TTx]) claimTopics(t *testing.T) {
 }
 
 func (s inboxSuite[TTx]) claimOrderingKeys(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	keyed := func(i int, source, key string) dialects.InboxRow {
 		r := InboxRow(i, source)
 		r.Key = key
 		return r
 	}
-	s.insert(t, d, st, keyed(1, "orders", "k1"), keyed(2, "orders", "k1"), keyed(3, "orders", "k2"),
+	s.insert(t, d, keyed(1, "orders", "k1"), keyed(2, "orders", "k1"), keyed(3, "orders", "k2"),
 		keyed(4, "orders", ""), keyed(5, "orders", "k1"), keyed(6, "orders", ""), keyed(7, "billing", "k1"),
 		keyed(8, "orders", "k2"))
-	got := s.claimN(t, st, "t1", 10, inboxLease)
+	got := s.claimN(t, d, "t1", 10, inboxLease)
 	inboxWant(t, "heads of each key and unkeyed rows", inboxIDs(got), inboxID(1), inboxID(3), inboxID(4), inboxID(6), inboxID(7))
-	inboxWant(t, "while the heads run", inboxIDs(s.claimN(t, st, "t2", 10, inboxLease)))
+	inboxWant(t, "while the heads run", inboxIDs(s.claimN(t, d, "t2", 10, inboxLease)))
 	// k1's head handled: the next of k1 comes.
-	if n := s.settle(t, d, st, "t1", inboxDone(got[0])); n != 1 {
+	if n := s.settle(t, d, "t1", inboxDone(got[0])); n != 1 {
 		t.Fatalf("finish = %d", n)
 	}
-	next := s.claimN(t, st, "t3", 10, inboxLease)
+	next := s.claimN(t, d, "t3", 10, inboxLease)
 	inboxWant(t, "after the head", inboxIDs(next), inboxID(2))
 	// Waiting for a retry holds the key back.
-	if n := s.settle(t, d, st, "t3", dialects.InboxOutcome{Source: "orders", ID: inboxID(2), Kind: dialects.InboxRetry, RetryAfter: time.Hour, Error: "later"}); n != 1 {
+	if n := s.settle(t, d, "t3", dialects.InboxOutcome{Source: "orders", ID: inboxID(2), Kind: dialects.InboxRetry, RetryAfter: time.Hour, Error: "later"}); n != 1 {
 		t.Fatalf("finish = %d", n)
 	}
-	inboxWant(t, "behind a retrying head", inboxIDs(s.claimN(t, st, "t4", 10, inboxLease)))
+	inboxWant(t, "behind a retrying head", inboxIDs(s.claimN(t, d, "t4", 10, inboxLease)))
 	// A dead head releases its key.
-	if n := s.settle(t, d, st, "t1", dialects.InboxOutcome{Source: "orders", ID: inboxID(3), Kind: dialects.InboxDead, Reason: "permanent", Error: "x"}); n != 1 {
+	if n := s.settle(t, d, "t1", dialects.InboxOutcome{Source: "orders", ID: inboxID(3), Kind: dialects.InboxDead, Reason: "permanent", Error: "x"}); n != 1 {
 		t.Fatalf("finish = %d", n)
 	}
-	inboxWant(t, "after a dead head", inboxIDs(s.claimN(t, st, "t5", 10, inboxLease)), inboxID(8))
+	inboxWant(t, "after a dead head", inboxIDs(s.claimN(t, d, "t5", 10, inboxLease)), inboxID(8))
 }
 
 func (s inboxSuite[TTx]) claimExpired(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	r := InboxRow(1, "orders")
 	r.ExpiresAt = time.Now().Add(-time.Minute)
 	live := InboxRow(2, "orders")
 	live.ExpiresAt = time.Now().Add(time.Hour)
-	s.insert(t, d, st, r, live)
-	got := s.claimN(t, st, "t", 10, inboxLease)
+	s.insert(t, d, r, live)
+	got := s.claimN(t, d, "t", 10, inboxLease)
 	if len(got) != 2 || !got[0].Expired || got[0].Attempts != 0 || got[1].Expired || got[1].Attempts != 1 {
 		t.Fatalf("claim = %+v; want %s expired with attempts 0, %s live with 1", got, inboxID(1), inboxID(2))
 	}
 }
 
 func (s inboxSuite[TTx]) concurrentClaims(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	const n, claimers = 300, 4
 	rows := make([]dialects.InboxRow, n)
 	for i := range rows {
 		rows[i] = InboxRow(i, "orders")
 	}
-	s.insert(t, d, st, rows...)
+	s.insert(t, d, rows...)
 	ctx := ctxFor(t)
 	var (
 		mu   sync.Mutex
@@ -531,7 +520,7 @@ func (s inboxSuite[TTx]) concurrentClaims(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; ; i++ {
-				got, err := st.ClaimInbox(ctx, dialects.InboxClaim{Token: fmt.Sprintf("c%d-%d", c, i), Limit: 7, Lease: inboxLease})
+				got, err := d.ClaimInbox(ctx, dialects.InboxClaim{Token: fmt.Sprintf("c%d-%d", c, i), Limit: 7, Lease: inboxLease})
 				if err != nil {
 					errs <- err
 					return
@@ -560,7 +549,7 @@ func (s inboxSuite[TTx]) concurrentClaims(t *testing.T) {
 			t.Fatalf("%s claimed %d times", id, c)
 		}
 	}
-	for _, r := range s.list(t, st, dialects.InboxQuery{}) {
+	for _, r := range s.list(t, d, dialects.InboxQuery{}) {
 		if r.State != dialects.InboxStateRunning || r.Attempts != 1 {
 			t.Fatalf("row %+v after the claims", r)
 		}
@@ -576,10 +565,10 @@ func inboxKeysOf(rows []dialects.InboxRow) []dialects.InboxKey {
 }
 
 func (s inboxSuite[TTx]) lock(t *testing.T) {
-	d, st := s.open(t)
-	s.insert(t, d, st, InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "orders"))
-	a := s.claimN(t, st, "tok-a", 2, inboxLease)
-	b := s.claimN(t, st, "tok-b", 2, inboxLease)
+	d := s.h.Open(t)
+	s.insert(t, d, InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "orders"))
+	a := s.claimN(t, d, "tok-a", 2, inboxLease)
+	b := s.claimN(t, d, "tok-b", 2, inboxLease)
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
@@ -588,31 +577,31 @@ func (s inboxSuite[TTx]) lock(t *testing.T) {
 	defer func() { _ = d.Rollback(ctx, tx) }()
 	keys := append(inboxKeysOf(a), inboxKeysOf(b)...)
 	keys = append(keys, dialects.InboxKey{Source: "orders", ID: "missing"})
-	held, err := st.LockInbox(ctx, tx, "tok-a", keys)
+	held, err := d.LockInbox(ctx, tx, "tok-a", keys)
 	if err != nil {
 		t.Fatalf("LockInbox: %v", err)
 	}
 	if !slices.Equal(held, inboxKeysOf(a)) {
 		t.Fatalf("LockInbox(tok-a) = %v, want %v", held, inboxKeysOf(a))
 	}
-	if held, err := st.LockInbox(ctx, tx, "tok-x", inboxKeysOf(a)); err != nil || len(held) != 0 {
+	if held, err := d.LockInbox(ctx, tx, "tok-x", inboxKeysOf(a)); err != nil || len(held) != 0 {
 		t.Fatalf("LockInbox with a foreign token = %v, %v; want none", held, err)
 	}
 }
 
 func (s inboxSuite[TTx]) fencing(t *testing.T) {
-	d, st := s.open(t)
-	s.insert(t, d, st, InboxRow(1, "orders"))
-	a := s.claimN(t, st, "tok-a", 1, time.Millisecond)
+	d := s.h.Open(t)
+	s.insert(t, d, InboxRow(1, "orders"))
+	a := s.claimN(t, d, "tok-a", 1, time.Millisecond)
 	if len(a) != 1 {
 		t.Fatalf("claim: %v", inboxIDs(a))
 	}
 	time.Sleep(20 * time.Millisecond)
 	ctx := ctxFor(t)
-	if n, err := st.RescueInbox(ctx, 10); err != nil || n != 1 {
+	if n, err := d.RescueInbox(ctx, 10); err != nil || n != 1 {
 		t.Fatalf("RescueInbox = %d, %v; want 1", n, err)
 	}
-	b := s.claimN(t, st, "tok-b", 1, inboxLease)
+	b := s.claimN(t, d, "tok-b", 1, inboxLease)
 	if len(b) != 1 || b[0].Attempts != 2 {
 		t.Fatalf("second claim: %+v", b)
 	}
@@ -621,7 +610,7 @@ func (s inboxSuite[TTx]) fencing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if held, err := st.LockInbox(ctx, tx, "tok-a", inboxKeysOf(a)); err != nil || len(held) != 0 {
+	if held, err := d.LockInbox(ctx, tx, "tok-a", inboxKeysOf(a)); err != nil || len(held) != 0 {
 		t.Fatalf("LockInbox with the stale token = %v, %v", held, err)
 	}
 	_ = d.Rollback(ctx, tx)
@@ -630,42 +619,42 @@ func (s inboxSuite[TTx]) fencing(t *testing.T) {
 		{Source: "orders", ID: a[0].ID, Kind: dialects.InboxRetry, Error: "stale"},
 		{Source: "orders", ID: a[0].ID, Kind: dialects.InboxDead, Reason: "handler_error", Error: "stale"},
 	} {
-		if n := s.settle(t, d, st, "tok-a", o); n != 0 {
+		if n := s.settle(t, d, "tok-a", o); n != 0 {
 			t.Fatalf("stale FinishInbox kind %d changed %d rows", o.Kind, n)
 		}
 	}
-	r := s.one(t, st, "orders", inboxID(1))
+	r := s.one(t, d, "orders", inboxID(1))
 	if r.State != dialects.InboxStateRunning || r.LeaseToken != "tok-b" || r.Attempts != 2 || r.LastError == "stale" {
 		t.Fatalf("row after stale outcomes: %+v", r)
 	}
-	if n := s.settle(t, d, st, "tok-b", inboxDone(b[0])); n != 1 {
+	if n := s.settle(t, d, "tok-b", inboxDone(b[0])); n != 1 {
 		t.Fatalf("B's FinishInbox = %d, want 1", n)
 	}
 	// After B's completion, A's completion still changes nothing.
-	if n := s.settle(t, d, st, "tok-a", dialects.InboxOutcome{Source: "orders", ID: a[0].ID, Kind: dialects.InboxRetry, Error: "late"}); n != 0 {
+	if n := s.settle(t, d, "tok-a", dialects.InboxOutcome{Source: "orders", ID: a[0].ID, Kind: dialects.InboxRetry, Error: "late"}); n != 0 {
 		t.Fatalf("late FinishInbox changed %d rows", n)
 	}
-	if n := s.settle(t, d, st, "tok-b", inboxDone(b[0])); n != 0 {
+	if n := s.settle(t, d, "tok-b", inboxDone(b[0])); n != 0 {
 		t.Fatalf("a second FinishInbox by B changed %d rows", n)
 	}
-	r = s.one(t, st, "orders", inboxID(1))
+	r = s.one(t, d, "orders", inboxID(1))
 	if r.State != dialects.InboxStateHandled || r.LastError != "lease of w-tok-a expired before it finished" {
 		t.Fatalf("final row %+v", r)
 	}
-	if len(s.dead(t, st, dialects.InboxDeadLetterQuery{IncludeReplayed: true})) != 0 {
+	if len(s.dead(t, d, dialects.DeadLetterQuery{IncludeReplayed: true})) != 0 {
 		t.Fatal("a stale dead-letter outcome wrote a dead letter")
 	}
 }
 
 func (s inboxSuite[TTx]) finishKinds(t *testing.T) {
-	d, st := s.open(t)
-	s.insert(t, d, st, InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "orders"), InboxRow(4, "orders"), InboxRow(5, "orders"))
-	got := s.claimN(t, st, "tok", 5, inboxLease)
+	d := s.h.Open(t)
+	s.insert(t, d, InboxRow(1, "orders"), InboxRow(2, "orders"), InboxRow(3, "orders"), InboxRow(4, "orders"), InboxRow(5, "orders"))
+	got := s.claimN(t, d, "tok", 5, inboxLease)
 	if len(got) != 5 {
 		t.Fatalf("claim: %v", inboxIDs(got))
 	}
 	before := time.Now()
-	n := s.settle(t, d, st, "tok",
+	n := s.settle(t, d, "tok",
 		inboxDone(got[0]),
 		dialects.InboxOutcome{Source: "orders", ID: got[1].ID, Kind: dialects.InboxRetry, RetryAfter: time.Hour, Error: "boom"},
 		dialects.InboxOutcome{Source: "orders", ID: got[2].ID, Kind: dialects.InboxRetry, UndoAttempt: true},
@@ -675,12 +664,12 @@ func (s inboxSuite[TTx]) finishKinds(t *testing.T) {
 	if n != 4 {
 		t.Fatalf("FinishInbox = %d, want 4", n)
 	}
-	h := s.one(t, st, "orders", got[0].ID)
+	h := s.one(t, d, "orders", got[0].ID)
 	if h.State != dialects.InboxStateHandled || h.LeaseToken != "" || h.LockedBy != "" || !h.LockedUntil.IsZero() || h.Attempts != 1 {
 		t.Fatalf("handled row %+v", h)
 	}
 	inboxNear(t, "HandledAt", h.HandledAt, before, 5*time.Second)
-	r := s.one(t, st, "orders", got[1].ID)
+	r := s.one(t, d, "orders", got[1].ID)
 	if r.State != dialects.InboxStateReady || r.Attempts != 1 || r.LastError != "boom" || r.LeaseToken != "" || !r.HandledAt.IsZero() {
 		t.Fatalf("retried row %+v", r)
 	}
@@ -689,38 +678,38 @@ func (s inboxSuite[TTx]) finishKinds(t *testing.T) {
 		t.Fatalf("retried row errors %+v", r.Errors)
 	}
 	inboxNear(t, "error time", r.Errors[0].At, before, 5*time.Second)
-	u := s.one(t, st, "orders", got[2].ID)
+	u := s.one(t, d, "orders", got[2].ID)
 	if u.State != dialects.InboxStateReady || u.Attempts != 0 || u.LastError != "" || len(u.Errors) != 0 {
 		t.Fatalf("undone row %+v", u)
 	}
 	inboxNear(t, "undone RunAt", u.RunAt, before, 5*time.Second)
-	if rows := s.list(t, st, dialects.InboxQuery{IDs: []string{got[3].ID}}); len(rows) != 0 {
+	if rows := s.list(t, d, dialects.InboxQuery{IDs: []string{got[3].ID}}); len(rows) != 0 {
 		t.Fatalf("dead row still in the inbox: %+v", rows)
 	}
-	dl := s.dead(t, st, dialects.InboxDeadLetterQuery{})
+	dl := s.dead(t, d, dialects.DeadLetterQuery{})
 	if len(dl) != 1 || dl[0].ID != got[3].ID || dl[0].Reason != "permanent" || dl[0].LastError != "never" || dl[0].Attempts != 1 ||
 		len(dl[0].Errors) != 1 || dl[0].Errors[0].Error != "never" {
 		t.Fatalf("dead letters %+v", dl)
 	}
-	if still := s.one(t, st, "orders", got[4].ID); still.State != dialects.InboxStateRunning || still.LeaseToken != "tok" {
+	if still := s.one(t, d, "orders", got[4].ID); still.State != dialects.InboxStateRunning || still.LeaseToken != "tok" {
 		t.Fatalf("row without an outcome %+v", still)
 	}
 	// The undone row is due again at once.
-	again := s.claimN(t, st, "tok2", 5, inboxLease)
+	again := s.claimN(t, d, "tok2", 5, inboxLease)
 	inboxWant(t, "claim after finish", inboxIDs(again), got[2].ID)
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.FinishInbox(ctx, tx, "tok", []dialects.InboxOutcome{{Source: "orders", ID: got[4].ID, Kind: dialects.InboxDead}}); err == nil {
+	if _, err := d.FinishInbox(ctx, tx, "tok", []dialects.InboxOutcome{{Source: "orders", ID: got[4].ID, Kind: dialects.InboxDead}}); err == nil {
 		t.Fatal("FinishInbox accepted a dead outcome without a reason")
 	}
 	_ = d.Rollback(ctx, tx)
 }
 
 func (s inboxSuite[TTx]) savepoints(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
@@ -728,14 +717,14 @@ func (s inboxSuite[TTx]) savepoints(t *testing.T) {
 	}
 	step := func(a dialects.SavepointAction) {
 		t.Helper()
-		if err := st.InboxSavepoint(ctx, tx, a); err != nil {
+		if err := d.InboxSavepoint(ctx, tx, a); err != nil {
 			_ = d.Rollback(ctx, tx)
 			t.Fatalf("InboxSavepoint(%d): %v", a, err)
 		}
 	}
 	write := func(i int) {
 		t.Helper()
-		if _, err := st.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(i, "orders")}); err != nil {
+		if _, err := d.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(i, "orders")}); err != nil {
 			_ = d.Rollback(ctx, tx)
 			t.Fatal(err)
 		}
@@ -753,34 +742,34 @@ func (s inboxSuite[TTx]) savepoints(t *testing.T) {
 	if err := d.Commit(ctx, tx); err != nil {
 		t.Fatal(err)
 	}
-	inboxWant(t, "rows after savepoints", inboxIDs(s.list(t, st, dialects.InboxQuery{})), inboxID(0), inboxID(2), inboxID(4))
+	inboxWant(t, "rows after savepoints", inboxIDs(s.list(t, d, dialects.InboxQuery{})), inboxID(0), inboxID(2), inboxID(4))
 }
 
 func (s inboxSuite[TTx]) rescue(t *testing.T) {
-	d, st := s.open(t)
-	s.insert(t, d, st, InboxRow(1, "orders"), InboxRow(2, "orders"))
-	short := s.claimN(t, st, "short", 1, time.Millisecond)
-	long := s.claimN(t, st, "long", 1, inboxLease)
+	d := s.h.Open(t)
+	s.insert(t, d, InboxRow(1, "orders"), InboxRow(2, "orders"))
+	short := s.claimN(t, d, "short", 1, time.Millisecond)
+	long := s.claimN(t, d, "long", 1, inboxLease)
 	if len(short) != 1 || len(long) != 1 {
 		t.Fatal("claims")
 	}
 	time.Sleep(20 * time.Millisecond)
 	ctx := ctxFor(t)
-	if n, err := st.RescueInbox(ctx, 10); err != nil || n != 1 {
+	if n, err := d.RescueInbox(ctx, 10); err != nil || n != 1 {
 		t.Fatalf("RescueInbox = %d, %v; want 1", n, err)
 	}
-	r := s.one(t, st, "orders", short[0].ID)
+	r := s.one(t, d, "orders", short[0].ID)
 	if r.State != dialects.InboxStateReady || r.Attempts != 1 || r.LeaseToken != "" || r.LockedBy != "" ||
 		r.LastError != "lease of w-short expired before it finished" || len(r.Errors) != 1 || r.Errors[0].Attempt != 1 {
 		t.Fatalf("rescued row %+v", r)
 	}
-	if l := s.one(t, st, "orders", long[0].ID); l.State != dialects.InboxStateRunning || l.LeaseToken != "long" {
+	if l := s.one(t, d, "orders", long[0].ID); l.State != dialects.InboxStateRunning || l.LeaseToken != "long" {
 		t.Fatalf("row with a live lease was touched: %+v", l)
 	}
-	if n, err := st.RescueInbox(ctx, 10); err != nil || n != 0 {
+	if n, err := d.RescueInbox(ctx, 10); err != nil || n != 0 {
 		t.Fatalf("second RescueInbox = %d, %v; want 0", n, err)
 	}
-	if _, err := st.RescueInbox(ctx, 0); err == nil {
+	if _, err := d.RescueInbox(ctx, 0); err == nil {
 		t.Fatal("RescueInbox(0) = nil error")
 	}
 }
@@ -791,142 +780,142 @@ func (s inboxSuite[TTx]) rescue(t *testing.T) {
 // beside a batch transaction at all; the test is for databases with row
 // locks.
 func (s inboxSuite[TTx]) rescueSkipsLocked(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	if d.Name() == "sqlite" {
 		t.Skip("sqlite: one writer; a rescuer waits for the batch transaction to end")
 	}
-	s.insert(t, d, st, InboxRow(1, "orders"), InboxRow(2, "orders"))
-	held := s.claimN(t, st, "held", 1, time.Millisecond)
-	free := s.claimN(t, st, "free", 1, time.Millisecond)
+	s.insert(t, d, InboxRow(1, "orders"), InboxRow(2, "orders"))
+	held := s.claimN(t, d, "held", 1, time.Millisecond)
+	free := s.claimN(t, d, "free", 1, time.Millisecond)
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = d.Rollback(ctx, tx) }()
-	if k, err := st.LockInbox(ctx, tx, "held", inboxKeysOf(held)); err != nil || len(k) != 1 {
+	if k, err := d.LockInbox(ctx, tx, "held", inboxKeysOf(held)); err != nil || len(k) != 1 {
 		t.Fatalf("LockInbox = %v, %v", k, err)
 	}
 	time.Sleep(20 * time.Millisecond)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	n, err := st.RescueInbox(rctx, 10)
+	n, err := d.RescueInbox(rctx, 10)
 	if err != nil || n != 1 {
 		t.Fatalf("RescueInbox beside a batch = %d, %v; want 1 (the unlocked row), without waiting", n, err)
 	}
-	if r := s.one(t, st, "orders", free[0].ID); r.State != dialects.InboxStateReady {
+	if r := s.one(t, d, "orders", free[0].ID); r.State != dialects.InboxStateReady {
 		t.Fatalf("unlocked expired row not rescued: %+v", r)
 	}
-	if n, err := st.FinishInbox(ctx, tx, "held", []dialects.InboxOutcome{inboxDone(held[0])}); err != nil || n != 1 {
+	if n, err := d.FinishInbox(ctx, tx, "held", []dialects.InboxOutcome{inboxDone(held[0])}); err != nil || n != 1 {
 		t.Fatalf("FinishInbox of the held row = %d, %v", n, err)
 	}
 	if err := d.Commit(ctx, tx); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.one(t, st, "orders", held[0].ID); r.State != dialects.InboxStateHandled {
+	if r := s.one(t, d, "orders", held[0].ID); r.State != dialects.InboxStateHandled {
 		t.Fatalf("held row %+v, want handled", r)
 	}
 }
 
 func (s inboxSuite[TTx]) purge(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	var rows []dialects.InboxRow
 	for i := range 5 {
 		rows = append(rows, InboxRow(i, "orders"))
 	}
-	s.insert(t, d, st, rows...)
-	got := s.claimN(t, st, "tok", 4, inboxLease) // the fifth stays ready
+	s.insert(t, d, rows...)
+	got := s.claimN(t, d, "tok", 4, inboxLease) // the fifth stays ready
 	outs := []dialects.InboxOutcome{inboxDone(got[0]), inboxDone(got[1]), inboxDone(got[2]),
 		{Source: "orders", ID: got[3].ID, Kind: dialects.InboxRetry}}
-	if n := s.settle(t, d, st, "tok", outs...); n != 4 {
+	if n := s.settle(t, d, "tok", outs...); n != 4 {
 		t.Fatalf("finish = %d", n)
 	}
 	ctx := ctxFor(t)
-	if n, err := st.PurgeInbox(ctx, time.Hour, 10); err != nil || n != 0 {
+	if n, err := d.PurgeInbox(ctx, time.Hour, 10); err != nil || n != 0 {
 		t.Fatalf("PurgeInbox(1h) = %d, %v; want 0", n, err)
 	}
 	time.Sleep(20 * time.Millisecond)
-	if n, err := st.PurgeInbox(ctx, 5*time.Millisecond, 2); err != nil || n != 2 {
+	if n, err := d.PurgeInbox(ctx, 5*time.Millisecond, 2); err != nil || n != 2 {
 		t.Fatalf("PurgeInbox(limit 2) = %d, %v; want 2", n, err)
 	}
-	if n, err := st.PurgeInbox(ctx, 5*time.Millisecond, 2); err != nil || n != 1 {
+	if n, err := d.PurgeInbox(ctx, 5*time.Millisecond, 2); err != nil || n != 1 {
 		t.Fatalf("PurgeInbox again = %d, %v; want 1", n, err)
 	}
-	inboxWant(t, "left after purge", inboxIDs(s.list(t, st, dialects.InboxQuery{})), got[3].ID, inboxID(4))
-	if _, err := st.PurgeInbox(ctx, time.Hour, 0); err == nil {
+	inboxWant(t, "left after purge", inboxIDs(s.list(t, d, dialects.InboxQuery{})), got[3].ID, inboxID(4))
+	if _, err := d.PurgeInbox(ctx, time.Hour, 0); err == nil {
 		t.Fatal("PurgeInbox with limit 0 = nil error")
 	}
 }
 
 func (s inboxSuite[TTx]) stats(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	ctx := ctxFor(t)
-	if got, err := st.InboxStats(ctx); err != nil || got != (dialects.InboxStats{}) {
+	if got, err := d.InboxStats(ctx); err != nil || got != (dialects.InboxStats{}) {
 		t.Fatalf("InboxStats of an empty inbox = %+v, %v", got, err)
 	}
 	var rows []dialects.InboxRow
 	for i := range 7 {
 		rows = append(rows, InboxRow(i, "orders"))
 	}
-	s.insert(t, d, st, rows...)
-	got := s.claimN(t, st, "tok", 4, inboxLease) // 0..3 running; 4, 5, 6 ready
-	s.settle(t, d, st, "tok", inboxDone(got[0]),
+	s.insert(t, d, rows...)
+	got := s.claimN(t, d, "tok", 4, inboxLease) // 0..3 running; 4, 5, 6 ready
+	s.settle(t, d, "tok", inboxDone(got[0]),
 		dialects.InboxOutcome{Source: "orders", ID: got[1].ID, Kind: dialects.InboxRetry, RetryAfter: time.Hour, Error: "x"},
 		dialects.InboxOutcome{Source: "orders", ID: got[2].ID, Kind: dialects.InboxDead, Reason: "permanent", Error: "x"})
 	want := dialects.InboxStats{Ready: 3, Retrying: 1, Running: 1, Handled: 1, Dead: 1}
-	if got, err := st.InboxStats(ctx); err != nil || got != want {
+	if got, err := d.InboxStats(ctx); err != nil || got != want {
 		t.Fatalf("InboxStats = %+v, %v; want %+v", got, err, want)
 	}
 }
 
 func (s inboxSuite[TTx]) replay(t *testing.T) {
-	d, st := s.open(t)
+	d := s.h.Open(t)
 	r := InboxRow(1, "orders")
 	r.Key = "k"
 	r.ExpiresAt = time.Now().Add(time.Hour)
-	s.deadLetter(t, d, st, r, "handler_error", "first life")
-	s.deadLetter(t, d, st, InboxRow(2, "orders"), "no_handler", "other")
-	before := s.dead(t, st, dialects.InboxDeadLetterQuery{IDs: []string{r.ID}})[0]
+	s.deadLetter(t, d, r, "handler_error", "first life")
+	s.deadLetter(t, d, InboxRow(2, "orders"), "no_handler", "other")
+	before := s.dead(t, d, dialects.DeadLetterQuery{IDs: []string{r.ID}})[0]
 	ctx := ctxFor(t)
-	n, err := st.ReplayInboxDeadLetters(ctx, dialects.InboxDeadLetterQuery{IDs: []string{r.ID}})
+	n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{IDs: []string{r.ID}})
 	if err != nil || n != 1 {
-		t.Fatalf("ReplayInboxDeadLetters = %d, %v; want 1", n, err)
+		t.Fatalf("ReplayDeadLetters = %d, %v; want 1", n, err)
 	}
-	in := s.one(t, st, "orders", r.ID)
+	in := s.one(t, d, "orders", r.ID)
 	if in.State != dialects.InboxStateReady || in.Attempts != 0 || in.Key != "k" || !bytes.Equal(in.Payload, r.Payload) ||
 		!maps.Equal(in.Headers, r.Headers) || !in.CreatedAt.Equal(r.CreatedAt) || !in.ExpiresAt.IsZero() ||
 		in.ReplayedAt.IsZero() || in.LastError != "" || len(in.Errors) != 1 || in.Errors[0].Error != "first life" {
 		t.Fatalf("replayed row %+v", in)
 	}
 	inboxNear(t, "replayed RunAt", in.RunAt, time.Now(), 5*time.Second)
-	dl := s.dead(t, st, dialects.InboxDeadLetterQuery{IDs: []string{r.ID}, IncludeReplayed: true})
+	dl := s.dead(t, d, dialects.DeadLetterQuery{IDs: []string{r.ID}, IncludeReplayed: true})
 	if len(dl) != 1 || dl[0].ReplayedAt.IsZero() {
 		t.Fatalf("dead letter after replay %+v", dl)
 	}
-	if pending := s.dead(t, st, dialects.InboxDeadLetterQuery{}); len(pending) != 1 || pending[0].ID != inboxID(2) {
+	if pending := s.dead(t, d, dialects.DeadLetterQuery{}); len(pending) != 1 || pending[0].ID != inboxID(2) {
 		t.Fatalf("pending dead letters after replay: %v", inboxDeadIDs(pending))
 	}
 	// Twice: nothing more.
-	if n, err := st.ReplayInboxDeadLetters(ctx, dialects.InboxDeadLetterQuery{IDs: []string{r.ID}}); err != nil || n != 0 {
+	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{IDs: []string{r.ID}}); err != nil || n != 0 {
 		t.Fatalf("second replay = %d, %v; want 0", n, err)
 	}
-	if got := s.list(t, st, dialects.InboxQuery{}); len(got) != 1 {
+	if got := s.list(t, d, dialects.InboxQuery{}); len(got) != 1 {
 		t.Fatalf("inbox after two replays: %v", inboxIDs(got))
 	}
 	// A resend of a replayed message is a duplicate.
-	if got := s.insert(t, d, st, r); got[0] {
+	if got := s.insert(t, d, r); got[0] {
 		t.Fatal("resend of a replayed message stored")
 	}
 	// It fails again: the same dead-letter row, updated, pending again.
 	token := "again"
-	if c := s.claimN(t, st, token, 5, inboxLease); len(c) != 1 || c[0].Attempts != 1 {
+	if c := s.claimN(t, d, token, 5, inboxLease); len(c) != 1 || c[0].Attempts != 1 {
 		t.Fatalf("claim of the replayed message: %+v", c)
 	}
 	time.Sleep(5 * time.Millisecond)
-	if n := s.settle(t, d, st, token, dialects.InboxOutcome{Source: "orders", ID: r.ID, Kind: dialects.InboxDead, Reason: "permanent", Error: "second life"}); n != 1 {
+	if n := s.settle(t, d, token, dialects.InboxOutcome{Source: "orders", ID: r.ID, Kind: dialects.InboxDead, Reason: "permanent", Error: "second life"}); n != 1 {
 		t.Fatalf("finish = %d", n)
 	}
-	after := s.dead(t, st, dialects.InboxDeadLetterQuery{IDs: []string{r.ID}})
+	after := s.dead(t, d, dialects.DeadLetterQuery{IDs: []string{r.ID}})
 	if len(after) != 1 {
 		t.Fatalf("dead letters of the message after failing again: %d, want 1 (pending)", len(after))
 	}
@@ -939,32 +928,28 @@ func (s inboxSuite[TTx]) replay(t *testing.T) {
 		t.Fatalf("error history across the replay %+v", a.Errors)
 	}
 	// Replay all pending, with a limit.
-	if n, err := st.ReplayInboxDeadLetters(ctx, dialects.InboxDeadLetterQuery{Limit: 1}); err != nil || n != 1 {
+	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Limit: 1}); err != nil || n != 1 {
 		t.Fatalf("replay with limit = %d, %v; want 1", n, err)
 	}
-	inboxWant(t, "replayed oldest first", inboxIDs(s.list(t, st, dialects.InboxQuery{})), r.ID)
-	if n, err := st.ReplayInboxDeadLetters(ctx, dialects.InboxDeadLetterQuery{}); err != nil || n != 1 {
+	inboxWant(t, "replayed oldest first", inboxIDs(s.list(t, d, dialects.InboxQuery{})), r.ID)
+	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{}); err != nil || n != 1 {
 		t.Fatalf("replay all = %d, %v; want 1", n, err)
 	}
 }
 
 func (s inboxSuite[TTx]) unmigrated(t *testing.T) {
 	d := s.h.OpenUnmigrated(t)
-	st, ok := d.(dialects.InboxStore[TTx])
-	if !ok {
-		t.Fatalf("%T does not implement dialects.InboxStore", d)
-	}
 	ctx := ctxFor(t)
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = st.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(1, "orders")})
+	_, err = d.InsertInbox(ctx, tx, []dialects.InboxRow{InboxRow(1, "orders")})
 	_ = d.Rollback(ctx, tx)
 	assertSchemaError(t, "InsertInbox", err, d.Name())
-	_, err = st.ClaimInbox(ctx, dialects.InboxClaim{Token: "t", Limit: 1, Lease: time.Second})
+	_, err = d.ClaimInbox(ctx, dialects.InboxClaim{Token: "t", Limit: 1, Lease: time.Second})
 	assertSchemaError(t, "ClaimInbox", err, d.Name())
-	_, err = st.InboxStats(ctx)
+	_, err = d.InboxStats(ctx)
 	assertSchemaError(t, "InboxStats", err, d.Name())
 	if !errors.Is(err, dialects.ErrSchema) {
 		t.Fatal("not ErrSchema")

@@ -1,10 +1,5 @@
 package postgres
 
-import (
-	"strings"
-	"sync"
-)
-
 // The inbox statements, shared by both flavours; "{schema}" is replaced as
 // in queries.go. Durations travel as bigint microseconds. Every instant is
 // the database's: now() (the transaction's start) where one statement is the
@@ -177,50 +172,10 @@ SELECT count(*) FROM d`
 		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at))
 FROM {schema}durable_inbox`
 
-	// ListInbox: WHERE, ORDER BY and LIMIT are appended.
-	sqlListInbox = `SELECT ` + inboxColumns + `, false FROM {schema}durable_inbox i`
-
-	inboxDeadColumns = `d.seq, d.source, d.id, d.topic, d.key, d.headers, d.payload, d.created_at, d.expires_at,
-	d.reason, d.attempts, d.last_error, d.errors, d.first_failed_at, d.failed_at, d.replayed_at`
-
-	// The dead-letter statements get "{where}" (conditions on d, starting
-	// with side = 'inbox') and "{limit}" (empty or LIMIT $n) from
-	// inboxDeadFilter.
-	sqlListInboxDead = `SELECT ` + inboxDeadColumns + ` FROM {schema}durable_dead_letters d
-WHERE {where}
-ORDER BY d.seq {limit}`
-
-	// FOR UPDATE serializes concurrent replays of the same dead letter: the
-	// second waits, re-checks that it is still pending, and skips it.
-	sqlReplayInboxDead = `WITH c AS (
-	SELECT d.seq FROM {schema}durable_dead_letters d
-	WHERE {where} AND (d.replayed_at IS NULL OR d.replayed_at < d.failed_at)
-	ORDER BY d.seq {limit}
-	FOR UPDATE
-), ins AS (
-	INSERT INTO {schema}durable_inbox (source, id, topic, key, headers, payload, created_at, errors, replayed_at)
-	SELECT d.source, d.id, d.topic, d.key, d.headers, d.payload, d.created_at, d.errors, now()
-	FROM {schema}durable_dead_letters d JOIN c ON c.seq = d.seq
-	ORDER BY d.seq
-	ON CONFLICT (source, id) DO NOTHING
-	RETURNING source, id
-), upd AS (
-	UPDATE {schema}durable_dead_letters d SET replayed_at = now()
-	FROM ins
-	WHERE d.side = 'inbox' AND d.destination = '' AND d.source = ins.source AND d.id = ins.id
-	RETURNING 1
-)
-SELECT count(*) FROM upd`
-
-	sqlPurgeInboxDead = `WITH c AS (
-	SELECT d.seq FROM {schema}durable_dead_letters d
-	WHERE {where}
-	ORDER BY d.seq {limit}
-), del AS (
-	DELETE FROM {schema}durable_dead_letters d USING c WHERE d.seq = c.seq
-	RETURNING 1
-)
-SELECT count(*) FROM del`
+	// ListInbox: {where} and {limit} come from package filter.
+	sqlListInbox = `SELECT ` + inboxColumns + `, false FROM {schema}durable_inbox i
+{where}
+ORDER BY i.seq {limit}`
 )
 
 // sqlInboxOwnTx begins the short transaction of a claim or a purge, with
@@ -247,37 +202,3 @@ const (
 	sqlInboxSavepointReleaseSet = `RELEASE SAVEPOINT durable_message; SAVEPOINT durable_message`
 	sqlInboxSavepointRollback   = `ROLLBACK TO SAVEPOINT durable_message`
 )
-
-// inboxQueries holds the inbox statements with the schema qualifier
-// substituted.
-type inboxQueries struct {
-	insert, uninsertDead, claim, lock, finish, rescue, purge, stats, list string
-	listDead, replayDead, purgeDead                                       string
-}
-
-// inboxQueryCache holds one inboxQueries per qualifier; dialects are few and
-// long-lived, so it stays small.
-var inboxQueryCache sync.Map // qualifier → *inboxQueries
-
-func inboxQueriesFor(qualifier string) *inboxQueries {
-	if q, ok := inboxQueryCache.Load(qualifier); ok {
-		return q.(*inboxQueries)
-	}
-	r := strings.NewReplacer("{schema}", qualifier)
-	q := &inboxQueries{
-		insert:       r.Replace(sqlInsertInbox),
-		uninsertDead: r.Replace(sqlUninsertInboxDead),
-		claim:        r.Replace(sqlClaimInbox),
-		lock:         r.Replace(sqlLockInbox),
-		finish:       r.Replace(sqlFinishInbox),
-		rescue:       r.Replace(sqlRescueInbox),
-		purge:        r.Replace(sqlPurgeInbox),
-		stats:        r.Replace(sqlInboxStats),
-		list:         r.Replace(sqlListInbox),
-		listDead:     r.Replace(sqlListInboxDead),
-		replayDead:   r.Replace(sqlReplayInboxDead),
-		purgeDead:    r.Replace(sqlPurgeInboxDead),
-	}
-	actual, _ := inboxQueryCache.LoadOrStore(qualifier, q)
-	return actual.(*inboxQueries)
-}

@@ -23,17 +23,15 @@ type Dialect struct {
 var (
 	_ dialects.Dialect[pgx.Tx]  = (*Dialect)(nil)
 	_ dialects.Notifier[pgx.Tx] = (*Dialect)(nil)
+	_ dialects.Listener         = (*Dialect)(nil)
 )
 
 // New returns the dialect for pool. The pool's own configuration (DSN,
 // search_path, pool size) is used as is; see WithSchema to name the schema of
 // the durable tables instead of relying on search_path.
 func New(pool *pgxpool.Pool, opts ...Option) *Dialect {
-	return &Dialect{pool: pool, core: newCore(pgxQuerier{pool}, opts)}
+	return &Dialect{pool: pool, core: newCore(pgxQuerier{pool}, pgxConn(pool), opts)}
 }
-
-// Name returns "postgres".
-func (d *Dialect) Name() string { return name }
 
 // Begin starts a transaction on the pool.
 func (d *Dialect) Begin(ctx context.Context) (pgx.Tx, error) {
@@ -52,13 +50,6 @@ func (d *Dialect) Rollback(ctx context.Context, tx pgx.Tx) error {
 		return err
 	}
 	return nil
-}
-
-// CheckSchema verifies that the durable migrations ran up to
-// dialects.SchemaVersion, and returns a *dialects.SchemaError naming the
-// missing migration otherwise (or saying the schema is newer than this build).
-func (d *Dialect) CheckSchema(ctx context.Context) error {
-	return d.checkSchema(ctx)
 }
 
 // InsertOutbox writes rows to durable_outbox in tx, all or nothing, in one
@@ -107,7 +98,7 @@ func (d *Dialect) copyOutbox(ctx context.Context, tx pgx.Tx, rows []dialects.Out
 		if err != nil {
 			return nil, fmt.Errorf("headers of %q: %w", r.ID, err)
 		}
-		values[0], values[1], values[2], values[3], values[4], values[5] = r.ID, r.Destination, r.Topic, r.Key, h, payloadOf(r)
+		values[0], values[1], values[2], values[3], values[4], values[5] = r.ID, r.Destination, r.Topic, r.Key, h, payloadOf(r.Payload)
 		values[6], values[7], values[8] = orTime(r.CreatedAt, now), orTime(r.DeliverAt, now), nullTime(r.ExpiresAt)
 		return values, nil
 	})
@@ -135,17 +126,54 @@ func orTime(t, def time.Time) time.Time {
 	return t
 }
 
-// ListOutbox returns the rows of durable_outbox matching q in enqueue (seq)
-// order, every column included; NULL times are zero.
-func (d *Dialect) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
-	return d.listOutbox(ctx, q)
-}
-
 // NotifyOutbox queues, in tx, one notification on OutboxChannel per distinct
 // destination, with the destination as payload, in one statement. Postgres
 // delivers them when tx commits and drops them when it rolls back.
 func (d *Dialect) NotifyOutbox(ctx context.Context, tx pgx.Tx, destinations []string) error {
 	return d.notifyOutbox(ctx, pgxQuerier{tx}, destinations)
+}
+
+// InsertInbox stores rows in tx with one INSERT … FROM unnest … ON CONFLICT
+// DO NOTHING statement, whatever their number, and reports which were stored;
+// see dialects.InboxStore. A second statement, run only when rows were
+// stored, takes back a row whose message was moved to the dead letters by a
+// transaction that committed while the insert waited for it.
+func (d *Dialect) InsertInbox(ctx context.Context, tx pgx.Tx, rows []dialects.InboxRow) ([]bool, error) {
+	return d.insertInbox(ctx, pgxQuerier{tx}, rows)
+}
+
+// LockInbox locks, with SELECT … FOR UPDATE in tx, the rows of keys still
+// leased to token and returns them; see dialects.InboxStore.
+func (d *Dialect) LockInbox(ctx context.Context, tx pgx.Tx, token string, keys []dialects.InboxKey) ([]dialects.InboxKey, error) {
+	return d.lockInbox(ctx, pgxQuerier{tx}, token, keys)
+}
+
+// InboxSavepoint runs a savepoint step in tx; see dialects.SavepointAction.
+func (d *Dialect) InboxSavepoint(ctx context.Context, tx pgx.Tx, a dialects.SavepointAction) error {
+	return d.inboxSavepoint(ctx, pgxQuerier{tx}, a)
+}
+
+// FinishInbox settles a batch in one statement in tx; see
+// dialects.InboxStore.
+func (d *Dialect) FinishInbox(ctx context.Context, tx pgx.Tx, token string, outcomes []dialects.InboxOutcome) (int, error) {
+	return d.finishInbox(ctx, pgxQuerier{tx}, token, outcomes)
+}
+
+// pgxConn lends a connection of pool; a broken one is closed instead of
+// returned (pgxpool also destroys a connection left inside a transaction).
+func pgxConn(pool *pgxpool.Pool) ownConn {
+	return func(ctx context.Context) (querier, func(bool), error) {
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return pgxQuerier{conn}, func(broken bool) {
+			if broken {
+				_ = conn.Conn().Close(context.Background())
+			}
+			conn.Release()
+		}, nil
+	}
 }
 
 // pgxQuerier adapts a pgx pool, connection or transaction.

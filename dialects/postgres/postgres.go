@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/internal/filter"
 )
 
 // name is what Name returns and what errors report as the dialect.
@@ -63,19 +65,23 @@ func WithSchema(name string) Option {
 
 // core is the part shared by both flavours: the statements, with the schema
 // substituted, and the code that builds their arguments and reads their rows.
+// Its exported methods, those that take no transaction, are the flavours'
+// own (promoted); each flavour adds the methods that take its transaction
+// type.
 type core struct {
-	root  querier // the pool or database, for statements outside a transaction
-	q     queries
+	root  querier        // the pool or database, for statements outside a transaction
+	conn  ownConn        // lends a connection of the pool or database
+	q     *queries       // every statement, with the schema substituted
 	table pgx.Identifier // durable_outbox, qualified when a schema was given
 	err   error          // an invalid option; returned by every operation
 }
 
-func newCore(root querier, opts []Option) core {
+func newCore(root querier, conn ownConn, opts []Option) core {
 	var cfg config
 	for _, o := range opts {
 		o(&cfg)
 	}
-	c := core{root: root, table: pgx.Identifier{"durable_outbox"}}
+	c := core{root: root, conn: conn, table: pgx.Identifier{"durable_outbox"}}
 	qualifier := ""
 	if cfg.schemaSet {
 		c.err = validSchema(cfg.schema)
@@ -161,7 +167,13 @@ func isUniqueViolation(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "23505"
 }
 
-func (c *core) checkSchema(ctx context.Context) error {
+// Name returns "postgres".
+func (c *core) Name() string { return name }
+
+// CheckSchema verifies that the durable migrations ran up to
+// dialects.SchemaVersion, and returns a *dialects.SchemaError naming the
+// missing migration otherwise (or saying the schema is newer than this build).
+func (c *core) CheckSchema(ctx context.Context) error {
 	if c.err != nil {
 		return c.err
 	}
@@ -207,15 +219,83 @@ func scanOne(rs rows, dest ...any) error {
 	return rs.Err()
 }
 
+// scanAll reads every row of rs with scan and closes rs.
+func scanAll[T any](rs rows, scan func(rs rows, v *T) error) ([]T, error) {
+	defer rs.Close()
+	var out []T
+	for rs.Next() {
+		var v T
+		if err := scan(rs, &v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rs.Err()
+}
+
+// queryAll runs stmt through q and reads every row with scan; errors name op.
+func queryAll[T any](ctx context.Context, c *core, q querier, op, stmt string, args []any, scan func(rs rows, v *T) error) ([]T, error) {
+	if c.err != nil {
+		return nil, c.err
+	}
+	rs, err := q.query(ctx, stmt, args...)
+	if err != nil {
+		return nil, c.opError(ctx, op, err)
+	}
+	out, err := scanAll(rs, scan)
+	if err != nil {
+		return nil, c.opError(ctx, op, err)
+	}
+	return out, nil
+}
+
+// scanValue scans a row of one column.
+func scanValue[T any](rs rows, v *T) error { return rs.Scan(v) }
+
+// count runs through q a statement whose single result row is a count.
+func (c *core) count(ctx context.Context, q querier, op, stmt string, args ...any) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	var n int64
+	rs, err := q.query(ctx, stmt, args...)
+	if err == nil {
+		err = scanOne(rs, &n)
+	}
+	if err != nil {
+		return 0, c.opError(ctx, op, err)
+	}
+	return int(n), nil
+}
+
+// syntax is how the statements write what package filter builds.
+var syntax = filter.Syntax{
+	Param: func(n int) string { return "$" + strconv.Itoa(n) },
+	In:    func(col, param string) string { return col + " = ANY(" + param + "::text[])" },
+	List:  func(vals []string) any { return vals },
+	Time:  func(t time.Time) any { return t },
+}
+
+// micros converts a duration to the microseconds the statements take,
+// rounding a positive remainder up so that a tiny positive duration stays
+// positive.
+func micros(d time.Duration) int64 {
+	us := d / time.Microsecond
+	if d%time.Microsecond > 0 {
+		us++
+	}
+	return int64(us)
+}
+
 // emptyPayload stands in for a nil payload: the column is NOT NULL and a nil
 // []byte would be sent as NULL.
 var emptyPayload = []byte{}
 
-func payloadOf(r *dialects.OutboxRow) []byte {
-	if r.Payload == nil {
+func payloadOf(p []byte) []byte {
+	if p == nil {
 		return emptyPayload
 	}
-	return r.Payload
+	return p
 }
 
 // headersJSON encodes headers as a JSON object; nil is "{}".
@@ -235,6 +315,14 @@ func nullTime(t time.Time) pgtype.Timestamptz {
 	return pgtype.Timestamptz{Time: t, Valid: !t.IsZero()}
 }
 
+// utc returns the time of t in UTC, or the zero time for NULL.
+func utc(t sql.NullTime) time.Time {
+	if !t.Valid {
+		return time.Time{}
+	}
+	return t.Time.UTC()
+}
+
 // insertUnnest writes rows with one INSERT … FROM unnest statement. When
 // fewer rows went in than were given, it deletes those that did and returns
 // the DuplicateError; the transaction stays usable throughout.
@@ -252,27 +340,13 @@ func (c *core) insertUnnest(ctx context.Context, q querier, rows []dialects.Outb
 			return fmt.Errorf("durable: postgres: insert outbox: headers of %q: %w", r.ID, err)
 		}
 		ids[i], dests[i], topics[i], keys[i], headers[i] = r.ID, r.Destination, r.Topic, r.Key, h
-		payloads[i] = payloadOf(r)
+		payloads[i] = payloadOf(r.Payload)
 		created[i], deliver[i], expires[i] = nullTime(r.CreatedAt), nullTime(r.DeliverAt), nullTime(r.ExpiresAt)
 	}
-	rs, err := q.query(ctx, c.q.insertOutbox, ids, dests, topics, keys, headers, payloads, created, deliver, expires)
+	seqs, err := queryAll(ctx, c, q, "insert outbox", c.q.insertOutbox,
+		[]any{ids, dests, topics, keys, headers, payloads, created, deliver, expires}, scanValue[int64])
 	if err != nil {
-		return c.opError(ctx, "insert outbox", err)
-	}
-	seqs := make([]int64, 0, n)
-	err = func() error {
-		defer rs.Close()
-		for rs.Next() {
-			var seq int64
-			if err := rs.Scan(&seq); err != nil {
-				return err
-			}
-			seqs = append(seqs, seq)
-		}
-		return rs.Err()
-	}()
-	if err != nil {
-		return c.opError(ctx, "insert outbox", err)
+		return err
 	}
 	if len(seqs) == n {
 		return nil
@@ -288,6 +362,8 @@ func (c *core) insertUnnest(ctx context.Context, q querier, rows []dialects.Outb
 // outboxKey identifies an outbox row.
 type outboxKey struct{ destination, id string }
 
+func scanOutboxKey(rs rows, k *outboxKey) error { return rs.Scan(&k.destination, &k.id) }
+
 // duplicate builds the DuplicateError of a failed call whose rows are no
 // longer in the transaction: the first row, in call order, that repeats an
 // earlier row of the call or a row already stored. dests and ids are the
@@ -299,24 +375,13 @@ func (c *core) duplicate(ctx context.Context, q querier, rows []dialects.OutboxR
 			dests[i], ids[i] = rows[i].Destination, rows[i].ID
 		}
 	}
-	rs, err := q.query(ctx, c.q.existing, dests, ids)
+	found, err := queryAll(ctx, c, q, "insert outbox: find duplicate", c.q.existing, []any{dests, ids}, scanOutboxKey)
 	if err != nil {
-		return c.opError(ctx, "insert outbox: find duplicate", err)
+		return err
 	}
-	stored := make(map[outboxKey]bool)
-	func() {
-		defer rs.Close()
-		for rs.Next() {
-			var k outboxKey
-			if err = rs.Scan(&k.destination, &k.id); err != nil {
-				return
-			}
-			stored[k] = true
-		}
-		err = rs.Err()
-	}()
-	if err != nil {
-		return c.opError(ctx, "insert outbox: find duplicate", err)
+	stored := make(map[outboxKey]bool, len(found))
+	for _, k := range found {
+		stored[k] = true
 	}
 	seen := make(map[outboxKey]bool, len(rows))
 	for i := range rows {
@@ -339,68 +404,15 @@ func (c *core) duplicate(ctx context.Context, q querier, rows []dialects.OutboxR
 	return dup
 }
 
-// listQuery builds the ListOutbox statement and its arguments.
-func (c *core) listQuery(f dialects.OutboxQuery) (string, []any) {
-	var (
-		b     strings.Builder
-		args  []any
-		where []string
-	)
-	b.WriteString(c.q.listOutbox)
-	if f.Destination != "" {
-		args = append(args, f.Destination)
-		where = append(where, fmt.Sprintf("destination = $%d", len(args)))
-	}
-	if len(f.IDs) > 0 {
-		args = append(args, f.IDs)
-		where = append(where, fmt.Sprintf("id = ANY($%d::text[])", len(args)))
-	}
-	if len(where) > 0 {
-		b.WriteString("\nWHERE ")
-		b.WriteString(strings.Join(where, " AND "))
-	}
-	b.WriteString("\nORDER BY seq")
-	if f.Limit > 0 {
-		args = append(args, f.Limit)
-		fmt.Fprintf(&b, "\nLIMIT $%d", len(args))
-	}
-	return b.String(), args
-}
-
-func (c *core) listOutbox(ctx context.Context, f dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
-	text, args := c.listQuery(f)
-	rs, err := c.root.query(ctx, text, args...)
-	if err != nil {
-		return nil, c.opError(ctx, "list outbox", err)
-	}
-	defer rs.Close()
-	var out []dialects.OutboxRow
-	for rs.Next() {
-		var (
-			r                            dialects.OutboxRow
-			headers                      []byte
-			expires, lockedUntil, sentAt sql.NullTime
-			lockedBy, lastError          sql.NullString
-		)
-		err := rs.Scan(&r.Seq, &r.ID, &r.Destination, &r.Topic, &r.Key, &headers, &r.Payload,
-			&r.CreatedAt, &r.DeliverAt, &expires, &r.Attempts, &lockedBy, &lockedUntil, &lastError, &sentAt)
-		if err != nil {
-			return nil, c.opError(ctx, "list outbox", err)
-		}
-		if err := json.Unmarshal(headers, &r.Headers); err != nil {
-			return nil, fmt.Errorf("durable: postgres: list outbox: headers of %q: %w", r.ID, err)
-		}
-		r.ExpiresAt, r.LockedUntil, r.SentAt = expires.Time, lockedUntil.Time, sentAt.Time
-		r.LockedBy, r.LastError = lockedBy.String, lastError.String
-		out = append(out, r)
-	}
-	if err := rs.Err(); err != nil {
-		return nil, c.opError(ctx, "list outbox", err)
-	}
-	return out, nil
+// ListOutbox returns the rows of durable_outbox matching q in enqueue (seq)
+// order, every column included; NULL times are zero.
+func (c *core) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
+	f := syntax.New(0)
+	f.Eq("destination", q.Destination)
+	f.In("id", q.IDs)
+	return queryAll(ctx, c, c.root, "list outbox", f.Statement(c.q.listOutbox, q.Limit), f.Args(), func(rs rows, r *dialects.OutboxRow) error {
+		return scanOutbox(rs, r)
+	})
 }
 
 func (c *core) notifyOutbox(ctx context.Context, q querier, destinations []string) error {

@@ -48,8 +48,6 @@ func TestConformancePgx(t *testing.T) {
 		Open:           func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, true) },
 		OpenUnmigrated: func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, false) },
 	})
-	dialecttest.RunRelay(t, dialecttest.Harness[pgx.Tx]{Open: func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, true) }})
-	dialecttest.RunInbox(t, dialecttest.Harness[pgx.Tx]{Open: func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, true) }, OpenUnmigrated: func(t *testing.T) dialects.Dialect[pgx.Tx] { return openPgx(t, false) }})
 }
 
 func TestConformanceSQL(t *testing.T) {
@@ -57,8 +55,6 @@ func TestConformanceSQL(t *testing.T) {
 		Open:           func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, true) },
 		OpenUnmigrated: func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, false) },
 	})
-	dialecttest.RunRelay(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, true) }})
-	dialecttest.RunInbox(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, true) }, OpenUnmigrated: func(t *testing.T) dialects.Dialect[*sql.Tx] { return openSQL(t, false) }})
 }
 
 func ctxFor(t *testing.T) context.Context {

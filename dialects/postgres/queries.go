@@ -31,10 +31,12 @@ RETURNING seq`
 	sqlExistingOutbox = `SELECT o.destination, o.id FROM {schema}durable_outbox o
 WHERE (o.destination, o.id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
 
-	// ListOutbox: WHERE, ORDER BY and LIMIT are appended by listQuery.
+	// ListOutbox: {where} and {limit} come from package filter.
 	sqlListOutbox = `SELECT seq, id, destination, topic, key, headers, payload, created_at, deliver_at,
 	expires_at, attempts, locked_by, locked_until, last_error, sent_at
-FROM {schema}durable_outbox`
+FROM {schema}durable_outbox
+{where}
+ORDER BY seq {limit}`
 
 	sqlNotifyOutbox = `SELECT pg_notify('` + OutboxChannel + `', d)
 FROM (SELECT DISTINCT unnest($1::text[]) AS d) AS dests`
@@ -48,22 +50,51 @@ FROM (SELECT DISTINCT unnest($1::text[]) AS d) AS dests`
 // of the values copyValues produces.
 var copyColumns = []string{"id", "destination", "topic", "key", "headers", "payload", "created_at", "deliver_at", "expires_at"}
 
-// queries holds the statements with the schema qualifier substituted.
+// queries holds every statement of the dialect, of this file, relay_sql.go,
+// inbox_sql.go and deadletters.go, with the schema qualifier substituted
+// once, when the dialect is built.
 type queries struct {
-	schemaVersion string
-	insertOutbox  string
-	deleteSeqs    string
-	existing      string
-	listOutbox    string
+	schemaVersion, insertOutbox, deleteSeqs, existing, listOutbox string
+
+	claimOutbox, ackDelete, ackRetain, release, deadLetterOutbox string
+	outboxStats, outboxDestinations, purgeOutbox                 string
+
+	insertInbox, uninsertInboxDead, claimInbox, lockInbox, finishInbox string
+	rescueInbox, purgeInbox, inboxStats, listInbox                     string
+
+	listDeadLetters, replayDeadLetters, purgeDeadLetters string
 }
 
-func newQueries(qualifier string) queries {
+func newQueries(qualifier string) *queries {
 	r := strings.NewReplacer("{schema}", qualifier)
-	return queries{
+	return &queries{
 		schemaVersion: r.Replace(sqlSchemaVersion),
 		insertOutbox:  r.Replace(sqlInsertOutbox),
 		deleteSeqs:    r.Replace(sqlDeleteOutboxSeqs),
 		existing:      r.Replace(sqlExistingOutbox),
 		listOutbox:    r.Replace(sqlListOutbox),
+
+		claimOutbox:        r.Replace(sqlClaimOutbox),
+		ackDelete:          r.Replace(sqlAckDelete),
+		ackRetain:          r.Replace(sqlAckRetain),
+		release:            r.Replace(sqlRelease),
+		deadLetterOutbox:   r.Replace(sqlDeadLetter),
+		outboxStats:        r.Replace(sqlOutboxStats),
+		outboxDestinations: r.Replace(sqlOutboxDestinations),
+		purgeOutbox:        r.Replace(sqlPurgeOutbox),
+
+		insertInbox:       r.Replace(sqlInsertInbox),
+		uninsertInboxDead: r.Replace(sqlUninsertInboxDead),
+		claimInbox:        r.Replace(sqlClaimInbox),
+		lockInbox:         r.Replace(sqlLockInbox),
+		finishInbox:       r.Replace(sqlFinishInbox),
+		rescueInbox:       r.Replace(sqlRescueInbox),
+		purgeInbox:        r.Replace(sqlPurgeInbox),
+		inboxStats:        r.Replace(sqlInboxStats),
+		listInbox:         r.Replace(sqlListInbox),
+
+		listDeadLetters:   r.Replace(sqlListDeadLetters),
+		replayDeadLetters: r.Replace(sqlReplayDeadLetters),
+		purgeDeadLetters:  r.Replace(sqlPurgeDeadLetters),
 	}
 }

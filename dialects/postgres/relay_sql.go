@@ -1,10 +1,5 @@
 package postgres
 
-import (
-	"strings"
-	"sync"
-)
-
 // The relay's statements (dialects.Relayer), shared by both flavours like
 // those of queries.go. "{schema}" is the table qualifier. Durations arrive as
 // microseconds ($n::bigint) and are added to now(), the database's clock;
@@ -133,44 +128,4 @@ SELECT destination FROM d WHERE destination IS NOT NULL`
 	RETURNING 1
 )
 SELECT count(*) FROM x`
-
-	// ListDeadLetters: WHERE, ORDER BY and LIMIT are appended.
-	sqlListDeadLetters = `SELECT seq, side, id, source, destination, topic, key, headers, payload, created_at,
-	expires_at, reason, attempts, last_error, errors, first_failed_at, failed_at, replayed_at
-FROM {schema}durable_dead_letters`
 )
-
-// relayQueries holds the relay's statements with the schema substituted.
-type relayQueries struct {
-	claim, ackDelete, ackRetain, release, deadLetter string
-	stats, destinations, purge, listDeadLetters      string
-}
-
-// relayQueryCache maps a qualifier to its *relayQueries: the statements are
-// built once per schema, not per call.
-var relayQueryCache sync.Map
-
-// relayQueries returns the relay statements for the dialect's schema.
-func (c *core) relayQueries() *relayQueries {
-	qualifier := ""
-	if len(c.table) == 2 {
-		qualifier = c.table[:1].Sanitize() + "."
-	}
-	if q, ok := relayQueryCache.Load(qualifier); ok {
-		return q.(*relayQueries)
-	}
-	r := strings.NewReplacer("{schema}", qualifier)
-	q := &relayQueries{
-		claim:           r.Replace(sqlClaimOutbox),
-		ackDelete:       r.Replace(sqlAckDelete),
-		ackRetain:       r.Replace(sqlAckRetain),
-		release:         r.Replace(sqlRelease),
-		deadLetter:      r.Replace(sqlDeadLetter),
-		stats:           r.Replace(sqlOutboxStats),
-		destinations:    r.Replace(sqlOutboxDestinations),
-		purge:           r.Replace(sqlPurgeOutbox),
-		listDeadLetters: r.Replace(sqlListDeadLetters),
-	}
-	actual, _ := relayQueryCache.LoadOrStore(qualifier, q)
-	return actual.(*relayQueries)
-}

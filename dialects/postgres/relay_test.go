@@ -99,7 +99,8 @@ func TestClaimSkipsLockedRows(t *testing.T) {
 	}
 }
 
-// TestRelayerWithSchema: the relay statements honour WithSchema.
+// TestRelayerWithSchema: the relay, inbox and dead-letter statements honour
+// WithSchema.
 func TestRelayerWithSchema(t *testing.T) {
 	_, schema := testdb.PostgresPool(t, true)
 	pool := testdb.OpenPostgres(t, testdb.PostgresURL(t), false) // search_path without the schema
@@ -122,6 +123,18 @@ func TestRelayerWithSchema(t *testing.T) {
 	}
 	if _, err := d.OutboxDestinations(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := d.InboxStats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ListInbox(ctx, dialects.InboxQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{}); err != nil || n != 0 {
+		t.Fatalf("replay: %d, %v", n, err)
+	}
+	if n, err := d.PurgeDeadLetters(ctx, dialects.DeadLetterQuery{}); err != nil || n != 1 {
+		t.Fatalf("purge: %d, %v", n, err)
 	}
 	if _, err := postgres.New(pool).ClaimOutbox(ctx, dialects.OutboxClaim{Destination: "billing", Token: "t", Limit: 5, Lease: time.Minute}); !errors.Is(err, dialects.ErrSchema) {
 		t.Fatalf("claim without the schema on the search path = %v, want ErrSchema", err)

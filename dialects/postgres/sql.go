@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 
 	"github.com/durable-go/durable/dialects"
@@ -23,6 +24,7 @@ type SQLDialect struct {
 var (
 	_ dialects.Dialect[*sql.Tx]  = (*SQLDialect)(nil)
 	_ dialects.Notifier[*sql.Tx] = (*SQLDialect)(nil)
+	_ dialects.Listener          = (*SQLDialect)(nil)
 )
 
 // NewSQL returns the dialect for db, which must have been opened with pgx's
@@ -34,11 +36,8 @@ var (
 // Other Postgres drivers are not supported: the dialect passes Go slices as
 // Postgres arrays, which pgx's driver encodes natively.
 func NewSQL(db *sql.DB, opts ...Option) *SQLDialect {
-	return &SQLDialect{db: db, core: newCore(sqlQuerier{db}, opts)}
+	return &SQLDialect{db: db, core: newCore(sqlQuerier{db}, sqlConn(db), opts)}
 }
-
-// Name returns "postgres".
-func (d *SQLDialect) Name() string { return name }
 
 // Begin starts a transaction on db with the default isolation level.
 func (d *SQLDialect) Begin(ctx context.Context) (*sql.Tx, error) {
@@ -59,13 +58,6 @@ func (d *SQLDialect) Rollback(_ context.Context, tx *sql.Tx) error {
 	return nil
 }
 
-// CheckSchema verifies that the durable migrations ran up to
-// dialects.SchemaVersion, and returns a *dialects.SchemaError naming the
-// missing migration otherwise (or saying the schema is newer than this build).
-func (d *SQLDialect) CheckSchema(ctx context.Context) error {
-	return d.checkSchema(ctx)
-}
-
 // InsertOutbox writes rows to durable_outbox in tx, all or nothing, in one
 // statement whatever their number. A (destination, id) that is already
 // stored or repeats within rows fails the call with a
@@ -81,17 +73,48 @@ func (d *SQLDialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialec
 	return d.insertUnnest(ctx, sqlQuerier{tx}, rows)
 }
 
-// ListOutbox returns the rows of durable_outbox matching q in enqueue (seq)
-// order, every column included; NULL times are zero.
-func (d *SQLDialect) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
-	return d.listOutbox(ctx, q)
-}
-
 // NotifyOutbox queues, in tx, one notification on OutboxChannel per distinct
 // destination, with the destination as payload, in one statement. Postgres
 // delivers them when tx commits and drops them when it rolls back.
 func (d *SQLDialect) NotifyOutbox(ctx context.Context, tx *sql.Tx, destinations []string) error {
 	return d.notifyOutbox(ctx, sqlQuerier{tx}, destinations)
+}
+
+// InsertInbox is Dialect.InsertInbox for a *sql.Tx.
+func (d *SQLDialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialects.InboxRow) ([]bool, error) {
+	return d.insertInbox(ctx, sqlQuerier{tx}, rows)
+}
+
+// LockInbox is Dialect.LockInbox for a *sql.Tx.
+func (d *SQLDialect) LockInbox(ctx context.Context, tx *sql.Tx, token string, keys []dialects.InboxKey) ([]dialects.InboxKey, error) {
+	return d.lockInbox(ctx, sqlQuerier{tx}, token, keys)
+}
+
+// InboxSavepoint is Dialect.InboxSavepoint for a *sql.Tx.
+func (d *SQLDialect) InboxSavepoint(ctx context.Context, tx *sql.Tx, a dialects.SavepointAction) error {
+	return d.inboxSavepoint(ctx, sqlQuerier{tx}, a)
+}
+
+// FinishInbox is Dialect.FinishInbox for a *sql.Tx.
+func (d *SQLDialect) FinishInbox(ctx context.Context, tx *sql.Tx, token string, outcomes []dialects.InboxOutcome) (int, error) {
+	return d.finishInbox(ctx, sqlQuerier{tx}, token, outcomes)
+}
+
+// sqlConn lends a connection of db; a broken one is discarded, never
+// returned to the pool with a transaction open.
+func sqlConn(db *sql.DB) ownConn {
+	return func(ctx context.Context) (querier, func(bool), error) {
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return sqlQuerier{conn}, func(broken bool) {
+			if broken {
+				_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			}
+			_ = conn.Close()
+		}, nil
+	}
 }
 
 // sqlQuerier adapts a *sql.DB, *sql.Conn or *sql.Tx.

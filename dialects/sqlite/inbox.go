@@ -4,17 +4,13 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/durable-go/durable/dialects"
 )
-
-var _ dialects.InboxStore[*sql.Tx] = (*Dialect)(nil)
 
 // The inbox takes its instants from the process clock, which on an embedded
 // database is the database's clock, formatted as every stored time
@@ -154,49 +150,11 @@ WHERE (source, id) IN (
 	(SELECT count(*) FROM durable_dead_letters
 		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at))
 FROM durable_inbox`
-
-	sqlInboxDeadColumns = `d.seq, d.source, d.id, d.topic, d.key, d.headers, d.payload, d.created_at, d.expires_at,
-	d.reason, d.attempts, d.last_error, d.errors, d.first_failed_at, d.failed_at, d.replayed_at`
-
-	// {where} and {limit} come from inboxDeadFilter.
-	sqlInboxListDead = `SELECT ` + sqlInboxDeadColumns + ` FROM durable_dead_letters d
-WHERE {where}
-ORDER BY d.seq {limit}`
-
-	sqlInboxReplayInsert = `INSERT INTO durable_inbox
-	(source, id, topic, key, headers, payload, created_at, errors, replayed_at, run_at)
-SELECT d.source, d.id, d.topic, d.key, d.headers, d.payload, d.created_at, d.errors, ?1, ?1
-FROM durable_dead_letters d
-WHERE {where} AND (d.replayed_at IS NULL OR d.replayed_at < d.failed_at)
-ORDER BY d.seq {limit}
-ON CONFLICT (source, id) DO NOTHING
-RETURNING source, id`
-
-	sqlInboxReplayMark = `UPDATE durable_dead_letters SET replayed_at = ?1
-WHERE side = 'inbox' AND destination = ''
-	AND (source, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2))`
-
-	// seq names rows only inside this one statement, where it cannot be
-	// reused.
-	sqlInboxPurgeDead = `DELETE FROM durable_dead_letters WHERE seq IN (
-	SELECT d.seq FROM durable_dead_letters d
-	WHERE {where}
-	ORDER BY d.seq {limit})`
 )
 
 // inboxInsertSQL returns the InsertInbox statement for n rows.
 func inboxInsertSQL(n int) string {
-	var b strings.Builder
-	b.Grow(len(sqlInboxInsertHead) + n*(len(sqlInboxInsertRow)+1) + len(sqlInboxInsertTail))
-	b.WriteString(sqlInboxInsertHead)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(sqlInboxInsertRow)
-	}
-	b.WriteString(sqlInboxInsertTail)
-	return b.String()
+	return valuesSQL(sqlInboxInsertHead, sqlInboxInsertRow, sqlInboxInsertTail, n)
 }
 
 // inboxNow returns the stored form of now and the error-history form.
@@ -223,8 +181,7 @@ func (d *Dialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialects.I
 	inserted := make(map[dialects.InboxKey]bool, len(rows))
 	chunk := inboxChunkRows
 	args := make([]any, 0, min(len(rows), chunk)*inboxInsertColumns)
-	for start := 0; start < len(rows); start += chunk {
-		part := rows[start:min(start+chunk, len(rows))]
+	for part := range slices.Chunk(rows, chunk) {
 		args = args[:0]
 		for i := range part {
 			r := &part[i]
@@ -232,37 +189,15 @@ func (d *Dialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialects.I
 			if err != nil {
 				return nil, fmt.Errorf("durable/sqlite: insert inbox: headers of %q: %w", r.ID, err)
 			}
-			payload := r.Payload
-			if payload == nil {
-				payload = []byte{}
-			}
-			created, runAt := now, now
-			if !r.CreatedAt.IsZero() {
-				created = formatTime(r.CreatedAt)
-			}
-			if !r.RunAt.IsZero() {
-				runAt = formatTime(r.RunAt)
-			}
-			var expires any
-			if !r.ExpiresAt.IsZero() {
-				expires = formatTime(r.ExpiresAt)
-			}
-			args = append(args, r.Source, r.ID, r.Topic, r.Key, headers, payload, created, expires, runAt)
+			args = append(args, r.Source, r.ID, r.Topic, r.Key, headers, payloadOf(r.Payload),
+				timeOr(r.CreatedAt, now), nullTime(r.ExpiresAt), timeOr(r.RunAt, now))
 		}
-		rs, err := tx.QueryContext(ctx, inboxInsertSQL(len(part)), args...)
+		keys, err := queryAll(ctx, tx, "insert inbox", inboxInsertSQL(len(part)), args, scanKey)
 		if err != nil {
-			return nil, schemaError(ctx, tx, "insert inbox", err)
+			return nil, err
 		}
-		for rs.Next() {
-			var k dialects.InboxKey
-			if err := rs.Scan(&k.Source, &k.ID); err != nil {
-				rs.Close()
-				return nil, fmt.Errorf("durable/sqlite: insert inbox: %w", err)
-			}
+		for _, k := range keys {
 			inserted[k] = true
-		}
-		if err := rs.Err(); err != nil {
-			return nil, schemaError(ctx, tx, "insert inbox", err)
 		}
 	}
 	for i := range rows {
@@ -273,16 +208,6 @@ func (d *Dialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialects.I
 		}
 	}
 	return stored, nil
-}
-
-// inboxJSON encodes v, a slice of strings or of string tuples, as a JSON
-// parameter.
-func inboxJSON(v any) (string, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
 }
 
 // ClaimInbox leases due ready rows in one UPDATE … RETURNING statement; see
@@ -299,22 +224,11 @@ func (d *Dialect) ClaimInbox(ctx context.Context, c dialects.InboxClaim) ([]dial
 	if exclude == nil {
 		exclude = []string{}
 	}
-	tj, err := inboxJSON(topics)
-	if err != nil {
-		return nil, fmt.Errorf("durable/sqlite: claim inbox: %w", err)
-	}
-	ej, err := inboxJSON(exclude)
-	if err != nil {
-		return nil, fmt.Errorf("durable/sqlite: claim inbox: %w", err)
-	}
 	now, _, t := inboxNow()
-	rs, err := d.db.QueryContext(ctx, sqlInboxClaim, now, c.Token, c.Worker, formatTime(t.Add(c.Lease)), tj, ej, c.Limit)
+	out, err := queryAll(ctx, d.db, "claim inbox", sqlInboxClaim,
+		[]any{now, c.Token, c.Worker, formatTime(t.Add(c.Lease)), jsonParam(topics), jsonParam(exclude), c.Limit}, scanInboxRow)
 	if err != nil {
-		return nil, schemaError(ctx, d.db, "claim inbox", err)
-	}
-	out, err := scanInboxRows(rs)
-	if err != nil {
-		return nil, fmt.Errorf("durable/sqlite: claim inbox: %w", err)
+		return nil, err
 	}
 	slices.SortFunc(out, func(a, b dialects.InboxRow) int { return cmp.Compare(a.Seq, b.Seq) })
 	return out, nil
@@ -334,25 +248,13 @@ func (d *Dialect) LockInbox(ctx context.Context, tx *sql.Tx, token string, keys 
 	for i, k := range keys {
 		pairs[i] = [2]string{k.Source, k.ID}
 	}
-	kj, err := inboxJSON(pairs)
+	found, err := queryAll(ctx, tx, "lock inbox", sqlInboxLock, []any{token, jsonParam(pairs)}, scanKey)
 	if err != nil {
-		return nil, fmt.Errorf("durable/sqlite: lock inbox: %w", err)
+		return nil, err
 	}
-	rs, err := tx.QueryContext(ctx, sqlInboxLock, token, kj)
-	if err != nil {
-		return nil, schemaError(ctx, tx, "lock inbox", err)
-	}
-	defer rs.Close()
-	held := make(map[dialects.InboxKey]bool, len(keys))
-	for rs.Next() {
-		var k dialects.InboxKey
-		if err := rs.Scan(&k.Source, &k.ID); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: lock inbox: %w", err)
-		}
+	held := make(map[dialects.InboxKey]bool, len(found))
+	for _, k := range found {
 		held[k] = true
-	}
-	if err := rs.Err(); err != nil {
-		return nil, fmt.Errorf("durable/sqlite: lock inbox: %w", err)
 	}
 	out := make([]dialects.InboxKey, 0, len(held))
 	for _, k := range keys {
@@ -424,10 +326,7 @@ func (d *Dialect) FinishInbox(ctx context.Context, tx *sql.Tx, token string, out
 		}
 		list[i] = [7]any{o.Source, o.ID, kind, o.Error, formatTime(t.Add(max(o.RetryAfter, 0))), undo, o.Reason}
 	}
-	oj, err := inboxJSON(list)
-	if err != nil {
-		return 0, fmt.Errorf("durable/sqlite: finish inbox: %w", err)
-	}
+	oj := jsonParam(list)
 	res, err := tx.ExecContext(ctx, sqlInboxFinishUpdate, oj, token, now, errTime)
 	if err != nil {
 		return 0, schemaError(ctx, tx, "finish inbox", err)
@@ -461,7 +360,7 @@ func (d *Dialect) RescueInbox(ctx context.Context, limit int) (int, error) {
 		return 0, errors.New("durable/sqlite: rescue inbox: limit must be positive")
 	}
 	now, errTime, _ := inboxNow()
-	return d.inboxExec(ctx, "rescue inbox", sqlInboxRescue, now, errTime, limit)
+	return exec(ctx, d.db, "rescue inbox", sqlInboxRescue, now, errTime, limit)
 }
 
 // PurgeInbox deletes up to limit handled rows older than age, oldest first;
@@ -470,106 +369,41 @@ func (d *Dialect) PurgeInbox(ctx context.Context, age time.Duration, limit int) 
 	if limit <= 0 {
 		return 0, errors.New("durable/sqlite: purge inbox: limit must be positive")
 	}
-	return d.inboxExec(ctx, "purge inbox", sqlInboxPurge, formatTime(time.Now().Add(-age)), limit)
-}
-
-// inboxExec runs one statement on the database and returns the rows it
-// changed.
-func (d *Dialect) inboxExec(ctx context.Context, op, stmt string, args ...any) (int, error) {
-	res, err := d.db.ExecContext(ctx, stmt, args...)
-	if err != nil {
-		return 0, schemaError(ctx, d.db, op, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("durable/sqlite: %s: %w", op, err)
-	}
-	return int(n), nil
+	return exec(ctx, d.db, "purge inbox", sqlInboxPurge, formatTime(time.Now().Add(-age)), limit)
 }
 
 // ListInbox returns the inbox rows matching q in seq order.
 func (d *Dialect) ListInbox(ctx context.Context, q dialects.InboxQuery) ([]dialects.InboxRow, error) {
-	var (
-		b    strings.Builder
-		args []any
-	)
-	b.WriteString("SELECT " + sqlInboxColumns + ", 0 FROM durable_inbox WHERE 1=1")
-	if q.Source != "" {
-		b.WriteString(" AND source = ?")
-		args = append(args, q.Source)
-	}
-	if len(q.IDs) > 0 {
-		ids, err := inboxJSON(q.IDs)
-		if err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list inbox: %w", err)
-		}
-		b.WriteString(" AND id IN (SELECT value FROM json_each(?))")
-		args = append(args, ids)
-	}
-	if q.State != "" {
-		b.WriteString(" AND state = ?")
-		args = append(args, q.State)
-	}
-	b.WriteString(" ORDER BY seq")
-	if q.Limit > 0 {
-		b.WriteString(" LIMIT ?")
-		args = append(args, q.Limit)
-	}
-	rs, err := d.db.QueryContext(ctx, b.String(), args...)
-	if err != nil {
-		return nil, schemaError(ctx, d.db, "list inbox", err)
-	}
-	out, err := scanInboxRows(rs)
-	if err != nil {
-		return nil, fmt.Errorf("durable/sqlite: list inbox: %w", err)
-	}
-	return out, nil
+	f := syntax.New(0)
+	f.Eq("source", q.Source)
+	f.In("id", q.IDs)
+	f.Eq("state", q.State)
+	stmt := f.Statement("SELECT "+sqlInboxColumns+", 0 FROM durable_inbox {where} ORDER BY seq {limit}", q.Limit)
+	return queryAll(ctx, d.db, "list inbox", stmt, f.Args(), scanInboxRow)
 }
 
-// scanInboxRows reads rows of sqlInboxColumns plus the expired flag and
-// closes rs.
-func scanInboxRows(rs *sql.Rows) ([]dialects.InboxRow, error) {
-	defer rs.Close()
-	var out []dialects.InboxRow
-	for rs.Next() {
-		var (
-			r                                     dialects.InboxRow
-			headers, errs, created, received, run string
-			expires, lockedUntil, handled, replay sql.NullString
-			token, lockedBy, lastError            sql.NullString
-		)
-		if err := rs.Scan(&r.Seq, &r.Source, &r.ID, &r.Topic, &r.Key, &headers, &r.Payload, &created, &received,
-			&expires, &r.State, &r.Attempts, &run, &token, &lockedBy, &lockedUntil, &lastError, &errs,
-			&handled, &replay, &r.Expired); err != nil {
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(headers), &r.Headers); err != nil {
-			return nil, fmt.Errorf("headers of %q: %w", r.ID, err)
-		}
-		if err := json.Unmarshal([]byte(errs), &r.Errors); err != nil {
-			return nil, fmt.Errorf("errors of %q: %w", r.ID, err)
-		}
-		r.LeaseToken, r.LockedBy, r.LastError = token.String, lockedBy.String, lastError.String
-		for _, f := range []struct {
-			dst *time.Time
-			src sql.NullString
-		}{
-			{&r.CreatedAt, sql.NullString{String: created, Valid: true}},
-			{&r.ReceivedAt, sql.NullString{String: received, Valid: true}},
-			{&r.RunAt, sql.NullString{String: run, Valid: true}},
-			{&r.ExpiresAt, expires},
-			{&r.LockedUntil, lockedUntil},
-			{&r.HandledAt, handled},
-			{&r.ReplayedAt, replay},
-		} {
-			var err error
-			if *f.dst, err = parseNullTime(f.src); err != nil {
-				return nil, fmt.Errorf("%q: %w", r.ID, err)
-			}
-		}
-		out = append(out, r)
+// scanInboxRow reads a row of sqlInboxColumns plus the expired flag.
+func scanInboxRow(rs *sql.Rows, r *dialects.InboxRow) error {
+	var (
+		headers, errs, created, received, run string
+		expires, lockedUntil, handled, replay sql.NullString
+		token, lockedBy, lastError            sql.NullString
+	)
+	if err := rs.Scan(&r.Seq, &r.Source, &r.ID, &r.Topic, &r.Key, &headers, &r.Payload, &created, &received,
+		&expires, &r.State, &r.Attempts, &run, &token, &lockedBy, &lockedUntil, &lastError, &errs,
+		&handled, &replay, &r.Expired); err != nil {
+		return err
 	}
-	return out, rs.Err()
+	if err := decodeJSON(r.ID, headers, &r.Headers, errs, &r.Errors); err != nil {
+		return err
+	}
+	r.LeaseToken, r.LockedBy, r.LastError = token.String, lockedBy.String, lastError.String
+	if err := parseTimes(storedTime{&r.CreatedAt, notNull(created)}, storedTime{&r.ReceivedAt, notNull(received)},
+		storedTime{&r.RunAt, notNull(run)}, storedTime{&r.ExpiresAt, expires}, storedTime{&r.LockedUntil, lockedUntil},
+		storedTime{&r.HandledAt, handled}, storedTime{&r.ReplayedAt, replay}); err != nil {
+		return fmt.Errorf("%q: %w", r.ID, err)
+	}
+	return nil
 }
 
 // InboxStats counts the inbox rows by state and the pending inbox dead
@@ -581,157 +415,4 @@ func (d *Dialect) InboxStats(ctx context.Context) (dialects.InboxStats, error) {
 		return s, schemaError(ctx, d.db, "inbox stats", err)
 	}
 	return s, nil
-}
-
-// inboxDeadFilter builds the conditions on durable_dead_letters d of an inbox
-// dead-letter statement and its LIMIT clause, with their arguments, which
-// start at parameter number first.
-func inboxDeadFilter(f dialects.InboxDeadLetterQuery, first int) (stmt func(string) string, args []any, err error) {
-	conds := []string{"d.side = 'inbox'", "d.destination = ''"}
-	add := func(cond string, arg any) {
-		args = append(args, arg)
-		conds = append(conds, fmt.Sprintf(cond, first+len(args)-1))
-	}
-	if f.Source != "" {
-		add("d.source = ?%d", f.Source)
-	}
-	if f.Topic != "" {
-		add("d.topic = ?%d", f.Topic)
-	}
-	if f.Reason != "" {
-		add("d.reason = ?%d", f.Reason)
-	}
-	if len(f.IDs) > 0 {
-		ids, err := inboxJSON(f.IDs)
-		if err != nil {
-			return nil, nil, err
-		}
-		add("d.id IN (SELECT value FROM json_each(?%d))", ids)
-	}
-	if !f.Since.IsZero() {
-		add("d.failed_at >= ?%d", formatTime(f.Since))
-	}
-	if !f.Before.IsZero() {
-		add("d.failed_at < ?%d", formatTime(f.Before))
-	}
-	if !f.IncludeReplayed {
-		conds = append(conds, "(d.replayed_at IS NULL OR d.replayed_at < d.failed_at)")
-	}
-	limit := ""
-	if f.Limit > 0 {
-		args = append(args, f.Limit)
-		limit = fmt.Sprintf("LIMIT ?%d", first+len(args)-1)
-	}
-	r := strings.NewReplacer("{where}", strings.Join(conds, " AND "), "{limit}", limit)
-	return r.Replace, args, nil
-}
-
-// ListInboxDeadLetters returns the inbox's dead letters matching q in seq
-// order.
-func (d *Dialect) ListInboxDeadLetters(ctx context.Context, q dialects.InboxDeadLetterQuery) ([]dialects.InboxDeadLetter, error) {
-	stmt, args, err := inboxDeadFilter(q, 1)
-	if err != nil {
-		return nil, fmt.Errorf("durable/sqlite: list inbox dead letters: %w", err)
-	}
-	rs, err := d.db.QueryContext(ctx, stmt(sqlInboxListDead), args...)
-	if err != nil {
-		return nil, schemaError(ctx, d.db, "list inbox dead letters", err)
-	}
-	defer rs.Close()
-	var out []dialects.InboxDeadLetter
-	for rs.Next() {
-		var (
-			r                             dialects.InboxDeadLetter
-			headers, errs, created, first string
-			failed                        string
-			expires, replayed             sql.NullString
-		)
-		if err := rs.Scan(&r.Seq, &r.Source, &r.ID, &r.Topic, &r.Key, &headers, &r.Payload, &created, &expires,
-			&r.Reason, &r.Attempts, &r.LastError, &errs, &first, &failed, &replayed); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list inbox dead letters: %w", err)
-		}
-		if err := json.Unmarshal([]byte(headers), &r.Headers); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list inbox dead letters: headers of %q: %w", r.ID, err)
-		}
-		if err := json.Unmarshal([]byte(errs), &r.Errors); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list inbox dead letters: errors of %q: %w", r.ID, err)
-		}
-		for _, f := range []struct {
-			dst *time.Time
-			src sql.NullString
-		}{
-			{&r.CreatedAt, sql.NullString{String: created, Valid: true}},
-			{&r.FirstFailedAt, sql.NullString{String: first, Valid: true}},
-			{&r.FailedAt, sql.NullString{String: failed, Valid: true}},
-			{&r.ExpiresAt, expires},
-			{&r.ReplayedAt, replayed},
-		} {
-			if *f.dst, err = parseNullTime(f.src); err != nil {
-				return nil, fmt.Errorf("durable/sqlite: list inbox dead letters: %q: %w", r.ID, err)
-			}
-		}
-		out = append(out, r)
-	}
-	if err := rs.Err(); err != nil {
-		return nil, fmt.Errorf("durable/sqlite: list inbox dead letters: %w", err)
-	}
-	return out, nil
-}
-
-// ReplayInboxDeadLetters puts pending dead letters back into the inbox in
-// one transaction of two statements; see dialects.InboxStore.
-func (d *Dialect) ReplayInboxDeadLetters(ctx context.Context, q dialects.InboxDeadLetterQuery) (n int, err error) {
-	stmt, args, err := inboxDeadFilter(q, 2)
-	if err != nil {
-		return 0, fmt.Errorf("durable/sqlite: replay inbox dead letters: %w", err)
-	}
-	now, _, _ := inboxNow()
-	tx, err := d.db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, fmt.Errorf("durable/sqlite: replay inbox dead letters: begin: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	rs, err := tx.QueryContext(ctx, stmt(sqlInboxReplayInsert), append([]any{now}, args...)...)
-	if err != nil {
-		return 0, schemaError(ctx, tx, "replay inbox dead letters", err)
-	}
-	var keys [][2]string
-	for rs.Next() {
-		var k [2]string
-		if err := rs.Scan(&k[0], &k[1]); err != nil {
-			rs.Close()
-			return 0, fmt.Errorf("durable/sqlite: replay inbox dead letters: %w", err)
-		}
-		keys = append(keys, k)
-	}
-	if err := rs.Err(); err != nil {
-		return 0, fmt.Errorf("durable/sqlite: replay inbox dead letters: %w", err)
-	}
-	if len(keys) > 0 {
-		kj, err := inboxJSON(keys)
-		if err != nil {
-			return 0, fmt.Errorf("durable/sqlite: replay inbox dead letters: %w", err)
-		}
-		if _, err := tx.ExecContext(ctx, sqlInboxReplayMark, now, kj); err != nil {
-			return 0, fmt.Errorf("durable/sqlite: replay inbox dead letters: %w", err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("durable/sqlite: replay inbox dead letters: commit: %w", err)
-	}
-	return len(keys), nil
-}
-
-// PurgeInboxDeadLetters deletes the inbox's dead letters matching q in one
-// statement.
-func (d *Dialect) PurgeInboxDeadLetters(ctx context.Context, q dialects.InboxDeadLetterQuery) (int, error) {
-	stmt, args, err := inboxDeadFilter(q, 1)
-	if err != nil {
-		return 0, fmt.Errorf("durable/sqlite: purge inbox dead letters: %w", err)
-	}
-	return d.inboxExec(ctx, "purge inbox dead letters", stmt(sqlInboxPurgeDead), args...)
 }

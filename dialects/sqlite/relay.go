@@ -1,19 +1,16 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/durable-go/durable/dialects"
 )
-
-var _ dialects.Relayer = (*Dialect)(nil)
 
 // The relay's statements. Seqs travel as one JSON array parameter.
 //
@@ -109,15 +106,7 @@ SELECT destination FROM d WHERE destination IS NOT NULL`
 	WHERE sent_at IS NOT NULL AND sent_at < ?1
 	ORDER BY sent_at
 	LIMIT ?2)`
-
-	deadLetterColumns = "seq, side, id, source, destination, topic, key, headers, payload, created_at, expires_at, reason, attempts, last_error, errors, first_failed_at, failed_at, replayed_at"
 )
-
-// seqsJSON renders seqs as a JSON array.
-func seqsJSON(seqs []int64) string {
-	b, _ := json.Marshal(seqs) // cannot fail
-	return string(b)
-}
 
 // ClaimOutbox leases due rows of one destination to c.Token with a single
 // UPDATE … RETURNING; see dialects.Relayer.
@@ -131,32 +120,14 @@ func (d *Dialect) ClaimOutbox(ctx context.Context, c dialects.OutboxClaim) ([]di
 		return nil, fmt.Errorf("durable/sqlite: claim outbox: lease %v, want > 0", c.Lease)
 	}
 	now := time.Now()
-	rs, err := d.db.QueryContext(ctx, sqlClaim, c.Token, formatTime(now.Add(c.Lease)), c.Destination, c.Limit, formatTime(now))
+	out, err := queryAll(ctx, d.db, "claim outbox", sqlClaim,
+		[]any{c.Token, formatTime(now.Add(c.Lease)), c.Destination, c.Limit, formatTime(now)},
+		func(rs *sql.Rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
 	if err != nil {
-		return nil, schemaError(ctx, d.db, "claim outbox", err)
-	}
-	defer rs.Close()
-	var out []dialects.ClaimedRow
-	for rs.Next() {
-		var r dialects.ClaimedRow
-		if err := scanOutbox(rs, &r.OutboxRow, &r.Expired); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: claim outbox: %w", err)
-		}
-		out = append(out, r)
-	}
-	if err := rs.Err(); err != nil {
-		return nil, schemaError(ctx, d.db, "claim outbox", err)
+		return nil, err
 	}
 	// RETURNING follows no order.
-	slices.SortFunc(out, func(a, b dialects.ClaimedRow) int {
-		switch {
-		case a.Seq < b.Seq:
-			return -1
-		case a.Seq > b.Seq:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b dialects.ClaimedRow) int { return cmp.Compare(a.Seq, b.Seq) })
 	return out, nil
 }
 
@@ -172,45 +143,18 @@ func scanOutbox(rs *sql.Rows, r *dialects.OutboxRow, extra ...any) error {
 	if err := rs.Scan(dest...); err != nil {
 		return err
 	}
-	if err := json.Unmarshal([]byte(headers), &r.Headers); err != nil {
-		return fmt.Errorf("headers of seq %d: %w", r.Seq, err)
-	}
-	if r.Headers == nil {
-		r.Headers = map[string]string{}
+	if err := decodeJSON(r.ID, headers, &r.Headers, "", nil); err != nil {
+		return err
 	}
 	if r.Payload == nil {
 		r.Payload = []byte{}
 	}
 	r.LockedBy, r.LastError = lockedBy.String, lastError.String
-	for _, f := range []struct {
-		dst *time.Time
-		src sql.NullString
-	}{
-		{&r.CreatedAt, sql.NullString{String: created, Valid: true}},
-		{&r.DeliverAt, sql.NullString{String: deliver, Valid: true}},
-		{&r.ExpiresAt, expires},
-		{&r.LockedUntil, lockedUntil},
-		{&r.SentAt, sent},
-	} {
-		var err error
-		if *f.dst, err = parseNullTime(f.src); err != nil {
-			return fmt.Errorf("seq %d: %w", r.Seq, err)
-		}
+	if err := parseTimes(storedTime{&r.CreatedAt, notNull(created)}, storedTime{&r.DeliverAt, notNull(deliver)},
+		storedTime{&r.ExpiresAt, expires}, storedTime{&r.LockedUntil, lockedUntil}, storedTime{&r.SentAt, sent}); err != nil {
+		return fmt.Errorf("seq %d: %w", r.Seq, err)
 	}
 	return nil
-}
-
-// exec runs a statement and returns the number of rows it changed.
-func (d *Dialect) exec(ctx context.Context, op, stmt string, args ...any) (int, error) {
-	res, err := d.db.ExecContext(ctx, stmt, args...)
-	if err != nil {
-		return 0, schemaError(ctx, d.db, op, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("durable/sqlite: %s: %w", op, err)
-	}
-	return int(n), nil
 }
 
 // AckOutbox deletes (or, with retain, stamps sent_at on) the rows leased to
@@ -220,9 +164,9 @@ func (d *Dialect) AckOutbox(ctx context.Context, token string, seqs []int64, ret
 		return 0, nil
 	}
 	if retain {
-		return d.exec(ctx, "ack outbox", sqlAckRetain, seqsJSON(seqs), token, formatTime(time.Now()))
+		return exec(ctx, d.db, "ack outbox", sqlAckRetain, jsonParam(seqs), token, formatTime(time.Now()))
 	}
-	return d.exec(ctx, "ack outbox", sqlAckDelete, seqsJSON(seqs), token)
+	return exec(ctx, d.db, "ack outbox", sqlAckDelete, jsonParam(seqs), token)
 }
 
 // ReleaseOutbox ends the lease of rows leased to token; see
@@ -242,7 +186,7 @@ func (d *Dialect) ReleaseOutbox(ctx context.Context, token string, seqs []int64,
 	if r.RetryAfter > 0 {
 		until = formatTime(time.Now().Add(r.RetryAfter))
 	}
-	return d.exec(ctx, "release outbox", sqlRelease, seqsJSON(seqs), token, until, r.Error, undo)
+	return exec(ctx, d.db, "release outbox", sqlRelease, jsonParam(seqs), token, until, r.Error, undo)
 }
 
 // DeadLetterOutbox moves rows leased to token to durable_dead_letters: an
@@ -258,10 +202,7 @@ func (d *Dialect) DeadLetterOutbox(ctx context.Context, token string, letters []
 		}
 		list[i] = [3]any{l.Seq, l.Reason, l.Error}
 	}
-	js, err := json.Marshal(list)
-	if err != nil {
-		return 0, fmt.Errorf("durable/sqlite: dead-letter outbox: %w", err)
-	}
+	js := jsonParam(list)
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("durable/sqlite: dead-letter outbox: begin: %w", err)
@@ -272,10 +213,10 @@ func (d *Dialect) DeadLetterOutbox(ctx context.Context, token string, letters []
 		}
 	}()
 	at := time.Now().UTC().Format(time.RFC3339Nano)
-	if _, err := tx.ExecContext(ctx, sqlDeadLetterInsert, string(js), token, at); err != nil {
+	if _, err := tx.ExecContext(ctx, sqlDeadLetterInsert, js, token, at); err != nil {
 		return 0, schemaError(ctx, tx, "dead-letter outbox", err)
 	}
-	res, err := tx.ExecContext(ctx, sqlDeadLetterDelete, string(js), token)
+	res, err := tx.ExecContext(ctx, sqlDeadLetterDelete, js, token)
 	if err != nil {
 		return 0, schemaError(ctx, tx, "dead-letter outbox", err)
 	}
@@ -291,49 +232,20 @@ func (d *Dialect) DeadLetterOutbox(ctx context.Context, token string, letters []
 
 // OutboxStats returns the backlog per destination; see dialects.Relayer.
 func (d *Dialect) OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error) {
-	rs, err := d.db.QueryContext(ctx, sqlStats, formatTime(time.Now()))
-	if err != nil {
-		return nil, schemaError(ctx, d.db, "outbox stats", err)
-	}
-	defer rs.Close()
-	var out []dialects.OutboxStats
-	for rs.Next() {
-		var (
-			s   dialects.OutboxStats
-			age float64
-		)
+	return queryAll(ctx, d.db, "outbox stats", sqlStats, []any{formatTime(time.Now())}, func(rs *sql.Rows, s *dialects.OutboxStats) error {
+		var age float64
 		if err := rs.Scan(&s.Destination, &s.Unsent, &s.Leased, &s.Retrying, &s.Scheduled, &age); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: outbox stats: %w", err)
+			return err
 		}
 		s.OldestAge = time.Duration(age * float64(time.Second)).Round(time.Millisecond)
-		out = append(out, s)
-	}
-	if err := rs.Err(); err != nil {
-		return nil, fmt.Errorf("durable/sqlite: outbox stats: %w", err)
-	}
-	return out, nil
+		return nil
+	})
 }
 
 // OutboxDestinations returns the destinations with unsent rows; see
 // dialects.Relayer.
 func (d *Dialect) OutboxDestinations(ctx context.Context) ([]string, error) {
-	rs, err := d.db.QueryContext(ctx, sqlDestinations)
-	if err != nil {
-		return nil, schemaError(ctx, d.db, "outbox destinations", err)
-	}
-	defer rs.Close()
-	var out []string
-	for rs.Next() {
-		var s string
-		if err := rs.Scan(&s); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: outbox destinations: %w", err)
-		}
-		out = append(out, s)
-	}
-	if err := rs.Err(); err != nil {
-		return nil, fmt.Errorf("durable/sqlite: outbox destinations: %w", err)
-	}
-	return out, nil
+	return queryAll(ctx, d.db, "outbox destinations", sqlDestinations, nil, func(rs *sql.Rows, s *string) error { return rs.Scan(s) })
 }
 
 // PurgeOutbox deletes up to limit retained sent rows older than age; see
@@ -342,79 +254,5 @@ func (d *Dialect) PurgeOutbox(ctx context.Context, age time.Duration, limit int)
 	if limit <= 0 || age < 0 {
 		return 0, fmt.Errorf("durable/sqlite: purge outbox: age %v and limit %d, want age ≥ 0 and limit > 0", age, limit)
 	}
-	return d.exec(ctx, "purge outbox", sqlPurge, formatTime(time.Now().Add(-age)), limit)
-}
-
-// ListDeadLetters returns the dead letters matching q in seq order; see
-// dialects.Relayer.
-func (d *Dialect) ListDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) ([]dialects.DeadLetterRow, error) {
-	var (
-		b    strings.Builder
-		args []any
-	)
-	b.WriteString("SELECT " + deadLetterColumns + " FROM durable_dead_letters WHERE 1=1")
-	for _, eq := range []struct{ col, val string }{{"side", q.Side}, {"destination", q.Destination}, {"reason", q.Reason}} {
-		if eq.val != "" {
-			b.WriteString(" AND " + eq.col + " = ?")
-			args = append(args, eq.val)
-		}
-	}
-	if len(q.IDs) > 0 {
-		js, err := json.Marshal(q.IDs)
-		if err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list dead letters: %w", err)
-		}
-		b.WriteString(" AND id IN (SELECT value FROM json_each(?))")
-		args = append(args, string(js))
-	}
-	b.WriteString(" ORDER BY seq")
-	if q.Limit > 0 {
-		b.WriteString(" LIMIT ?")
-		args = append(args, q.Limit)
-	}
-	rs, err := d.db.QueryContext(ctx, b.String(), args...)
-	if err != nil {
-		return nil, schemaError(ctx, d.db, "list dead letters", err)
-	}
-	defer rs.Close()
-	var out []dialects.DeadLetterRow
-	for rs.Next() {
-		var (
-			r                                     dialects.DeadLetterRow
-			headers, errs, created, first, failed string
-			expires, replayed                     sql.NullString
-		)
-		if err := rs.Scan(&r.Seq, &r.Side, &r.ID, &r.Source, &r.Destination, &r.Topic, &r.Key, &headers, &r.Payload,
-			&created, &expires, &r.Reason, &r.Attempts, &r.LastError, &errs, &first, &failed, &replayed); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list dead letters: %w", err)
-		}
-		if err := json.Unmarshal([]byte(headers), &r.Headers); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list dead letters: headers of seq %d: %w", r.Seq, err)
-		}
-		if r.Headers == nil {
-			r.Headers = map[string]string{}
-		}
-		if err := json.Unmarshal([]byte(errs), &r.Errors); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list dead letters: errors of seq %d: %w", r.Seq, err)
-		}
-		for _, f := range []struct {
-			dst *time.Time
-			src sql.NullString
-		}{
-			{&r.CreatedAt, sql.NullString{String: created, Valid: true}},
-			{&r.ExpiresAt, expires},
-			{&r.FirstFailedAt, sql.NullString{String: first, Valid: true}},
-			{&r.FailedAt, sql.NullString{String: failed, Valid: true}},
-			{&r.ReplayedAt, replayed},
-		} {
-			if *f.dst, err = parseNullTime(f.src); err != nil {
-				return nil, fmt.Errorf("durable/sqlite: list dead letters: seq %d: %w", r.Seq, err)
-			}
-		}
-		out = append(out, r)
-	}
-	if err := rs.Err(); err != nil {
-		return nil, fmt.Errorf("durable/sqlite: list dead letters: %w", err)
-	}
-	return out, nil
+	return exec(ctx, d.db, "purge outbox", sqlPurge, formatTime(time.Now().Add(-age)), limit)
 }

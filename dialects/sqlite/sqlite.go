@@ -7,10 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/internal/filter"
 )
 
 // Name is the dialect's name, as returned by Dialect.Name.
@@ -199,6 +202,135 @@ func parseNullTime(s sql.NullString) (time.Time, error) {
 	return parseTime(s.String)
 }
 
+// storedTime is a time column as scanned, and where its parsed value goes.
+type storedTime struct {
+	dst *time.Time
+	src sql.NullString
+}
+
+// notNull is the scanned text of a NOT NULL time column.
+func notNull(s string) sql.NullString { return sql.NullString{String: s, Valid: true} }
+
+// parseTimes parses each stored time into its destination (NULL: zero).
+func parseTimes(ts ...storedTime) error {
+	for _, t := range ts {
+		var err error
+		if *t.dst, err = parseNullTime(t.src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// timeOr is the stored form of t, or now when t is zero.
+func timeOr(t time.Time, now string) string {
+	if t.IsZero() {
+		return now
+	}
+	return formatTime(t)
+}
+
+// nullTime is the stored form of t, or NULL when t is zero.
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return formatTime(t)
+}
+
+// payloadOf stands an empty BLOB in for a nil payload: the column is NOT
+// NULL.
+func payloadOf(p []byte) []byte {
+	if p == nil {
+		return []byte{}
+	}
+	return p
+}
+
+// jsonParam encodes v, which holds only strings, numbers and slices of them
+// (and so always encodes), as one JSON parameter: lists travel as JSON arrays
+// read with json_each, whatever their length.
+func jsonParam(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// scanAll reads every row of rs with scan and closes rs.
+func scanAll[T any](rs *sql.Rows, scan func(rs *sql.Rows, v *T) error) ([]T, error) {
+	defer rs.Close()
+	var out []T
+	for rs.Next() {
+		var v T
+		if err := scan(rs, &v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rs.Err()
+}
+
+// queryAll runs stmt through q and reads every row with scan. Errors name
+// op; a missing table or column is a *dialects.SchemaError.
+func queryAll[T any](ctx context.Context, q queryer, op, stmt string, args []any, scan func(rs *sql.Rows, v *T) error) ([]T, error) {
+	rs, err := q.QueryContext(ctx, stmt, args...)
+	if err != nil {
+		return nil, schemaError(ctx, q, op, err)
+	}
+	out, err := scanAll(rs, scan)
+	if err != nil {
+		return nil, schemaError(ctx, q, op, err)
+	}
+	return out, nil
+}
+
+// scanKey scans a row of (source, id).
+func scanKey(rs *sql.Rows, k *dialects.InboxKey) error { return rs.Scan(&k.Source, &k.ID) }
+
+// exec runs a statement through q and returns the number of rows it changed.
+func exec(ctx context.Context, q queryer, op, stmt string, args ...any) (int, error) {
+	res, err := q.ExecContext(ctx, stmt, args...)
+	if err != nil {
+		return 0, schemaError(ctx, q, op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("durable/sqlite: %s: %w", op, err)
+	}
+	return int(n), nil
+}
+
+// queryer is a *sql.DB or a *sql.Tx.
+type queryer interface {
+	querier
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// syntax is how the statements write what package filter builds: lists
+// travel as one JSON parameter, so they may be of any length.
+var syntax = filter.Syntax{
+	Param: func(n int) string { return "?" + strconv.Itoa(n) },
+	In:    func(col, param string) string { return col + " IN (SELECT value FROM json_each(" + param + "))" },
+	List:  func(vals []string) any { return jsonParam(vals) },
+	Time:  func(t time.Time) any { return formatTime(t) },
+}
+
+// valuesSQL returns head, n times row separated by commas, and tail: a
+// multi-row INSERT.
+func valuesSQL(head, row, tail string, n int) string {
+	var b strings.Builder
+	b.Grow(len(head) + n*(len(row)+1) + len(tail))
+	b.WriteString(head)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(row)
+	}
+	b.WriteString(tail)
+	return b.String()
+}
+
 // Outbox insert: one multi-row statement per chunk. SQLite binds at most
 // maxParams parameters per statement (SQLITE_MAX_VARIABLE_NUMBER, 32766 since
 // SQLite 3.32), so a chunk holds maxParams/outboxColumns rows.
@@ -218,18 +350,7 @@ const (
 // chunkRows is ChunkRows; tests lower it to exercise chunking cheaply.
 var chunkRows = ChunkRows
 
-func insertSQL(n int) string {
-	var b strings.Builder
-	b.Grow(len(insertHead) + n*(len(insertRow)+1))
-	b.WriteString(insertHead)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(insertRow)
-	}
-	return b.String()
-}
+func insertSQL(n int) string { return valuesSQL(insertHead, insertRow, "", n) }
 
 var insertOneSQL = insertSQL(1)
 
@@ -305,8 +426,7 @@ func (d *Dialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialects.
 	}
 
 	args := make([]any, 0, min(len(rows), chunk)*outboxColumns)
-	for start := 0; start < len(rows); start += chunk {
-		part := rows[start:min(start+chunk, len(rows))]
+	for part := range slices.Chunk(rows, chunk) {
 		args = args[:0]
 		for i := range part {
 			r := &part[i]
@@ -314,22 +434,8 @@ func (d *Dialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialects.
 			if err != nil {
 				return fmt.Errorf("durable/sqlite: insert outbox: headers of %q: %w", r.ID, err)
 			}
-			payload := r.Payload
-			if payload == nil {
-				payload = []byte{}
-			}
-			created, deliver := now, now
-			if !r.CreatedAt.IsZero() {
-				created = formatTime(r.CreatedAt)
-			}
-			if !r.DeliverAt.IsZero() {
-				deliver = formatTime(r.DeliverAt)
-			}
-			var expires any
-			if !r.ExpiresAt.IsZero() {
-				expires = formatTime(r.ExpiresAt)
-			}
-			args = append(args, r.ID, r.Destination, r.Topic, r.Key, headers, payload, created, deliver, expires)
+			args = append(args, r.ID, r.Destination, r.Topic, r.Key, headers, payloadOf(r.Payload),
+				timeOr(r.CreatedAt, now), timeOr(r.DeliverAt, now), nullTime(r.ExpiresAt))
 		}
 		switch {
 		case full != nil && len(part) == chunk:
@@ -360,31 +466,20 @@ func (d *Dialect) duplicate(ctx context.Context, tx *sql.Tx, rows []dialects.Out
 	for i, r := range rows {
 		pairs[i] = [2]string{r.Destination, r.ID}
 	}
-	js, err := json.Marshal(pairs)
-	if err != nil {
-		return fmt.Errorf("durable/sqlite: insert outbox: %w", err)
-	}
 	if inSavepoint {
 		if _, err := tx.ExecContext(ctx, "ROLLBACK TO "+savepoint); err != nil {
 			return fmt.Errorf("durable/sqlite: insert outbox: %w", err)
 		}
 	}
-	existing := make(map[key]bool)
-	q, err := tx.QueryContext(ctx, `SELECT o.destination, o.id FROM durable_outbox o
-		JOIN json_each(?) j ON o.destination = json_extract(j.value, '$[0]') AND o.id = json_extract(j.value, '$[1]')`, string(js))
+	found, err := queryAll(ctx, tx, "insert outbox", `SELECT o.destination, o.id FROM durable_outbox o
+		JOIN json_each(?) j ON o.destination = json_extract(j.value, '$[0]') AND o.id = json_extract(j.value, '$[1]')`,
+		[]any{jsonParam(pairs)}, func(rs *sql.Rows, k *key) error { return rs.Scan(&k.dest, &k.id) })
 	if err != nil {
-		return schemaError(ctx, tx, "insert outbox", err)
+		return err
 	}
-	for q.Next() {
-		var k key
-		if err := q.Scan(&k.dest, &k.id); err != nil {
-			q.Close()
-			return fmt.Errorf("durable/sqlite: insert outbox: %w", err)
-		}
+	existing := make(map[key]bool, len(found))
+	for _, k := range found {
 		existing[k] = true
-	}
-	if err := q.Err(); err != nil {
-		return fmt.Errorf("durable/sqlite: insert outbox: %w", err)
 	}
 	seen := make(map[key]bool, len(rows))
 	for _, r := range rows {
@@ -429,70 +524,11 @@ const listColumns = "seq, id, destination, topic, key, headers, payload, created
 // ListOutbox returns the outbox rows that match q, in enqueue (seq) order.
 // IDs are passed as one JSON parameter, so the list may be of any length.
 func (d *Dialect) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
-	var (
-		b    strings.Builder
-		args []any
-	)
-	b.WriteString("SELECT " + listColumns + " FROM durable_outbox WHERE 1=1")
-	if q.Destination != "" {
-		b.WriteString(" AND destination = ?")
-		args = append(args, q.Destination)
-	}
-	if len(q.IDs) > 0 {
-		js, err := json.Marshal(q.IDs)
-		if err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list outbox: %w", err)
-		}
-		b.WriteString(" AND id IN (SELECT value FROM json_each(?))")
-		args = append(args, string(js))
-	}
-	b.WriteString(" ORDER BY seq")
-	if q.Limit > 0 {
-		b.WriteString(" LIMIT ?")
-		args = append(args, q.Limit)
-	}
-	rs, err := d.db.QueryContext(ctx, b.String(), args...)
-	if err != nil {
-		return nil, schemaError(ctx, d.db, "list outbox", err)
-	}
-	defer rs.Close()
-	var out []dialects.OutboxRow
-	for rs.Next() {
-		var (
-			r                              dialects.OutboxRow
-			headers, created, deliver      string
-			expires, lockedBy, lockedUntil sql.NullString
-			lastError, sent                sql.NullString
-		)
-		if err := rs.Scan(&r.Seq, &r.ID, &r.Destination, &r.Topic, &r.Key, &headers, &r.Payload,
-			&created, &deliver, &expires, &r.Attempts, &lockedBy, &lockedUntil, &lastError, &sent); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list outbox: %w", err)
-		}
-		if err := json.Unmarshal([]byte(headers), &r.Headers); err != nil {
-			return nil, fmt.Errorf("durable/sqlite: list outbox: headers of seq %d: %w", r.Seq, err)
-		}
-		if r.Headers == nil {
-			r.Headers = map[string]string{}
-		}
-		r.LockedBy, r.LastError = lockedBy.String, lastError.String
-		for _, f := range []struct {
-			dst *time.Time
-			src sql.NullString
-		}{
-			{&r.CreatedAt, sql.NullString{String: created, Valid: true}},
-			{&r.DeliverAt, sql.NullString{String: deliver, Valid: true}},
-			{&r.ExpiresAt, expires},
-			{&r.LockedUntil, lockedUntil},
-			{&r.SentAt, sent},
-		} {
-			if *f.dst, err = parseNullTime(f.src); err != nil {
-				return nil, fmt.Errorf("durable/sqlite: list outbox: seq %d: %w", r.Seq, err)
-			}
-		}
-		out = append(out, r)
-	}
-	if err := rs.Err(); err != nil {
-		return nil, fmt.Errorf("durable/sqlite: list outbox: %w", err)
-	}
-	return out, nil
+	f := syntax.New(0)
+	f.Eq("destination", q.Destination)
+	f.In("id", q.IDs)
+	stmt := f.Statement("SELECT "+listColumns+" FROM durable_outbox {where} ORDER BY seq {limit}", q.Limit)
+	return queryAll(ctx, d.db, "list outbox", stmt, f.Args(), func(rs *sql.Rows, r *dialects.OutboxRow) error {
+		return scanOutbox(rs, r)
+	})
 }

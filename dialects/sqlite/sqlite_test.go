@@ -72,8 +72,6 @@ func TestConformance(t *testing.T) {
 			return d
 		},
 	})
-	dialecttest.RunRelay(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { d, _ := open(t, true); return d }})
-	dialecttest.RunInbox(t, dialecttest.Harness[*sql.Tx]{Open: func(t *testing.T) dialects.Dialect[*sql.Tx] { d, _ := open(t, true); return d }, OpenUnmigrated: func(t *testing.T) dialects.Dialect[*sql.Tx] { d, _ := open(t, false); return d }})
 }
 
 func insertCommit(ctx context.Context, d *sqlite.Dialect, rows ...dialects.OutboxRow) error {

@@ -1,0 +1,94 @@
+package dialects
+
+import "time"
+
+// Sides of durable_dead_letters.side.
+const (
+	// SideOutbox: a message the relay never delivered.
+	SideOutbox = "outbox"
+	// SideInbox: a message the inbox received and could not process.
+	SideInbox = "inbox"
+)
+
+// Reasons of durable_dead_letters.reason (the table's check constraint
+// lists them).
+const (
+	// ReasonHandlerError (inbox): the handler failed on every attempt.
+	ReasonHandlerError = "handler_error"
+	// ReasonDecodeError (inbox): the handler could not decode the payload.
+	ReasonDecodeError = "decode_error"
+	// ReasonNoHandler (inbox): no handler for the message's topic.
+	ReasonNoHandler = "no_handler"
+	// ReasonExpired (both sides): ExpiresAt passed before the message was
+	// sent (outbox) or handled (inbox).
+	ReasonExpired = "expired"
+	// ReasonPermanent (inbox): the handler failed for good.
+	ReasonPermanent = "permanent"
+	// ReasonRejected (outbox): refused for good by the peer or the
+	// transport.
+	ReasonRejected = "rejected"
+)
+
+// DeadLetterRow is a row of durable_dead_letters, of either side: a message
+// the relay could not deliver (SideOutbox) or one the inbox could not process
+// (SideInbox), with the whole message, its reason, the attempts made and
+// every error. Both sides share the table, this row type, the error history
+// (AttemptError) and the filter (DeadLetterQuery).
+//
+// A dead letter is named by (side, source, destination, id), the table's
+// unique index: an outbox dead letter by its destination (its source is
+// empty), an inbox dead letter by its source (its destination is empty). A
+// message that fails again after a replay updates its dead letter in place.
+//
+// A dead letter is pending while it was never replayed or failed again after
+// its last replay (replayed_at IS NULL OR replayed_at < failed_at). Only
+// inbox dead letters are replayed (ReplayDeadLetters), so an outbox dead
+// letter is always pending. A message whose (source, id) is among the inbox
+// dead letters was received before: InsertInbox does not store it again.
+type DeadLetterRow struct {
+	Seq           int64  // assigned by the database; the order of first failure
+	Side          string // SideOutbox or SideInbox
+	ID            string
+	Source        string // inbox side: the sending node; empty on the outbox side
+	Destination   string // outbox side: the peer it was for; empty on the inbox side
+	Topic         string
+	Key           string
+	Headers       map[string]string
+	Payload       []byte
+	CreatedAt     time.Time
+	ExpiresAt     time.Time // zero: never
+	Reason        string    // one of the Reason constants
+	Attempts      int
+	LastError     string
+	Errors        []AttemptError
+	FirstFailedAt time.Time
+	FailedAt      time.Time
+	ReplayedAt    time.Time // zero: never replayed
+}
+
+// AttemptError is one entry of an error history: the errors column of
+// durable_inbox and durable_dead_letters, a JSON array of objects with these
+// fields. An inbox row's history moves with it to the dead letters.
+type AttemptError struct {
+	Attempt int       `json:"attempt"` // from 1; 0: before any attempt
+	At      time.Time `json:"at"`      // zero where unknown (an outbox retry error)
+	Error   string    `json:"error"`
+}
+
+// DeadLetterQuery selects dead letters for ListDeadLetters, ReplayDeadLetters
+// and PurgeDeadLetters. Zero fields do not filter, except IncludeReplayed:
+// without it only pending dead letters match.
+type DeadLetterQuery struct {
+	Side        string // SideOutbox or SideInbox
+	Source      string // the sending node (inbox side)
+	Destination string // the peer (outbox side)
+	Topic       string
+	Reason      string
+	IDs         []string  // any of these message ids
+	Since       time.Time // failed_at ≥ Since
+	Before      time.Time // failed_at < Before
+	// IncludeReplayed also matches dead letters that were replayed and have
+	// not failed since.
+	IncludeReplayed bool
+	Limit           int // 0: no limit; otherwise the oldest (by seq) match
+}
