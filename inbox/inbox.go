@@ -197,16 +197,11 @@ func (q *queue) signal() {
 	}
 }
 
-// New returns an Inbox storing and working through d, which must implement
-// dialects.InboxStore (every dialect of this module does). It does no I/O;
-// Run checks the schema.
+// New returns an Inbox storing and working through d. It does no I/O; Run
+// checks the schema.
 func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable/inbox: New needs a dialect")
-	}
-	store, ok := d.(dialects.InboxStore[TTx])
-	if !ok {
-		return nil, fmt.Errorf("durable/inbox: the %s dialect (%T) does not implement dialects.InboxStore", d.Name(), d)
 	}
 	var c Config
 	if cfg != nil {
@@ -243,7 +238,7 @@ func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
 	ib := &Inbox[TTx]{
 		Mux:   NewMux[TTx](),
 		d:     d,
-		store: store,
+		store: d,
 		cfg:   c,
 		name:  name,
 		log:   c.Logger.With("inbox", name),

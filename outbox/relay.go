@@ -301,16 +301,11 @@ type Relay[TTx any] struct {
 }
 
 // NewRelay returns a relay for the outbox of d that sends each destination's
-// rows through senders[destination]. The dialect must implement
-// dialects.Relayer (every dialect of this module does). A nil cfg gives the
-// defaults. NewRelay does no I/O; Run checks the schema.
+// rows through senders[destination]. A nil cfg gives the defaults. NewRelay
+// does no I/O; Run checks the schema.
 func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *RelayConfig) (*Relay[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable/outbox: NewRelay needs a dialect")
-	}
-	store, ok := d.(dialects.Relayer)
-	if !ok {
-		return nil, fmt.Errorf("durable/outbox: the %s dialect (%T) does not implement dialects.Relayer, which the relay needs", d.Name(), d)
 	}
 	if len(senders) == 0 {
 		return nil, errors.New("durable/outbox: NewRelay needs at least one destination's Sender")
@@ -328,7 +323,7 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 		return nil, err
 	}
 	core := &relayCore{
-		store:   store,
+		store:   d,
 		cfg:     c,
 		log:     c.Logger,
 		mx:      mx,
