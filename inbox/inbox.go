@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/internal/housekeep"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -106,8 +107,15 @@ type Config struct {
 	// DefaultRetention.
 	Retention time.Duration
 	// CleanupInterval is how often handled messages past the retention are
-	// deleted. Zero: DefaultCleanupInterval.
+	// deleted, by one inbox of the database at a time (see "Housekeeping"
+	// in housekeeping.go). Zero: DefaultCleanupInterval.
 	CleanupInterval time.Duration
+	// DeadLetterRetention, when positive, deletes the inbox's dead letters
+	// that failed longer ago (replayed or not) with the housekeeping. A
+	// message whose dead letter is gone is no longer recognised as received:
+	// a resend of it is stored and handled again. Zero: dead letters are
+	// kept until purged by hand.
+	DeadLetterRetention time.Duration
 
 	// Logger receives the inbox's logs: start and stop at Info, failures at
 	// Warn and Error, batches at Debug; nothing per message above Debug.
@@ -174,6 +182,7 @@ type Inbox[TTx any] struct {
 	queues []*queue
 	mx     *metrics // nil: no metrics
 	tr     tracing
+	hk     *housekeep.Runner
 
 	running atomic.Bool
 }
@@ -248,6 +257,7 @@ func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
 	if ib.mx, err = newMetrics(c.MeterProvider); err != nil {
 		return nil, err
 	}
+	ib.hk = ib.newHousekeeper()
 	var listed []string
 	for i, q := range c.Queues {
 		qn := q.Name
@@ -289,7 +299,7 @@ func (c *Config) validate() error {
 		{"PollInterval", int64(c.PollInterval)}, {"HandlerTimeout", int64(c.HandlerTimeout)},
 		{"MaxAttempts", int64(c.MaxAttempts)}, {"Lease", int64(c.Lease)},
 		{"RescueInterval", int64(c.RescueInterval)}, {"Retention", int64(c.Retention)},
-		{"CleanupInterval", int64(c.CleanupInterval)},
+		{"CleanupInterval", int64(c.CleanupInterval)}, {"DeadLetterRetention", int64(c.DeadLetterRetention)},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("durable/inbox: Config.%s must not be negative", f.name)
@@ -551,8 +561,9 @@ func (ib *Inbox[TTx]) housekeep(ctx context.Context) {
 	defer rescue.Stop()
 	cleanup := time.NewTicker(ib.cfg.CleanupInterval)
 	defer cleanup.Stop()
+	defer ib.hk.Release(ctx)
 	ib.rescueLogged(ctx)
-	ib.cleanupLogged(ctx)
+	ib.retention(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -560,7 +571,7 @@ func (ib *Inbox[TTx]) housekeep(ctx context.Context) {
 		case <-rescue.C:
 			ib.rescueLogged(ctx)
 		case <-cleanup.C:
-			ib.cleanupLogged(ctx)
+			ib.retention(ctx)
 		}
 	}
 }
@@ -572,16 +583,6 @@ func (ib *Inbox[TTx]) rescueLogged(ctx context.Context) {
 		ib.log.Warn("durable/inbox: rescue of expired leases failed", "err", err)
 	case n > 0:
 		ib.log.Warn("durable/inbox: rescued messages whose lease expired (a worker died or stalled)", "messages", n)
-	}
-}
-
-func (ib *Inbox[TTx]) cleanupLogged(ctx context.Context) {
-	n, err := ib.Cleanup(ctx)
-	if err != nil && ctx.Err() == nil {
-		ib.log.Warn("durable/inbox: cleanup of handled messages failed", "err", err)
-	}
-	if n > 0 {
-		ib.log.Debug("durable/inbox: deleted handled messages past the retention", "messages", n)
 	}
 }
 
@@ -611,8 +612,9 @@ func (ib *Inbox[TTx]) Rescue(ctx context.Context) (int, error) {
 }
 
 // Cleanup deletes handled messages older than the retention, in statements
-// of DefaultCleanupBatch rows, as Run does every CleanupInterval, and
-// returns how many it deleted.
+// of DefaultCleanupBatch rows, and returns how many it deleted. Run does the
+// same every CleanupInterval, under the housekeeping lease (see
+// housekeeping.go); Cleanup takes no lease.
 func (ib *Inbox[TTx]) Cleanup(ctx context.Context) (int, error) {
 	total := 0
 	for {

@@ -44,6 +44,8 @@ import (
 //	    the inbox table by state and the pending dead letters, observed while
 //	    Run runs from the Stats query (which reads the whole inbox table), at
 //	    most once per gaugeRefresh
+//	durable.housekeeping.deleted   counter   {row}      durable.table (inbox|dead_letters)
+//	    rows deleted past their retention by this inbox's housekeeping
 const (
 	// gaugeRefresh is the shortest interval between two database queries
 	// behind the observable gauge.
@@ -64,6 +66,7 @@ const (
 type metrics struct {
 	meter                            metric.Meter
 	received, handled, dead, rescued metric.Int64Counter
+	purged                           metric.Int64Counter
 	duration, latency                metric.Float64Histogram
 	batch                            metric.Int64Histogram
 	messages                         metric.Int64ObservableGauge
@@ -92,6 +95,9 @@ func newMetrics(mp metric.MeterProvider) (*metrics, error) {
 	m.dead = counter("durable.inbox.dead_lettered", "Messages moved to the dead letters, by topic and reason.")
 	m.rescued = counter("durable.inbox.rescued", "Messages whose lease expired, made ready again.")
 	var err error
+	m.purged, err = meter.Int64Counter("durable.housekeeping.deleted", metric.WithUnit("{row}"),
+		metric.WithDescription("Rows deleted past their retention."))
+	errs = append(errs, err)
 	secs := metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 	m.duration, err = meter.Float64Histogram("durable.inbox.handler.duration", metric.WithUnit("s"),
 		metric.WithDescription("Duration of one handler call."), secs)
@@ -191,6 +197,13 @@ func (m *metrics) settled(rows []dialects.InboxRow, outcomes []dialects.InboxOut
 			outcome = outcomeRetry
 		}
 		m.handled.Add(ctx, 1, m.opt(telemetry.KeyTopic, topic, telemetry.KeyOutcome, outcome))
+	}
+}
+
+// deleted records n rows of table deleted by the housekeeping.
+func (m *metrics) deleted(table string, n int) {
+	if m != nil && n > 0 {
+		m.purged.Add(context.Background(), int64(n), m.opt(telemetry.KeyTable, table, "", ""))
 	}
 }
 

@@ -39,6 +39,8 @@ import (
 //	    unsent rows in the database, whichever relay will send them
 //	durable.outbox.oldest_age     gauge     s          durable.destination
 //	    age of the oldest unsent row
+//	durable.housekeeping.deleted  counter   {row}      durable.table (outbox|dead_letters)
+//	    rows deleted past their retention by this relay's housekeeping
 //
 // The two gauges are observed while Relay.Run runs, from Relay.Stats's
 // query, which reads every unsent row: it runs at most once per
@@ -98,6 +100,7 @@ func (m *outboxMetrics) enqueue(ctx context.Context, rows []dialects.OutboxRow) 
 type relayMetrics struct {
 	meter                              metric.Meter
 	sent, acked, nacked, retried, dead metric.Int64Counter
+	purged                             metric.Int64Counter
 	batch                              metric.Int64Histogram
 	backlog                            metric.Int64ObservableGauge
 	oldest                             metric.Float64ObservableGauge
@@ -126,6 +129,9 @@ func newRelayMetrics(mp metric.MeterProvider) (*relayMetrics, error) {
 	m.retried = counter("durable.relay.retried", "Envelopes released for a retry after a retryable send failure.")
 	m.dead = counter("durable.relay.dead_lettered", "Outbox rows moved to the dead letters.")
 	var err error
+	m.purged, err = meter.Int64Counter("durable.housekeeping.deleted", metric.WithUnit("{row}"),
+		metric.WithDescription("Rows deleted past their retention."))
+	errs = append(errs, err)
 	m.batch, err = meter.Int64Histogram("durable.relay.batch.size", metric.WithUnit("{message}"),
 		metric.WithDescription("Envelopes per batch sent."),
 		metric.WithExplicitBucketBoundaries(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
@@ -148,6 +154,16 @@ func (m *relayMetrics) dest(d string) metric.MeasurementOption {
 	return m.sets.Get(telemetry.Key{A: d}, func() []attribute.KeyValue {
 		return []attribute.KeyValue{telemetry.KeyDestination.String(d)}
 	})
+}
+
+// deleted records n rows of table deleted by the housekeeping.
+func (m *relayMetrics) deleted(table string, n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.purged.Add(context.Background(), int64(n), m.sets.Get(telemetry.Key{A: "table", B: table}, func() []attribute.KeyValue {
+		return []attribute.KeyValue{telemetry.KeyTable.String(table)}
+	}))
 }
 
 // laneMetrics records the measurements of one destination; the zero value

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/internal/housekeep"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -55,7 +56,8 @@ const (
 	followWindow = time.Second
 	followMax    = 250 * time.Millisecond
 	// housekeepingInterval is how often the relay looks for destinations
-	// without a Sender and, with Retention, purges sent rows.
+	// without a Sender and, with Retention or DeadLetterRetention, purges
+	// (see housekeeping.go).
 	housekeepingInterval = time.Minute
 	// unknownLogInterval rate-limits the warning about a destination
 	// without a Sender.
@@ -63,8 +65,6 @@ const (
 	// failureLogInterval rate-limits the warnings about a failing
 	// destination or database.
 	failureLogInterval = 30 * time.Second
-	// purgeBatch is the number of retained rows deleted per statement.
-	purgeBatch = 1000
 )
 
 // RelayConfig configures a Relay. A nil *RelayConfig, and every zero field,
@@ -117,8 +117,13 @@ type RelayConfig struct {
 	RetryMin, RetryMax time.Duration
 	// Retention, when positive, keeps acknowledged rows (sent_at set) for
 	// that long before the relay deletes them, for audits; zero deletes
-	// them on acknowledgement.
+	// them on acknowledgement. One relay of the database at a time deletes
+	// them (see "Housekeeping" in housekeeping.go).
 	Retention time.Duration
+	// DeadLetterRetention, when positive, deletes the outbox's dead letters
+	// that failed longer ago, with the housekeeping. Zero: dead letters are
+	// kept until purged by hand.
+	DeadLetterRetention time.Duration
 	// DrainTimeout bounds the wait for batches in flight once Run's context
 	// is cancelled; batches still unanswered then are cancelled and their
 	// rows released for the next relay. Default: SendTimeout.
@@ -158,6 +163,7 @@ func (c RelayConfig) resolve() (RelayConfig, error) {
 		{"RetryMin", &c.RetryMin, DefaultRetryMin},
 		{"RetryMax", &c.RetryMax, DefaultRetryMax},
 		{"Retention", &c.Retention, 0},
+		{"DeadLetterRetention", &c.DeadLetterRetention, 0},
 		{"DrainTimeout", &c.DrainTimeout, 0},
 	} {
 		if *f.v < 0 {
@@ -333,6 +339,7 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 	if l, ok := d.(dialects.Listener); ok && !c.NoListen {
 		core.listener = l
 	}
+	core.hk = newHousekeeper(d, core)
 	for dest, s := range senders {
 		if dest == "" || checkName(dest) != "" {
 			return nil, fmt.Errorf("durable/outbox: invalid destination name %q in the senders", dest)
@@ -408,9 +415,10 @@ type relayCore struct {
 	listener dialects.Listener // nil: none, or NoListen
 	cfg      RelayConfig
 	log      *slog.Logger
-	mx       *relayMetrics    // nil: no metrics
-	lanes    map[string]*lane // fixed after NewRelay
-	claims   atomic.Uint64    // numbers the claim tokens
+	mx       *relayMetrics     // nil: no metrics
+	hk       *housekeep.Runner // nil: no retention jobs
+	lanes    map[string]*lane  // fixed after NewRelay
+	claims   atomic.Uint64     // numbers the claim tokens
 
 	mu      sync.Mutex
 	unknown map[string]time.Time // destination without a Sender → last warned
@@ -496,11 +504,10 @@ func (c *relayCore) listen(ctx context.Context) {
 func (c *relayCore) housekeeping(ctx context.Context) {
 	t := time.NewTicker(housekeepingInterval)
 	defer t.Stop()
+	defer c.releaseRetention(ctx)
 	for {
 		c.reportUnknown(ctx)
-		if c.cfg.Retention > 0 {
-			c.purge(ctx)
-		}
+		c.retention(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -534,23 +541,6 @@ func (c *relayCore) reportUnknown(ctx context.Context) {
 	c.mu.Unlock()
 	for _, d := range warn {
 		c.log.Warn("durable/outbox: relay: unsent messages for a destination without a Sender are kept in the outbox", "destination", d)
-	}
-}
-
-func (c *relayCore) purge(ctx context.Context) {
-	for ctx.Err() == nil {
-		octx, cancel := context.WithTimeout(ctx, opTimeout)
-		n, err := c.store.PurgeOutbox(octx, c.cfg.Retention, purgeBatch)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				c.log.Warn("durable/outbox: relay: purging sent rows failed", "err", err)
-			}
-			return
-		}
-		if n < purgeBatch {
-			return
-		}
 	}
 }
 
