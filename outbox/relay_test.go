@@ -74,6 +74,11 @@ func testDeliversAll[TTx any](t *testing.T, tg target[TTx]) {
 	ob := newOutbox(t, d, nil)
 	cfg := fastRelay(nil)
 	cfg.Outbox = ob
+	// Nothing fails here, so every id must arrive exactly once: give sends
+	// and leases room enough that a slow, loaded CI machine (the race
+	// detector, modernc's checkptr) never turns a slow ACK into a resend.
+	cfg.SendTimeout = 30 * time.Second
+	cfg.Lease = 2 * time.Minute
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, cfg)
 	stop := start(t, relay)
 
