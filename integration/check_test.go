@@ -278,8 +278,8 @@ func (c *cluster) check() {
 	for _, l := range first(runErrors, 10) {
 		t.Logf("Node.Run failed and was started again: %s", l)
 	}
-	if min := 50; len(kinds) < min {
-		t.Errorf("only %d messages committed, want at least %d: the scenario did not exercise anything", len(kinds), min)
+	if least := 50; len(kinds) < least {
+		t.Errorf("only %d messages committed, want at least %d: the scenario did not exercise anything", len(kinds), least)
 	}
 
 	ps := c.proxy.Stats()
