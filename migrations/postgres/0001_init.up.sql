@@ -12,6 +12,14 @@ CREATE TABLE durable_schema_version (
 -- One row per (message, destination). Claimed by relays with a lease, never
 -- read through an id cursor; deleted (or stamped sent_at) only after the
 -- peer acknowledged it.
+-- fillfactor 50: a relay's claim rewrites every claimed row (locked_by,
+-- locked_until, attempts: no indexed or index-predicate column), and claims
+-- take runs of consecutive rows, so every row of a page gets a new version
+-- at once. Half a page free lets all of them stay on the page as HOT
+-- updates, with no new index entries: on a 100,000-row backlog a 1,000-row
+-- claim wrote 0.5 MB of WAL instead of 1.2 MB and touched 6,300 buffers
+-- instead of 23,000 (and a growing number as the indexes bloat). Rows are
+-- COPY-filled, so without it no page has room (W2: 250 of 62,016 updates HOT).
 CREATE TABLE durable_outbox (
     seq          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id           text        NOT NULL,
@@ -29,7 +37,7 @@ CREATE TABLE durable_outbox (
     last_error   text,
     sent_at      timestamptz,
     CONSTRAINT durable_outbox_destination_id_key UNIQUE (destination, id)
-);
+) WITH (fillfactor = 50);
 -- Relay claim: unsent rows of one destination in enqueue order.
 CREATE INDEX durable_outbox_claim_idx ON durable_outbox (destination, seq) WHERE sent_at IS NULL;
 -- Ordering keys: an earlier unsent row with the same key holds later ones back.
