@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/durable-go/durable/dialects"
@@ -18,6 +20,31 @@ import (
 // ClaimOutbox leases due rows of one destination to c.Token with one
 // UPDATE over rows selected FOR UPDATE SKIP LOCKED, so that relays sharing
 // the database never claim the same row; see dialects.Relayer.
+//
+// The claim runs in a short transaction of its own begun with
+// sqlInboxOwnTx, for the same two reasons as the inbox's claim:
+//
+//   - Plan. The outbox fills by COPY and drains faster than autovacuum
+//     analyzes it; on stale statistics the planner read every unsent row of
+//     the destination through a bitmap scan (deliver_at_idx AND
+//     destination_id_key) and sorted them to take the first 256: 207 ms per
+//     claim on a backlog of 22,000, growing with it, where the ordered scan
+//     stops after 256 rows. enable_sort and enable_bitmapscan off leave it
+//     the ordered scan.
+//   - Commit. synchronous_commit off: the claim's commit does not wait for
+//     the WAL flush. If the database crashes before the flush, the claim is
+//     undone as a whole: the rows are unleased, as if never claimed, with
+//     their attempts uncounted, and any relay claims them again; a send of
+//     them made meanwhile is at worst repeated, which the at-least-once
+//     contract allows and the receiving inbox dedupes by (source, id). Any
+//     later synchronous commit on the server (the ack) flushes the claim
+//     with it, so no acknowledged row can come back.
+//
+// The ack, release and dead-letter moves stay synchronous single
+// statements. A lost ack would only mean a resend (deduped), but relaxing it
+// would add this transaction's two round trips to every batch and to the
+// latency path; a lost dead-letter move would make the row's failure
+// history disappear from durable_dead_letters after it was reported.
 func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dialects.ClaimedRow, error) {
 	if c.err != nil {
 		return nil, c.err
@@ -30,11 +57,18 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 	case cl.Lease <= 0:
 		return nil, fmt.Errorf("durable: postgres: claim outbox: lease %v, want > 0", cl.Lease)
 	}
-	out, err := queryAll(ctx, c, c.root, "claim outbox", c.q.claimOutbox,
-		[]any{cl.Destination, cl.Token, micros(cl.Lease), cl.Limit},
-		func(rs rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
+	stmt := strings.Replace(c.q.claimOutbox, "{limit}", strconv.Itoa(cl.Limit), 1)
+	var out []dialects.ClaimedRow
+	err := c.inOwnTx(ctx, func(q querier) error {
+		rs, err := q.query(ctx, stmt, cl.Destination, cl.Token, micros(cl.Lease))
+		if err != nil {
+			return err
+		}
+		out, err = scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
+		return err
+	})
 	if err != nil {
-		return nil, err
+		return nil, c.opError(ctx, "claim outbox", err)
 	}
 	// RETURNING follows no order.
 	slices.SortFunc(out, func(a, b dialects.ClaimedRow) int { return cmp.Compare(a.Seq, b.Seq) })

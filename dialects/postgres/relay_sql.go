@@ -14,6 +14,14 @@ const (
 	// a concurrent claimer's uncommitted lease cannot slip a second row of a
 	// key through, because the earlier row is visible as unsent either way.
 	// Expired rows are leased without counting an attempt and flagged.
+	//
+	// The limit ({limit}) is a literal, not a parameter, as in sqlClaimInbox:
+	// a relay's claim text is still constant, so it is prepared once, and its
+	// generic plan knows the limit. With LIMIT $4 the generic plan expects
+	// 10 % of the table as candidates and joins them to the UPDATE with a
+	// hash join whose build side is a sequential scan of the whole outbox:
+	// on 100,000 unsent rows a 1,000-row claim read every row (377 ms,
+	// against 45 ms for the nested loop over the 1,000 candidates).
 	sqlClaimOutbox = `WITH cand AS (
 	SELECT o.seq FROM {schema}durable_outbox o
 	WHERE o.destination = $1 AND o.sent_at IS NULL AND o.deliver_at <= now()
@@ -23,7 +31,7 @@ const (
 			WHERE e.destination = o.destination AND e.key = o.key AND e.key <> ''
 				AND e.sent_at IS NULL AND e.seq < o.seq))
 	ORDER BY o.seq
-	LIMIT $4
+	LIMIT {limit}
 	FOR UPDATE SKIP LOCKED
 )
 UPDATE {schema}durable_outbox o SET
