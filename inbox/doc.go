@@ -48,10 +48,12 @@
 // Each worker claims a batch of due messages with a lease (FOR UPDATE SKIP
 // LOCKED on Postgres, one UPDATE … RETURNING on SQLite), which counts an
 // attempt, and commits the claim. It then opens one transaction for the
-// batch: it locks the rows still leased to it, runs each message's handler
-// after a savepoint (a failing handler is rolled back to it alone), and
-// settles every message of the batch in bulk (one statement on Postgres)
-// before committing.
+// batch: it locks the rows still leased to it, runs the handlers one after
+// the other, and settles every message of the batch in bulk (one statement
+// on Postgres) before committing. The handlers first run without a
+// savepoint each; if one fails, the batch's handler work is rolled back and
+// the batch runs again with a savepoint before each message, so that a
+// failing handler is rolled back alone (the failed one is not run again).
 // Every change is guarded by the message's state and lease token: a worker
 // whose lease expired and whose messages were rescued or claimed by another
 // changes nothing. A batch transaction holds its rows, so a lease only needs

@@ -46,10 +46,12 @@ type Message struct {
 // Handle runs in tx, the transaction that also marks the message done: its
 // writes in tx and the completion commit together, so they happen exactly
 // once. Writes elsewhere (HTTP calls, other databases) happen at least once:
-// a handler may run again after a failure or a crash.
+// a handler may run again after a failure or a crash, and within the same
+// attempt after another handler of its batch failed and the batch's writes
+// were rolled back.
 //
 // A nil error marks the message handled. Any other error rolls back the
-// handler's writes (to a savepoint; the rest of the batch commits) and
+// handler's writes (the rest of the batch commits) and
 // retries the message with backoff, until MaxAttempts; Permanent, Retry and
 // DecodeError change that. Handle must honour ctx, which ends at the
 // handler timeout, and must not commit, roll back or keep tx, nor use the

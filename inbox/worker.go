@@ -24,6 +24,7 @@ const maxErrorBytes = 8 << 10
 // work runs one worker of q until ctx ends.
 func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 	failures := 0
+	careful := 0 // batches left to run with a savepoint per message
 	for ctx.Err() == nil {
 		token, rows, err := ib.claim(ctx, q, worker)
 		if err != nil {
@@ -55,7 +56,11 @@ func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 			q.signal() // there may be more: let an idle sibling look
 		}
 		ib.mx.claimed(q.name, len(rows))
-		ib.process(ctx, q, worker, token, rows)
+		if ib.processMode(ctx, q, worker, token, rows, careful == 0) {
+			careful = carefulBatches
+		} else if careful > 0 {
+			careful--
+		}
 	}
 }
 
@@ -113,6 +118,11 @@ const (
 	spDirty                // established, a handler succeeded since
 )
 
+// carefulBatches is how many batches a worker runs with a savepoint per
+// message after a batch whose optimistic run failed: while handlers keep
+// failing, running them twice would cost more than the savepoints.
+const carefulBatches = 4
+
 // errBroken carries the failure that made a batch transaction unusable and
 // the message that was being handled then (nil if none).
 type errBroken struct {
@@ -121,9 +131,15 @@ type errBroken struct {
 }
 
 // process handles a claimed batch in one transaction: lock the rows still
-// leased to token, run each one's handler after a savepoint, settle all of
-// them in one statement, commit.
+// leased to token, run the handlers (see handleAll), settle all of them in
+// one statement, commit.
 func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token string, rows []dialects.InboxRow) {
+	ib.processMode(ctx, q, worker, token, rows, true)
+}
+
+// processMode is process, optimistic or not (see handleAll). It reports
+// whether an optimistic run failed and the batch fell back to savepoints.
+func (ib *Inbox[TTx]) processMode(ctx context.Context, q *queue, worker, token string, rows []dialects.InboxRow, optimistic bool) (fellBack bool) {
 	// The batch outlives ctx: a shutdown lets it finish. Its own deadline
 	// only guards against a hung database.
 	budget := ib.cfg.Lease + opTimeout
@@ -174,7 +190,7 @@ func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token strin
 		return
 	}
 
-	outcomes, broken := ib.handleAll(ctx, bctx, tx, mine)
+	outcomes, fellBack, broken := ib.handleAll(ctx, bctx, tx, mine, optimistic)
 	if broken != nil {
 		_ = ib.d.Rollback(bctx, tx)
 		done = true
@@ -217,15 +233,105 @@ func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token strin
 		time.AfterFunc(soonest, q.signal)
 	}
 	log.Debug("durable/inbox: batch done", "messages", len(outcomes))
+	return fellBack
 }
 
-// handleAll runs the handlers of rows in tx, a savepoint before each, and
-// returns their outcomes. Once ctx (the Run context) ends, the messages not
-// started yet are released. A non-nil errBroken means tx is unusable.
-func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialects.InboxRow) ([]dialects.InboxOutcome, *errBroken) {
+// handleAll runs the handlers of rows in tx and returns their outcomes.
+// Once ctx (the Run context) ends, the messages not started yet are
+// released. A non-nil errBroken means tx is unusable.
+//
+// Optimistic (the common case), it sets one savepoint, runs the handlers
+// one after the other without a savepoint of their own, and releases it:
+// two round trips per batch instead of one per message. If a handler fails
+// (error, panic, timeout), or the release finds that one returning nil left
+// tx unusable, it rolls back to that savepoint, undoing the work of every
+// handler of the batch but keeping LockInbox's hold on the rows, and runs
+// the batch again with a savepoint per message (handleSaved), which rolls
+// back a failing handler alone. The failed handler is not called again:
+// its error is its outcome, unless the handlers before it, run again, show
+// that one of them had left tx unusable (then its failure may not be its
+// own, and it runs again). fellBack reports that the batch ran again.
+//
+// So a handler may be called again for the same attempt, after its
+// transaction was rolled back: its effects in tx commit exactly once,
+// its other side effects happen at least once, as always. Running again
+// counts no attempt: the claim counted the only one, and each message
+// gets exactly one outcome.
+func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialects.InboxRow, optimistic bool) (_ []dialects.InboxOutcome, fellBack bool, _ *errBroken) {
+	if !optimistic {
+		outcomes, broken := ib.handleSaved(ctx, bctx, tx, rows, spNone, -1, nil)
+		return outcomes, false, broken
+	}
+	if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointSet); err != nil {
+		return nil, false, &errBroken{err: err}
+	}
 	outcomes := make([]dialects.InboxOutcome, 0, len(rows))
-	sp := spNone
-	last := -1 // index in rows of the last message that succeeded after the savepoint
+	failed, ferr := -1, error(nil)
+	for i := range rows {
+		r := &rows[i]
+		if o, ok := ib.preset(ctx, r); ok {
+			outcomes = append(outcomes, o)
+			continue
+		}
+		if herr := ib.call(bctx, ib.policy(r.Topic).timeout, tx, r); herr != nil {
+			failed, ferr = i, herr
+			break
+		}
+		outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxHandled})
+	}
+	if failed < 0 {
+		err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRelease)
+		if err == nil {
+			return outcomes, false, nil
+		}
+		// A handler returned nil but left tx unusable; which one, the
+		// run with savepoints tells.
+		ferr = err
+	}
+	if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRollback); err != nil {
+		b := &errBroken{err: errors.Join(ferr, err)}
+		if failed >= 0 {
+			b.culprit = &rows[failed]
+		}
+		return nil, true, b
+	}
+	var failedOutcome *dialects.InboxOutcome
+	if failed >= 0 {
+		o := ib.failure(&rows[failed], ferr)
+		failedOutcome = &o
+	}
+	outcomes, broken := ib.handleSaved(ctx, bctx, tx, rows, spClean, failed, failedOutcome)
+	return outcomes, true, broken
+}
+
+// preset returns the outcome of r decided without running its handler, if
+// any: released at shutdown (ctx ended), expired, out of attempts.
+func (ib *Inbox[TTx]) preset(ctx context.Context, r *dialects.InboxRow) (dialects.InboxOutcome, bool) {
+	if ctx.Err() != nil {
+		return dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxRetry, UndoAttempt: true}, true
+	}
+	if r.Expired {
+		return dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
+			Reason: ReasonExpired, Error: "durable/inbox: expired at " + r.ExpiresAt.UTC().Format(time.RFC3339Nano) + " before it was handled"}, true
+	}
+	if pol := ib.policy(r.Topic); r.Attempts > pol.maxAttempts {
+		// Attempts ended without an outcome (a crash, a lost lease)
+		// until none was left.
+		return dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
+			Reason: ReasonHandlerError, Error: fmt.Sprintf("durable/inbox: attempt %d of at most %d: gave up", r.Attempts, pol.maxAttempts)}, true
+	}
+	return dialects.InboxOutcome{}, false
+}
+
+// handleSaved runs the handlers of rows in tx, a savepoint before each, and
+// returns their outcomes; sp is the state of the savepoint on entry. The
+// message rows[failed] (if failed ≥ 0), whose handler already failed in
+// the optimistic run, is not run again: its outcome is failedOutcome,
+// unless a handler before it is found to have left tx unusable.
+func (ib *Inbox[TTx]) handleSaved(ctx, bctx context.Context, tx TTx, rows []dialects.InboxRow, sp spState, failed int, failedOutcome *dialects.InboxOutcome) ([]dialects.InboxOutcome, *errBroken) {
+	outcomes := make([]dialects.InboxOutcome, 0, len(rows))
+	last := -1       // index in rows of the last message that succeeded after the savepoint
+	suspect := false // a handler was found to have left tx unusable
 	// confirm checks, at the next savepoint step, that the last successful
 	// handler left tx usable: if not, its work is rolled back and it fails.
 	confirm := func(action dialects.SavepointAction) *errBroken {
@@ -246,25 +352,26 @@ func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialec
 			}
 		}
 		sp = spClean // rolled back to it: established and clean
+		suspect = true
 		return nil
 	}
 	for i := range rows {
 		r := &rows[i]
-		if ctx.Err() != nil {
-			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxRetry, UndoAttempt: true})
-			continue
+		if i == failed {
+			// Make sure the handlers before it left tx usable.
+			if sp == spDirty {
+				if b := confirm(dialects.SavepointReleaseSet); b != nil {
+					return nil, b
+				}
+				sp = spClean
+			}
+			if !suspect {
+				outcomes = append(outcomes, *failedOutcome)
+				continue
+			}
 		}
-		if r.Expired {
-			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
-				Reason: ReasonExpired, Error: "durable/inbox: expired at " + r.ExpiresAt.UTC().Format(time.RFC3339Nano) + " before it was handled"})
-			continue
-		}
-		pol := ib.policy(r.Topic)
-		if r.Attempts > pol.maxAttempts {
-			// Attempts ended without an outcome (a crash, a lost lease)
-			// until none was left.
-			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
-				Reason: ReasonHandlerError, Error: fmt.Sprintf("durable/inbox: attempt %d of at most %d: gave up", r.Attempts, pol.maxAttempts)})
+		if o, ok := ib.preset(ctx, r); ok {
+			outcomes = append(outcomes, o)
 			continue
 		}
 		switch sp {
@@ -277,7 +384,7 @@ func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialec
 				return nil, b
 			}
 		}
-		herr := ib.call(bctx, pol.timeout, tx, r)
+		herr := ib.call(bctx, ib.policy(r.Topic).timeout, tx, r)
 		if herr == nil {
 			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxHandled})
 			sp, last = spDirty, i

@@ -1,0 +1,159 @@
+package inbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
+)
+
+// TestOptimisticFallback: a batch runs without per-message savepoints; when
+// a handler fails, the batch is rolled back and run again with savepoints,
+// without calling the failed handler again. Effects commit once, the failed
+// message counts one attempt, the others none extra; a careful (savepoint)
+// run calls each handler once.
+func TestOptimisticFallback(t *testing.T) {
+	each(t, testOptimisticFallback[pgx.Tx], testOptimisticFallback[*sql.Tx])
+}
+
+func testOptimisticFallback[TTx any](t *testing.T, f *fixture[TTx]) {
+	ib := newInbox(t, f, nil)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	count := func(m *Message) {
+		mu.Lock()
+		calls[m.ID]++
+		mu.Unlock()
+	}
+	ib.HandleFunc("bad", func(ctx context.Context, tx TTx, m *Message) error {
+		count(m)
+		if err := effect(f)(ctx, tx, m); err != nil {
+			return err
+		}
+		return errors.New("bad message")
+	})
+	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+		count(m)
+		return effect(f)(ctx, tx, m)
+	})
+	run := func(optimistic bool) bool {
+		t.Helper()
+		q := ib.queues[len(ib.queues)-1]
+		token, rs, err := ib.claim(context.Background(), q, "test")
+		if err != nil || len(rs) == 0 {
+			t.Fatalf("claim: %d rows, %v", len(rs), err)
+		}
+		return ib.processMode(context.Background(), q, "test", token, rs, optimistic)
+	}
+	e1, e2, e3 := envelope(1, "ok"), envelope(2, "bad"), envelope(3, "ok")
+	deliver(t, ib, batch("orders", e1, e2, e3))
+	if !run(true) {
+		t.Fatal("a failing handler did not make the batch fall back")
+	}
+	assertEffectsOnce(t, f, []string{e1.ID, e3.ID})
+	if calls[e1.ID] != 2 || calls[e2.ID] != 1 || calls[e3.ID] != 1 {
+		t.Fatalf("calls %v; want 2 for the one before the failure (rolled back once), 1 for the others", calls)
+	}
+	for _, e := range []string{e1.ID, e3.ID} {
+		if r := row(t, ib, "orders", e); r.State != dialects.InboxStateHandled || r.Attempts != 1 || len(r.Errors) != 0 {
+			t.Fatalf("row %s: %+v; want handled after 1 attempt", e, r)
+		}
+	}
+	if r := row(t, ib, "orders", e2.ID); r.State != dialects.InboxStateReady || r.Attempts != 1 || len(r.Errors) != 1 || r.LastError != "bad message" {
+		t.Fatalf("failed row %+v; want ready after 1 failed attempt", r)
+	}
+
+}
+
+// TestOptimisticNoFallback: a batch of good handlers runs once, optimistic.
+func TestOptimisticNoFallback(t *testing.T) {
+	each(t, testOptimisticNoFallback[pgx.Tx], testOptimisticNoFallback[*sql.Tx])
+}
+
+func testOptimisticNoFallback[TTx any](t *testing.T, f *fixture[TTx]) {
+	ib := newInbox(t, f, nil)
+	var mu sync.Mutex
+	calls := 0
+	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+		mu.Lock()
+		calls++
+		mu.Unlock()
+		return effect(f)(ctx, tx, m)
+	})
+	e4, e5 := envelope(4, "ok"), envelope(5, "ok")
+	deliver(t, ib, batch("other", e4, e5))
+	q := ib.queues[len(ib.queues)-1]
+	token, rs, err := ib.claim(context.Background(), q, "test")
+	if err != nil || len(rs) != 2 {
+		t.Fatalf("claim: %d rows, %v", len(rs), err)
+	}
+	if ib.processMode(context.Background(), q, "test", token, rs, true) {
+		t.Fatal("a batch of good handlers fell back")
+	}
+	if calls != 2 {
+		t.Fatalf("%d calls, want 2", calls)
+	}
+	assertEffectsOnce(t, f, []string{e4.ID, e5.ID})
+}
+
+// TestOptimisticBrokenTx (Postgres): a handler that swallows an error and
+// returns nil leaves the transaction aborted. The optimistic run fails at
+// the next handler or at the release; the run with savepoints then blames
+// the breaker alone, and the handler after it, whose failure was not its
+// own, runs again and succeeds.
+func TestOptimisticBrokenTx(t *testing.T) {
+	each(t, testOptimisticBrokenTx[pgx.Tx], testOptimisticBrokenTx[*sql.Tx])
+}
+
+func testOptimisticBrokenTx[TTx any](t *testing.T, f *fixture[TTx]) {
+	if !strings.HasPrefix(f.name, "postgres") {
+		t.Skip("an error does not abort a SQLite transaction")
+	}
+	for _, tail := range []bool{false, true} {
+		f.db.exec(t, `DELETE FROM effects`)
+		f.db.exec(t, `DELETE FROM durable_inbox`)
+		ib := newInbox(t, f, nil)
+		ib.HandleFunc("breaker", func(ctx context.Context, tx TTx, m *Message) error {
+			_ = f.txExec(ctx, tx, `SELECT 1/0`) // swallowed: tx is aborted
+			return nil
+		})
+		ib.HandleFunc("ok", effect(f))
+		src := fmt.Sprintf("broken-%v", tail)
+		envs := []transport.Envelope{envelope(1, "ok"), envelope(2, "breaker")}
+		if !tail {
+			envs = append(envs, envelope(3, "ok"))
+		}
+		deliver(t, ib, batch(src, envs...))
+		q := ib.queues[len(ib.queues)-1]
+		token, rs, err := ib.claim(context.Background(), q, "test")
+		if err != nil || len(rs) != len(envs) {
+			t.Fatalf("claim: %d rows, %v", len(rs), err)
+		}
+		if !ib.processMode(context.Background(), q, "test", token, rs, true) {
+			t.Fatal("a broken transaction did not make the batch fall back")
+		}
+		want := []string{envs[0].ID}
+		if !tail {
+			want = append(want, envs[2].ID)
+		}
+		assertEffectsOnce(t, f, want)
+		for _, e := range envs {
+			r := row(t, ib, src, e.ID)
+			if e.Topic == "breaker" {
+				if r.State != dialects.InboxStateReady || r.Attempts != 1 || len(r.Errors) != 1 || !strings.Contains(r.LastError, "returned nil, but its transaction failed") {
+					t.Fatalf("tail %v: breaker row %+v", tail, r)
+				}
+			} else if r.State != dialects.InboxStateHandled || r.Attempts != 1 || len(r.Errors) != 0 {
+				t.Fatalf("tail %v: row %s: %+v; want handled after 1 attempt", tail, e.ID, r)
+			}
+		}
+	}
+}
