@@ -105,7 +105,10 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		}
 	}
 
-	level := slog.LevelWarn
+	// The poison orders are dead-lettered on purpose and the summary counts
+	// them, so the inbox's per-message warnings about them would only be
+	// noise: by default only errors are shown.
+	level := slog.LevelError
 	if o.verbose {
 		level = slog.LevelInfo
 	}
