@@ -13,12 +13,13 @@
 //
 // Dialect is the one interface a dialect implements: the enqueue path
 // (InsertOutbox), the relay's operations (Relayer, embedded), the inbox's
-// (InboxStore, embedded) and the dead letters both sides write
-// (ListDeadLetters, ReplayDeadLetters, PurgeDeadLetters). outbox.New,
-// outbox.NewRelay and inbox.New all take a Dialect, so a dialect that lacks
-// an operation fails to compile rather than at run time. Relayer and
-// InboxStore are named parts of Dialect, for documentation and for callers
-// that need only one side.
+// (InboxStore, embedded), the leases of the housekeeping (Leaser, embedded)
+// and the dead letters both sides write (ListDeadLetters,
+// ReplayDeadLetters, PurgeDeadLetters). outbox.New, outbox.NewRelay and
+// inbox.New all take a Dialect, so a dialect that lacks an operation fails
+// to compile rather than at run time. Relayer, InboxStore and Leaser are
+// named parts of Dialect, for documentation and for callers that need only
+// one of them.
 //
 // What not every database can do is optional, in capability interfaces that
 // callers discover by type assertion, as database/sql does with its driver
@@ -81,6 +82,10 @@ type Dialect[TTx any] interface {
 	// InboxStore holds the inbox's operations: storing delivered messages,
 	// leasing them to workers and settling them (see inbox.Inbox).
 	InboxStore[TTx]
+
+	// Leaser holds the named leases that let one process at a time do work
+	// such as the housekeeping (see dialects.Leaser).
+	Leaser
 
 	// ListDeadLetters returns the dead letters of either side matching q,
 	// in the order they were first recorded (seq), for inspection, tools

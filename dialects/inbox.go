@@ -95,7 +95,8 @@ type InboxStore[TTx any] interface {
 	// inspection, tools and tests.
 	ListInbox(ctx context.Context, q InboxQuery) ([]InboxRow, error)
 
-	// InboxStats counts the inbox's rows by state and its pending dead
+	// InboxStats counts the inbox's rows by state, the rows handled in the
+	// last minute (through the handled_at index) and the pending dead
 	// letters. It reads the whole inbox table.
 	InboxStats(ctx context.Context) (InboxStats, error)
 }
@@ -222,4 +223,9 @@ type InboxStats struct {
 	Running  int64 // leased to a worker
 	Handled  int64 // kept for the dedupe window
 	Dead     int64 // pending inbox dead letters
+
+	// HandledLastMinute counts the handled rows whose handled_at is less
+	// than a minute ago (by the database's clock): the inbox's recent
+	// throughput. They are among Handled, not a group of their own.
+	HandledLastMinute int64
 }

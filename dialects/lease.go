@@ -5,10 +5,9 @@ import (
 	"time"
 )
 
-// Leaser is implemented by dialects that keep named leases in
-// durable_leases (name, holder, expires_at), for work that one process at a
-// time should do, such as housekeeping. Callers discover it by type
-// assertion; every dialect of this module implements it.
+// Leaser keeps named leases in durable_leases (name, holder, expires_at),
+// for work that one process at a time should do, such as housekeeping. It is
+// part of Dialect.
 //
 // A lease is held by one holder, a string unique to the process (or to the
 // component in it) that takes it, until it expires. Expiry is judged by the

@@ -108,7 +108,7 @@ func Example() {
 	// delivery: accepted
 	// delivery: duplicate
 	// invoice: 1 4200
-	// stats: {Ready:0 Retrying:0 Running:0 Handled:1 Dead:0}
+	// stats: {Ready:0 Retrying:0 Running:0 Handled:1 Dead:0 HandledLastMinute:1}
 }
 
 // Dead letters are messages the inbox could not process; here one whose
@@ -152,5 +152,5 @@ func ExampleInbox_Replay() {
 	// Output:
 	// no_handler 1 durable/inbox: no handler for topic "refund.issued"
 	// replayed: 1
-	// stats: {Ready:0 Retrying:0 Running:0 Handled:1 Dead:0}
+	// stats: {Ready:0 Retrying:0 Running:0 Handled:1 Dead:0 HandledLastMinute:1}
 }

@@ -46,11 +46,10 @@ func (ib *Inbox[TTx]) newHousekeeper() *housekeep.Runner {
 			},
 		})
 	}
-	leaser, _ := any(ib.d).(dialects.Leaser)
 	return housekeep.New(housekeep.Config{
 		Lease:    retentionLease,
 		Holder:   ib.name,
-		Leaser:   leaser,
+		Leaser:   ib.d,
 		Interval: ib.cfg.CleanupInterval,
 		Batch:    DefaultCleanupBatch,
 		Jobs:     jobs,

@@ -281,7 +281,7 @@ FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_datab
 	// stays locked.
 	var batch opStats
 	ib.hk = housekeep.New(housekeep.Config{
-		Lease: retentionLease, Holder: "measure", Leaser: any(f.d).(dialects.Leaser), Interval: time.Minute,
+		Lease: retentionLease, Holder: "measure", Leaser: f.d, Interval: time.Minute,
 		Batch: DefaultCleanupBatch, Log: quiet(t),
 		Jobs: []housekeep.Job{{Table: "inbox", Purge: func(ctx context.Context, limit int) (int, error) {
 			s := time.Now()

@@ -505,10 +505,14 @@ type Stats struct {
 	Running  int64 // leased to a worker
 	Handled  int64 // done, kept for the dedupe window
 	Dead     int64 // in the dead letters, not replayed since they failed
+
+	// HandledLastMinute counts the messages handled less than a minute ago
+	// (by the database's clock), among Handled: the recent throughput.
+	HandledLastMinute int64
 }
 
-// Stats counts the inbox's messages by state and its pending dead letters.
-// It reads the whole inbox table.
+// Stats counts the inbox's messages by state, those handled in the last
+// minute and its pending dead letters. It reads the whole inbox table.
 func (ib *Inbox[TTx]) Stats(ctx context.Context) (Stats, error) {
 	s, err := ib.store.InboxStats(ctx)
 	if err != nil {

@@ -83,7 +83,7 @@ func testDeliverDuplicates[TTx any](t *testing.T, f *fixture[TTx]) {
 	start(t, ib)
 	deliver(t, ib, batch("orders", envs...))
 	st := settled(t, ib, 30*time.Second)
-	if st != (Stats{Handled: 2 * n}) {
+	if st != (Stats{Handled: 2 * n, HandledLastMinute: 2 * n}) {
 		t.Fatalf("stats %+v, want %d handled", st, 2*n)
 	}
 	res := deliver(t, ib, batch("orders", envs2...))
@@ -289,7 +289,7 @@ func testAlwaysFailing[TTx any](t *testing.T, f *fixture[TTx]) {
 	}
 	start(t, ib)
 	st := settled(t, ib, 30*time.Second)
-	if st != (Stats{Handled: 2}) {
+	if st != (Stats{Handled: 2, HandledLastMinute: 2}) {
 		t.Fatalf("stats %+v, want 2 handled and no pending dead letters", st)
 	}
 	assertEffectsOnce(t, f, []string{envelope(1, "").ID, envelope(2, "").ID})
@@ -359,7 +359,7 @@ func testFailureKinds[TTx any](t *testing.T, f *fixture[TTx]) {
 		envelope(5, "perm"), expired, envelope(7, "snooze"), envelope(8, "json"), envelope(9, "ok")))
 	start(t, ib)
 	st := settled(t, ib, 30*time.Second)
-	if st != (Stats{Handled: 3, Dead: 6}) {
+	if st != (Stats{Handled: 3, Dead: 6, HandledLastMinute: 3}) {
 		t.Fatalf("stats %+v, want 3 handled, 6 dead", st)
 	}
 	assertEffectsOnce(t, f, []string{envelope(7, "").ID, envelope(8, "").ID, envelope(9, "").ID})

@@ -31,14 +31,16 @@ const (
 	purgeBatch = 1000
 )
 
-// deadLetterPurger is the part of a dialect the dead-letter expiry needs.
-type deadLetterPurger interface {
+// housekeepStore is the part of a dialect the housekeeping needs beyond the
+// Relayer: the lease and the dead-letter expiry.
+type housekeepStore interface {
+	dialects.Leaser
 	PurgeDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) (int, error)
 }
 
 // newHousekeeper returns the runner of the relay's retention jobs, or nil
 // when it has none.
-func newHousekeeper(d deadLetterPurger, c *relayCore) *housekeep.Runner {
+func newHousekeeper(d housekeepStore, c *relayCore) *housekeep.Runner {
 	var jobs []housekeep.Job
 	if age := c.cfg.Retention; age > 0 {
 		jobs = append(jobs, housekeep.Job{
@@ -61,11 +63,10 @@ func newHousekeeper(d deadLetterPurger, c *relayCore) *housekeep.Runner {
 	if len(jobs) == 0 {
 		return nil
 	}
-	leaser, _ := d.(dialects.Leaser)
 	return housekeep.New(housekeep.Config{
 		Lease:    retentionLease,
 		Holder:   c.cfg.ID,
-		Leaser:   leaser,
+		Leaser:   d,
 		Interval: housekeepingInterval,
 		Batch:    purgeBatch,
 		Jobs:     jobs,

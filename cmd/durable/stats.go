@@ -21,8 +21,8 @@ func (a *app) statsCommand() *cobra.Command {
           waiting for a retry, and scheduled for later; the age of the oldest unsent
           message; and the totals
   inbox   messages ready (never tried), in progress (leased to a worker), retrying
-          (waiting for another attempt), dead (pending dead letters), and handled
-          (kept for the dedupe window)
+          (waiting for another attempt), dead (pending dead letters), handled
+          (kept for the dedupe window), and of those, handled in the last minute
 
 The numbers are the database's, whichever node works on it; each part is one query that
 reads the whole unsent outbox and the whole inbox table, so prefer metrics for frequent
@@ -66,6 +66,9 @@ type inboxSummary struct {
 	Retrying   int64 `json:"retrying"`
 	Dead       int64 `json:"dead"`
 	Handled    int64 `json:"handled"`
+	// HandledLastMinute counts the messages handled less than a minute ago,
+	// among Handled.
+	HandledLastMinute int64 `json:"handled_last_minute"`
 }
 
 func (a *app) stats(parent context.Context) error {
@@ -89,7 +92,8 @@ func (a *app) stats(parent context.Context) error {
 	}
 	res := statsResult{Dialect: db.dialect, Database: db.target,
 		Outbox: outboxStats{Destinations: make([]destinationStats, 0, len(dests))},
-		Inbox:  inboxSummary{Ready: is.Ready, InProgress: is.Running, Retrying: is.Retrying, Dead: is.Dead, Handled: is.Handled},
+		Inbox: inboxSummary{Ready: is.Ready, InProgress: is.Running, Retrying: is.Retrying, Dead: is.Dead,
+			Handled: is.Handled, HandledLastMinute: is.HandledLastMinute},
 	}
 	var oldest time.Duration
 	for _, d := range dests {
@@ -152,6 +156,7 @@ func (a *app) printStats(res *statsResult, dests []dialects.OutboxStats, oldest 
 		{"retrying", in.Retrying, "waiting for another attempt"},
 		{"dead", in.Dead, "pending dead letters (durable deadletters list)"},
 		{"handled", in.Handled, "kept for the dedupe window"},
+		{"last minute", in.HandledLastMinute, "handled in the last minute"},
 	} {
 		fmt.Fprintf(tw, "  %s\t%d\t%s\n", r.name, r.n, r.note)
 	}

@@ -21,13 +21,14 @@ func testStats(t *testing.T, e *dlEnv) {
 		"  in progress  0  leased to a worker\n"+
 		"  retrying     0  waiting for another attempt\n"+
 		"  dead         5  pending dead letters (durable deadletters list)\n"+
-		"  handled      0  kept for the dedupe window\n") + "$"
+		"  handled      0  kept for the dedupe window\n"+
+		"  last minute  0  handled in the last minute\n") + "$"
 	if r := mustSucceed(t, e.cmd("stats")...); !regexp.MustCompile(want).MatchString(r.stdout) {
 		t.Errorf("stats printed:\n%s\nwant:\n%s", r.stdout, want)
 	}
 
 	// An outbox backlog for two destinations, and three replayed messages
-	// handled.
+	// handled, all within the last minute.
 	e.enqueue(t, "billing", 2)
 	e.enqueue(t, "crm", 1)
 	mustSucceed(t, e.cmd("deadletters", "replay", "--source", "shop", "--topic", "order.placed", "--yes")...)
@@ -45,7 +46,8 @@ func testStats(t *testing.T, e *dlEnv) {
 			"  in progress  0  leased to a worker\n"+
 			"  retrying     0  waiting for another attempt\n"+
 			"  dead         2  pending dead letters (durable deadletters list)\n"+
-			"  handled      3  kept for the dedupe window\n") + "$"
+			"  handled      3  kept for the dedupe window\n"+
+			"  last minute  3  handled in the last minute\n") + "$"
 	if !regexp.MustCompile(want).MatchString(r.stdout) {
 		t.Errorf("stats printed:\n%s\nwant (regexp):\n%s", r.stdout, want)
 	}
@@ -76,7 +78,7 @@ func testStats(t *testing.T, e *dlEnv) {
 		Outbox: outboxStats{Unsent: 3, Destinations: []destinationStats{
 			{Destination: "billing", Unsent: 2}, {Destination: "crm", Unsent: 1},
 		}},
-		Inbox: inboxSummary{Dead: 2, Handled: 3},
+		Inbox: inboxSummary{Dead: 2, Handled: 3, HandledLastMinute: 3},
 	}
 	if !jsonEqual(got, wantJSON) {
 		t.Errorf("stats --json:\n got %+v\nwant %+v", got, wantJSON)

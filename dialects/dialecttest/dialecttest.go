@@ -37,7 +37,8 @@ type Harness[TTx any] struct {
 
 // Run runs the whole conformance suite as subtests of t: the enqueue path
 // and the schema check, then the relay's operations (subtests Relay/…), the
-// inbox's (Inbox/…) and the dead letters of both sides (DeadLetters/…).
+// inbox's (Inbox/…), the dead letters of both sides (DeadLetters/…) and the
+// leases (Lease/…).
 func Run[TTx any](t *testing.T, h Harness[TTx]) {
 	t.Helper()
 	s := suite[TTx]{h: h}
@@ -58,6 +59,7 @@ func Run[TTx any](t *testing.T, h Harness[TTx]) {
 	t.Run("Relay", relaySuite[TTx]{h: h}.run)
 	t.Run("Inbox", inboxSuite[TTx]{h: h}.run)
 	t.Run("DeadLetters", deadLetterSuite[TTx]{h: h}.run)
+	t.Run("Lease", leaseSuite[TTx]{h: h}.run)
 }
 
 type suite[TTx any] struct{ h Harness[TTx] }

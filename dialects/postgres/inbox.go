@@ -300,8 +300,8 @@ func (c *core) PurgeInbox(ctx context.Context, age time.Duration, limit int) (in
 	return n, nil
 }
 
-// InboxStats counts the inbox rows by state and the pending inbox dead
-// letters.
+// InboxStats counts the inbox rows by state, those handled in the last
+// minute by the server's clock, and the pending inbox dead letters.
 func (c *core) InboxStats(ctx context.Context) (dialects.InboxStats, error) {
 	var s dialects.InboxStats
 	if c.err != nil {
@@ -309,7 +309,7 @@ func (c *core) InboxStats(ctx context.Context) (dialects.InboxStats, error) {
 	}
 	rs, err := c.root.query(ctx, c.q.inboxStats)
 	if err == nil {
-		err = scanOne(rs, &s.Ready, &s.Retrying, &s.Running, &s.Handled, &s.Dead)
+		err = scanOne(rs, &s.Ready, &s.Retrying, &s.Running, &s.Handled, &s.Dead, &s.HandledLastMinute)
 	}
 	if err != nil {
 		return s, c.opError(ctx, "inbox stats", err)

@@ -169,7 +169,9 @@ SELECT count(*) FROM d`
 	count(*) FILTER (WHERE state = 'running'),
 	count(*) FILTER (WHERE state = 'handled'),
 	(SELECT count(*) FROM {schema}durable_dead_letters
-		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at))
+		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at)),
+	(SELECT count(*) FROM {schema}durable_inbox
+		WHERE state = 'handled' AND handled_at > now() - interval '1 minute')
 FROM {schema}durable_inbox`
 
 	// ListInbox: {where} and {limit} come from package filter.

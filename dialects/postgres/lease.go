@@ -7,13 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/durable-go/durable/dialects"
-)
-
-var (
-	_ dialects.Leaser = (*Dialect)(nil)
-	_ dialects.Leaser = (*SQLDialect)(nil)
 )
 
 // Lease statements; "{schema}" as in queries.go. The expiry is computed and

@@ -148,7 +148,9 @@ WHERE (source, id) IN (
 	count(*) FILTER (WHERE state = 'running'),
 	count(*) FILTER (WHERE state = 'handled'),
 	(SELECT count(*) FROM durable_dead_letters
-		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at))
+		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at)),
+	(SELECT count(*) FROM durable_inbox INDEXED BY durable_inbox_handled_idx
+		WHERE state = 'handled' AND handled_at > ?1)
 FROM durable_inbox`
 )
 
@@ -406,11 +408,13 @@ func scanInboxRow(rs *sql.Rows, r *dialects.InboxRow) error {
 	return nil
 }
 
-// InboxStats counts the inbox rows by state and the pending inbox dead
-// letters.
+// InboxStats counts the inbox rows by state, those handled in the last
+// minute by the process clock, and the pending inbox dead letters.
 func (d *Dialect) InboxStats(ctx context.Context) (dialects.InboxStats, error) {
 	var s dialects.InboxStats
-	err := d.db.QueryRowContext(ctx, sqlInboxStats).Scan(&s.Ready, &s.Retrying, &s.Running, &s.Handled, &s.Dead)
+	since := formatTime(time.Now().Add(-time.Minute))
+	err := d.db.QueryRowContext(ctx, sqlInboxStats, since).
+		Scan(&s.Ready, &s.Retrying, &s.Running, &s.Handled, &s.Dead, &s.HandledLastMinute)
 	if err != nil {
 		return s, schemaError(ctx, d.db, "inbox stats", err)
 	}

@@ -4,11 +4,7 @@ import (
 	"context"
 	"errors"
 	"time"
-
-	"github.com/durable-go/durable/dialects"
 )
-
-var _ dialects.Leaser = (*Dialect)(nil)
 
 // Lease statements. Times are the process clock's (the database's, for an
 // embedded database), in TimeLayout, which compares as text. The upsert

@@ -6,10 +6,7 @@
 // another skips the run. The holder renews it at every run and, during a
 // long purge, whenever a third of its time to live has passed, and gives it
 // up when it stops, so another process takes over at its next run; a holder
-// that dies without releasing it is replaced once the lease expired. Without
-// a Leaser every process purges: the purges are safe to overlap (each batch
-// is a short statement of its own that skips rows locked by another), they
-// only do the work several times over.
+// that dies without releasing it is replaced once the lease expired.
 package housekeep
 
 import (
@@ -53,7 +50,7 @@ type Config struct {
 	// Holder names this process in the lease; a random suffix is added, so
 	// that two processes configured alike still differ.
 	Holder string
-	// Leaser holds the lease; nil: no lease.
+	// Leaser holds the lease (every dialect is one). Required.
 	Leaser dialects.Leaser
 	// Interval is the time between runs; the lease lives three intervals
 	// (at least 30 s), so the holder keeps it from run to run. Required.
@@ -189,11 +186,8 @@ func (r *Runner) purge(ctx context.Context, job Job, res *Result) error {
 	}
 }
 
-// acquire takes or renews the lease; true without a Leaser.
+// acquire takes or renews the lease.
 func (r *Runner) acquire(ctx context.Context) (bool, error) {
-	if r.cfg.Leaser == nil {
-		return true, nil
-	}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	ok, err := r.cfg.Leaser.AcquireLease(octx, r.cfg.Lease, r.holder, r.ttl)
@@ -217,7 +211,7 @@ func (r *Runner) acquire(ctx context.Context) (bool, error) {
 // Release gives the lease up if this runner holds it, so that another
 // process can take it at once. It runs even when ctx is done.
 func (r *Runner) Release(ctx context.Context) {
-	if r.cfg.Leaser == nil || !r.held {
+	if !r.held {
 		return
 	}
 	r.held = false

@@ -10,12 +10,10 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib"
 	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
 
 	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/internal/housekeep"
 	"github.com/durable-go/durable/internal/testdb"
@@ -28,97 +26,25 @@ func TestMain(m *testing.M) {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func leasers(t *testing.T) map[string]func(t *testing.T) dialects.Leaser {
-	return map[string]func(t *testing.T) dialects.Leaser{
-		"postgres-pgx": func(t *testing.T) dialects.Leaser {
-			pool, _ := testdb.PostgresPool(t, true)
-			return postgres.New(pool)
-		},
-		"postgres-sql": func(t *testing.T) dialects.Leaser {
-			u, _ := testdb.PostgresSchema(t)
-			db, err := sql.Open("pgx", u)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = db.Close() })
-			for _, stmt := range testdb.UpSQL(t, migrations.Postgres) {
-				if _, err := db.Exec(stmt); err != nil {
-					t.Fatal(err)
-				}
-			}
-			return postgres.NewSQL(db)
-		},
-		"sqlite": func(t *testing.T) dialects.Leaser {
-			db, err := sql.Open("sqlite", sqlite.DSN(testdb.SQLitePath(t)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = db.Close() })
-			for _, stmt := range testdb.UpSQL(t, migrations.SQLite) {
-				if _, err := db.Exec(stmt); err != nil {
-					t.Fatal(err)
-				}
-			}
-			d, err := sqlite.New(db)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return d
-		},
+// sqliteLeaser returns a dialect on a fresh, migrated SQLite database. The
+// leases themselves are checked for every dialect by the conformance suite
+// (dialecttest, Lease/...); here they only serve the runner.
+func sqliteLeaser(t *testing.T) dialects.Leaser {
+	db, err := sql.Open("sqlite", sqlite.DSN(testdb.SQLitePath(t)))
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-// TestLease: a free lease is taken, a held one is refused to others and
-// renewed for its holder, an expired one is taken over, a released one is
-// free at once, and releasing another's lease does nothing.
-func TestLease(t *testing.T) {
-	for name, open := range leasers(t) {
-		t.Run(name, func(t *testing.T) {
-			l := open(t)
-			ctx := context.Background()
-			must := func(ok bool, err error) bool {
-				t.Helper()
-				if err != nil {
-					t.Fatal(err)
-				}
-				return ok
-			}
-			if !must(l.AcquireLease(ctx, "job", "a", time.Minute)) {
-				t.Fatal("a could not take a free lease")
-			}
-			if must(l.AcquireLease(ctx, "job", "b", time.Minute)) {
-				t.Fatal("b took a lease a holds")
-			}
-			if !must(l.AcquireLease(ctx, "job", "a", 300*time.Millisecond)) {
-				t.Fatal("a could not renew its lease")
-			}
-			if !must(l.AcquireLease(ctx, "other", "b", time.Minute)) {
-				t.Fatal("b could not take another lease")
-			}
-			time.Sleep(400 * time.Millisecond)
-			if !must(l.AcquireLease(ctx, "job", "b", time.Minute)) {
-				t.Fatal("b could not take over an expired lease")
-			}
-			if must(l.AcquireLease(ctx, "job", "a", time.Minute)) {
-				t.Fatal("a took back a lease b holds")
-			}
-			if err := l.ReleaseLease(ctx, "job", "a"); err != nil {
-				t.Fatal(err)
-			}
-			if must(l.AcquireLease(ctx, "job", "a", time.Minute)) {
-				t.Fatal("a's release of b's lease freed it")
-			}
-			if err := l.ReleaseLease(ctx, "job", "b"); err != nil {
-				t.Fatal(err)
-			}
-			if !must(l.AcquireLease(ctx, "job", "a", time.Minute)) {
-				t.Fatal("a could not take a released lease")
-			}
-			if _, err := l.AcquireLease(ctx, "job", "a", 0); err == nil {
-				t.Fatal("AcquireLease with a zero ttl succeeded")
-			}
-		})
+	t.Cleanup(func() { _ = db.Close() })
+	for _, stmt := range testdb.UpSQL(t, migrations.SQLite) {
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatal(err)
+		}
 	}
+	d, err := sqlite.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // fakePurge deletes from a pile of rows, limit at a time.
@@ -142,7 +68,7 @@ func (f *fakePurge) purge(_ context.Context, limit int) (int, error) {
 // holder purges, in bounded batches; after it releases, the other takes
 // over.
 func TestRunnerOneAtATime(t *testing.T) {
-	l := leasers(t)["sqlite"](t)
+	l := sqliteLeaser(t)
 	ctx := context.Background()
 	var pile fakePurge
 	pile.left.Store(10_500)
@@ -179,13 +105,13 @@ func TestRunnerOneAtATime(t *testing.T) {
 }
 
 // TestRunnerErrors: a failing job does not stop the next one, and its error
-// is returned; without a Leaser every run purges.
+// is returned.
 func TestRunnerErrors(t *testing.T) {
 	boom := errors.New("boom")
 	var pile fakePurge
 	pile.left.Store(3)
 	r := housekeep.New(housekeep.Config{
-		Lease: "test", Holder: "x", Interval: time.Minute, Log: quiet,
+		Lease: "test", Holder: "x", Leaser: sqliteLeaser(t), Interval: time.Minute, Log: quiet,
 		Jobs: []housekeep.Job{
 			{Table: "outbox", Purge: func(context.Context, int) (int, error) { return 0, boom }},
 			{Table: "dead_letters", Purge: pile.purge},
