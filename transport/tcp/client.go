@@ -192,6 +192,12 @@ func (c *Client) Send(ctx context.Context, b *transport.Batch) (transport.Result
 	if len(b.Envelopes) == 0 {
 		return transport.Result{}, nil
 	}
+	if ctx.Err() != nil {
+		// Put nothing on the wire for a caller that already gave up: the
+		// selects below would pick between a ready slot and ctx.Done at
+		// random.
+		return transport.Result{}, ctxErr(ctx)
+	}
 	if !c.enter() {
 		return transport.Result{}, errClosed
 	}
