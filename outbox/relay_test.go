@@ -275,7 +275,8 @@ func testPeerDown[TTx any](t *testing.T, tg target[TTx]) {
 	down := newReceiver()
 	ln, err = net.Listen("tcp", downAddr)
 	if err != nil {
-		t.Skipf("cannot listen on %s again: %v", downAddr, err)
+		// A skip here would hide the recovery this test exists to prove.
+		t.Fatalf("cannot listen on %s again: %v", downAddr, err)
 	}
 	serveOn(t, ln, down)
 	down.waitDistinct(t, n, 30*time.Second)
