@@ -5,9 +5,11 @@ STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 .PHONY: test test/short lint fmt generate bench db/up db/down
 
 ## test: the whole suite with the race detector (Postgres tests skip cleanly
-## without a server, and fail instead when CI is set).
+## without a server, and fail instead when CI is set), and the crash points
+## once more with the build tag that arms them.
 test:
 	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -tags durable_crashpoints ./internal/crashpoint/
 	cd examples/prometheus && $(GO) test -count=1 ./...
 
 test/short:
@@ -25,6 +27,7 @@ demo:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags durable_crashpoints ./internal/crashpoint/
 	$(STATICCHECK) ./...
 	cd examples/prometheus && $(GO) vet ./...
 

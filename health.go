@@ -25,7 +25,7 @@ var ErrNotRunning = errors.New("durable: node is not running")
 const (
 	CheckRunning  = "running"  // Run was called and is not stopping
 	CheckDatabase = "database" // the database answers
-	CheckSchema   = "schema"   // the durable schema is at the version this build needs
+	CheckSchema   = "schema"   // the durable schema is at the version this build needs, or newer
 	CheckListener = "listener" // the inbox's TCP listener is up (nodes that listen only)
 )
 
@@ -44,7 +44,7 @@ type Health struct {
 
 // Ready reports whether the node is ready to do its work: Run is running
 // and not stopping, the database answers, the durable schema is at the
-// version this build needs, and, on a node that listens, the listener is up.
+// version this build needs or newer, and, on a node that listens, the listener is up.
 // It returns nil when ready, or the failed checks joined (see Health). One
 // query reaches the database (the schema check, which also proves it
 // answers), bounded by ctx.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/inbox"
+	"github.com/durable-go/durable/internal/dbwait"
 	"github.com/durable-go/durable/outbox"
 	"github.com/durable-go/durable/transport"
 	"github.com/durable-go/durable/transport/tcp"
@@ -56,6 +57,12 @@ type Config[TTx any] struct {
 	// server nonce and a timestamp; see transport/tcp/PROTOCOL.md). It is
 	// the server's secret and the default of every Peer.
 	Secret []byte
+	// AcceptSecrets are further secrets the server accepts besides Secret,
+	// to rotate the secret in rolling restarts without a moment in which
+	// nodes refuse each other: (1) every node adds the new secret here;
+	// (2) every node makes it its Secret and keeps the old one here; (3)
+	// every node empties AcceptSecrets. See tcp.ServerConfig.AcceptSecrets.
+	AcceptSecrets [][]byte
 	// TLS, when set, makes the server speak TLS 1.3 only; set ClientAuth to
 	// tls.RequireAndVerifyClientCert for mutual TLS.
 	TLS *tls.Config
@@ -73,8 +80,9 @@ type Config[TTx any] struct {
 	// Inbox configures the workers. The Node sets Name and Logger when they
 	// are unset.
 	Inbox inbox.Config
-	// Server configures the TCP server. The Node sets NodeID, Secret, TLS,
-	// Insecure and Logger from the fields above when they are unset.
+	// Server configures the TCP server. The Node sets NodeID, Secret,
+	// AcceptSecrets, TLS, Insecure and Logger from the fields above when
+	// they are unset.
 	Server tcp.ServerConfig
 	// Client is the base configuration of every peer's TCP client. The Node
 	// sets NodeID, Logger, and Secret and TLS from the Peer or the fields
@@ -83,8 +91,18 @@ type Config[TTx any] struct {
 
 	// ShutdownTimeout bounds the graceful stop once Run's context ends:
 	// the server drains the batches it is storing and the relay the batches
-	// it is sending. Default 10s.
+	// it is sending (it is the relay's DrainTimeout, unless Relay sets
+	// one). Default 10s.
 	ShutdownTimeout time.Duration
+	// StartTimeout bounds how long Run waits at start for a database that
+	// does not answer (connection refused, reset or timed out; the server
+	// starting up or shutting down): Run checks again with a backoff up to
+	// 5s and logs each failure, and returns the last error once
+	// StartTimeout has passed. Zero: no limit; Run waits until its context
+	// ends (Ready reports the database check failing meanwhile). An answer
+	// that is an error — the schema missing or older, a failed
+	// authentication, an unknown database — ends Run at once.
+	StartTimeout time.Duration
 
 	// Logger receives every part's logs, with a "node" attribute. Nil:
 	// slog.Default().
@@ -219,6 +237,9 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	if rc.Logger == nil {
 		rc.Logger = log
 	}
+	if rc.DrainTimeout == 0 {
+		rc.DrainTimeout = cfg.ShutdownTimeout
+	}
 	rc.MeterProvider = orValue(rc.MeterProvider, cfg.MeterProvider)
 	if len(senders) > 0 {
 		if n.relay, err = outbox.NewRelay(d, senders, &rc); err != nil {
@@ -252,6 +273,9 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 		}
 		if sc.Secret == nil {
 			sc.Secret = cfg.Secret
+		}
+		if sc.AcceptSecrets == nil {
+			sc.AcceptSecrets = cfg.AcceptSecrets
 		}
 		if sc.TLS == nil {
 			sc.TLS = cfg.TLS
@@ -320,7 +344,8 @@ func (n *Node[TTx]) Addr() net.Addr {
 	return n.addr
 }
 
-// Run checks the schema, starts listening (when configured), and runs the
+// Run checks the schema (waiting for a database that does not answer yet;
+// see Config.StartTimeout), starts listening (when configured), and runs the
 // server, the relay and the inbox workers until ctx ends or one of them
 // fails. On ctx's end it stops gracefully: the server refuses new batches and
 // drains those it is storing, the relay finishes or releases what it is
@@ -340,7 +365,8 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 	defer n.closeClients()
 	defer stop()
 
-	if err := n.d.CheckSchema(ctx); err != nil {
+	err := dbwait.Wait(ctx, n.d.CheckSchema, dbwait.Options{Logger: n.log, What: "node", Timeout: n.cfg.StartTimeout})
+	if err != nil {
 		if n.cfg.Listener != nil {
 			_ = n.cfg.Listener.Close()
 		}

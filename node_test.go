@@ -5,11 +5,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
 
@@ -329,5 +334,148 @@ func TestNodeCancelledWhileStarting(t *testing.T) {
 	cancel()
 	if err := n.Run(ctx); err != nil {
 		t.Fatalf("Run with a cancelled context = %v, want nil", err)
+	}
+}
+
+// forward accepts on ln and pipes every connection to target, until the
+// test ends.
+func forward(t *testing.T, ln net.Listener, target string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	closed := false
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			// A connection accepted while the cleanup closes the others
+			// (the pool's health check dials at any time) is closed here,
+			// or its copies would never end.
+			mu.Lock()
+			if closed {
+				mu.Unlock()
+				c.Close()
+				u.Close()
+				return
+			}
+			conns = append(conns, c, u)
+			wg.Go(func() { _, _ = io.Copy(u, c); u.Close() })
+			wg.Go(func() { _, _ = io.Copy(c, u); c.Close() })
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		closed = true
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}
+
+// TestNodeWaitsForDatabase: a node started while its database does not
+// answer (connection refused) waits, reports not ready, and starts once
+// the database answers, without Run returning.
+func TestNodeWaitsForDatabase(t *testing.T) {
+	connURL, _ := testdb.PostgresSchema(t)
+	testdb.OpenPostgres(t, connURL, true) // migrate through the real address
+	real, err := url.Parse(connURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A port nobody listens on yet: the database "is down".
+	ln := listener(t)
+	late := ln.Addr().String()
+	ln.Close()
+	viaLate := *real
+	viaLate.Host = late
+	pool := testdb.OpenPostgres(t, viaLate.String(), false)
+
+	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "late", Listener: listener(t)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+
+	time.Sleep(400 * time.Millisecond) // a few failed checks
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned while the database was down: %v", err)
+	default:
+	}
+	h := n.Health(ctx)
+	if h.Err == nil || h.Checks[durable.CheckDatabase] == "ok" || n.Addr() != nil {
+		t.Fatalf("while the database is down: health %+v, addr %v; want the database check failing and no listener yet", h.Checks, n.Addr())
+	}
+
+	// The database comes up at the address.
+	up, err := net.Listen("tcp", late)
+	if err != nil {
+		t.Skipf("the port %s was taken meanwhile: %v", late, err)
+	}
+	forward(t, up, real.Host)
+	waitFor(t, "the node to be ready", func() (bool, error) {
+		return n.Ready(ctx) == nil, nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v after a graceful stop", err)
+	}
+}
+
+// TestNodeStartTimeout: with StartTimeout, Run gives up on a database that
+// does not answer and returns the last error.
+func TestNodeStartTimeout(t *testing.T) {
+	pool, _ := testdb.UnreachablePostgres(t)
+	cfg := fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), StartTimeout: 300 * time.Millisecond})
+	n, err := durable.NewNode(postgres.New(pool), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = n.Run(context.Background())
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Run = %v, want the refused connection", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("Run gave up after %v, want about StartTimeout", d)
+	}
+}
+
+// TestNodeWrongDatabase: an answer that is an error (here: the database does
+// not exist) ends Run at once; waiting would not help.
+func TestNodeWrongDatabase(t *testing.T) {
+	base, err := url.Parse(testdb.PostgresURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base.Path = "/durable_no_such_database"
+	pool := testdb.OpenPostgres(t, base.String(), false)
+	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = n.Run(context.Background())
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "3D000" {
+		t.Fatalf("Run = %v, want the server's 3D000 (database does not exist)", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Run took %v to return an answer, want at once", d)
 	}
 }

@@ -231,6 +231,9 @@ func TestMetricsSQLite(t *testing.T) {
 	if _, found := gaugeOf(om, "durable.outbox.backlog", "durable.destination", "billing"); !found {
 		t.Errorf("orders durable.outbox.backlog{billing} not reported")
 	}
+	if n, found := gaugeOf(om, "durable.outbox.dead_letters", "durable.destination", "billing"); !found || n != 0 {
+		t.Errorf("orders durable.outbox.dead_letters{billing} = %d, %v; want 0 reported (the poison is the inbox's)", n, found)
+	}
 }
 
 // TestTracingSQLite: the handler's span, through relay → TCP → inbox on

@@ -23,8 +23,14 @@
 //
 // What not every database can do is optional, in capability interfaces that
 // callers discover by type assertion, as database/sql does with its driver
-// interfaces: Notifier (wake relays at commit) and Listener (receive those
-// wake-ups). The Postgres dialects implement both; SQLite neither.
+// interfaces: Notifier (wake relays at commit), Listener (receive those
+// wake-ups), OutboxTxLister (read the outbox inside the caller's
+// transaction, for test helpers such as durabletest.RequireEnqueuedTx),
+// DurableBeginner (a transaction whose commit reaches the disk, where
+// ordinary commits may not) and TxGuard (a transaction a handler cannot
+// end). The Postgres dialects implement Notifier, Listener and
+// OutboxTxLister, the pgx one TxGuard too; SQLite OutboxTxLister and
+// DurableBeginner.
 //
 // Every dialect passes the conformance suite in package dialecttest.
 package dialects
@@ -36,7 +42,15 @@ import (
 
 // SchemaVersion is the migration version this build of durable needs. A
 // dialect refuses to work against a database whose durable_schema_version
-// table is missing or older (see SchemaError).
+// table is missing or older (see SchemaError), and works against a newer
+// one.
+//
+// Compatibility promise: a migration never breaks the build of the release
+// before it. A migration adds (tables, nullable or defaulted columns,
+// indexes); what the previous release still reads or writes is removed only
+// by a migration of a later release, once no build in use needs it. So a
+// rolling deploy runs the migrations first, then replaces the nodes one at
+// a time, old and new builds working side by side on the same database.
 const SchemaVersion = 1
 
 // Migrations lists the migration names, index i holding version i+1.
@@ -92,16 +106,26 @@ type Dialect[TTx any] interface {
 	// and tests. See DeadLetterQuery for what matches.
 	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
 
-	// ReplayDeadLetters puts the pending inbox dead letters matching q (at
-	// most q.Limit, oldest first, when it is set) back into the inbox as
-	// fresh messages, in one transaction: ready, attempts 0, run_at and
-	// replayed_at now, no expiry (a replay is a decision to process the
-	// message), the error history kept. It stamps replayed_at on each dead
-	// letter it replayed and returns how many. Only the inbox side can be
-	// replayed: q.Side must be empty or SideInbox, and q.IncludeReplayed is
-	// ignored. A dead letter already replayed and not failed since is not
-	// pending, so replaying twice does not duplicate; neither does a dead
-	// letter whose (source, id) is in the inbox already.
+	// ReplayDeadLetters puts the pending dead letters of one side matching
+	// q (at most q.Limit, oldest first, when it is set) back where they
+	// came from, in one transaction, stamps replayed_at on each dead letter
+	// it replayed and returns how many. q.Side chooses the side (empty:
+	// SideInbox); q.IncludeReplayed is ignored.
+	//
+	// SideInbox: back into the inbox as fresh messages: ready, attempts 0,
+	// run_at and replayed_at now, no expiry (a replay is a decision to
+	// process the message), the error history kept. A dead letter whose
+	// (source, id) is in the inbox already is not replayed.
+	//
+	// SideOutbox: back into the outbox as fresh rows for their destination:
+	// due now, attempts 0, unleased, no expiry, the original created_at
+	// kept; the relay sends them again. A dead letter whose (destination,
+	// id) has a row in the outbox already is not replayed. If the message
+	// fails again, the relay's dead-letter move adds the new errors to the
+	// same dead letter, which is pending again.
+	//
+	// A dead letter already replayed and not failed since is not pending,
+	// so replaying twice does not duplicate.
 	ReplayDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
 
 	// PurgeDeadLetters deletes the dead letters matching q (at most
@@ -132,6 +156,51 @@ type Listener interface {
 	// jitter. wake and report are called from one goroutine and must not
 	// block.
 	ListenOutbox(ctx context.Context, wake func(destination string), report func(error)) error
+}
+
+// OutboxTxLister is implemented by dialects that can read durable_outbox in
+// the caller's transaction, which sees the rows that transaction enqueued
+// before it commits (ListOutbox, on a connection of its own, sees only
+// committed rows, and on SQLite, whose dialect has one connection, waits for
+// the caller's transaction to end). Test helpers discover it by type
+// assertion (durabletest.RequireEnqueuedTx). Every dialect of this module
+// implements it.
+type OutboxTxLister[TTx any] interface {
+	// ListOutboxTx returns the outbox rows matching q that tx sees, in
+	// enqueue (seq) order, as ListOutbox does. It never commits or rolls
+	// back tx; on Postgres an error (a missing schema) leaves tx aborted.
+	ListOutboxTx(ctx context.Context, tx TTx, q OutboxQuery) ([]OutboxRow, error)
+}
+
+// TxGuard is implemented by dialects whose transaction type can be wrapped
+// so that a handler cannot end the transaction the inbox runs it in:
+// GuardTx returns tx as a handler sees it, everything passed through but
+// Commit and Rollback, which return ErrHandlerEndsTx. The inbox hands
+// handlers the guarded transaction. A handler that ended it would commit or
+// undo the writes of the handlers before it in the batch, whose messages
+// the inbox then runs again. The pgx dialect implements it (pgx.Tx is an
+// interface); database/sql's *sql.Tx is a struct that cannot be wrapped, so
+// there the rule is only documented.
+type TxGuard[TTx any] interface {
+	GuardTx(tx TTx) TTx
+}
+
+// DurableBeginner is implemented by dialects whose ordinary commits may not
+// survive a power loss or an operating system crash, such as SQLite in WAL
+// mode with synchronous=NORMAL, which syncs the log to disk only at
+// checkpoints. BeginDurable starts a transaction whose commit reaches the
+// disk before Commit returns.
+//
+// The inbox stores a delivered batch in such a transaction, because the
+// acknowledgement that follows its commit lets the sender delete its copy:
+// a commit lost afterwards would lose the message. Other transactions do not
+// need it (what they write is lost together with what caused it, and done
+// again).
+type DurableBeginner[TTx any] interface {
+	// BeginDurable starts the transaction. End it with the dialect's Commit
+	// or Rollback (not the driver's own), which also restore the
+	// connection's usual setting.
+	BeginDurable(ctx context.Context) (TTx, error)
 }
 
 // OutboxRow is one message for one destination, as stored in durable_outbox.

@@ -9,11 +9,18 @@ import (
 // ErrSchema is matched (errors.Is) by every *SchemaError.
 var ErrSchema = errors.New("durable: schema not migrated")
 
+// ErrHandlerEndsTx is returned by the Commit and Rollback of a transaction a
+// handler was given by a dialect that implements TxGuard: the inbox ends
+// that transaction itself, with the message's completion. A handler that
+// wants its writes undone returns an error.
+var ErrHandlerEndsTx = errors.New("durable: a handler must not commit or roll back the transaction it was given; return an error to undo its writes")
+
 // ErrDuplicateID is matched (errors.Is) by every *DuplicateError.
 var ErrDuplicateID = errors.New("durable: duplicate message id")
 
 // SchemaError reports a database whose durable schema is missing or older
-// than this build needs.
+// than this build needs, or a durable table or column missing from a schema
+// whose version says it should be there.
 type SchemaError struct {
 	Dialect string // "postgres" or "sqlite"
 	Have    int    // version found; 0 when no durable table exists
@@ -33,7 +40,12 @@ func (e *SchemaError) Missing() []string {
 func (e *SchemaError) Error() string {
 	var b strings.Builder
 	if e.Have > e.Want {
-		fmt.Fprintf(&b, "durable: %s schema is at version %d, newer than this build (version %d); upgrade durable", e.Dialect, e.Have, e.Want)
+		// A newer schema passes CheckSchema; this is an operation that met a
+		// table or column missing from it.
+		fmt.Fprintf(&b, "durable: %s schema is at version %d, newer than this build (version %d), and lacks a table or column this build uses; upgrade durable", e.Dialect, e.Have, e.Want)
+		if e.Err != nil {
+			fmt.Fprintf(&b, " (%v)", e.Err)
+		}
 		return b.String()
 	}
 	if e.Have == e.Want {

@@ -47,8 +47,19 @@ type InboxStore[TTx any] interface {
 	// whether it was stored: false for a row whose (source, id) is in the
 	// inbox already, in the inbox's dead letters, or earlier in rows. A
 	// stored row is ready, with zero attempts; zero CreatedAt and RunAt mean
-	// now, zero ExpiresAt never, nil Headers none. The other fields of rows
-	// are ignored. tx stays usable after duplicates.
+	// now, zero ExpiresAt never, nil Headers none. tx stays usable after
+	// duplicates.
+	//
+	// A row whose State is InboxStateHandled asks to be stored handled at
+	// once (one attempt, HandledAt now), for a caller that runs its handler
+	// in tx before it commits (the inbox's inline handling). It is, when
+	// it is due (RunAt not after now), not expired, and no other unfinished
+	// row of its (source, key) is in the inbox; otherwise it is stored
+	// ready. The rows of the same call are not part of that check (on
+	// Postgres they are one statement), so a caller asks it for at most
+	// the first row of a key in rows. InsertInbox sets the State of every stored row to what it
+	// stored (InboxStateReady or InboxStateHandled). The other fields of
+	// rows are ignored.
 	InsertInbox(ctx context.Context, tx TTx, rows []InboxRow) ([]bool, error)
 
 	// ClaimInbox leases up to c.Limit due ready rows (run_at ≤ now) to
@@ -81,9 +92,11 @@ type InboxStore[TTx any] interface {
 	FinishInbox(ctx context.Context, tx TTx, token string, outcomes []InboxOutcome) (int, error)
 
 	// RescueInbox makes up to limit running rows whose lease expired ready
-	// again (run_at now, lease cleared), recording the expiry in their error
-	// history, and returns how many it rescued. The attempt stays counted.
-	// Rows held by a live batch transaction (LockInbox) are skipped.
+	// again (run_at now, lease cleared), recording the expiry as their
+	// last_error and in their error history ("lease of <worker> expired
+	// before it finished": it ends with RescuedError), and returns how many
+	// it rescued. The attempt stays counted. Rows held by a live batch
+	// transaction (LockInbox) are skipped.
 	RescueInbox(ctx context.Context, limit int) (int, error)
 
 	// PurgeInbox deletes up to limit handled rows whose handled_at is more
@@ -160,6 +173,11 @@ type InboxClaim struct {
 	// ExcludeTopics are never claimed.
 	ExcludeTopics []string
 }
+
+// RescuedError ends the last_error RescueInbox records: a row whose
+// last_error ends with it lost its last attempt to a worker that died or
+// stalled past its lease, whatever the handler would have done.
+const RescuedError = " expired before it finished"
 
 // InboxOutcomeKind says how FinishInbox settles a row.
 type InboxOutcomeKind uint8

@@ -32,7 +32,10 @@ type Relayer interface {
 	// is the oldest unsent row of its (destination, key): a row whose key has
 	// an earlier row in flight, waiting for a retry or scheduled later is held
 	// back, so that rows sharing a key are never in flight together and leave
-	// in enqueue order. Claims by concurrent callers never return the same
+	// in enqueue order. Where rows can commit out of seq order (Postgres), a
+	// row is also held back while a later unexpired row of its key is in
+	// flight or waiting for a retry, which happens when the earlier row's
+	// transaction committed after the later one was claimed. Claims by concurrent callers never return the same
 	// row (FOR UPDATE SKIP LOCKED on Postgres; one writer on SQLite).
 	//
 	// Claiming counts an attempt (Attempts+1) and clears nothing else. A row
@@ -66,8 +69,9 @@ type Relayer interface {
 	// moved.
 	DeadLetterOutbox(ctx context.Context, token string, letters []OutboxDeadLetter) (int, error)
 
-	// OutboxStats returns, per destination with unsent rows, the backlog and
-	// its age, in destination order.
+	// OutboxStats returns, per destination with unsent rows or pending
+	// outbox dead letters, the backlog, its age and the dead letters, in
+	// destination order.
 	OutboxStats(ctx context.Context) ([]OutboxStats, error)
 
 	// OutboxDestinations returns the destinations that have unsent rows, in
@@ -93,6 +97,12 @@ type OutboxClaim struct {
 	// Lease is how long the rows stay leased (locked_until = now + Lease);
 	// it must be positive.
 	Lease time.Duration
+	// ExpiredOnly claims only the rows whose ExpiresAt has passed (all of
+	// them Expired), due or not and whatever their ordering key: an expired
+	// message is never sent, so it holds no place in its key's order. The
+	// relay claims them so for the destinations it has no Sender for, to
+	// move them to the dead letters all the same.
+	ExpiredOnly bool
 }
 
 // ClaimedRow is a row returned by ClaimOutbox.
@@ -124,12 +134,15 @@ type OutboxDeadLetter struct {
 }
 
 // OutboxStats is the backlog of one destination, as OutboxStats reports it.
-// Counts are of unsent rows.
+// Counts are of unsent rows, except DeadLetters.
 type OutboxStats struct {
 	Destination string
 	Unsent      int64         // every unsent row
 	Leased      int64         // leased by a relay now (in flight)
 	Retrying    int64         // waiting for a retry after a failed send
 	Scheduled   int64         // deliver_at still in the future
-	OldestAge   time.Duration // now - created_at of the oldest unsent row
+	OldestAge   time.Duration // now - created_at of the oldest unsent row; 0: none
+	// DeadLetters counts the destination's pending outbox dead letters
+	// (never replayed, or failed again since).
+	DeadLetters int64
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/postgres"
+	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -323,5 +325,25 @@ func TestMessageFields(t *testing.T) {
 	}
 	if m2.Attempt != 2 || m2.LastError != "first" {
 		t.Fatalf("second attempt's message: attempt %d, last error %q", m2.Attempt, m2.LastError)
+	}
+}
+
+// TestRunWaitsForDatabase: Run on a database that does not answer
+// (connection refused) waits for it instead of failing; a context that
+// ends meanwhile is a graceful stop.
+func TestRunWaitsForDatabase(t *testing.T) {
+	pool, _ := testdb.UnreachablePostgres(t)
+	ib, err := New(postgres.New(pool), fastConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := ib.Run(ctx); err != nil {
+		t.Fatalf("Run = %v, want nil: it waits for the database until its context ends", err)
+	}
+	if d := time.Since(start); d < 350*time.Millisecond {
+		t.Fatalf("Run returned after %v, before its context ended", d)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/internal/purge"
 )
 
 // DeadLetter is a message the inbox could not process, as kept in
@@ -96,7 +97,8 @@ func (ib *Inbox[TTx]) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]De
 }
 
 // DeadLetter returns the dead letter of message id from source, replayed or
-// not, or an error matching ErrNotFound.
+// not, or an error matching ErrNotFound. An empty source matches any: when
+// several sources sent the id, the oldest dead letter is returned.
 func (ib *Inbox[TTx]) DeadLetter(ctx context.Context, source, id string) (*DeadLetter, error) {
 	dl, err := ib.DeadLetters(ctx, DeadLetterFilter{Source: source, IDs: []string{id}, IncludeReplayed: true})
 	if err != nil {
@@ -129,25 +131,10 @@ func (ib *Inbox[TTx]) Replay(ctx context.Context, f DeadLetterFilter) (int, erro
 	return n, err
 }
 
-// purgeBatch bounds one statement of PurgeDeadLetters without a limit.
-const purgeBatch = 1000
-
 // PurgeDeadLetters deletes the dead letters matching f and returns how
 // many. Without a Limit it deletes in statements of 1,000 rows until none
 // match. A purged message is forgotten: a resend of it is stored and
 // handled again.
 func (ib *Inbox[TTx]) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int, error) {
-	q := f.query()
-	if q.Limit > 0 {
-		return ib.d.PurgeDeadLetters(ctx, q)
-	}
-	q.Limit = purgeBatch
-	total := 0
-	for {
-		n, err := ib.d.PurgeDeadLetters(ctx, q)
-		total += n
-		if err != nil || n < purgeBatch {
-			return total, err
-		}
-	}
+	return purge.DeadLetters(ctx, ib.d, f.query())
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/internal/crashpoint"
 )
 
 // opTimeout is the part of a batch's deadline not spent in handlers: its
@@ -52,9 +53,11 @@ func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 			}
 			continue
 		}
+		crashpoint.Hit("inbox.after-claim")
 		if len(rows) == q.batch {
 			q.signal() // there may be more: let an idle sibling look
 		}
+		rows = ib.isolate(ctx, worker, token, rows)
 		ib.mx.claimed(q.name, len(rows))
 		if ib.processMode(ctx, q, worker, token, rows, careful == 0) {
 			careful = carefulBatches
@@ -62,6 +65,43 @@ func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 			careful--
 		}
 	}
+}
+
+// isolate returns rows, or, when more than one was claimed and some lost
+// their previous attempt (rescued: its worker died or stalled past its
+// lease), only the first of those, after releasing the others with their
+// attempt taken back. A message whose handler kills the process (a fatal
+// error, an exit, the OOM killer) then costs its batch-mates one attempt,
+// in the batch it first killed, and not one per crash until all of them
+// are out of attempts: after that crash every message of the batch is
+// suspect, and each runs alone until it is handled, fails as usual, or,
+// for the culprit, runs out of attempts and is dead-lettered.
+func (ib *Inbox[TTx]) isolate(ctx context.Context, worker, token string, rows []dialects.InboxRow) []dialects.InboxRow {
+	if len(rows) < 2 {
+		return rows
+	}
+	first := -1
+	for i := range rows {
+		if strings.HasSuffix(rows[i].LastError, dialects.RescuedError) {
+			first = i
+			break
+		}
+	}
+	if first < 0 {
+		return rows
+	}
+	rest := make([]dialects.InboxRow, 0, len(rows)-1)
+	rest = append(rest, rows[:first]...)
+	rest = append(rest, rows[first+1:]...)
+	log := ib.log.With("worker", worker)
+	// Debug: the rescue that made them suspect has logged a Warn already,
+	// and after a crash every batch of the rescued messages comes here.
+	log.Debug("durable/inbox: a claimed batch holds messages whose last attempt was lost (a worker died or stalled); running them one at a time",
+		"message_id", rows[first].ID, "source", rows[first].Source, "released", len(rest))
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	ib.settleAfterFailure(rctx, log, token, rest, nil, nil, nil)
+	return rows[first : first+1]
 }
 
 // poll wakes an idle worker of q every poll interval (with jitter) until
@@ -202,6 +242,7 @@ func (ib *Inbox[TTx]) processMode(ctx context.Context, q *queue, worker, token s
 		ib.settleAfterFailure(bctx, log, token, mine, broken.culprit, broken.err, nil)
 		return
 	}
+	crashpoint.Hit("inbox.after-handlers")
 	n, err := ib.store.FinishInbox(bctx, tx, token, outcomes)
 	if err == nil {
 		err = ib.d.Commit(bctx, tx)
@@ -214,6 +255,7 @@ func (ib *Inbox[TTx]) processMode(ctx context.Context, q *queue, worker, token s
 		ib.settleAfterFailure(bctx, log, token, mine, nil, nil, fmt.Errorf("durable/inbox: the batch transaction failed: %w", err))
 		return
 	}
+	crashpoint.Hit("inbox.after-finish")
 	ib.settled(log, mine, outcomes)
 	if n != len(outcomes) {
 		log.Warn("durable/inbox: a batch settled fewer messages than it handled", "settled", n, "handled", len(outcomes))
@@ -290,7 +332,12 @@ func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialec
 	}
 	if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRollback); err != nil {
 		b := &errBroken{err: errors.Join(ferr, err)}
-		if failed >= 0 {
+		// The failed handler left tx unusable, unless a handler before it
+		// returned nil: that one may have ended tx, and the failure is then
+		// not the failed message's own. Name no culprit then: the batch is
+		// released without counting attempts, and its next run, with a
+		// savepoint per message, finds the handler that broke tx.
+		if failed >= 0 && !anyHandled(outcomes) {
 			b.culprit = &rows[failed]
 		}
 		return nil, true, b
@@ -302,6 +349,16 @@ func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialec
 	}
 	outcomes, broken := ib.handleSaved(ctx, bctx, tx, rows, spClean, failed, failedOutcome)
 	return outcomes, true, broken
+}
+
+// anyHandled reports whether a handler returned nil for one of outcomes.
+func anyHandled(outcomes []dialects.InboxOutcome) bool {
+	for _, o := range outcomes {
+		if o.Kind == dialects.InboxHandled {
+			return true
+		}
+	}
+	return false
 }
 
 // preset returns the outcome of r decided without running its handler, if
@@ -417,6 +474,9 @@ func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r
 		ID: r.ID, Source: r.Source, Topic: r.Topic, Key: r.Key, Headers: headers, Payload: r.Payload,
 		CreatedAt: r.CreatedAt, ReceivedAt: r.ReceivedAt, ExpiresAt: r.ExpiresAt,
 		Attempt: r.Attempts, LastError: r.LastError, ReplayedAt: r.ReplayedAt,
+	}
+	if g, ok := ib.d.(dialects.TxGuard[TTx]); ok {
+		tx = g.GuardTx(tx)
 	}
 	hctx, end := ib.tr.start(hctx, msg)
 	start := time.Now()

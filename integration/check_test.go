@@ -220,6 +220,12 @@ func (c *cluster) check() {
 	faults := maps.Clone(c.faults)
 	caught := c.caught
 	died := maps.Clone(c.died)
+	points := pointCounts{
+		armed:   maps.Clone(c.points.armed),
+		fired:   maps.Clone(c.points.fired),
+		missed:  maps.Clone(c.points.missed),
+		skipped: maps.Clone(c.points.skipped),
+	}
 	c.mu.Unlock()
 	var vanished, resurrected []string
 	var nCommitted, nRolledBack, nUnknown, unknownCommitted int
@@ -293,6 +299,15 @@ func (c *cluster) check() {
 	t.Logf("faults: %v; %d service starts; %d Node.Run restarts; proxy: %d connections, %d cut, %d refused, %d B to receivers, %d B to senders",
 		faults, starts, len(runErrors), ps.Accepted, ps.Cuts, ps.Refused, ps.BytesToTarget, ps.BytesToClient)
 	t.Logf("kills: %v; services killed at their exact crash point: %v", caught, died)
+	hits := windowHits(points.fired, died)
+	t.Logf("library crash points, reached/armed: %s; exact hits by window: %v", pointSummary(points), hits)
+	if missing := crashWindows(hits); len(missing) > 0 {
+		if c.sc.windows {
+			t.Errorf("windows never hit exactly in this scenario: %s", strings.Join(missing, ", "))
+		} else {
+			t.Logf("windows never hit exactly (not required of a shortened scenario): %s", strings.Join(missing, ", "))
+		}
+	}
 }
 
 func sumValues(m map[string]int) int {

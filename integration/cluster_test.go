@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	crand "crypto/rand"
 	"database/sql"
 	"fmt"
 	"math/rand/v2"
@@ -20,6 +21,7 @@ import (
 	"github.com/durable-go/durable/integration/internal/history"
 	"github.com/durable-go/durable/integration/internal/pgserver"
 	"github.com/durable-go/durable/integration/internal/proc"
+	"github.com/durable-go/durable/internal/crashpoint"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/migrations"
 )
@@ -35,6 +37,7 @@ type scenario struct {
 	writers   int           // enqueue goroutines per sender process
 	dbFaults  bool          // restart and kill the Postgres servers
 	stuck     float64       // share of handler calls that hang past the inbox lease
+	windows   bool          // fail unless each window was hit exactly (full length; see crashWindows)
 }
 
 // side is one service's database: the test's handle on it, and what the
@@ -104,6 +107,11 @@ type cluster struct {
 	sc    scenario
 	bin   string
 	start time.Time
+	// secret is this cluster's shared secret, its own: a sender of another
+	// scenario running beside it (the soak runs the SQLite and the Postgres
+	// ones at once) that reaches this cluster's proxy fails to
+	// authenticate instead of delivering its messages here.
+	secret string
 
 	orders, billing *side
 	proxy           *faultproxy.Proxy
@@ -117,7 +125,12 @@ type cluster struct {
 	faults     map[string]int  // faults applied, by name
 	caught     caught          // what the SIGKILLs interrupted
 	died       map[string]int  // DIE lines: services that killed themselves at a crash point, by point
+	points     pointCounts     // the library's crash points: armed, reached, missed, skipped
 	target     *service        // the receiver the proxy forwards new connections to
+
+	// serial is held while the crash loop or the crash-point loop kills,
+	// stops or starts services, so that the two never act on one at once.
+	serial sync.Mutex
 }
 
 func newCluster(t *testing.T, sc scenario) *cluster {
@@ -129,6 +142,8 @@ func newCluster(t *testing.T, sc scenario) *cluster {
 		printed: make(map[string]byte),
 		faults:  make(map[string]int),
 		died:    make(map[string]int),
+		points:  newPointCounts(),
+		secret:  crand.Text(),
 	}
 	// The two databases are independent; on Postgres each needs initdb.
 	var wg sync.WaitGroup
@@ -176,8 +191,18 @@ func (c *cluster) run() {
 	}
 }
 
-// onLine parses what the services print on stdout.
+// onLine parses what the services print: on stdout, their commits and
+// crashes at the application's crash points; on stderr, their deaths at the
+// library's (see internal/crashpoint).
 func (c *cluster) onLine(svc *service, stream, line string) {
+	if stream == "stderr" {
+		if point, ok := strings.CutPrefix(line, "CRASHPOINT "); ok {
+			c.mu.Lock()
+			c.points.fired[point]++
+			c.mu.Unlock()
+		}
+		return
+	}
 	if stream != "stdout" {
 		return
 	}
@@ -255,7 +280,13 @@ type service struct {
 }
 
 // startService starts the helper with s.extra and waits for its READY line.
-func (s *service) startService() error {
+func (s *service) startService() error { return s.startArmed("") }
+
+// startArmed starts the helper with s.extra and the library's crash point
+// arm ("name:N", see internal/crashpoint; "" arms none), and waits for its
+// READY line. An armed process is expected to kill itself: its exit is left
+// to the one who armed it (armCrashPoint), not counted as unexpected.
+func (s *service) startArmed(arm string) error {
 	c := s.c
 	s.mu.Lock()
 	s.starts++
@@ -266,6 +297,7 @@ func (s *service) startService() error {
 		"-role", s.role,
 		"-dialect", c.sc.dialect,
 		"-seed", fmt.Sprint(c.sc.seed + uint64(n)),
+		"-secret", c.secret,
 	}
 	switch s.role {
 	case "sender":
@@ -275,8 +307,11 @@ func (s *service) startService() error {
 	}
 	args = append(args, extra...)
 	p := proc.Start(c.t, c.bin, proc.Options{
-		Name:   fmt.Sprintf("%s#%d", s.name, n),
-		Args:   args,
+		Name: fmt.Sprintf("%s#%d", s.name, n),
+		Args: args,
+		// Set even when empty: an arm in the test's own environment
+		// must not reach every helper.
+		Env:    []string{crashpoint.EnvVar + "=" + arm},
 		OnLine: func(stream, line string) { c.onLine(s, stream, line) },
 		Logf: func(format string, a ...any) {
 			// The per-message lines are for onLine, not the log.
@@ -294,6 +329,7 @@ func (s *service) startService() error {
 		return fmt.Errorf("%s: %w", s.name, err)
 	}
 	told := new(atomic.Bool)
+	told.Store(arm != "")
 	s.mu.Lock()
 	s.p = p
 	s.told = told

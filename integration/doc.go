@@ -43,6 +43,10 @@
 //     reach them (between acknowledgement and deletion); stop a service
 //     gracefully (SIGTERM, which must succeed); kill every service at once.
 //     Every service is started again after a random delay;
+//   - the crash-point loop: SIGKILL a sender or a receiver and start it
+//     again with one of the library's crash points armed (see below), wait
+//     until it killed itself there, start it again unarmed. It takes turns
+//     with the crash loop, so that the two never act on a service at once;
 //   - on Postgres, the database loop: restart a server (fast, or immediate
 //     with crash recovery), or SIGKILL it and start it again.
 //
@@ -50,16 +54,6 @@
 // panic, a failed statement it ignores (which aborts a Postgres
 // transaction), a hang past the inbox lease and at times the handler
 // timeout. Each of these must roll the effect back and retry.
-//
-// Commit-then-send and handler-then-completion are hit exactly, from the
-// application's code (the helper SIGKILLs itself on SIGUSR1, see
-// internal/cmd/node). The other windows inside the library, between
-// acknowledgement and deletion in the relay and between the inbox's commit
-// and its ACK, are hit statistically: kills timed on the traffic and at
-// random moments of a steady stream, and cuts at the ACK, which the sender
-// cannot tell from a receiver that died there. Aiming at those exact points
-// needs crash hooks in the library. Each scenario logs how many kills found
-// rows leased to the killed process.
 //
 // Then the faults heal, the senders restart to relay without enqueuing, and
 // the test waits until the outbox is empty and every inbox message is
@@ -69,7 +63,60 @@
 // unexpected effect (a rolled back or unknown message), a poison message
 // with an effect or a normal one in the dead letters, a sender-side dead
 // letter, a commit the sender saw succeed without its row, a per-key order
-// violation, and a service that exited on its own.
+// violation, and a service that exited on its own (an armed one too,
+// unless it died at its point).
+//
+// # Exact crashes
+//
+// The four windows where a crash matters, commit-then-send, send-then-delete,
+// insert-then-ACK and handler-then-completion, are hit exactly, not only by
+// chance. Commit-then-send and handler-then-completion are hit from the
+// application's code: on SIGUSR1 the helper SIGKILLs itself right after its
+// next COMMIT returned, or in its next handler after the effect was written
+// (see internal/cmd/node). All four are hit inside the library at its crash
+// points (internal/crashpoint): calls of crashpoint.Hit, empty functions in a
+// normal build; the helper is built with the tag durable_crashpoints, where
+// DURABLE_CRASHPOINT=name:N makes the process write "CRASHPOINT name" on
+// stderr and SIGKILL itself the N-th time it gets to the point name. The
+// points:
+//
+//   - relay.after-claim: rows claimed, not sent yet (commit-then-send);
+//   - relay.after-ack: the batch acknowledged, its rows not deleted yet
+//     (send-then-delete);
+//   - relay.after-delete: the rows deleted;
+//   - inbox.after-insert-commit (after the inbox's transaction committed)
+//     and tcp.before-ack-write (before the ACK is written): the batch is in
+//     the inbox, the sender does not know it (insert-then-ACK);
+//   - inbox.inline.after-handlers: the handlers of an inline batch ran, its
+//     transaction has not committed (only a receiver that handles inline
+//     gets there);
+//   - inbox.after-claim, inbox.after-handlers and inbox.after-finish: a
+//     worker claimed a batch; ran its handlers and has not completed it
+//     (handler-then-completion); committed its completion.
+//
+// The crash-point loop arms them round robin, the windows' points first, at
+// their N-th hit with N from 1 to 3, so that every scenario arms each at
+// least once. An armed receiver becomes the proxy's target; the workers'
+// points are armed preferably, and the inline point only, in a receiver whose
+// next start runs that path. A service that does not get to its point within
+// 5 s is killed; while the point's window has not been hit, it is armed again
+// at the next turn, up to twice in a row. A scenario of the test's full length fails unless each of
+// the four windows was hit exactly at least once, and logs how often each
+// point was armed and reached. The kills at random moments and timed on the
+// traffic, and the cuts at the ACK (which the sender cannot tell from a
+// receiver that died there), still hit the same windows with interleavings no
+// fixed point gives. Each scenario logs how many kills found rows leased to
+// the killed process.
+//
+// # A handler that kills its process
+//
+// TestKillingHandler runs one receiver, restarted whenever it dies as a
+// supervisor would, and sends it a batch that holds one killer message,
+// whose handler SIGKILLs the process every time it runs. The receiver must
+// die exactly 1+MaxAttempts times (once in the inline delivery, which
+// counts no attempt, then once per worker attempt), the killer must end in
+// the dead letters ("gave up") with no effect, and every other message of
+// its batch must have one effect and no dead letter.
 //
 // # Running it
 //

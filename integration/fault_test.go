@@ -50,6 +50,8 @@ func faultTest(t *testing.T, sc scenario) {
 	if testing.Short() {
 		t.Skip("the fault suite takes minutes; it runs without -short")
 	}
+	// A scenario of the test's full length must hit every window exactly.
+	sc.windows = *lengthFlag <= 0 || *lengthFlag >= sc.length
 	if *lengthFlag > 0 {
 		sc.length = *lengthFlag
 	}
@@ -103,8 +105,9 @@ func testName(t *testing.T) string {
 	return name
 }
 
-// runScenario starts the services, runs the network and crash fault loops
-// for sc.length while messages flow, drains and checks the history.
+// runScenario starts the services, runs the fault loops (network, crash,
+// crash points, database) for sc.length while messages flow, drains and
+// checks the history.
 func runScenario(t *testing.T, sc scenario) {
 	c := newCluster(t, sc)
 	c.run()
@@ -115,14 +118,17 @@ func runScenario(t *testing.T, sc scenario) {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 1)), networkFaults, 200*time.Millisecond, 1500*time.Millisecond)
+		c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 1)), networkFaults, 200*time.Millisecond, 1500*time.Millisecond, nil)
 	})
 	wg.Go(func() {
-		c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 2)), crashFaults, 500*time.Millisecond, 3*time.Second)
+		c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 2)), crashFaults, 500*time.Millisecond, 3*time.Second, &c.serial)
+	})
+	wg.Go(func() {
+		c.crashPointLoop(ctx, rand.New(rand.NewPCG(sc.seed, 4)), 300*time.Millisecond, 1500*time.Millisecond)
 	})
 	if sc.dbFaults {
 		wg.Go(func() {
-			c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 3)), databaseFaults, 2*time.Second, 6*time.Second)
+			c.faultLoop(ctx, rand.New(rand.NewPCG(sc.seed, 3)), databaseFaults, 2*time.Second, 6*time.Second, nil)
 		})
 	}
 	wg.Wait()

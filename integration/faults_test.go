@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"math/rand/v2"
+	"sync"
 	"syscall"
 	"time"
 
@@ -124,9 +125,10 @@ var networkFaults = []fault{
 		}},
 }
 
-// crashFaults kill and stop the services. A SIGKILL lands wherever the service happens to be: between
-// commit and send, send and delete, inbox insert and ACK, handler and
-// completion, all are hit statistically, none on purpose.
+// crashFaults kill and stop the services. A SIGKILL lands wherever the
+// service happens to be: between commit and send, send and delete, inbox
+// insert and ACK, handler and completion. The die-* faults and the
+// crash-point loop (crashpoints_test.go) aim at those windows on purpose.
 var crashFaults = []fault{
 	{name: "kill-sender", weight: 3, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		s := c.senders[rng.IntN(len(c.senders))]
@@ -294,8 +296,9 @@ func (c *cluster) startAgain(s *service) {
 }
 
 // faultLoop applies faults from menu, one at a time with random gaps, until
-// ctx ends.
-func (c *cluster) faultLoop(ctx context.Context, rng *rand.Rand, menu []fault, gapLo, gapHi time.Duration) {
+// ctx ends. lock, if not nil, is held while a fault runs (not in the gaps);
+// a fault whose turn comes only after ctx ended is not applied.
+func (c *cluster) faultLoop(ctx context.Context, rng *rand.Rand, menu []fault, gapLo, gapHi time.Duration, lock sync.Locker) {
 	var usable []fault
 	total := 0
 	for _, f := range menu {
@@ -308,8 +311,16 @@ func (c *cluster) faultLoop(ctx context.Context, rng *rand.Rand, menu []fault, g
 		pick := rng.IntN(total)
 		for _, f := range usable {
 			if pick < f.weight {
-				c.countFault(f.name)
-				f.run(ctx, c, rng)
+				if lock != nil {
+					lock.Lock()
+				}
+				if ctx.Err() == nil {
+					c.countFault(f.name)
+					f.run(ctx, c, rng)
+				}
+				if lock != nil {
+					lock.Unlock()
+				}
 				break
 			}
 			pick -= f.weight

@@ -22,18 +22,19 @@ var (
 
 func TestMain(m *testing.M) { os.Exit(proc.Main(m)) }
 
-// helperBinary builds the node helper once per test binary. It is built
-// without the race detector unless -race-helpers is given: the services run
-// the library's code under faults at a realistic speed, and the library's own
-// tests run under -race.
+// helperBinary builds the node helper once per test binary, with the
+// library's crash points (the build tag durable_crashpoints, see
+// internal/crashpoint). It is built without the race detector unless
+// -race-helpers is given: the services run the library's code under faults at
+// a realistic speed, and the library's own tests run under -race.
 func helperBinary(t *testing.T) string {
 	t.Helper()
 	start := time.Now()
 	var bin string
 	if *raceHelpersFlag {
-		bin = proc.Build(t, "./internal/cmd/node")
+		bin = proc.Build(t, "./internal/cmd/node", "-tags=durable_crashpoints")
 	} else {
-		bin = proc.Build(t, "./internal/cmd/node", "-race=false")
+		bin = proc.Build(t, "./internal/cmd/node", "-tags=durable_crashpoints", "-race=false")
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Logf("built the node helper in %v", d.Round(100*time.Millisecond))

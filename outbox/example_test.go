@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	_ "modernc.org/sqlite"
 
@@ -132,4 +133,69 @@ func ExampleRelay() {
 	// received: order-1-placed order.placed {"order":1,"total":4200} attempt 1
 	// Run returned: <nil>
 	// left in the outbox: 0
+}
+
+// A message the peer refuses for good becomes an outbox dead letter, with
+// the peer's reason. Once the cause is fixed, Replay puts it back into the
+// outbox and the relay sends it again.
+func ExampleOutbox_Replay() {
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "durable-replay-example")
+	defer os.RemoveAll(dir)
+	db, _ := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
+	defer db.Close()
+	up, _ := migrations.FS(migrations.SQLite)
+	schema, _ := fs.ReadFile(up, "0001_init.up.sql")
+	db.Exec(string(schema))
+	d, err := sqlite.New(db)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ob, _ := outbox.New(d, nil)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	// The peer refuses its first batch: it does not know the customer yet.
+	calls := 0
+	received := make(chan transport.Envelope, 1)
+	srv, _ := tcp.NewServer(transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+		calls++
+		if calls == 1 {
+			return transport.Result{Outcomes: []transport.Outcome{{Status: transport.Rejected, Reason: "unknown customer 7"}}}, nil
+		}
+		received <- b.Envelopes[0]
+		return transport.Result{}, nil
+	}), tcp.ServerConfig{Insecure: true, Logger: quiet})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() { srv.Close(); <-served }()
+
+	billing, _ := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{NodeID: "shop", Logger: quiet})
+	defer billing.Close(ctx)
+	relay, _ := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing}, &outbox.RelayConfig{Outbox: ob, Logger: quiet})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+
+	tx, _ := db.BeginTx(ctx, nil)
+	ob.Enqueue(ctx, tx, &outbox.Message{ID: "invoice-7", Destination: "billing", Topic: "invoice.due", Payload: []byte(`{"customer":7}`)})
+	tx.Commit()
+
+	var dead []outbox.DeadLetter
+	for len(dead) == 0 {
+		time.Sleep(10 * time.Millisecond)
+		dead, _ = ob.DeadLetters(ctx, outbox.DeadLetterFilter{Destination: "billing"})
+	}
+	fmt.Println("dead letter:", dead[0].ID, dead[0].Reason, dead[0].LastError)
+
+	n, _ := ob.Replay(ctx, outbox.DeadLetterFilter{IDs: []string{"invoice-7"}})
+	fmt.Println("replayed:", n)
+	e := <-received
+	fmt.Println("received:", e.ID, string(e.Payload))
+	// Output:
+	// dead letter: invoice-7 rejected unknown customer 7
+	// replayed: 1
+	// received: invoice-7 {"customer":7}
 }

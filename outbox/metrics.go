@@ -104,6 +104,7 @@ type relayMetrics struct {
 	batch                              metric.Int64Histogram
 	backlog                            metric.Int64ObservableGauge
 	oldest                             metric.Float64ObservableGauge
+	deadLetters                        metric.Int64ObservableGauge
 	names                              telemetry.Names
 	sets                               telemetry.Sets
 	mu                                 sync.Mutex
@@ -141,6 +142,9 @@ func newRelayMetrics(mp metric.MeterProvider) (*relayMetrics, error) {
 	errs = append(errs, err)
 	m.oldest, err = meter.Float64ObservableGauge("durable.outbox.oldest_age", metric.WithUnit("s"),
 		metric.WithDescription("Age of the oldest unsent outbox row per destination."))
+	errs = append(errs, err)
+	m.deadLetters, err = meter.Int64ObservableGauge("durable.outbox.dead_letters", metric.WithUnit("{message}"),
+		metric.WithDescription("Pending outbox dead letters per destination (never replayed, or failed again since)."))
 	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("durable/outbox: metrics: %w", err)
@@ -265,16 +269,18 @@ func (m *relayMetrics) observe(c *relayCore) (unregister func()) {
 			opt := m.dest(r.Destination)
 			o.ObserveInt64(m.backlog, r.Unsent, opt)
 			o.ObserveFloat64(m.oldest, r.OldestAge.Seconds(), opt)
+			o.ObserveInt64(m.deadLetters, r.DeadLetters, opt)
 		}
 		for dest := range c.lanes {
 			if !seen[dest] {
 				opt := m.dest(dest)
 				o.ObserveInt64(m.backlog, 0, opt)
 				o.ObserveFloat64(m.oldest, 0, opt)
+				o.ObserveInt64(m.deadLetters, 0, opt)
 			}
 		}
 		return nil
-	}, m.backlog, m.oldest)
+	}, m.backlog, m.oldest, m.deadLetters)
 	if err != nil {
 		c.log.Warn("durable/outbox: relay: cannot register the backlog gauges", "err", err)
 		return func() {}

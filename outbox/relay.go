@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/internal/dbwait"
 	"github.com/durable-go/durable/internal/housekeep"
 	"github.com/durable-go/durable/transport"
 )
@@ -75,8 +76,11 @@ type RelayConfig struct {
 	// logged per message at Info or above. Nil: slog.Default().
 	Logger *slog.Logger
 
-	// ID names this relay in the leases it takes (durable_outbox.locked_by
-	// holds ID/n). Default: host name, process id and a random suffix.
+	// ID names this relay in the leases it takes: durable_outbox.locked_by
+	// holds ID/nonce/n, with a nonce drawn at random by NewRelay, so that
+	// relays given the same ID (replicas sharing one configuration) never
+	// share a lease token. Default: host name, process id and a random
+	// suffix.
 	ID string
 
 	// PollInterval is how often an idle destination is checked for due
@@ -90,11 +94,13 @@ type RelayConfig struct {
 	// message is sent alone. Default DefaultBatchBytes (1 MiB).
 	BatchBytes int
 	// Linger batches a stream of messages: while a destination is busy
-	// (its last claim found rows, but not a full batch), a wake-up makes it
-	// claim again no sooner than Linger after that claim, so that one claim
-	// takes the messages of many transactions instead of one each. An idle
-	// destination claims at once on a wake-up, and a full claim is followed
-	// by the next at once. Default DefaultLinger (5ms); negative: never wait.
+	// (its last claim found several rows, but not a full batch, and
+	// batches are still waiting for their ACK), a wake-up makes it claim
+	// again no sooner than Linger after that claim, so that one claim takes
+	// the messages of many transactions instead of one each. A trickle of
+	// messages, one per claim, pays no linger, and a full claim is followed
+	// by the next at once. Default DefaultLinger (5ms); negative: never
+	// wait.
 	Linger time.Duration
 	// InFlight bounds the batches per destination sent and not yet
 	// answered. Default DefaultInFlight.
@@ -335,6 +341,7 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 		mx:      mx,
 		lanes:   make(map[string]*lane, len(senders)),
 		unknown: make(map[string]time.Time),
+		nonce:   rand.Text()[:8],
 	}
 	if l, ok := d.(dialects.Listener); ok && !c.NoListen {
 		core.listener = l
@@ -353,15 +360,23 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 }
 
 // Run checks the schema, then relays until ctx is cancelled. It then drains
-// (see Relay, "Stopping") and returns nil. It returns an error only when it
-// cannot start: the schema check failed, or the relay is running already.
-// A relay may be run again after Run returned.
+// (see Relay, "Stopping") and returns nil. While the database does not
+// answer at start (connection refused, reset or timed out; the server
+// starting up or shutting down), Run waits for it, checking again with a
+// backoff up to 5s and logging each failure. It returns an error only when
+// it cannot start: the database answered the schema check with an error
+// (schema missing or older, authentication failed, unknown database), or
+// the relay is running already. A relay may be run again after Run
+// returned.
 func (r *Relay[TTx]) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("durable/outbox: Relay.Run called while the relay is running")
 	}
 	defer r.running.Store(false)
-	if err := r.d.CheckSchema(ctx); err != nil {
+	if err := dbwait.Wait(ctx, r.d.CheckSchema, dbwait.Options{Logger: r.core.log, What: "relay"}); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting: nothing was started
+		}
 		return err
 	}
 	r.core.run(ctx)
@@ -379,8 +394,12 @@ type RelayStats struct {
 	Unsent       int64 // rows not yet acknowledged, in every destination
 	// OldestAge is the age of the oldest unsent row; zero when none.
 	OldestAge time.Duration
-	// Destinations holds every destination that has a Sender or unsent
-	// rows.
+	// DeadLetters counts the pending outbox dead letters of every
+	// destination, whichever relay moved them there (see
+	// Outbox.DeadLetters).
+	DeadLetters int64
+	// Destinations holds every destination that has a Sender, unsent rows
+	// or pending dead letters.
 	Destinations map[string]DestinationStats
 }
 
@@ -399,10 +418,13 @@ type DestinationStats struct {
 	Retrying  int64         // rows waiting for a retry
 	Scheduled int64         // rows whose DeliverAt is in the future
 	OldestAge time.Duration // age of the oldest unsent row
+
+	DeadLetters int64 // pending outbox dead letters
 }
 
-// Stats returns the relay's counters and the outbox's backlog per
-// destination (one query that reads every unsent row). It may be called at
+// Stats returns the relay's counters and the outbox's backlog and pending
+// dead letters per destination (one query that reads every unsent row and
+// counts the outbox's dead letters). It may be called at
 // any time, also while Run is not running.
 func (r *Relay[TTx]) Stats(ctx context.Context) (RelayStats, error) {
 	return r.core.stats(ctx)
@@ -418,15 +440,17 @@ type relayCore struct {
 	mx       *relayMetrics     // nil: no metrics
 	hk       *housekeep.Runner // nil: no retention jobs
 	lanes    map[string]*lane  // fixed after NewRelay
+	nonce    string            // random, per relay: tokens stay unique when IDs are not
 	claims   atomic.Uint64     // numbers the claim tokens
 
 	mu      sync.Mutex
 	unknown map[string]time.Time // destination without a Sender → last warned
 }
 
-// token returns a lease token unique to this claim.
+// token returns a lease token unique to this claim, also among relays that
+// were given the same ID.
 func (c *relayCore) token() string {
-	return fmt.Sprintf("%s/%d", c.cfg.ID, c.claims.Add(1))
+	return fmt.Sprintf("%s/%s/%d", c.cfg.ID, c.nonce, c.claims.Add(1))
 }
 
 // wake pokes the lane of dest, or every lane for "". early marks an
@@ -542,6 +566,58 @@ func (c *relayCore) reportUnknown(ctx context.Context) {
 	for _, d := range warn {
 		c.log.Warn("durable/outbox: relay: unsent messages for a destination without a Sender are kept in the outbox", "destination", d)
 	}
+	for _, d := range dests {
+		if _, ok := c.lanes[d]; !ok {
+			c.expireUnattended(ctx, d)
+		}
+	}
+}
+
+// expireUnattended moves the expired messages of dest, a destination this
+// relay has no Sender for, to the dead letters (reason expired), so that a
+// message's expiry holds whether or not anyone sends to its destination. A
+// relay that does send there would do the same with them.
+func (c *relayCore) expireUnattended(ctx context.Context, dest string) {
+	const limit = 1000
+	moved := 0
+	for ctx.Err() == nil {
+		octx, cancel := context.WithTimeout(ctx, opTimeout)
+		token := c.token()
+		rows, err := c.store.ClaimOutbox(octx, dialects.OutboxClaim{
+			Destination: dest, Token: token, Limit: limit, Lease: c.cfg.Lease, ExpiredOnly: true,
+		})
+		n := 0
+		if err == nil && len(rows) > 0 {
+			letters := make([]dialects.OutboxDeadLetter, len(rows))
+			for i, r := range rows {
+				letters[i] = dialects.OutboxDeadLetter{Seq: r.Seq, Reason: dialects.ReasonExpired,
+					Error: expiredError(r.ExpiresAt) + " (no Sender for its destination)"}
+			}
+			n, err = c.store.DeadLetterOutbox(octx, token, letters)
+		}
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				// The rows stay leased and come back when the lease expires.
+				c.log.Warn("durable/outbox: relay: moving the expired messages of a destination without a Sender failed", "destination", dest, "err", err)
+			}
+			break
+		}
+		moved += n
+		if len(rows) < limit {
+			break
+		}
+	}
+	if moved > 0 {
+		c.mx.lane(dest).deadLettered(moved, dialects.ReasonExpired)
+		c.log.Warn("durable/outbox: relay: expired messages of a destination without a Sender moved to the dead letters", "destination", dest, "count", moved)
+	}
+}
+
+// expiredError is the error of a message dead-lettered because it expired
+// before it was sent.
+func expiredError(at time.Time) string {
+	return fmt.Sprintf("expired at %s before it could be sent", at.UTC().Format(time.RFC3339Nano))
 }
 
 func (c *relayCore) stats(ctx context.Context) (RelayStats, error) {
@@ -568,8 +644,10 @@ func (c *relayCore) stats(ctx context.Context) (RelayStats, error) {
 	for _, r := range rows {
 		ds := s.Destinations[r.Destination]
 		ds.Unsent, ds.InFlight, ds.Retrying, ds.Scheduled, ds.OldestAge = r.Unsent, r.Leased, r.Retrying, r.Scheduled, r.OldestAge
+		ds.DeadLetters = r.DeadLetters
 		s.Destinations[r.Destination] = ds
 		s.Unsent += r.Unsent
+		s.DeadLetters += r.DeadLetters
 		s.OldestAge = max(s.OldestAge, r.OldestAge)
 	}
 	return s, nil

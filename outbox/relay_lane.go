@@ -3,7 +3,6 @@ package outbox
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/internal/crashpoint"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -118,7 +118,7 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 		followStep time.Duration
 		followEnd  time.Time
 		dbFailures int
-		lastClaim  time.Time // start of the last claim that found rows
+		lastClaim  time.Time // start of the last claim that found several rows
 		timer      = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
@@ -147,8 +147,11 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 					followStep = min(2*followStep, followMax)
 				}
 			}
-			// Busy: let the rows of more transactions gather.
-			if !lastClaim.IsZero() && !sleep(ctx, time.Until(lastClaim.Add(cfg.Linger))) {
+			// Busy (the last claim found several rows, so they arrive
+			// faster than a claim takes, and batches are still out): let
+			// the rows of more transactions gather. A trickle of messages,
+			// one per claim, pays no linger.
+			if !lastClaim.IsZero() && len(l.slots) > 0 && !sleep(ctx, time.Until(lastClaim.Add(cfg.Linger))) {
 				return
 			}
 		}
@@ -201,8 +204,11 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 			continue
 		}
 		dbFailures = 0
-		lastClaim = time.Time{}
 		if len(rows) > 0 {
+			crashpoint.Hit("relay.after-claim")
+		}
+		lastClaim = time.Time{}
+		if len(rows) > 1 {
 			lastClaim = start
 		}
 		send := l.expire(ctx, token, rows)
@@ -242,7 +248,7 @@ func (l *lane) expire(ctx context.Context, token string, rows []dialects.Claimed
 			}
 			letters = append(letters, dialects.OutboxDeadLetter{
 				Seq: r.Seq, Reason: dialects.ReasonExpired,
-				Error: fmt.Sprintf("expired at %s before it could be sent", r.ExpiresAt.UTC().Format(time.RFC3339Nano)),
+				Error: expiredError(r.ExpiresAt),
 			})
 			continue
 		}
@@ -431,6 +437,7 @@ func (l *lane) ack(ctx context.Context, token string, seqs []int64) {
 	if len(seqs) == 0 {
 		return
 	}
+	crashpoint.Hit("relay.after-ack")
 	octx, cancel := opCtx(ctx)
 	n, err := l.c.store.AckOutbox(octx, token, seqs, l.c.cfg.Retention > 0)
 	cancel()
@@ -440,6 +447,7 @@ func (l *lane) ack(ctx context.Context, token string, seqs []int64) {
 		l.dbFailed("recording acknowledged rows", err)
 		return
 	}
+	crashpoint.Hit("relay.after-delete")
 	l.sent.Add(int64(n))
 	if n < len(seqs) {
 		l.c.log.Warn("durable/outbox: relay: lease lost before the acknowledgement was recorded; those messages will be sent again",

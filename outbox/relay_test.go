@@ -608,19 +608,26 @@ func testRejections[TTx any](t *testing.T, tg target[TTx]) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Sent != 10 || st.DeadLettered != 5 || st.Retried != 0 {
+	if st.Sent != 10 || st.DeadLettered != 5 || st.Retried != 0 || st.DeadLetters != 5 {
 		t.Fatalf("stats %+v", st)
+	}
+	if r, p, b := st.Destinations["reject"], st.Destinations["poison"], st.Destinations["big"]; r.DeadLetters != 1 || p.DeadLetters != 3 || b.DeadLetters != 1 || r.Unsent != 0 {
+		t.Fatalf("dead letters per destination: reject %+v, poison %+v, big %+v", r, p, b)
 	}
 }
 
 // TestRelayUnknownDestination: rows for a destination without a Sender are
-// kept, reported in Stats and logged once.
+// kept, reported in Stats and logged once; those that expired are moved to
+// the dead letters all the same.
 func TestRelayUnknownDestination(t *testing.T) {
 	d := sqliteTarget.open(t, true)
 	rcv := newReceiver()
 	srv := startServer(t, rcv)
 	ob := newOutbox(t, d, nil)
-	mustEnqueue(t, ob, relayMsg("nowhere", 1), relayMsg("billing", 1), relayMsg("nowhere", 2))
+	short := relayMsg("nowhere", 3)
+	short.ExpiresAt = time.Now().Add(100 * time.Millisecond)
+	mustEnqueue(t, ob, relayMsg("nowhere", 1), relayMsg("billing", 1), relayMsg("nowhere", 2), short)
+	time.Sleep(200 * time.Millisecond) // short expires before the relay starts
 	log, sink := newLog()
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, fastRelay(log))
 	stop := start(t, relay)
@@ -632,8 +639,16 @@ func TestRelayUnknownDestination(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop()
-	if n := sink.count("without a Sender", "nowhere"); n != 1 {
+	if n := sink.count("without a Sender are kept", "nowhere"); n != 1 {
 		t.Fatalf("warned %d times, want once:\n%s", n, sink.dump())
+	}
+	if n := sink.count("without a Sender moved to the dead letters", "nowhere", "count=1"); n != 1 {
+		t.Fatalf("%d warnings of expired messages moved, want one:\n%s", n, sink.dump())
+	}
+	dl := deadLettersOf(t, d)
+	if len(dl) != 1 || dl[0].ID != short.ID || dl[0].Reason != dialects.ReasonExpired || dl[0].Attempts != 0 ||
+		!strings.Contains(dl[0].LastError, "expired at") || !strings.Contains(dl[0].LastError, "no Sender") {
+		t.Fatalf("dead letters %+v; want %s expired, no attempt", dl, short.ID)
 	}
 	nw := st.Destinations["nowhere"]
 	if nw.HasSender || nw.Unsent != 2 || nw.InFlight != 0 || st.Unsent != 2 || !st.Destinations["billing"].HasSender {
@@ -854,4 +869,25 @@ type signalSender chan struct{}
 func (s signalSender) Send(context.Context, *transport.Batch) (transport.Result, error) {
 	s <- struct{}{}
 	return transport.Result{}, nil
+}
+
+// TestRelayWaitsForDatabase: Run on a database that does not answer
+// (connection refused) waits for it instead of failing, and sends nothing;
+// a context that ends meanwhile is a graceful stop.
+func TestRelayWaitsForDatabase(t *testing.T) {
+	pool, _ := testdb.UnreachablePostgres(t)
+	sent := make(chan struct{}, 1)
+	r := newRelay(t, postgres.New(pool), map[string]transport.Sender{"billing": signalSender(sent)}, fastRelay(nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := r.Run(ctx); err != nil {
+		t.Fatalf("Run = %v, want nil: it waits for the database until its context ends", err)
+	}
+	if d := time.Since(start); d < 350*time.Millisecond {
+		t.Fatalf("Run returned after %v, before its context ended", d)
+	}
+	if len(sent) != 0 {
+		t.Fatal("the relay sent something without a database")
+	}
 }

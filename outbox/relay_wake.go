@@ -84,3 +84,14 @@ func (s *subscribers) notify(rows []dialects.OutboxRow) {
 		}
 	}
 }
+
+// wake calls every subscriber with dest ("": any destination).
+func (s *subscribers) wake(dest string) {
+	cur := s.list.Load()
+	if cur == nil {
+		return
+	}
+	for _, sub := range *cur {
+		sub.wake(dest)
+	}
+}

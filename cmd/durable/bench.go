@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -30,10 +31,12 @@ type benchOptions struct {
 	w3Duration time.Duration
 	payload    int
 	cpuProfile string
+	traceFile  string
 	jsonFile   string
 
 	// Overrides of the tuned configuration; zero (or "") keeps it.
 	notify           string
+	inline           string
 	relayBatch       int
 	relayLinger      time.Duration
 	relayInFlight    int
@@ -97,6 +100,7 @@ both). The tuning flags override the configuration bench uses, for experiments.`
 	f.IntVar(&o.payload, "payload", 256, "payload bytes per message (and per raw row)")
 	f.StringVar(&o.jsonFile, "json-file", "", "also write the JSON report to this file (with the readable output on stdout)")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (this process: relay, inbox, drivers) to this file")
+	f.StringVar(&o.traceFile, "trace", "", "write an execution trace of the whole run to this file (go tool trace; -pprof=sync|sched|syscall for where goroutines wait)")
 
 	f.StringVar(&o.notify, "notify", "", "Postgres: on or off, NOTIFY at commit to wake the relay (default: the tuned value)")
 	f.IntVar(&o.relayBatch, "relay-batch", 0, "relay BatchSize (default: tuned)")
@@ -106,10 +110,11 @@ both). The tuning flags override the configuration bench uses, for experiments.`
 	f.IntVar(&o.inboxConcurrency, "inbox-concurrency", 0, "inbox Concurrency (default: tuned)")
 	f.IntVar(&o.inboxBatch, "inbox-batch", 0, "inbox BatchSize (default: tuned)")
 	f.DurationVar(&o.inboxPoll, "inbox-poll", 0, "inbox PollInterval (default: tuned)")
+	f.StringVar(&o.inline, "inbox-inline", "", "on or off, inbox Inline: handle delivered messages in the delivery's transaction (default: the tuned value, on)")
 	f.IntVar(&o.senderConns, "sender-conns", 0, "Postgres: max connections of the sender's dialect: relay and idle inbox (default: relay in-flight + 4)")
 	f.IntVar(&o.receiverConns, "receiver-conns", 0, "Postgres: max connections of the receiver's dialect: deliveries and workers (default: inbox concurrency + relay in-flight + 4)")
 	for _, name := range []string{"notify", "relay-batch", "relay-linger", "relay-inflight", "relay-poll",
-		"inbox-concurrency", "inbox-batch", "inbox-poll", "sender-conns", "receiver-conns"} {
+		"inbox-concurrency", "inbox-batch", "inbox-poll", "inbox-inline", "sender-conns", "receiver-conns"} {
 		_ = f.SetAnnotation(name, "group", []string{"tuning"})
 	}
 	return cmd
@@ -179,6 +184,11 @@ func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
 	default:
 		return usageErrorf("--notify %q: want on or off", o.notify)
 	}
+	switch o.inline {
+	case "", "on", "off":
+	default:
+		return usageErrorf("--inbox-inline %q: want on or off", o.inline)
+	}
 	return nil
 }
 
@@ -195,6 +205,7 @@ func benchTuned(dialect string, o *benchOptions, w benchWorkload) benchTuning {
 		InboxConcurrency: 4,
 		InboxBatchSize:   50,
 		InboxPollMS:      1000,
+		InboxInline:      true,
 	}
 	switch {
 	case dialect == migrations.Postgres && w.id == "w1":
@@ -221,6 +232,9 @@ func benchTuned(dialect string, o *benchOptions, w benchWorkload) benchTuning {
 	}
 	if o.notify != "" {
 		t.Notify = o.notify == "on" && dialect == migrations.Postgres
+	}
+	if o.inline != "" {
+		t.InboxInline = o.inline == "on"
 	}
 	set := func(dst *int, v int) {
 		if v > 0 {
@@ -342,6 +356,17 @@ func (a *app) bench(ctx context.Context, cmd *cobra.Command, o *benchOptions) er
 			return failuref("--cpuprofile: %v", err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.traceFile != "" {
+		f, err := os.Create(o.traceFile)
+		if err != nil {
+			return failuref("--trace: %v", err)
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return failuref("--trace: %v", err)
+		}
+		defer trace.Stop()
 	}
 	rep := &benchReport{Machine: benchMachine{
 		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,

@@ -92,9 +92,11 @@ func (p *benchProbe) op(kind int, start time.Time, rows int) {
 	}
 }
 
+// benchPendingTx is what the commit of an open transaction stamps: per
+// stage, the messages (a Deliver that handles inline stamps both stored and
+// done).
 type benchPendingTx struct {
-	stage int
-	idx   []int32
+	idx [benchStages][]int32
 }
 
 func newBenchProbe(n int) *benchProbe {
@@ -142,16 +144,27 @@ func benchIndex(h map[string]string) int32 {
 }
 
 // addPending makes the commit of tx stamp stage s of the messages idx.
+// txKey is the identity of a transaction in p.pending: a pgx transaction's
+// connection, since inbox handlers get it wrapped (dialects.TxGuard) while the
+// dialect commits the transaction itself; a *sql.Tx itself.
+func txKey(tx any) any {
+	if c, ok := tx.(interface{ Conn() *pgx.Conn }); ok {
+		return c.Conn()
+	}
+	return tx
+}
+
 func (p *benchProbe) addPending(tx any, s int, idx ...int32) {
+	tx = txKey(tx)
 	p.mu.Lock()
 	pt := p.pending[tx]
-	pt.stage = s
-	pt.idx = append(pt.idx, idx...)
+	pt.idx[s] = append(pt.idx[s], idx...)
 	p.pending[tx] = pt
 	p.mu.Unlock()
 }
 
 func (p *benchProbe) takePending(tx any) (benchPendingTx, bool) {
+	tx = txKey(tx)
 	p.mu.Lock()
 	pt, ok := p.pending[tx]
 	delete(p.pending, tx)
@@ -165,8 +178,10 @@ func (p *benchProbe) committed(tx any, err error) {
 		return
 	}
 	t := p.now()
-	for _, i := range pt.idx {
-		p.stamp(pt.stage, i, t)
+	for s := range pt.idx {
+		for _, i := range pt.idx[s] {
+			p.stamp(s, i, t)
+		}
 	}
 }
 

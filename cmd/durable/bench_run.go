@@ -43,6 +43,7 @@ type benchTuning struct {
 	InboxConcurrency int     `json:"inbox_concurrency"`
 	InboxBatchSize   int     `json:"inbox_batch_size"`
 	InboxPollMS      float64 `json:"inbox_poll_interval_ms"`
+	InboxInline      bool    `json:"inbox_inline"`
 	AppConns         int     `json:"app_pool_max_conns,omitempty"`
 	SenderConns      int     `json:"sender_pool_max_conns,omitempty"`
 	ReceiverConns    int     `json:"receiver_pool_max_conns,omitempty"`
@@ -161,6 +162,11 @@ var benchStageNames = [benchStages]string{
 // benchPath is the order the stages follow on the way to the handler (the
 // ACK runs beside it, after the store).
 var benchPath = []int{bstCommit, bstClaim, bstReceived, bstStored, bstWorker, bstHandler, bstDone}
+
+// benchInlinePath is benchPath when the inbox handles inline: the handler
+// runs in the Deliver transaction, whose commit stores the message and
+// ends its handler's transaction at once.
+var benchInlinePath = []int{bstCommit, bstClaim, bstReceived, bstHandler, bstDone}
 
 // benchLog counts the warnings and errors the parts log during a run and
 // keeps the first few; the bench reports them rather than printing them.
@@ -327,6 +333,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 		Concurrency:  t.InboxConcurrency,
 		BatchSize:    t.InboxBatchSize,
 		PollInterval: benchMS(t.InboxPollMS),
+		Inline:       t.InboxInline,
 	}
 	receiver, err := node.NewNode(env.receiver, node.Config[TTx]{
 		Name: "bench-receiver", Listener: ln, Secret: secret, Inbox: icfg, Logger: logger,
@@ -611,8 +618,12 @@ func benchSummarise(res *benchResult, p *benchProbe) {
 		res.Calls = append(res.Calls, c)
 	}
 	res.Stages = res.Stages[:0]
-	for i := 1; i < len(benchPath); i++ {
-		res.Stages = append(res.Stages, stage(benchPath[i-1], benchPath[i]))
+	path := benchPath
+	if res.Config.InboxInline {
+		path = benchInlinePath
+	}
+	for i := 1; i < len(path); i++ {
+		res.Stages = append(res.Stages, stage(path[i-1], path[i]))
 	}
 	res.Stages = append(res.Stages, stage(bstStored, bstAcked))
 }

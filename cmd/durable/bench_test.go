@@ -82,8 +82,14 @@ func checkBenchJSON(t *testing.T, out string, dialects ...string) {
 		if e2e, _ := r["end_to_end_per_sec"].(float64); e2e <= 0 {
 			t.Errorf("%s: end_to_end_per_sec = %v", name, r["end_to_end_per_sec"])
 		}
-		if stages, _ := r["stages"].([]any); len(stages) != 7 {
-			t.Errorf("%s: %d stages, want 7", name, len(stages))
+		// Inline, the path skips the worker's claim and the separate
+		// store: 4 steps instead of 6, and the ACK beside them.
+		want := 7
+		if cfg, _ := r["config"].(map[string]any); cfg["inbox_inline"] == true {
+			want = 5
+		}
+		if stages, _ := r["stages"].([]any); len(stages) != want {
+			t.Errorf("%s: %d stages, want %d", name, len(stages), want)
 		}
 	}
 }
@@ -91,6 +97,16 @@ func checkBenchJSON(t *testing.T, out string, dialects ...string) {
 func TestBenchSmokeSQLite(t *testing.T) {
 	r := mustSucceed(t, append(benchSmallArgs, "--dialect", "sqlite")...)
 	checkBenchJSON(t, r.stdout, "sqlite")
+}
+
+// TestBenchSmokeSQLiteWorkers runs the bench with inline handling off:
+// every message goes through the inbox's workers.
+func TestBenchSmokeSQLiteWorkers(t *testing.T) {
+	r := mustSucceed(t, append(benchSmallArgs, "--dialect", "sqlite", "--inbox-inline", "off")...)
+	checkBenchJSON(t, r.stdout, "sqlite")
+	if !strings.Contains(r.stdout, `"inbox_inline": false`) {
+		t.Fatalf("the JSON does not record inbox_inline false")
+	}
 }
 
 // TestBenchSmokePostgres runs on the test server (skipped when it is not

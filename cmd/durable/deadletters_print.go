@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/durable-go/durable/inbox"
+	"github.com/durable-go/durable/outbox"
 )
 
 // Time layouts of the text output, always in UTC.
@@ -24,9 +25,58 @@ const (
 // lastErrorWidth bounds the last error in list's table, in characters.
 const lastErrorWidth = 60
 
+// deadLetter is a dead letter of either side, as the commands print it:
+// inbox.DeadLetter or outbox.DeadLetter, with the side it came from.
+type deadLetter struct {
+	Side string // sideInbox or sideOutbox
+	// Source is the sending node (inbox side), Destination the peer the
+	// message was for (outbox side); the other is empty.
+	Source, Destination  string
+	ID, Topic, Key       string
+	Headers              map[string]string
+	Payload              []byte
+	CreatedAt, ExpiresAt time.Time
+	Reason               string
+	Attempts             int
+	LastError            string
+	Errors               []inbox.AttemptError
+	FirstFailedAt        time.Time
+	FailedAt, ReplayedAt time.Time
+	Pending              bool // as the library's Pending reports it
+}
+
+// peer is the source or the destination, whichever the side has.
+func (d *deadLetter) peer() string {
+	if d.Side == sideOutbox {
+		return d.Destination
+	}
+	return d.Source
+}
+
+func fromInbox(d *inbox.DeadLetter) deadLetter {
+	return deadLetter{
+		Side: sideInbox, Source: d.Source, ID: d.ID, Topic: d.Topic, Key: d.Key, Headers: d.Headers, Payload: d.Payload,
+		CreatedAt: d.CreatedAt, ExpiresAt: d.ExpiresAt, Reason: d.Reason, Attempts: d.Attempts, LastError: d.LastError,
+		Errors: d.Errors, FirstFailedAt: d.FirstFailedAt, FailedAt: d.FailedAt, ReplayedAt: d.ReplayedAt, Pending: d.Pending(),
+	}
+}
+
+func fromOutbox(d *outbox.DeadLetter) deadLetter {
+	out := deadLetter{
+		Side: sideOutbox, Destination: d.Destination, ID: d.ID, Topic: d.Topic, Key: d.Key, Headers: d.Headers, Payload: d.Payload,
+		CreatedAt: d.CreatedAt, ExpiresAt: d.ExpiresAt, Reason: d.Reason, Attempts: d.Attempts, LastError: d.LastError,
+		FirstFailedAt: d.FirstFailedAt, FailedAt: d.FailedAt, ReplayedAt: d.ReplayedAt, Pending: d.Pending(),
+	}
+	for _, e := range d.Errors {
+		out.Errors = append(out.Errors, inbox.AttemptError(e))
+	}
+	return out
+}
+
 // deadLetterList is what list prints with --json.
 type deadLetterList struct {
 	Database string `json:"database"`
+	Side     string `json:"side"` // "inbox" or "outbox"
 	Count    int    `json:"count"`
 	// More is set when more dead letters match than --limit let through.
 	More        bool             `json:"more"`
@@ -36,7 +86,9 @@ type deadLetterList struct {
 // deadLetterJSON is one dead letter in JSON: every field, times in UTC, the
 // payload as text when it is valid UTF-8, else base64.
 type deadLetterJSON struct {
-	Source          string            `json:"source"`
+	Side            string            `json:"side"`        // "inbox" or "outbox"
+	Source          string            `json:"source"`      // inbox side; "" on the outbox side
+	Destination     string            `json:"destination"` // outbox side; "" on the inbox side
 	ID              string            `json:"id"`
 	Topic           string            `json:"topic"`
 	Key             string            `json:"key"`
@@ -69,13 +121,13 @@ func optionalTime(t time.Time) *time.Time {
 	return &u
 }
 
-func toDeadLetterJSON(d *inbox.DeadLetter) deadLetterJSON {
+func toDeadLetterJSON(d *deadLetter) deadLetterJSON {
 	out := deadLetterJSON{
-		Source: d.Source, ID: d.ID, Topic: d.Topic, Key: d.Key, Headers: d.Headers,
+		Side: d.Side, Source: d.Source, Destination: d.Destination, ID: d.ID, Topic: d.Topic, Key: d.Key, Headers: d.Headers,
 		CreatedAt: d.CreatedAt.UTC(), ExpiresAt: optionalTime(d.ExpiresAt),
 		Reason: d.Reason, Attempts: d.Attempts, LastError: d.LastError, Errors: []attemptJSON{},
 		FirstFailedAt: d.FirstFailedAt.UTC(), FailedAt: d.FailedAt.UTC(), ReplayedAt: optionalTime(d.ReplayedAt),
-		Pending: d.Pending(),
+		Pending: d.Pending,
 	}
 	if out.Headers == nil {
 		out.Headers = map[string]string{}
@@ -92,10 +144,10 @@ func toDeadLetterJSON(d *inbox.DeadLetter) deadLetterJSON {
 }
 
 // printDeadLetterTable prints list's table and a closing line.
-func (a *app) printDeadLetterTable(dls []inbox.DeadLetter, fl *deadLetterFlags, more bool) error {
-	what := "pending dead letter"
+func (a *app) printDeadLetterTable(dls []deadLetter, fl *deadLetterFlags, more bool) error {
+	what := "pending " + noun(fl.side)
 	if fl.includeReplayed {
-		what = "dead letter"
+		what = noun(fl.side)
 	}
 	if len(dls) == 0 {
 		if fl.filtered() {
@@ -106,14 +158,18 @@ func (a *app) printDeadLetterTable(dls []inbox.DeadLetter, fl *deadLetterFlags, 
 		return nil
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	header := "ID\tSOURCE\tTOPIC\tREASON\tATTEMPTS\tFAILED AT\t"
+	peer := "SOURCE"
+	if fl.side == sideOutbox {
+		peer = "DESTINATION"
+	}
+	header := "ID\t" + peer + "\tTOPIC\tREASON\tATTEMPTS\tFAILED AT\t"
 	if fl.includeReplayed {
 		header += "REPLAYED AT\t"
 	}
 	fmt.Fprintln(tw, header+"LAST ERROR")
 	for i := range dls {
 		d := &dls[i]
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s\t", oneLineText(d.ID), oneLineText(d.Source), oneLineText(d.Topic),
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s\t", oneLineText(d.ID), oneLineText(d.peer()), oneLineText(d.Topic),
 			d.Reason, d.Attempts, d.FailedAt.UTC().Format(tableTime))
 		if fl.includeReplayed {
 			r := "-"
@@ -136,13 +192,17 @@ func (a *app) printDeadLetterTable(dls []inbox.DeadLetter, fl *deadLetterFlags, 
 }
 
 // printDeadLetter prints show's full description of d.
-func (a *app) printDeadLetter(d *inbox.DeadLetter) error {
+func (a *app) printDeadLetter(d *deadLetter) error {
 	var b strings.Builder
 	state := "pending"
-	if !d.Pending() {
+	if !d.Pending {
 		state = "replayed, not failed since"
 	}
-	fmt.Fprintf(&b, "dead letter %s from %s (%s)\n", oneLineText(d.ID), oneLineText(d.Source), state)
+	if d.Side == sideOutbox {
+		fmt.Fprintf(&b, "outbox dead letter %s for %s (%s)\n", oneLineText(d.ID), oneLineText(d.Destination), state)
+	} else {
+		fmt.Fprintf(&b, "dead letter %s from %s (%s)\n", oneLineText(d.ID), oneLineText(d.Source), state)
+	}
 	field := func(name, value string) { fmt.Fprintf(&b, "%-14s%s\n", name+":", value) }
 	when := func(t time.Time, zero string) string {
 		if t.IsZero() {

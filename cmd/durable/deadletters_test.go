@@ -41,6 +41,21 @@ type dlEnv struct {
 	effects func(t *testing.T) map[string]int
 	// enqueue commits n outbox messages for dest.
 	enqueue func(t *testing.T, dest string, n int)
+	// outbox reads the outbox side's dead letters as the library sees them.
+	outbox outboxOps
+	// deadLetterOutbox makes outbox dead letters for dest, in this order:
+	// it inserts the messages, claims them as a relay does and moves each
+	// to the dead letters with its reason and error.
+	deadLetterOutbox func(t *testing.T, dest string, dead ...outboxDead)
+	// outboxRows lists dest's rows in durable_outbox.
+	outboxRows func(t *testing.T, dest string) []dialects.OutboxRow
+}
+
+// outboxDead is an outbox message to seed as a dead letter, and why.
+type outboxDead struct {
+	row    dialects.OutboxRow // ID, Topic, Key, Headers, Payload
+	reason string
+	err    string
 }
 
 // The seeded messages: three from shop and one from crm fail in their
@@ -155,6 +170,48 @@ func seedEnv[TTx any](t *testing.T, d dialects.Dialect[TTx], args []string, targ
 			if err := d.Commit(ctx, tx); err != nil {
 				t.Fatal(err)
 			}
+		},
+		outbox: ob,
+		deadLetterOutbox: func(t *testing.T, dest string, dead ...outboxDead) {
+			t.Helper()
+			rows := make([]dialects.OutboxRow, len(dead))
+			for i, dl := range dead {
+				rows[i] = dl.row
+				rows[i].Destination, rows[i].DeliverAt = dest, time.Now().Add(-time.Second)
+			}
+			tx, err := d.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.InsertOutbox(ctx, tx, rows); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Commit(ctx, tx); err != nil {
+				t.Fatal(err)
+			}
+			token := "cli-test-" + dest
+			claimed, err := d.ClaimOutbox(ctx, dialects.OutboxClaim{Destination: dest, Token: token, Limit: len(dead) + 1, Lease: time.Minute})
+			if err != nil || len(claimed) != len(dead) {
+				t.Fatalf("claimed %d rows of %s, %v; want %d", len(claimed), dest, err, len(dead))
+			}
+			for i, r := range claimed {
+				if r.ID != dead[i].row.ID {
+					t.Fatalf("claimed %s, want %s", r.ID, dead[i].row.ID)
+				}
+				// One move per row: the dead letters are recorded in this order.
+				n, err := d.DeadLetterOutbox(ctx, token, []dialects.OutboxDeadLetter{{Seq: r.Seq, Reason: dead[i].reason, Error: dead[i].err}})
+				if err != nil || n != 1 {
+					t.Fatalf("DeadLetterOutbox(%s/%s) = %d, %v", dest, r.ID, n, err)
+				}
+			}
+		},
+		outboxRows: func(t *testing.T, dest string) []dialects.OutboxRow {
+			t.Helper()
+			rows, err := d.ListOutbox(ctx, dialects.OutboxQuery{Destination: dest})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return rows
 		},
 	}
 }
@@ -380,7 +437,7 @@ func testDeadLetters(t *testing.T, e *dlEnv) {
 	// A second replay finds nothing: exactly once.
 	r = mustSucceed(t, e.cmd("deadletters", "replay", "--topic", "order.placed", "--source", "shop", "--yes", "--json")...)
 	var ch changeResult
-	if err := json.Unmarshal([]byte(r.stdout), &ch); err != nil || ch != (changeResult{Database: e.target, Action: "replay", Count: 0}) {
+	if err := json.Unmarshal([]byte(r.stdout), &ch); err != nil || ch != (changeResult{Database: e.target, Side: "inbox", Action: "replay", Count: 0}) {
 		t.Errorf("second replay --json: %+v, %v", ch, err)
 	}
 	e.process(t, 3)
@@ -390,7 +447,7 @@ func testDeadLetters(t *testing.T, e *dlEnv) {
 
 	// purge with a filter, then the replayed ones.
 	r = mustSucceed(t, e.cmd("deadletters", "purge", "--reason", "no_handler", "--yes", "--json")...)
-	if err := json.Unmarshal([]byte(r.stdout), &ch); err != nil || ch != (changeResult{Database: e.target, Action: "purge", Count: 1}) {
+	if err := json.Unmarshal([]byte(r.stdout), &ch); err != nil || ch != (changeResult{Database: e.target, Side: "inbox", Action: "purge", Count: 1}) {
 		t.Errorf("purge --json: %+v, %v", ch, err)
 	}
 	r = mustSucceed(t, e.cmd("deadletters", "purge", "--source", "shop", "--yes")...)
@@ -417,8 +474,8 @@ func checkListJSON(t *testing.T, e *dlEnv, all []inbox.DeadLetter) {
 	if err := dec.Decode(&got); err != nil {
 		t.Fatalf("list --json: %v\n%s", err, r.stdout)
 	}
-	if got.Database != e.target || got.Count != 5 || got.More || len(got.DeadLetters) != 5 {
-		t.Fatalf("list --json: database %q, count %d, more %v", got.Database, got.Count, got.More)
+	if got.Database != e.target || got.Side != "inbox" || got.Count != 5 || got.More || len(got.DeadLetters) != 5 {
+		t.Fatalf("list --json: database %q, side %q, count %d, more %v", got.Database, got.Side, got.Count, got.More)
 	}
 	for i, d := range all {
 		g := got.DeadLetters[i]
@@ -443,7 +500,7 @@ func checkListJSON(t *testing.T, e *dlEnv, all []inbox.DeadLetter) {
 			attempts, reason = 1, "no_handler"
 		}
 		want := deadLetterJSON{
-			Source: d.Source, ID: d.ID, Topic: env.Topic, Key: env.Key, Headers: headers,
+			Side: "inbox", Source: d.Source, ID: d.ID, Topic: env.Topic, Key: env.Key, Headers: headers,
 			Payload: payload, PayloadEncoding: enc, CreatedAt: d.CreatedAt.UTC(), Reason: reason,
 			Attempts: attempts, LastError: d.LastError, FirstFailedAt: d.FirstFailedAt.UTC(), FailedAt: d.FailedAt.UTC(),
 			Pending: true,
@@ -513,6 +570,352 @@ func checkShow(t *testing.T, e *dlEnv) {
 	wantError(t, durable(t, e.cmd("deadletters", "show", "o-1")...), exitUsage, "dead letter o-1 came from 2 sources (shop, crm): pass --source")
 	wantError(t, durable(t, e.cmd("deadletters", "show", "nope")...), exitFailure, "no dead letter nope on "+e.target)
 	wantError(t, durable(t, e.cmd("deadletters", "show", "o-2", "--source", "crm")...), exitFailure, "no dead letter o-2 from source crm on "+e.target)
+}
+
+// The seeded outbox dead letters, in the order they are recorded: two for
+// billing (rejected, expired) and one for crm, of the same id as billing's
+// first.
+var (
+	billingDead = []outboxDead{
+		{row: dialects.OutboxRow{ID: "inv-1", Topic: "invoice.created", Key: "cust-7",
+			Headers: map[string]string{"content-type": "application/json"}, Payload: []byte(`{"invoice":1}`)},
+			reason: dialects.ReasonRejected, err: "billing rejected the message: unknown customer cust-7"},
+		{row: dialects.OutboxRow{ID: "inv-2", Topic: "invoice.created", Payload: []byte(`{"invoice":2}`)},
+			reason: dialects.ReasonExpired, err: "expired before billing acknowledged it"},
+	}
+	crmDead = []outboxDead{
+		{row: dialects.OutboxRow{ID: "inv-1", Topic: "customer.updated", Payload: []byte(`{"customer":7}`)},
+			reason: dialects.ReasonRejected, err: "crm: permanent send error: 400 Bad Request from the peer\nbody: topic not accepted"},
+	}
+)
+
+// outboxKey names an outbox dead letter "destination/id".
+func outboxKey(d *outbox.DeadLetter) string { return d.Destination + "/" + d.ID }
+
+func outboxKeys(dls []outbox.DeadLetter) []string {
+	var out []string
+	for i := range dls {
+		out = append(out, outboxKey(&dls[i]))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// outboxDeadLetters reads the outbox side's dead letters through the
+// library.
+func (e *dlEnv) outboxDeadLetters(t *testing.T, f outbox.DeadLetterFilter) []outbox.DeadLetter {
+	t.Helper()
+	dls, err := e.outbox.DeadLetters(context.Background(), f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dls
+}
+
+// wantOutboxTable is list --side outbox's table for dls, written out
+// independently of the command's code: the column widths follow from the
+// seeded values (the topic's from the longest listed).
+func wantOutboxTable(dls []outbox.DeadLetter, footer string) string {
+	var b strings.Builder
+	topic := len("TOPIC")
+	for _, d := range dls {
+		topic = max(topic, len(d.Topic))
+	}
+	row := "%-7s%-13s%-" + fmt.Sprint(topic+2) + "s%-10s%-10s%-25s%s\n"
+	fmt.Fprintf(&b, row, "ID", "DESTINATION", "TOPIC", "REASON", "ATTEMPTS", "FAILED AT", "LAST ERROR")
+	for _, d := range dls {
+		last := strings.ReplaceAll(d.LastError, "\n", " ")
+		if len(last) > 60 {
+			last = last[:59] + "…"
+		}
+		fmt.Fprintf(&b, row, d.ID, d.Destination, d.Topic, d.Reason, fmt.Sprint(d.Attempts), d.FailedAt.UTC().Format("2006-01-02 15:04:05 UTC"), last)
+	}
+	return b.String() + footer + "\n"
+}
+
+// TestDeadLettersOutbox: --side outbox lists, shows, replays and purges the
+// relay's dead letters, and leaves the inbox's alone.
+func TestDeadLettersOutbox(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testDeadLettersOutbox(t, sqliteEnv(t)) })
+	t.Run("postgres", func(t *testing.T) { testDeadLettersOutbox(t, postgresEnv(t)) })
+}
+
+func testDeadLettersOutbox(t *testing.T, e *dlEnv) {
+	e.deadLetterOutbox(t, "billing", billingDead...)
+	e.deadLetterOutbox(t, "crm", crmDead...)
+	all := e.outboxDeadLetters(t, outbox.DeadLetterFilter{})
+	if got := outboxKeys(all); !reflect.DeepEqual(got, []string{"billing/inv-1", "billing/inv-2", "crm/inv-1"}) {
+		t.Fatalf("seeded outbox dead letters: %v", got)
+	}
+	if got := []string{outboxKey(&all[0]), outboxKey(&all[1]), outboxKey(&all[2])}; !reflect.DeepEqual(got, []string{"billing/inv-1", "billing/inv-2", "crm/inv-1"}) {
+		t.Fatalf("outbox dead letters, oldest first: %v", got)
+	}
+	for _, dest := range []string{"billing", "crm"} {
+		if rows := e.outboxRows(t, dest); len(rows) != 0 {
+			t.Fatalf("%d rows left in the outbox for %s", len(rows), dest)
+		}
+	}
+
+	// list: the table, exactly; the inbox side (the default) is unchanged.
+	r := mustSucceed(t, e.cmd("deadletters", "list", "--side", "outbox")...)
+	if want := wantOutboxTable(all, "3 pending outbox dead letters, oldest first"); r.stdout != want {
+		t.Errorf("list --side outbox printed:\n%s\nwant:\n%s", r.stdout, want)
+	}
+	r = mustSucceed(t, e.cmd("deadletters", "list", "--side", "outbox", "--limit", "2")...)
+	if want := wantOutboxTable(all[:2], "the oldest 2 pending outbox dead letters; more match (raise --limit, or 0 for all)"); r.stdout != want {
+		t.Errorf("list --side outbox --limit 2 printed:\n%s\nwant:\n%s", r.stdout, want)
+	}
+	inboxAll := e.deadLetters(t, inbox.DeadLetterFilter{})
+	for _, args := range [][]string{{"deadletters", "list"}, {"deadletters", "list", "--side", "inbox"}} {
+		r = mustSucceed(t, e.cmd(args...)...)
+		if want := wantTable(inboxAll, "5 pending dead letters, oldest first"); r.stdout != want {
+			t.Errorf("%v with outbox dead letters printed:\n%s\nwant:\n%s", args, r.stdout, want)
+		}
+	}
+	checkOutboxListJSON(t, e, all)
+
+	// Filters.
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--destination", "billing"}, []string{"billing/inv-1", "billing/inv-2"}},
+		{[]string{"--reason", "expired"}, []string{"billing/inv-2"}},
+		{[]string{"--reason", "rejected", "--destination", "crm"}, []string{"crm/inv-1"}},
+		{[]string{"--id", "inv-1"}, []string{"billing/inv-1", "crm/inv-1"}},
+		{[]string{"--topic", "customer.updated"}, []string{"crm/inv-1"}},
+		{[]string{"--since", "1h", "--destination", "billing", "--id", "inv-2"}, []string{"billing/inv-2"}},
+		{[]string{"--id", "o-1"}, nil}, // an id of the inbox side
+		{[]string{"--before", "1d"}, nil},
+	} {
+		var got deadLetterList
+		r := mustSucceed(t, e.cmd(append([]string{"deadletters", "list", "--side", "outbox", "--json"}, c.args...)...)...)
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+			t.Fatal(err)
+		}
+		var ks []string
+		for _, d := range got.DeadLetters {
+			if d.Side != "outbox" || d.Source != "" {
+				t.Errorf("list --side outbox %v: side %q, source %q", c.args, d.Side, d.Source)
+			}
+			ks = append(ks, d.Destination+"/"+d.ID)
+		}
+		slices.Sort(ks)
+		if !reflect.DeepEqual(ks, c.want) || got.Count != len(c.want) || got.More || got.Side != "outbox" {
+			t.Errorf("list --side outbox %v: %v (count %d, more %v, side %q), want %v", c.args, ks, got.Count, got.More, got.Side, c.want)
+		}
+	}
+	r = mustSucceed(t, e.cmd("deadletters", "list", "--side", "outbox", "--destination", "erp")...)
+	if r.stdout != "no pending outbox dead letters match (destination erp)\n" {
+		t.Errorf("empty outbox list printed %q", r.stdout)
+	}
+
+	checkOutboxShow(t, e)
+	checkOutboxConfirmation(t, e)
+
+	// replay: billing's rejected message goes back into the outbox, due,
+	// with its id, creation time and content, attempts reset, no expiry.
+	r = mustSucceed(t, e.cmd("deadletters", "replay", "--side", "outbox", "--destination", "billing", "--reason", "rejected", "--yes")...)
+	if want := "replayed 1 outbox dead letter on " + e.target + "\n"; r.stdout != want {
+		t.Errorf("replay --side outbox printed %q, want %q", r.stdout, want)
+	}
+	checkReplayedRow := func(when string) {
+		t.Helper()
+		rows := e.outboxRows(t, "billing")
+		if len(rows) != 1 {
+			t.Fatalf("%s: %d rows in the outbox for billing, want 1", when, len(rows))
+		}
+		got, seed := rows[0], billingDead[0].row
+		if got.ID != "inv-1" || got.Topic != seed.Topic || got.Key != seed.Key || !reflect.DeepEqual(got.Headers, seed.Headers) ||
+			string(got.Payload) != string(seed.Payload) || got.Attempts != 0 || !got.ExpiresAt.IsZero() || got.LockedBy != "" ||
+			!got.SentAt.IsZero() || !got.CreatedAt.Equal(all[0].CreatedAt) || got.DeliverAt.After(time.Now().Add(time.Minute)) {
+			t.Errorf("%s: outbox row %+v", when, got)
+		}
+	}
+	checkReplayedRow("after replay")
+	if rows := e.outboxRows(t, "crm"); len(rows) != 0 {
+		t.Errorf("replay of billing's dead letter put %d rows in crm's outbox", len(rows))
+	}
+	// The replayed dead letter stays for the record, no longer pending (crm's
+	// was purged by checkOutboxConfirmation).
+	if got := outboxKeys(e.outboxDeadLetters(t, outbox.DeadLetterFilter{})); !reflect.DeepEqual(got, []string{"billing/inv-2"}) {
+		t.Errorf("pending outbox dead letters after replay: %v", got)
+	}
+	for _, d := range e.outboxDeadLetters(t, outbox.DeadLetterFilter{IncludeReplayed: true}) {
+		if replayed := outboxKey(&d) == "billing/inv-1"; replayed != !d.ReplayedAt.IsZero() || replayed == d.Pending() {
+			t.Errorf("%s: replayed_at %v, pending %v", outboxKey(&d), d.ReplayedAt, d.Pending())
+		}
+	}
+	var list deadLetterList
+	if err := json.Unmarshal([]byte(mustSucceed(t, e.cmd("deadletters", "list", "--side", "outbox", "--json")...).stdout), &list); err != nil ||
+		list.Count != 1 || list.DeadLetters[0].ID != "inv-2" {
+		t.Errorf("list --side outbox after replay: %+v, %v", list, err)
+	}
+	if err := json.Unmarshal([]byte(mustSucceed(t, e.cmd("deadletters", "list", "--side", "outbox", "--include-replayed", "--json", "--destination", "billing")...).stdout), &list); err != nil ||
+		list.Count != 2 || list.DeadLetters[0].ID != "inv-1" || list.DeadLetters[0].Pending || list.DeadLetters[0].ReplayedAt == nil || !list.DeadLetters[1].Pending {
+		t.Errorf("list --side outbox --include-replayed after replay: %+v, %v", list, err)
+	}
+	// A second replay finds nothing: no duplicate row.
+	r = mustSucceed(t, e.cmd("deadletters", "replay", "--side", "outbox", "--destination", "billing", "--reason", "rejected", "--yes", "--json")...)
+	var ch changeResult
+	if err := json.Unmarshal([]byte(r.stdout), &ch); err != nil || ch != (changeResult{Database: e.target, Side: "outbox", Action: "replay", Count: 0}) {
+		t.Errorf("second replay --side outbox --json: %+v, %v", ch, err)
+	}
+	checkReplayedRow("after a second replay")
+
+	// purge: pending ones, then the replayed one; the inbox side and the
+	// replayed outbox row are untouched.
+	r = mustSucceed(t, e.cmd("deadletters", "purge", "--side", "outbox", "--all", "--yes", "--json")...)
+	if err := json.Unmarshal([]byte(r.stdout), &ch); err != nil || ch != (changeResult{Database: e.target, Side: "outbox", Action: "purge", Count: 1}) {
+		t.Errorf("purge --side outbox --all --json: %+v, %v", ch, err)
+	}
+	r = mustSucceed(t, e.cmd("deadletters", "purge", "--side", "outbox", "--all", "--yes")...)
+	if want := "no outbox dead letters match on " + e.target + "; nothing was purged\n"; r.stdout != want {
+		t.Errorf("purge --side outbox of replayed dead letters without --include-replayed printed %q, want %q", r.stdout, want)
+	}
+	r = mustSucceed(t, e.cmd("deadletters", "purge", "--side", "outbox", "--destination", "billing", "--include-replayed", "--yes")...)
+	if want := "purged 1 outbox dead letter on " + e.target + "\n"; r.stdout != want {
+		t.Errorf("purge --side outbox --include-replayed printed %q, want %q", r.stdout, want)
+	}
+	if got := e.outboxDeadLetters(t, outbox.DeadLetterFilter{IncludeReplayed: true}); len(got) != 0 {
+		t.Errorf("outbox dead letters after purges: %v", outboxKeys(got))
+	}
+	if got := keys(e.deadLetters(t, inbox.DeadLetterFilter{IncludeReplayed: true})); !reflect.DeepEqual(got, keys(inboxAll)) {
+		t.Errorf("inbox dead letters after the outbox side's replay and purges: %v", got)
+	}
+	checkReplayedRow("after purges")
+}
+
+// checkOutboxListJSON compares list --side outbox --json with the library's
+// dead letters, field by field.
+func checkOutboxListJSON(t *testing.T, e *dlEnv, all []outbox.DeadLetter) {
+	t.Helper()
+	r := mustSucceed(t, e.cmd("deadletters", "list", "--side", "outbox", "--json")...)
+	var got deadLetterList
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("list --side outbox --json: %v\n%s", err, r.stdout)
+	}
+	if got.Database != e.target || got.Side != "outbox" || got.Count != 3 || got.More || len(got.DeadLetters) != 3 {
+		t.Fatalf("list --side outbox --json: database %q, side %q, count %d, more %v", got.Database, got.Side, got.Count, got.More)
+	}
+	seeds := []outboxDead{billingDead[0], billingDead[1], crmDead[0]}
+	for i, d := range all {
+		seed := seeds[i]
+		headers := seed.row.Headers
+		if headers == nil {
+			headers = map[string]string{}
+		}
+		want := deadLetterJSON{
+			Side: "outbox", Destination: d.Destination, ID: seed.row.ID, Topic: seed.row.Topic, Key: seed.row.Key, Headers: headers,
+			Payload: string(seed.row.Payload), PayloadEncoding: "utf-8", CreatedAt: d.CreatedAt.UTC(), Reason: seed.reason,
+			Attempts: 1, LastError: seed.err, FirstFailedAt: d.FirstFailedAt.UTC(), FailedAt: d.FailedAt.UTC(), Pending: true,
+		}
+		for _, ae := range d.Errors {
+			want.Errors = append(want.Errors, attemptJSON{Attempt: ae.Attempt, At: ae.At.UTC(), Error: ae.Error})
+		}
+		if len(want.Errors) != 1 || want.Errors[0].Error != seed.err {
+			t.Errorf("%s: errors %+v", outboxKey(&d), want.Errors)
+		}
+		if !reflect.DeepEqual(got.DeadLetters[i], want) {
+			t.Errorf("list --side outbox --json, dead letter %d:\n got %+v\nwant %+v", i, got.DeadLetters[i], want)
+		}
+	}
+}
+
+// checkOutboxShow checks show --side outbox's text and JSON, and its errors.
+func checkOutboxShow(t *testing.T, e *dlEnv) {
+	t.Helper()
+	ts := func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000 UTC") }
+	inv2, err := e.outbox.DeadLetters(context.Background(), outbox.DeadLetterFilter{Destination: "billing", IDs: []string{"inv-2"}})
+	if err != nil || len(inv2) != 1 || len(inv2[0].Errors) != 1 {
+		t.Fatalf("billing/inv-2: %+v, %v", inv2, err)
+	}
+	d := inv2[0]
+	want := "outbox dead letter inv-2 for billing (pending)\n" +
+		"topic:        invoice.created\n" +
+		"key:          -\n" +
+		"reason:       expired\n" +
+		"attempts:     1\n" +
+		"created at:   " + ts(d.CreatedAt) + "\n" +
+		"expires at:   never\n" +
+		"first failed: " + ts(d.FirstFailedAt) + "\n" +
+		"failed at:    " + ts(d.FailedAt) + "\n" +
+		"replayed at:  never\n" +
+		"last error:   expired before billing acknowledged it\n" +
+		"headers:      none\n" +
+		"payload:      13 bytes, text\n" +
+		"  {\"invoice\":2}\n" +
+		"errors:       1\n" +
+		"  attempt 1 at " + ts(d.Errors[0].At) + "\n" +
+		"    expired before billing acknowledged it\n"
+	for _, args := range [][]string{
+		{"deadletters", "show", "inv-2", "--side", "outbox"},
+		{"deadletters", "show", "inv-2", "--side", "outbox", "--destination", "billing"},
+	} {
+		if r := mustSucceed(t, e.cmd(args...)...); r.stdout != want {
+			t.Errorf("%v printed:\n%s\nwant:\n%s", args, r.stdout, want)
+		}
+	}
+	r := mustSucceed(t, e.cmd("deadletters", "show", "inv-1", "--side", "outbox", "--destination", "crm")...)
+	for _, line := range []string{
+		"outbox dead letter inv-1 for crm (pending)\n",
+		"reason:       rejected\n",
+		"last error:   crm: permanent send error: 400 Bad Request from the peer …\n",
+		"    crm: permanent send error: 400 Bad Request from the peer\n    body: topic not accepted\n",
+	} {
+		if !strings.Contains(r.stdout, line) {
+			t.Errorf("show inv-1 --side outbox --destination crm lacks %q:\n%s", line, r.stdout)
+		}
+	}
+	var one deadLetterJSON
+	r = mustSucceed(t, e.cmd("deadletters", "show", "inv-1", "--side", "outbox", "--destination", "billing", "--json")...)
+	if err := json.Unmarshal([]byte(r.stdout), &one); err != nil || one.Side != "outbox" || one.Destination != "billing" || one.Source != "" ||
+		one.Key != "cust-7" || one.Headers["content-type"] != "application/json" || one.Payload != `{"invoice":1}` || one.Reason != "rejected" {
+		t.Errorf("show --side outbox --json: %+v, %v", one, err)
+	}
+	wantError(t, durable(t, e.cmd("deadletters", "show", "inv-1", "--side", "outbox")...), exitUsage,
+		"outbox dead letter inv-1 was for 2 destinations (billing, crm): pass --destination")
+	wantError(t, durable(t, e.cmd("deadletters", "show", "nope", "--side", "outbox")...), exitFailure, "no outbox dead letter nope on "+e.target)
+	wantError(t, durable(t, e.cmd("deadletters", "show", "inv-2", "--side", "outbox", "--destination", "crm")...), exitFailure,
+		"no outbox dead letter inv-2 for destination crm on "+e.target)
+	// Each side sees its own dead letters only.
+	wantError(t, durable(t, e.cmd("deadletters", "show", "inv-1")...), exitFailure, "no dead letter inv-1 on "+e.target)
+	wantError(t, durable(t, e.cmd("deadletters", "show", "o-2", "--side", "outbox")...), exitFailure, "no outbox dead letter o-2 on "+e.target)
+}
+
+// checkOutboxConfirmation answers replay's and purge's question on the
+// outbox side, in-process with a stdin that claims to be a terminal: the
+// question says what happens there. Purging crm's dead letter leaves
+// billing's two.
+func checkOutboxConfirmation(t *testing.T, e *dlEnv) {
+	t.Helper()
+	ask := func(answer string, args ...string) result {
+		var stdout, stderr bytes.Buffer
+		a := newApp(strings.NewReader(answer), &stdout, &stderr)
+		a.isTerminal = func() bool { return true }
+		code := a.execute(context.Background(), e.cmd(args...))
+		return result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+	}
+	question := "This replays 1 pending outbox dead letter (destination crm) on " + e.target +
+		": they go back into the outbox and the relay sends them again.\nReplay them? [y/N] "
+	r := ask("n\n", "deadletters", "replay", "--side", "outbox", "--destination", "crm")
+	if r.code != exitFailure || r.stdout != "" || r.stderr != question+"durable: not confirmed; nothing was replayed\n" {
+		t.Errorf("replay --side outbox, answer n: %v", r)
+	}
+	if rows := e.outboxRows(t, "crm"); len(rows) != 0 {
+		t.Errorf("a declined replay put %d rows in the outbox", len(rows))
+	}
+	question = "This purges 1 pending outbox dead letter (destination crm) on " + e.target +
+		": they are deleted for good and the messages are never sent.\nPurge them? [y/N] "
+	r = ask("y\n", "deadletters", "purge", "--side", "outbox", "--destination", "crm")
+	if r.code != exitOK || r.stderr != question || r.stdout != "purged 1 outbox dead letter on "+e.target+"\n" {
+		t.Errorf("purge --side outbox, answer y: %v", r)
+	}
+	if got := outboxKeys(e.outboxDeadLetters(t, outbox.DeadLetterFilter{IncludeReplayed: true})); !reflect.DeepEqual(got, []string{"billing/inv-1", "billing/inv-2"}) {
+		t.Errorf("outbox dead letters after purging crm's: %v", got)
+	}
 }
 
 // TestDeadLettersConfirmation answers replay's and purge's question on a
@@ -617,12 +1020,35 @@ func TestDeadLettersErrors(t *testing.T) {
 		{[]string{"deadletters", "replay", "--include-replayed", "--all"}, "unknown flag: --include-replayed (see 'durable deadletters replay --help')"},
 		{[]string{"deadletters", "lst"}, `unknown command "lst" for "durable deadletters"; did you mean "list"?`},
 		{[]string{"stats", "now"}, `unknown command "now" for "durable stats" (see 'durable stats --help')`},
+		// --side, and the flags of one side only.
+		{[]string{"deadletters", "list", "--side", "both"}, `--side "both": want inbox or outbox`},
+		{[]string{"deadletters", "show", "x", "--side", "Outbox"}, `--side "Outbox": want inbox or outbox`},
+		{[]string{"deadletters", "replay", "--side", "sent", "--yes"}, `--side "sent": want inbox or outbox`},
+		{[]string{"deadletters", "list", "--side", "outbox", "--source", "shop"}, "--source is for the inbox side; with --side outbox, use --destination"},
+		{[]string{"deadletters", "show", "x", "--side", "outbox", "--source", "shop"}, "--source is for the inbox side; with --side outbox, use --destination"},
+		{[]string{"deadletters", "purge", "--side", "outbox", "--source", "shop", "--yes"}, "--source is for the inbox side; with --side outbox, use --destination"},
+		{[]string{"deadletters", "list", "--destination", "billing"}, "--destination is for the outbox side (--side outbox); the inbox side uses --source"},
+		{[]string{"deadletters", "show", "x", "--side", "inbox", "--destination", "billing"}, "--destination is for the outbox side (--side outbox); the inbox side uses --source"},
+		{[]string{"deadletters", "replay", "--destination", "billing", "--yes"}, "--destination is for the outbox side (--side outbox); the inbox side uses --source"},
+		{[]string{"deadletters", "list", "--side", "outbox", "--reason", "no_handler"}, `--reason "no_handler" with --side outbox: want one of expired, rejected (no_handler is a reason of the inbox side)`},
+		{[]string{"deadletters", "purge", "--side", "outbox", "--reason", "boom", "--yes"}, `--reason "boom" with --side outbox: want one of expired, rejected`},
+		{[]string{"deadletters", "replay", "--reason", "rejected", "--yes"}, `--reason "rejected": want one of handler_error, permanent, decode_error, no_handler, expired (rejected is a reason of the outbox side: add --side outbox)`},
+		{[]string{"deadletters", "replay", "--side", "outbox", "--yes"}, "replay needs a filter (--topic, --reason, --destination, --since, --before, --id), or --all to replay every pending outbox dead letter"},
+		{[]string{"deadletters", "purge", "--side", "outbox", "--all", "--destination", "billing", "--yes"}, "--all means every pending dead letter: it cannot be combined with filters"},
 	} {
 		wantError(t, durable(t, append(c.args, "--dsn", path)...), exitUsage, c.line)
 	}
 	r := mustSucceed(t, "deadletters", "list", "--dsn", path)
 	if r.stdout != "no pending dead letters\n" {
 		t.Errorf("list on an empty inbox printed %q", r.stdout)
+	}
+	r = mustSucceed(t, "deadletters", "list", "--side", "outbox", "--dsn", path)
+	if r.stdout != "no pending outbox dead letters\n" {
+		t.Errorf("list --side outbox on an empty database printed %q", r.stdout)
+	}
+	r = mustSucceed(t, "deadletters", "replay", "--side", "outbox", "--all", "--yes", "--dsn", path)
+	if want := "no outbox dead letters match on sqlite " + path + "; nothing was replayed\n"; r.stdout != want {
+		t.Errorf("replay --side outbox on an empty database printed %q, want %q", r.stdout, want)
 	}
 	for _, cmd := range [][]string{{"deadletters"}, {"deadletters", "list"}, {"deadletters", "show"}, {"deadletters", "replay"}, {"deadletters", "purge"}, {"stats"}} {
 		r := mustSucceed(t, append(cmd, "--help")...)

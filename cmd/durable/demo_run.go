@@ -125,6 +125,9 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		Listener: ln,
 		Secret:   secret,
 		Inbox: inbox.Config{
+			// Handle each delivered batch in the transaction that stores
+			// it; a batch holding a poison order falls back to the workers.
+			Inline:       true,
 			PollInterval: 100 * time.Millisecond,
 			MaxAttempts:  o.maxAttempts,
 			// Short and fixed, so that the poison orders reach the dead

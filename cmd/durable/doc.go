@@ -1,6 +1,6 @@
-// Command durable is the operator's tool for durable: it migrates the schema
-// and, as the library grows, inspects and repairs what is in the outbox,
-// inbox and dead-letter tables.
+// Command durable is the operator's tool for durable: it migrates the schema,
+// inspects and repairs what is in the outbox, inbox and dead-letter tables,
+// and runs the demo and the benchmark.
 //
 //	durable migrate up     --dsn postgres://user@host:5432/app
 //	durable migrate status --dsn ./app.db --json
@@ -11,6 +11,8 @@
 //	durable deadletters show   order-1-placed --source shop
 //	durable deadletters replay --reason no_handler --yes
 //	durable deadletters purge  --before 30d --include-replayed --yes
+//	durable deadletters list   --side outbox --destination billing
+//	durable deadletters replay --side outbox --destination billing --yes
 //	durable stats              --dsn "$DURABLE_DSN" --json
 //
 // Global flags: --dialect postgres|sqlite (inferred from the DSN when

@@ -419,7 +419,7 @@ func versionLine(cur, latest int64) string {
 	case cur < latest:
 		return fmt.Sprintf("durable schema at version %d of %d: %d pending", cur, latest, latest-cur)
 	default:
-		return fmt.Sprintf("durable schema at version %d, newer than this build's %d", cur, latest)
+		return fmt.Sprintf("durable schema at version %d, newer than this build's %d (which runs on it)", cur, latest)
 	}
 }
 
@@ -665,10 +665,18 @@ func (a *app) migrateCheck(parent context.Context) error {
 	if err := d.checkSchema(ctx); err != nil {
 		return err
 	}
-	if a.json {
-		return a.printJSON(checkResult{Dialect: d.dialect, Database: d.target, OK: true, Version: dialects.SchemaVersion})
+	have, err := d.maxVersion(ctx, "durable_schema_version", "version")
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(a.stdout, "%s: durable schema at version %d, as this build needs\n", d.target, dialects.SchemaVersion)
+	if a.json {
+		return a.printJSON(checkResult{Dialect: d.dialect, Database: d.target, OK: true, Version: int(have)})
+	}
+	if have > dialects.SchemaVersion {
+		fmt.Fprintf(a.stdout, "%s: durable schema at version %d, newer than this build's %d, which runs on it\n", d.target, have, dialects.SchemaVersion)
+		return nil
+	}
+	fmt.Fprintf(a.stdout, "%s: durable schema at version %d, as this build needs\n", d.target, have)
 	return nil
 }
 

@@ -181,6 +181,29 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 
 // TestMigrateSchemaFlag migrates a schema named by --schema that does not
 // exist yet: up creates it, and every command then finds durable there.
+// TestCheckNewerSchema: a schema newer than this build passes migrate check
+// (a migration never breaks the release before it), which says so.
+func TestCheckNewerSchema(t *testing.T) {
+	path := testdb.SQLitePath(t)
+	mustSucceed(t, "migrate", "up", "--dsn", path)
+	db, err := sql.Open("sqlite", sqlite.DSN(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`INSERT INTO durable_schema_version (version, name) VALUES (2, '0002_future')`); err != nil {
+		t.Fatal(err)
+	}
+	r := mustSucceed(t, "migrate", "check", "--dsn", path)
+	if !strings.HasSuffix(r.stdout, ": durable schema at version 2, newer than this build's 1, which runs on it\n") {
+		t.Errorf("check printed %q", r.stdout)
+	}
+	var chk checkResult
+	if err := json.Unmarshal([]byte(mustSucceed(t, "migrate", "check", "--json", "--dsn", path).stdout), &chk); err != nil || !chk.OK || chk.Version != 2 {
+		t.Errorf("check --json: %+v, %v", chk, err)
+	}
+}
+
 func TestMigrateSchemaFlag(t *testing.T) {
 	base := testdb.PostgresURL(t)
 	b := make([]byte, 6)

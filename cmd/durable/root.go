@@ -55,7 +55,8 @@ func (a *app) rootCommand() *cobra.Command {
 		Short: "Operate durable's outbox, inbox and dead-letter tables",
 		Long: `durable is the command-line tool for durable, the transactional outbox → TCP relay → inbox
 library. It migrates durable's schema on Postgres or SQLite, lists, replays and purges the
-inbox's dead letters, and reports the outbox and inbox backlogs.
+dead letters of the inbox (--side inbox, the default) and of the outbox (--side outbox), and
+reports the outbox and inbox backlogs, and runs the demo and the benchmark.
 
 The database is chosen with --dsn (or the DURABLE_DSN environment variable):
   - Postgres: a URL (postgres://user:password@host:5432/app?sslmode=disable) or a

@@ -19,7 +19,8 @@ func (a *app) statsCommand() *cobra.Command {
 
   outbox  per destination: unsent messages, of which in flight (leased by a relay),
           waiting for a retry, and scheduled for later; the age of the oldest unsent
-          message; and the totals
+          message; the pending dead letters (messages the relay could not deliver);
+          and the totals
   inbox   messages ready (never tried), in progress (leased to a worker), retrying
           (waiting for another attempt), dead (pending dead letters), handled
           (kept for the dedupe window), and of those, handled in the last minute
@@ -47,8 +48,10 @@ type statsResult struct {
 type outboxStats struct {
 	Unsent int64 `json:"unsent"`
 	// OldestAgeSeconds is the age of the oldest unsent message, 0 when none.
-	OldestAgeSeconds float64            `json:"oldest_age_seconds"`
-	Destinations     []destinationStats `json:"destinations"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	// DeadLetters counts the pending outbox dead letters.
+	DeadLetters  int64              `json:"dead_letters"`
+	Destinations []destinationStats `json:"destinations"`
 }
 
 type destinationStats struct {
@@ -58,6 +61,7 @@ type destinationStats struct {
 	Retrying         int64   `json:"retrying"`
 	Scheduled        int64   `json:"scheduled"`
 	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	DeadLetters      int64   `json:"dead_letters"`
 }
 
 type inboxSummary struct {
@@ -98,10 +102,11 @@ func (a *app) stats(parent context.Context) error {
 	var oldest time.Duration
 	for _, d := range dests {
 		res.Outbox.Unsent += d.Unsent
+		res.Outbox.DeadLetters += d.DeadLetters
 		oldest = max(oldest, d.OldestAge)
 		res.Outbox.Destinations = append(res.Outbox.Destinations, destinationStats{
 			Destination: d.Destination, Unsent: d.Unsent, InFlight: d.Leased, Retrying: d.Retrying,
-			Scheduled: d.Scheduled, OldestAgeSeconds: ageSeconds(d.OldestAge),
+			Scheduled: d.Scheduled, OldestAgeSeconds: ageSeconds(d.OldestAge), DeadLetters: d.DeadLetters,
 		})
 	}
 	res.Outbox.OldestAgeSeconds = ageSeconds(oldest)
@@ -130,13 +135,17 @@ func age(d time.Duration) string {
 func (a *app) printStats(res *statsResult, dests []dialects.OutboxStats, oldest time.Duration) error {
 	fmt.Fprintf(a.stdout, "%s\n\n", res.Database)
 	if len(dests) == 0 {
-		fmt.Fprintln(a.stdout, "outbox: no unsent messages")
+		fmt.Fprintln(a.stdout, "outbox: no unsent messages, no dead letters")
 	} else {
-		fmt.Fprintf(a.stdout, "outbox: %d unsent, oldest %s\n", res.Outbox.Unsent, age(oldest))
+		fmt.Fprintf(a.stdout, "outbox: %d unsent, oldest %s", res.Outbox.Unsent, age(oldest))
+		if n := res.Outbox.DeadLetters; n > 0 {
+			fmt.Fprintf(a.stdout, "; %s (durable deadletters list --side outbox)", plural(int(n), "pending dead letter"))
+		}
+		fmt.Fprintln(a.stdout)
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DESTINATION\tUNSENT\tIN FLIGHT\tRETRYING\tSCHEDULED\tOLDEST")
+		fmt.Fprintln(tw, "DESTINATION\tUNSENT\tIN FLIGHT\tRETRYING\tSCHEDULED\tOLDEST\tDEAD")
 		for _, d := range dests {
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\n", oneLineText(d.Destination), d.Unsent, d.Leased, d.Retrying, d.Scheduled, age(d.OldestAge))
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%d\n", oneLineText(d.Destination), d.Unsent, d.Leased, d.Retrying, d.Scheduled, age(d.OldestAge), d.DeadLetters)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -15,7 +15,7 @@ func TestStats(t *testing.T) {
 func testStats(t *testing.T, e *dlEnv) {
 	// The seeded inbox: five dead letters, nothing else.
 	want := "^" + regexp.QuoteMeta(e.target+"\n\n"+
-		"outbox: no unsent messages\n\n"+
+		"outbox: no unsent messages, no dead letters\n\n"+
 		"inbox:\n"+
 		"  ready        0  waiting for their first attempt\n"+
 		"  in progress  0  leased to a worker\n"+
@@ -27,8 +27,11 @@ func testStats(t *testing.T, e *dlEnv) {
 		t.Errorf("stats printed:\n%s\nwant:\n%s", r.stdout, want)
 	}
 
-	// An outbox backlog for two destinations, and three replayed messages
+	// An outbox backlog for two destinations, two outbox dead letters (one
+	// of a destination without a backlog), and three replayed messages
 	// handled, all within the last minute.
+	e.deadLetterOutbox(t, "billing", billingDead[0])
+	e.deadLetterOutbox(t, "erp", crmDead[0])
 	e.enqueue(t, "billing", 2)
 	e.enqueue(t, "crm", 1)
 	mustSucceed(t, e.cmd("deadletters", "replay", "--source", "shop", "--topic", "order.placed", "--yes")...)
@@ -37,10 +40,11 @@ func testStats(t *testing.T, e *dlEnv) {
 	r := mustSucceed(t, e.cmd("stats")...)
 	age := `(<1s|\d+s|\d+m\d+s)`
 	want = "^" + regexp.QuoteMeta(e.target+"\n\n") +
-		`outbox: 3 unsent, oldest ` + age + "\n" +
-		`DESTINATION  UNSENT  IN FLIGHT  RETRYING  SCHEDULED  OLDEST` + "\n" +
-		`billing      2       0          0         0          ` + age + "\n" +
-		`crm          1       0          0         0          ` + age + "\n" +
+		`outbox: 3 unsent, oldest ` + age + regexp.QuoteMeta(`; 2 pending dead letters (durable deadletters list --side outbox)`) + "\n" +
+		`DESTINATION  UNSENT  IN FLIGHT  RETRYING  SCHEDULED  OLDEST  +DEAD` + "\n" +
+		`billing      2       0          0         0          ` + age + ` +1` + "\n" +
+		`crm          1       0          0         0          ` + age + ` +0` + "\n" +
+		`erp          0       0          0         0          -  +1` + "\n" +
 		regexp.QuoteMeta("\ninbox:\n"+
 			"  ready        0  waiting for their first attempt\n"+
 			"  in progress  0  leased to a worker\n"+
@@ -69,14 +73,15 @@ func testStats(t *testing.T, e *dlEnv) {
 			t.Errorf("stats --json: an oldest age of %vs", a)
 		}
 	}
-	if ages[0] != max(ages[1], ages[2]) {
+	if ages[0] != max(ages[1], ages[2], ages[3]) || ages[3] != 0 {
 		t.Errorf("stats --json: oldest %v is not the oldest of the destinations' %v", ages[0], ages[1:])
 	}
 	got.Outbox.OldestAgeSeconds = 0
 	wantJSON := statsResult{
 		Dialect: strings.Fields(e.target)[0], Database: e.target,
-		Outbox: outboxStats{Unsent: 3, Destinations: []destinationStats{
-			{Destination: "billing", Unsent: 2}, {Destination: "crm", Unsent: 1},
+		Outbox: outboxStats{Unsent: 3, DeadLetters: 2, Destinations: []destinationStats{
+			{Destination: "billing", Unsent: 2, DeadLetters: 1}, {Destination: "crm", Unsent: 1},
+			{Destination: "erp", DeadLetters: 1},
 		}},
 		Inbox: inboxSummary{Dead: 2, Handled: 3, HandledLastMinute: 3},
 	}

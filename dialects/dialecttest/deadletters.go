@@ -9,13 +9,13 @@ import (
 )
 
 // deadLetterSuite checks what the dead-letter operations do across the two
-// sides: one filter, one listing, replay of the inbox side only, purge by
-// query.
+// sides: one filter, one listing, replay of either side, purge by query.
 type deadLetterSuite[TTx any] struct{ h Harness[TTx] }
 
 func (s deadLetterSuite[TTx]) run(t *testing.T) {
 	t.Run("BothSides", s.bothSides)
-	t.Run("ReplayInboxOnly", s.replayInboxOnly)
+	t.Run("ReplayInboxSide", s.replayInboxSide)
+	t.Run("ReplayOutboxSide", s.replayOutboxSide)
 	t.Run("PurgeByQuery", s.purgeByQuery)
 }
 
@@ -85,11 +85,11 @@ func (s deadLetterSuite[TTx]) bothSides(t *testing.T) {
 	}
 }
 
-func (s deadLetterSuite[TTx]) replayInboxOnly(t *testing.T) {
+func (s deadLetterSuite[TTx]) replayInboxSide(t *testing.T) {
 	d := s.seed(t)
 	ctx := ctxFor(t)
-	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox}); err == nil || n != 0 {
-		t.Fatalf("replay of the outbox side = %d, %v; want an error", n, err)
+	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: "both"}); err == nil || n != 0 {
+		t.Fatalf("replay of side \"both\" = %d, %v; want an error", n, err)
 	}
 	// No side: the inbox's, also for an id both sides hold.
 	n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{IDs: []string{idOf(1)}})
@@ -97,10 +97,83 @@ func (s deadLetterSuite[TTx]) replayInboxOnly(t *testing.T) {
 	n, err = d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{})
 	count(t, "ReplayDeadLetters", n, err, 1)
 	inboxWant(t, "inbox after the replays", inboxIDs(inboxSuite[TTx](s).list(t, d, dialects.InboxQuery{})), idOf(1), inboxID(2))
+	wantIDs(t, "outbox after the inbox replays", ids(list(t, d, dialects.OutboxQuery{})))
 	wantIDs(t, "pending", sides(deadLetters(t, d, dialects.DeadLetterQuery{})), "outbox//billing/"+idOf(1))
 	all := deadLetters(t, d, dialects.DeadLetterQuery{IncludeReplayed: true})
 	if len(all) != 3 || !all[0].ReplayedAt.IsZero() || all[1].ReplayedAt.IsZero() || all[2].ReplayedAt.IsZero() {
 		t.Fatalf("replayed_at after the replays: %+v", all)
+	}
+}
+
+// replayOutboxSide: an outbox dead letter goes back into the outbox as a
+// fresh row, due now, unleased, without expiry, created_at, key, headers
+// and payload kept; once only; not over a row of the same message.
+func (s deadLetterSuite[TTx]) replayOutboxSide(t *testing.T) {
+	d := s.h.Open(t)
+	ctx := ctxFor(t)
+	orig := Row(1, "billing") // created 2026-01-02, keyed, expires in 2026
+	orig.DeliverAt = time.Now().Add(-time.Second)
+	orig.ExpiresAt = time.Now().Add(time.Hour)
+	insert(t, d, orig, dueRow(2, "billing"))
+	got := claim(t, d, "billing", "t1", 2, lease)
+	if len(got) != 2 {
+		t.Fatalf("claimed %d rows, want 2", len(got))
+	}
+	n, err := d.DeadLetterOutbox(ctx, "t1", []dialects.OutboxDeadLetter{
+		{Seq: got[0].Seq, Reason: dialects.ReasonRejected, Error: "refused"},
+		{Seq: got[1].Seq, Reason: dialects.ReasonExpired, Error: "expired"},
+	})
+	count(t, "DeadLetterOutbox", n, err, 2)
+	in := inboxSuite[TTx](s)
+	in.deadLetter(t, d, InboxRow(3, "orders"), dialects.ReasonHandlerError, "boom")
+	wantIDs(t, "outbox after the dead-letter move", ids(list(t, d, dialects.OutboxQuery{})))
+
+	// The second message is in the outbox again (enqueued anew under its
+	// id): its dead letter is not replayed over it.
+	insert(t, d, dueRow(2, "billing"))
+	before := time.Now()
+	n, err = d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox})
+	count(t, "ReplayDeadLetters(outbox)", n, err, 1)
+	wantIDs(t, "outbox after the replay", ids(list(t, d, dialects.OutboxQuery{})), idOf(2)+"@billing", idOf(1)+"@billing")
+	r := byID(t, d, idOf(1))
+	if r.Destination != "billing" || r.Topic != orig.Topic || r.Key != orig.Key || !r.CreatedAt.Equal(orig.CreatedAt) ||
+		r.Attempts != 0 || r.LockedBy != "" || !r.LockedUntil.IsZero() || !r.ExpiresAt.IsZero() || !r.SentAt.IsZero() ||
+		string(r.Payload) != string(orig.Payload) || r.Headers["trace"] != orig.Headers["trace"] || r.Headers["ünïcode"] != orig.Headers["ünïcode"] {
+		t.Fatalf("replayed row = %+v, want the message fresh (from %+v)", r, orig)
+	}
+	near(t, "replayed row's deliver_at", r.DeliverAt, before, 5*time.Second)
+	// The relay claims it at once.
+	wantIDs(t, "claim after the replay", claimedIDs(claim(t, d, "billing", "t2", 10, lease)), idOf(2), idOf(1))
+
+	all := deadLetters(t, d, dialects.DeadLetterQuery{IncludeReplayed: true})
+	wantIDs(t, "dead letters", sides(all), "outbox//billing/"+idOf(1), "outbox//billing/"+idOf(2), "inbox/orders//"+inboxID(3))
+	if all[0].ReplayedAt.IsZero() || !all[1].ReplayedAt.IsZero() || !all[2].ReplayedAt.IsZero() {
+		t.Fatalf("replayed_at after the outbox replay: %+v", all)
+	}
+	near(t, "replayed_at", all[0].ReplayedAt, before, 5*time.Second)
+	wantIDs(t, "pending", sides(deadLetters(t, d, dialects.DeadLetterQuery{})), "outbox//billing/"+idOf(2), "inbox/orders//"+inboxID(3))
+	// Not pending any more: a second replay does nothing.
+	n, err = d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox, IDs: []string{idOf(1)}})
+	count(t, "ReplayDeadLetters(outbox, again)", n, err, 0)
+
+	// It fails again: the same dead letter, pending again, both errors kept.
+	n, err = d.DeadLetterOutbox(ctx, "t2", []dialects.OutboxDeadLetter{{Seq: r.Seq, Reason: dialects.ReasonRejected, Error: "refused again"}})
+	count(t, "DeadLetterOutbox(again)", n, err, 1)
+	again := deadLetters(t, d, dialects.DeadLetterQuery{Side: dialects.SideOutbox, IDs: []string{idOf(1)}})
+	if len(again) != 1 || again[0].LastError != "refused again" || len(again[0].Errors) != 2 ||
+		again[0].Errors[0].Error != "refused" || again[0].Errors[1].Error != "refused again" {
+		t.Fatalf("dead letter after a second failure: %+v", again)
+	}
+	// A limit takes the oldest pending one: idOf(1), whose dead letter
+	// kept its place (seq) when it failed again.
+	n, err = d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox, Limit: 1})
+	count(t, "ReplayDeadLetters(outbox, limit 1)", n, err, 1)
+	wantIDs(t, "pending after the limited replay", sides(deadLetters(t, d, dialects.DeadLetterQuery{Side: dialects.SideOutbox})), "outbox//billing/"+idOf(2))
+	// idOf(2) still conflicts with its row in the outbox.
+	n, err = d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox, Destination: "billing", Reason: dialects.ReasonExpired})
+	count(t, "ReplayDeadLetters(outbox, by destination and reason)", n, err, 0)
+	if got := in.list(t, d, dialects.InboxQuery{}); len(got) != 0 {
+		t.Fatalf("inbox after outbox replays: %d rows, want 0 (the inbox side is untouched)", len(got))
 	}
 }
 

@@ -56,6 +56,7 @@ func Run[TTx any](t *testing.T, h Harness[TTx]) {
 	t.Run("LargeBatch", s.largeBatch)
 	t.Run("ListOutboxFilters", s.listFilters)
 	t.Run("Notify", s.notify)
+	t.Run("ListOutboxTx", s.listOutboxTx)
 	t.Run("Relay", relaySuite[TTx]{h: h}.run)
 	t.Run("Inbox", inboxSuite[TTx]{h: h}.run)
 	t.Run("DeadLetters", deadLetterSuite[TTx]{h: h}.run)
@@ -445,5 +446,74 @@ func (s suite[TTx]) notify(t *testing.T) {
 	}
 	if err := d.Commit(ctx, tx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// listOutboxTx checks dialects.OutboxTxLister: in the caller's transaction,
+// the rows it enqueued are listed with the committed ones, every field as
+// stored and in enqueue order, with ListOutbox's filters; after a rollback
+// they are gone.
+func (s suite[TTx]) listOutboxTx(t *testing.T) {
+	d := s.h.Open(t)
+	l, ok := d.(dialects.OutboxTxLister[TTx])
+	if !ok {
+		t.Skipf("%s does not implement dialects.OutboxTxLister", d.Name())
+	}
+	committed := Row(1, "billing")
+	insert(t, d, committed)
+	ctx := ctxFor(t)
+	tx, err := d.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Rollback(ctx, tx) }()
+	pending := []dialects.OutboxRow{Row(2, "billing"), Row(3, "shipping"), Row(4, "billing")}
+	if err := d.InsertOutbox(ctx, tx, pending); err != nil {
+		t.Fatalf("InsertOutbox: %v", err)
+	}
+	listTx := func(q dialects.OutboxQuery) []dialects.OutboxRow {
+		t.Helper()
+		rows, err := l.ListOutboxTx(ctx, tx, q)
+		if err != nil {
+			t.Fatalf("ListOutboxTx(%+v): %v", q, err)
+		}
+		return rows
+	}
+	all := listTx(dialects.OutboxQuery{})
+	want := append([]dialects.OutboxRow{committed}, pending...)
+	if len(all) != len(want) {
+		t.Fatalf("ListOutboxTx in the enqueueing transaction: %v, want the committed row and the 3 of the transaction", ids(all))
+	}
+	for i := range want {
+		if err := Equal(all[i], want[i]); err != nil {
+			t.Errorf("row %d: %v", i, err)
+		}
+	}
+	if got := listTx(dialects.OutboxQuery{Destination: "shipping"}); len(got) != 1 || got[0].ID != Row(3, "").ID {
+		t.Fatalf("Destination filter: %v", ids(got))
+	}
+	if got := listTx(dialects.OutboxQuery{IDs: []string{Row(4, "").ID, Row(2, "").ID}}); len(got) != 2 || got[0].ID != Row(2, "").ID || got[1].ID != Row(4, "").ID {
+		t.Fatalf("IDs filter: %v, want msg-000002 then msg-000004", ids(got))
+	}
+	if got := listTx(dialects.OutboxQuery{Destination: "billing", Limit: 2}); len(got) != 2 || got[0].ID != committed.ID || got[1].ID != Row(2, "").ID {
+		t.Fatalf("Limit: %v", ids(got))
+	}
+	if err := d.Rollback(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(t, d, dialects.OutboxQuery{}); len(got) != 1 || got[0].ID != committed.ID {
+		t.Fatalf("after the rollback ListOutbox returned %v, want only the committed row", ids(got))
+	}
+	tx2, err := d.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Rollback(ctx, tx2) }()
+	got, err := l.ListOutboxTx(ctx, tx2, dialects.OutboxQuery{})
+	if err != nil {
+		t.Fatalf("ListOutboxTx: %v", err)
+	}
+	if len(got) != 1 || got[0].ID != committed.ID {
+		t.Fatalf("ListOutboxTx in a new transaction after the rollback: %v, want only the committed row", ids(got))
 	}
 }

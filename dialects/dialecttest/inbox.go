@@ -22,6 +22,7 @@ func (s inboxSuite[TTx]) run(t *testing.T) {
 	t.Run("InsertRollback", s.insertRollback)
 	t.Run("InsertLargeBatch", s.insertLargeBatch)
 	t.Run("InsertDeadLetterDuplicate", s.insertDeadLetterDuplicate)
+	t.Run("InsertHandled", s.insertHandled)
 	t.Run("Claim", s.claim)
 	t.Run("ClaimTopics", s.claimTopics)
 	t.Run("ClaimOrderingKeys", s.claimOrderingKeys)
@@ -955,4 +956,101 @@ func (s inboxSuite[TTx]) unmigrated(t *testing.T) {
 	if !errors.Is(err, dialects.ErrSchema) {
 		t.Fatal("not ErrSchema")
 	}
+}
+
+// insertHandled: rows asked to be stored handled are, unless they are not
+// due, expired, or wait behind an unfinished row of their key; the states
+// are written back; duplicates stay duplicates; a handled row is never
+// claimed and counts as handled.
+func (s inboxSuite[TTx]) insertHandled(t *testing.T) {
+	d := s.h.Open(t)
+	// An unfinished keyed row, and a handled one of another key.
+	old := InboxRow(1, "orders")
+	old.Key = "k-busy"
+	doneOld := InboxRow(2, "orders")
+	doneOld.Key = "k-free"
+	s.insert(t, d, old, doneOld)
+	token := "tok-done"
+	claimed := s.claimN(t, d, token, 2, inboxLease)
+	for _, r := range claimed {
+		if r.ID == doneOld.ID {
+			if n := s.settle(t, d, token, inboxDone(r)); n != 1 {
+				t.Fatalf("settle = %d", n)
+			}
+		} else if n := s.settle(t, d, token, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxRetry, UndoAttempt: true}); n != 1 {
+			t.Fatalf("release = %d", n)
+		}
+	}
+
+	handled := func(r dialects.InboxRow) dialects.InboxRow {
+		r.State = dialects.InboxStateHandled
+		return r
+	}
+	plain := InboxRow(3, "orders")
+	keyBusy := InboxRow(4, "orders")
+	keyBusy.Key = "k-busy"
+	keyFree := InboxRow(5, "orders")
+	keyFree.Key = "k-free"
+	later := InboxRow(6, "orders")
+	later.RunAt = time.Now().Add(time.Hour)
+	expired := InboxRow(7, "orders")
+	expired.ExpiresAt = time.Now().Add(-time.Minute)
+	notAsked := InboxRow(8, "orders")
+	dup := InboxRow(2, "orders") // stored (and handled) already
+	rows := []dialects.InboxRow{handled(plain), handled(keyBusy), handled(keyFree), handled(later), handled(expired), notAsked, handled(dup)}
+
+	ctx := ctxFor(t)
+	tx, err := d.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := d.InsertInbox(ctx, tx, rows)
+	if err != nil {
+		_ = d.Rollback(ctx, tx)
+		t.Fatalf("InsertInbox: %v", err)
+	}
+	if err := d.Commit(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, true, true, true, true, true, false}; !slices.Equal(stored, want) {
+		t.Fatalf("stored = %v, want %v", stored, want)
+	}
+	wantState := []string{"handled", "ready", "handled", "ready", "ready", "ready"}
+	for i, w := range wantState {
+		if rows[i].State != w {
+			t.Errorf("row %s: written-back State = %q, want %q", rows[i].ID, rows[i].State, w)
+		}
+		got := s.one(t, d, rows[i].Source, rows[i].ID)
+		if got.State != w {
+			t.Errorf("row %s: stored state = %q, want %q", rows[i].ID, got.State, w)
+		}
+		switch w {
+		case "handled":
+			if got.Attempts != 1 || got.HandledAt.IsZero() {
+				t.Errorf("row %s stored handled: attempts %d, handled_at %v; want 1 and set", got.ID, got.Attempts, got.HandledAt)
+			}
+			inboxNear(t, "handled_at of "+got.ID, got.HandledAt, time.Now(), time.Minute)
+		default:
+			if got.Attempts != 0 || !got.HandledAt.IsZero() {
+				t.Errorf("row %s stored ready: attempts %d, handled_at %v; want 0 and unset", got.ID, got.Attempts, got.HandledAt)
+			}
+		}
+	}
+	// The duplicate is untouched, and the handled rows are never claimed.
+	if got := s.one(t, d, dup.Source, dup.ID); got.State != "handled" || got.Attempts != 1 {
+		t.Errorf("duplicate: state %q attempts %d, want handled 1", got.State, got.Attempts)
+	}
+	var ids []string
+	for {
+		c := s.claimN(t, d, fmt.Sprintf("tok-%d", len(ids)), 100, inboxLease)
+		if len(c) == 0 {
+			break
+		}
+		ids = append(ids, inboxIDs(c)...)
+		for _, r := range c {
+			s.settle(t, d, fmt.Sprintf("tok-%d", len(ids)-len(c)), inboxDone(r))
+		}
+	}
+	slices.Sort(ids)
+	inboxWant(t, "claimed after the insert", ids, old.ID, keyBusy.ID, expired.ID, notAsked.ID)
 }

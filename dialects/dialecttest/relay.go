@@ -31,6 +31,7 @@ func (s relaySuite[TTx]) run(t *testing.T) {
 	t.Run("DeadLetter", s.deadLetter)
 	t.Run("DeadLetterAgain", s.deadLetterAgain)
 	t.Run("Expiry", s.expiry)
+	t.Run("ClaimExpiredOnly", s.claimExpiredOnly)
 	t.Run("Stats", s.stats)
 	t.Run("BadArguments", s.badArguments)
 }
@@ -596,6 +597,52 @@ func (s relaySuite[TTx]) expiry(t *testing.T) {
 	}
 }
 
+// claimExpiredOnly: ExpiredOnly claims the expired unsent rows of the
+// destination that no live lease holds, in seq order, due or not and
+// whatever their key's order, counting no attempt; nothing else.
+func (s relaySuite[TTx]) claimExpiredOnly(t *testing.T) {
+	d := s.h.Open(t)
+	past := time.Now().Add(-time.Minute)
+	expired := func(i int) dialects.OutboxRow {
+		r := dueRow(i, "gone")
+		r.ExpiresAt = past
+		return r
+	}
+	head := keyed(dueRow(1, "gone"), "k") // unexpired head of key k
+	behind := keyed(expired(2), "k")      // expired, behind it
+	later := expired(3)
+	later.DeliverAt = time.Now().Add(time.Hour) // not due, expired
+	held := expired(4)                          // expired, leased below
+	live := dueRow(5, "gone")
+	live.ExpiresAt = time.Now().Add(time.Hour)
+	other := expired(6)
+	other.Destination = "elsewhere"
+	insert(t, d, head, behind, later, held, live, other, expired(7))
+	leased, err := d.ClaimOutbox(ctxFor(t), dialects.OutboxClaim{Destination: "gone", Token: "holder", Limit: 1, Lease: lease, ExpiredOnly: true})
+	if err != nil || len(leased) != 1 || leased[0].ID != idOf(2) {
+		t.Fatalf("first ExpiredOnly claim: %v, %v; want %s", claimedIDs(leased), err, idOf(2))
+	}
+	// Release it with a delay: a "waiting for a retry" lease holds it too.
+	n, err := d.ReleaseOutbox(ctxFor(t), "holder", seqs(leased), dialects.OutboxRelease{RetryAfter: time.Hour})
+	count(t, "ReleaseOutbox", n, err, 1)
+	got, err := d.ClaimOutbox(ctxFor(t), dialects.OutboxClaim{Destination: "gone", Token: "t", Limit: 10, Lease: lease, ExpiredOnly: true})
+	if err != nil {
+		t.Fatalf("ExpiredOnly claim: %v", err)
+	}
+	wantIDs(t, "ExpiredOnly claim", claimedIDs(got), idOf(3), idOf(4), idOf(7))
+	for _, g := range got {
+		if !g.Expired || g.Attempts != 0 || g.LockedBy != "t" {
+			t.Fatalf("row %s: Expired %v, attempts %d, locked_by %q; want true, 0, t", g.ID, g.Expired, g.Attempts, g.LockedBy)
+		}
+	}
+	// Nothing left to claim expired; a plain claim still finds the live rows.
+	again := claim(t, d, "gone", "t2", 10, lease)
+	wantIDs(t, "plain claim after", claimedIDs(again), idOf(1), idOf(5))
+	if b := byID(t, d, idOf(2)); b.Attempts != 0 || b.LockedBy != "" {
+		t.Fatalf("row waiting for a retry: attempts %d, locked_by %q", b.Attempts, b.LockedBy)
+	}
+}
+
 func stats(t *testing.T, r dialects.Relayer) []dialects.OutboxStats {
 	t.Helper()
 	st, err := r.OutboxStats(ctxFor(t))
@@ -663,6 +710,34 @@ func (s relaySuite[TTx]) stats(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantIDs(t, "OutboxDestinations after acks", dests, "billing", "shipping")
+
+	// Pending outbox dead letters are counted per destination, also for a
+	// destination without unsent rows; replayed ones are not.
+	for _, dest := range []string{"shipping", "omega"} {
+		if dest == "omega" {
+			insert(t, d, dueRow(7, "omega"))
+		}
+		c := claim(t, d, dest, "dl-"+dest, 1, lease)
+		n, err := d.DeadLetterOutbox(ctx, "dl-"+dest, []dialects.OutboxDeadLetter{{Seq: c[0].Seq, Reason: dialects.ReasonRejected, Error: "no"}})
+		count(t, "DeadLetterOutbox", n, err, 1)
+	}
+	st = stats(t, d)
+	if len(st) != 3 || st[0].Destination != "billing" || st[0].DeadLetters != 0 ||
+		st[1].Destination != "omega" || st[1].Unsent != 0 || st[1].Leased != 0 || st[1].OldestAge != 0 || st[1].DeadLetters != 1 ||
+		st[2].Destination != "shipping" || st[2].Unsent != 1 || st[2].DeadLetters != 1 {
+		t.Fatalf("stats with dead letters: %+v", st)
+	}
+	dests, err = d.OutboxDestinations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIDs(t, "OutboxDestinations with dead letters", dests, "billing", "shipping")
+	n, err = d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox, Destination: "omega"})
+	count(t, "ReplayDeadLetters(omega)", n, err, 1)
+	st = stats(t, d)
+	if len(st) != 3 || st[1].Destination != "omega" || st[1].Unsent != 1 || st[1].DeadLetters != 0 {
+		t.Fatalf("stats after the replay: %+v", st)
+	}
 }
 
 func (s relaySuite[TTx]) badArguments(t *testing.T) {

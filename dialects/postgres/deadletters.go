@@ -23,7 +23,7 @@ const (
 {where}
 ORDER BY d.seq {limit}`
 
-	// Only pending inbox dead letters are replayed (the filter says so).
+	// The inbox side: only pending inbox dead letters (the filter says so).
 	// FOR UPDATE serializes concurrent replays of the same dead letter: the
 	// second waits, re-checks that it is still pending, and skips it.
 	sqlReplayDeadLetters = `WITH c AS (
@@ -45,6 +45,31 @@ ORDER BY d.seq {limit}`
 	RETURNING 1
 )
 SELECT count(*) FROM upd`
+
+	// The outbox side: back into the outbox, due now, for the relay, and a
+	// NOTIFY per destination (sent at commit) that wakes the relays
+	// listening on OutboxChannel, wherever they run.
+	sqlReplayOutboxDeadLetters = `WITH c AS (
+	SELECT d.seq FROM {schema}durable_dead_letters d
+	{where}
+	ORDER BY d.seq {limit}
+	FOR UPDATE
+), ins AS (
+	INSERT INTO {schema}durable_outbox (id, destination, topic, key, headers, payload, created_at)
+	SELECT d.id, d.destination, d.topic, d.key, d.headers, d.payload, d.created_at
+	FROM {schema}durable_dead_letters d JOIN c ON c.seq = d.seq
+	ORDER BY d.seq
+	ON CONFLICT (destination, id) DO NOTHING
+	RETURNING destination, id
+), upd AS (
+	UPDATE {schema}durable_dead_letters d SET replayed_at = now()
+	FROM ins
+	WHERE d.side = 'outbox' AND d.source = '' AND d.destination = ins.destination AND d.id = ins.id
+	RETURNING 1
+), woken AS (
+	SELECT pg_notify('` + OutboxChannel + `', x.destination) FROM (SELECT DISTINCT destination FROM ins) x
+)
+SELECT (SELECT count(*) FROM upd) + 0 * (SELECT count(*) FROM woken)`
 
 	sqlPurgeDeadLetters = `WITH c AS (
 	SELECT d.seq FROM {schema}durable_dead_letters d
@@ -72,14 +97,18 @@ func (c *core) ListDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) 
 	return queryAll(ctx, c, c.root, "list dead letters", stmt, args, scanDeadLetter)
 }
 
-// ReplayDeadLetters puts pending inbox dead letters back into the inbox in
-// one statement; see dialects.Dialect.
+// ReplayDeadLetters puts the pending dead letters of one side back into the
+// inbox or the outbox in one statement; see dialects.Dialect.
 func (c *core) ReplayDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) (int, error) {
 	q, err := filter.ReplayQuery(q)
 	if err != nil {
 		return 0, fmt.Errorf("durable: postgres: %w", err)
 	}
-	stmt, args := deadLetterStmt(c.q.replayDeadLetters, q)
+	stmt := c.q.replayDeadLetters
+	if q.Side == dialects.SideOutbox {
+		stmt = c.q.replayOutboxDeadLetters
+	}
+	stmt, args := deadLetterStmt(stmt, q)
 	return c.count(ctx, c.root, "replay dead letters", stmt, args...)
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/durable-go/durable/dialects"
+	insertedrows "github.com/durable-go/durable/dialects/internal/inserted"
 )
 
 // The inbox's operations. Those that take no transaction are methods of
@@ -34,6 +35,7 @@ func (c *core) insertInbox(ctx context.Context, q querier, rows []dialects.Inbox
 		sources, ids, topics, keys, headers = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		payloads                            = make([][]byte, n)
 		created, expires, runAt             = make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
+		handle                              = make([]bool, n)
 	)
 	for i := range rows {
 		r := &rows[i]
@@ -44,14 +46,22 @@ func (c *core) insertInbox(ctx context.Context, q querier, rows []dialects.Inbox
 		sources[i], ids[i], topics[i], keys[i], headers[i] = r.Source, r.ID, r.Topic, r.Key, h
 		payloads[i] = payloadOf(r.Payload)
 		created[i], expires[i], runAt[i] = nullTime(r.CreatedAt), nullTime(r.ExpiresAt), nullTime(r.RunAt)
+		handle[i] = r.State == dialects.InboxStateHandled
 	}
-	inserted, err := c.queryKeys(ctx, q, "insert inbox", c.q.insertInbox,
-		sources, ids, topics, keys, headers, payloads, created, expires, runAt)
+	got, err := queryAll(ctx, c, q, "insert inbox", c.q.insertInbox,
+		[]any{sources, ids, topics, keys, headers, payloads, created, expires, runAt, handle}, scanInsertedInbox)
 	if err != nil {
 		return nil, err
 	}
+	inserted := make(map[dialects.InboxKey]bool, len(got))
+	for _, r := range got {
+		inserted[r.key] = r.handled
+	}
 	if len(inserted) > 0 {
-		ks, is := inboxKeyColumns(inserted)
+		ks, is := make([]string, 0, len(inserted)), make([]string, 0, len(inserted))
+		for k := range inserted {
+			ks, is = append(ks, k.Source), append(is, k.ID)
+		}
 		removed, err := c.queryKeys(ctx, q, "insert inbox: check dead letters", c.q.uninsertInboxDead, ks, is)
 		if err != nil {
 			return nil, err
@@ -60,14 +70,18 @@ func (c *core) insertInbox(ctx context.Context, q querier, rows []dialects.Inbox
 			delete(inserted, k)
 		}
 	}
-	for i := range rows {
-		k := dialects.InboxKey{Source: rows[i].Source, ID: rows[i].ID}
-		if _, ok := inserted[k]; ok {
-			stored[i] = true
-			delete(inserted, k) // a later repeat within rows is a duplicate
-		}
-	}
-	return stored, nil
+	return insertedrows.Mark(rows, inserted), nil
+}
+
+// insertedInbox is a row InsertInbox stored, and whether it stored it
+// handled.
+type insertedInbox struct {
+	key     dialects.InboxKey
+	handled bool
+}
+
+func scanInsertedInbox(rs rows, r *insertedInbox) error {
+	return rs.Scan(&r.key.Source, &r.key.ID, &r.handled)
 }
 
 // queryKeys runs a statement that returns (source, id) rows through q and
@@ -83,14 +97,6 @@ func (c *core) queryKeys(ctx context.Context, q querier, op, stmt string, args .
 		out[k] = struct{}{}
 	}
 	return out, nil
-}
-
-func inboxKeyColumns(m map[dialects.InboxKey]struct{}) (sources, ids []string) {
-	for k := range m {
-		sources = append(sources, k.Source)
-		ids = append(ids, k.ID)
-	}
-	return sources, ids
 }
 
 // ownConn lends a connection of the dialect's pool (or database) to one

@@ -10,19 +10,30 @@ const (
 	// order (explicitly, since an anti join may reorder them), so seq follows
 	// the batch. ON CONFLICT DO NOTHING skips rows already stored (and a
 	// repeat within the batch); NOT EXISTS skips messages already in the dead
-	// letters.
+	// letters. A row asked to be stored handled ($10, for a caller that
+	// handles it in this transaction) is, when it is due, not expired and no
+	// other unfinished row of its (source, key) is in the inbox
+	// (durable_inbox_key_idx); otherwise it is stored ready.
 	sqlInsertInbox = `INSERT INTO {schema}durable_inbox
-	(source, id, topic, key, headers, payload, created_at, expires_at, run_at)
+	(source, id, topic, key, headers, payload, created_at, expires_at, run_at, state, attempts, handled_at)
 SELECT r.source, r.id, r.topic, r.key, r.headers::jsonb, r.payload,
-	coalesce(r.created_at, now()), r.expires_at, coalesce(r.run_at, now())
+	coalesce(r.created_at, now()), r.expires_at, coalesce(r.run_at, now()),
+	CASE WHEN h.ok THEN 'handled' ELSE 'ready' END,
+	CASE WHEN h.ok THEN 1 ELSE 0 END,
+	CASE WHEN h.ok THEN clock_timestamp() END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-	$7::timestamptz[], $8::timestamptz[], $9::timestamptz[]) WITH ORDINALITY
-	AS r(source, id, topic, key, headers, payload, created_at, expires_at, run_at, ord)
+	$7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::boolean[]) WITH ORDINALITY
+	AS r(source, id, topic, key, headers, payload, created_at, expires_at, run_at, handle, ord)
+CROSS JOIN LATERAL (SELECT r.handle
+	AND coalesce(r.run_at, now()) <= now()
+	AND (r.expires_at IS NULL OR r.expires_at > now())
+	AND (r.key = '' OR NOT EXISTS (SELECT 1 FROM {schema}durable_inbox p
+		WHERE p.source = r.source AND p.key = r.key AND p.key <> '' AND p.state <> 'handled')) AS ok) h
 WHERE NOT EXISTS (SELECT 1 FROM {schema}durable_dead_letters d
 	WHERE d.side = 'inbox' AND d.source = r.source AND d.destination = '' AND d.id = r.id)
 ORDER BY r.ord
 ON CONFLICT (source, id) DO NOTHING
-RETURNING source, id`
+RETURNING source, id, state = 'handled'`
 
 	// Closes a race of InsertInbox under READ COMMITTED: a resend arriving
 	// while a worker moves the same message to the dead letters waits for

@@ -24,7 +24,22 @@ var (
 	_ dialects.Dialect[pgx.Tx]  = (*Dialect)(nil)
 	_ dialects.Notifier[pgx.Tx] = (*Dialect)(nil)
 	_ dialects.Listener         = (*Dialect)(nil)
+
+	_ dialects.OutboxTxLister[pgx.Tx] = (*Dialect)(nil)
+	_ dialects.TxGuard[pgx.Tx]        = (*Dialect)(nil)
 )
+
+// GuardTx returns tx as an inbox handler sees it: a pgx.Tx whose Commit and
+// Rollback return dialects.ErrHandlerEndsTx and leave tx open, everything
+// else passed through (a nested Begin, a savepoint, still works). See
+// dialects.TxGuard.
+func (d *Dialect) GuardTx(tx pgx.Tx) pgx.Tx { return guardedTx{tx} }
+
+// guardedTx is a transaction a handler cannot end.
+type guardedTx struct{ pgx.Tx }
+
+func (guardedTx) Commit(context.Context) error   { return dialects.ErrHandlerEndsTx }
+func (guardedTx) Rollback(context.Context) error { return dialects.ErrHandlerEndsTx }
 
 // New returns the dialect for pool. The pool's own configuration (DSN,
 // search_path, pool size) is used as is; see WithSchema to name the schema of
@@ -131,6 +146,13 @@ func orTime(t, def time.Time) time.Time {
 // delivers them when tx commits and drops them when it rolls back.
 func (d *Dialect) NotifyOutbox(ctx context.Context, tx pgx.Tx, destinations []string) error {
 	return d.notifyOutbox(ctx, pgxQuerier{tx}, destinations)
+}
+
+// ListOutboxTx returns the rows of durable_outbox matching q that tx sees,
+// those it enqueued included, in enqueue (seq) order; see
+// dialects.OutboxTxLister.
+func (d *Dialect) ListOutboxTx(ctx context.Context, tx pgx.Tx, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
+	return d.listOutbox(ctx, pgxQuerier{tx}, q)
 }
 
 // InsertInbox stores rows in tx with one INSERT … FROM unnest … ON CONFLICT

@@ -172,7 +172,8 @@ func (c *core) Name() string { return name }
 
 // CheckSchema verifies that the durable migrations ran up to
 // dialects.SchemaVersion, and returns a *dialects.SchemaError naming the
-// missing migration otherwise (or saying the schema is newer than this build).
+// missing migration otherwise. A newer schema is accepted (see
+// dialects.SchemaVersion, "Compatibility promise").
 func (c *core) CheckSchema(ctx context.Context) error {
 	if c.err != nil {
 		return c.err
@@ -184,7 +185,7 @@ func (c *core) CheckSchema(ctx context.Context) error {
 		}
 		return fmt.Errorf("durable: postgres: check schema: %w", err)
 	}
-	if have != dialects.SchemaVersion {
+	if have < dialects.SchemaVersion {
 		return &dialects.SchemaError{Dialect: name, Have: have, Want: dialects.SchemaVersion}
 	}
 	return nil
@@ -328,6 +329,23 @@ func utc(t sql.NullTime) time.Time {
 // the DuplicateError; the transaction stays usable throughout.
 func (c *core) insertUnnest(ctx context.Context, q querier, rows []dialects.OutboxRow) error {
 	n := len(rows)
+	if n == 1 {
+		r := &rows[0]
+		h, err := headersJSON(r.Headers)
+		if err != nil {
+			return fmt.Errorf("durable: postgres: insert outbox: headers of %q: %w", r.ID, err)
+		}
+		seqs, err := queryAll(ctx, c, q, "insert outbox", c.q.insertOutboxOne,
+			[]any{r.ID, r.Destination, r.Topic, r.Key, h, payloadOf(r.Payload),
+				nullTime(r.CreatedAt), nullTime(r.DeliverAt), nullTime(r.ExpiresAt)}, scanValue[int64])
+		if err != nil {
+			return err
+		}
+		if len(seqs) == 1 {
+			return nil
+		}
+		return c.duplicate(ctx, q, rows, nil, nil)
+	}
 	var (
 		ids, dests, topics, keys, headers = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		payloads                          = make([][]byte, n)
@@ -407,10 +425,16 @@ func (c *core) duplicate(ctx context.Context, q querier, rows []dialects.OutboxR
 // ListOutbox returns the rows of durable_outbox matching q in enqueue (seq)
 // order, every column included; NULL times are zero.
 func (c *core) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
+	return c.listOutbox(ctx, c.root, q)
+}
+
+// listOutbox runs ListOutbox's statement through db: the pool or database,
+// or a caller's transaction (ListOutboxTx).
+func (c *core) listOutbox(ctx context.Context, db querier, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
 	f := syntax.New(0)
 	f.Eq("destination", q.Destination)
 	f.In("id", q.IDs)
-	return queryAll(ctx, c, c.root, "list outbox", f.Statement(c.q.listOutbox, q.Limit), f.Args(), func(rs rows, r *dialects.OutboxRow) error {
+	return queryAll(ctx, c, db, "list outbox", f.Statement(c.q.listOutbox, q.Limit), f.Args(), func(rs rows, r *dialects.OutboxRow) error {
 		return scanOutbox(rs, r)
 	})
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/dialecttest"
@@ -411,26 +411,54 @@ func TestSchemaVersions(t *testing.T) {
 			}
 		}
 	})
-	for _, c := range []struct {
-		name string
-		sql  string
-		have int
-	}{
-		{"empty", "DELETE FROM durable_schema_version", 0},
-		{"newer", "INSERT INTO durable_schema_version (version, name) VALUES (99, '0099_future')", 99},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			pool, _ := testdb.PostgresPool(t, true)
-			if _, err := pool.Exec(ctx, c.sql); err != nil {
-				t.Fatal(err)
+	t.Run("empty", func(t *testing.T) {
+		pool, _ := testdb.PostgresPool(t, true)
+		if _, err := pool.Exec(ctx, "DELETE FROM durable_schema_version"); err != nil {
+			t.Fatal(err)
+		}
+		err := postgres.New(pool).CheckSchema(ctx)
+		var se *dialects.SchemaError
+		if !errors.As(err, &se) || se.Have != 0 {
+			t.Fatalf("CheckSchema = %v, want a SchemaError with Have 0", err)
+		}
+	})
+	// A newer schema is accepted (the compatibility promise of
+	// dialects.SchemaVersion), and the build works on it.
+	t.Run("newer", func(t *testing.T) {
+		pool, _ := testdb.PostgresPool(t, true)
+		if _, err := pool.Exec(ctx, "INSERT INTO durable_schema_version (version, name) VALUES (99, '0099_future')"); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []interface{ CheckSchema(context.Context) error }{postgres.New(pool), postgres.NewSQL(stdlib.OpenDBFromPool(pool))} {
+			if err := d.CheckSchema(ctx); err != nil {
+				t.Fatalf("CheckSchema on a newer schema = %v, want nil", err)
 			}
-			err := postgres.New(pool).CheckSchema(ctx)
-			var se *dialects.SchemaError
-			if !errors.As(err, &se) || se.Have != c.have {
-				t.Fatalf("CheckSchema = %v, want a SchemaError with Have %d", err, c.have)
-			}
-		})
-	}
+		}
+		d := postgres.New(pool)
+		tx, err := d.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.InsertOutbox(ctx, tx, rows("newer", 0, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Commit(ctx, tx); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := d.ListOutbox(ctx, dialects.OutboxQuery{Destination: "newer"}); err != nil || len(got) != 1 {
+			t.Fatalf("ListOutbox on a newer schema = %d rows, %v", len(got), err)
+		}
+		// An operation that meets a table missing from the newer schema
+		// says so.
+		if _, err := pool.Exec(ctx, "DROP TABLE durable_leases"); err != nil {
+			t.Fatal(err)
+		}
+		_, err = d.AcquireLease(ctx, "x", "me", time.Minute)
+		var se *dialects.SchemaError
+		if !errors.As(err, &se) || se.Have != 99 || !strings.Contains(err.Error(), "newer than this build (version 1), and lacks a table or column") {
+			t.Fatalf("AcquireLease without its table on a newer schema = %v", err)
+		}
+	})
 }
 
 // TestDamagedSchema drops a column behind durable's back: the statement that
@@ -496,5 +524,62 @@ func TestBadDSN(t *testing.T) {
 	db := sqlDB(t, unreachable)
 	if err := postgres.NewSQL(db).CheckSchema(ctx); err == nil || errors.Is(err, dialects.ErrSchema) {
 		t.Fatalf("CheckSchema through database/sql on an unreachable server = %v", err)
+	}
+}
+
+// TestReplayOutboxNotifies: replaying outbox dead letters wakes the relays
+// listening on OutboxChannel, once per destination, at commit.
+func TestReplayOutboxNotifies(t *testing.T) {
+	d := openPgx(t, true)
+	ctx := ctxFor(t)
+	listener, err := pgx.Connect(ctx, testdb.PostgresURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(ctx)
+	if _, err := listener.Exec(ctx, "LISTEN "+postgres.OutboxChannel); err != nil {
+		t.Fatal(err)
+	}
+	dest := randomName("replay-")
+	rows := []dialects.OutboxRow{dialecttest.Row(1, dest), dialecttest.Row(2, dest)}
+	for i := range rows {
+		rows[i].DeliverAt, rows[i].ExpiresAt = time.Now().Add(-time.Second), time.Time{}
+	}
+	tx, err := d.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.InsertOutbox(ctx, tx, rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Commit(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := d.ClaimOutbox(ctx, dialects.OutboxClaim{Destination: dest, Token: "t", Limit: 10, Lease: time.Minute})
+	if err != nil || len(claimed) != 2 {
+		t.Fatalf("claim = %d rows, %v", len(claimed), err)
+	}
+	letters := []dialects.OutboxDeadLetter{{Seq: claimed[0].Seq, Reason: dialects.ReasonRejected, Error: "no"},
+		{Seq: claimed[1].Seq, Reason: dialects.ReasonRejected, Error: "no"}}
+	if n, err := d.DeadLetterOutbox(ctx, "t", letters); err != nil || n != 2 {
+		t.Fatalf("dead-letter move = %d, %v", n, err)
+	}
+	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox, Destination: dest}); err != nil || n != 2 {
+		t.Fatalf("replay = %d, %v; want 2", n, err)
+	}
+	got := 0
+	for {
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		msg, err := listener.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		if msg.Channel == postgres.OutboxChannel && msg.Payload == dest {
+			got++
+		}
+	}
+	if got != 1 {
+		t.Fatalf("%d notifications for %s, want 1", got, dest)
 	}
 }

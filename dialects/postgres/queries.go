@@ -24,6 +24,14 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::byte
 ON CONFLICT (destination, id) DO NOTHING
 RETURNING seq`
 
+	// One row, the common call (one message per transaction): plain
+	// parameters instead of nine one-element arrays to encode and unnest.
+	sqlInsertOutboxOne = `INSERT INTO {schema}durable_outbox
+	(id, destination, topic, key, headers, payload, created_at, deliver_at, expires_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, coalesce($7, now()), coalesce($8, now()), $9)
+ON CONFLICT (destination, id) DO NOTHING
+RETURNING seq`
+
 	// Undoes the part of a call that went in before a duplicate was found.
 	sqlDeleteOutboxSeqs = `DELETE FROM {schema}durable_outbox WHERE seq = ANY($1::bigint[])`
 
@@ -54,27 +62,29 @@ var copyColumns = []string{"id", "destination", "topic", "key", "headers", "payl
 // inbox_sql.go and deadletters.go, with the schema qualifier substituted
 // once, when the dialect is built.
 type queries struct {
-	schemaVersion, insertOutbox, deleteSeqs, existing, listOutbox string
+	schemaVersion, insertOutbox, insertOutboxOne, deleteSeqs, existing, listOutbox string
 
-	claimOutbox, ackDelete, ackRetain, release, deadLetterOutbox string
-	outboxStats, outboxDestinations, purgeOutbox                 string
+	claimOutbox, claimExpiredOutbox, ackDelete, ackRetain, release, deadLetterOutbox string
+	outboxStats, outboxDestinations, purgeOutbox                                     string
 
 	insertInbox, uninsertInboxDead, claimInbox, lockInbox, finishInbox string
 	rescueInbox, purgeInbox, inboxStats, listInbox                     string
 
-	listDeadLetters, replayDeadLetters, purgeDeadLetters string
+	listDeadLetters, replayDeadLetters, replayOutboxDeadLetters, purgeDeadLetters string
 }
 
 func newQueries(qualifier string) *queries {
 	r := strings.NewReplacer("{schema}", qualifier)
 	return &queries{
-		schemaVersion: r.Replace(sqlSchemaVersion),
-		insertOutbox:  r.Replace(sqlInsertOutbox),
-		deleteSeqs:    r.Replace(sqlDeleteOutboxSeqs),
-		existing:      r.Replace(sqlExistingOutbox),
-		listOutbox:    r.Replace(sqlListOutbox),
+		schemaVersion:   r.Replace(sqlSchemaVersion),
+		insertOutbox:    r.Replace(sqlInsertOutbox),
+		insertOutboxOne: r.Replace(sqlInsertOutboxOne),
+		deleteSeqs:      r.Replace(sqlDeleteOutboxSeqs),
+		existing:        r.Replace(sqlExistingOutbox),
+		listOutbox:      r.Replace(sqlListOutbox),
 
 		claimOutbox:        r.Replace(sqlClaimOutbox),
+		claimExpiredOutbox: r.Replace(sqlClaimExpiredOutbox),
 		ackDelete:          r.Replace(sqlAckDelete),
 		ackRetain:          r.Replace(sqlAckRetain),
 		release:            r.Replace(sqlRelease),
@@ -93,8 +103,9 @@ func newQueries(qualifier string) *queries {
 		inboxStats:        r.Replace(sqlInboxStats),
 		listInbox:         r.Replace(sqlListInbox),
 
-		listDeadLetters:   r.Replace(sqlListDeadLetters),
-		replayDeadLetters: r.Replace(sqlReplayDeadLetters),
-		purgeDeadLetters:  r.Replace(sqlPurgeDeadLetters),
+		listDeadLetters:         r.Replace(sqlListDeadLetters),
+		replayDeadLetters:       r.Replace(sqlReplayDeadLetters),
+		replayOutboxDeadLetters: r.Replace(sqlReplayOutboxDeadLetters),
+		purgeDeadLetters:        r.Replace(sqlPurgeDeadLetters),
 	}
 }

@@ -3,13 +3,14 @@ package postgres
 import (
 	"cmp"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/durable-go/durable/dialects"
 )
@@ -57,7 +58,11 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 	case cl.Lease <= 0:
 		return nil, fmt.Errorf("durable: postgres: claim outbox: lease %v, want > 0", cl.Lease)
 	}
-	stmt := strings.Replace(c.q.claimOutbox, "{limit}", strconv.Itoa(cl.Limit), 1)
+	stmt := c.q.claimOutbox
+	if cl.ExpiredOnly {
+		stmt = c.q.claimExpiredOutbox
+	}
+	stmt = strings.Replace(stmt, "{limit}", strconv.Itoa(cl.Limit), 1)
 	var out []dialects.ClaimedRow
 	err := c.inOwnTx(ctx, func(q querier) error {
 		rs, err := q.query(ctx, stmt, cl.Destination, cl.Token, micros(cl.Lease))
@@ -78,13 +83,17 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 // scanOutbox reads the outbox columns in the order of sqlListOutbox into r,
 // then any extra columns into extra.
 func scanOutbox(rs rows, r *dialects.OutboxRow, extra ...any) error {
+	// pgtype's nullable types, not database/sql's: pgx scans them directly
+	// instead of through the sql.Scanner interface (this runs for every
+	// row the relay claims), and database/sql's Scan accepts them too.
 	var (
 		headers                      []byte
-		expires, lockedUntil, sentAt sql.NullTime
-		lockedBy, lastError          sql.NullString
+		expires, lockedUntil, sentAt pgtype.Timestamptz
+		lockedBy, lastError          pgtype.Text
+		buf                          [16]any
 	)
-	dest := append([]any{&r.Seq, &r.ID, &r.Destination, &r.Topic, &r.Key, &headers, &r.Payload,
-		&r.CreatedAt, &r.DeliverAt, &expires, &r.Attempts, &lockedBy, &lockedUntil, &lastError, &sentAt}, extra...)
+	dest := append(append(buf[:0], &r.Seq, &r.ID, &r.Destination, &r.Topic, &r.Key, &headers, &r.Payload,
+		&r.CreatedAt, &r.DeliverAt, &expires, &r.Attempts, &lockedBy, &lockedUntil, &lastError, &sentAt), extra...)
 	if err := rs.Scan(dest...); err != nil {
 		return err
 	}
@@ -145,7 +154,7 @@ func (c *core) DeadLetterOutbox(ctx context.Context, token string, letters []dia
 func (c *core) OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error) {
 	return queryAll(ctx, c, c.root, "outbox stats", c.q.outboxStats, nil, func(rs rows, s *dialects.OutboxStats) error {
 		var age float64
-		if err := rs.Scan(&s.Destination, &s.Unsent, &s.Leased, &s.Retrying, &s.Scheduled, &age); err != nil {
+		if err := rs.Scan(&s.Destination, &s.Unsent, &s.Leased, &s.Retrying, &s.Scheduled, &age, &s.DeadLetters); err != nil {
 			return err
 		}
 		s.OldestAge = time.Duration(age * float64(time.Second))

@@ -13,6 +13,17 @@ const (
 	// unsent row shares its (destination, key), whatever that row's state:
 	// a concurrent claimer's uncommitted lease cannot slip a second row of a
 	// key through, because the earlier row is visible as unsent either way.
+	// Nor when one of the next 16 unsent rows of its key is leased or
+	// waiting for a retry, and not expired (an expired row is never sent,
+	// so it holds no place in its key's order): seq follows insertion, not commit, so an earlier
+	// row whose transaction committed late becomes visible after a later row
+	// of its key was claimed, and would otherwise be sent beside it. The
+	// leased row is the first of the key that was visible when it was
+	// claimed, so it lies past the rows committed late meanwhile; looking at
+	// the next 16 covers up to 15 such rows of one key and keeps the check
+	// bounded on a key with a long backlog, which drains one claim at a
+	// time. (The later row's lease must be committed for this claim to see
+	// it: a claim racing the one that takes it is not held back.)
 	// Expired rows are leased without counting an attempt and flagged.
 	//
 	// The limit ({limit}) is a literal, not a parameter, as in sqlClaimInbox:
@@ -29,7 +40,15 @@ const (
 		AND (o.key = '' OR NOT EXISTS (
 			SELECT 1 FROM {schema}durable_outbox e
 			WHERE e.destination = o.destination AND e.key = o.key AND e.key <> ''
-				AND e.sent_at IS NULL AND e.seq < o.seq))
+				AND e.sent_at IS NULL AND e.seq < o.seq)
+			AND NOT EXISTS (
+			SELECT 1 FROM (
+				SELECT e.locked_until, e.expires_at FROM {schema}durable_outbox e
+				WHERE e.destination = o.destination AND e.key = o.key AND e.key <> ''
+					AND e.sent_at IS NULL AND e.seq > o.seq
+				ORDER BY e.seq
+				LIMIT 16) n
+			WHERE n.locked_until > now() AND (n.expires_at IS NULL OR n.expires_at > now())))
 	ORDER BY o.seq
 	LIMIT {limit}
 	FOR UPDATE SKIP LOCKED
@@ -43,6 +62,25 @@ WHERE o.seq = cand.seq
 RETURNING o.seq, o.id, o.destination, o.topic, o.key, o.headers, o.payload, o.created_at, o.deliver_at,
 	o.expires_at, o.attempts, o.locked_by, o.locked_until, o.last_error, o.sent_at,
 	coalesce(o.expires_at <= now(), false)`
+
+	// ClaimOutbox with ExpiredOnly: the expired unsent rows of a
+	// destination that no live lease holds, in seq order, whatever their
+	// key; the attempts stay as they are.
+	sqlClaimExpiredOutbox = `WITH cand AS (
+	SELECT o.seq FROM {schema}durable_outbox o
+	WHERE o.destination = $1 AND o.sent_at IS NULL AND o.expires_at <= now()
+		AND (o.locked_until IS NULL OR o.locked_until <= now())
+	ORDER BY o.seq
+	LIMIT {limit}
+	FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}durable_outbox o SET
+	locked_by = $2,
+	locked_until = now() + $3::bigint * interval '1 microsecond'
+FROM cand
+WHERE o.seq = cand.seq
+RETURNING o.seq, o.id, o.destination, o.topic, o.key, o.headers, o.payload, o.created_at, o.deliver_at,
+	o.expires_at, o.attempts, o.locked_by, o.locked_until, o.last_error, o.sent_at, true`
 
 	// Statements that change rows report how many as their single result
 	// row: querier has no RowsAffected.
@@ -105,15 +143,27 @@ SELECT count(*) FROM x`
 )
 SELECT count(*) FROM ins`
 
-	sqlOutboxStats = `SELECT destination, count(*),
-	count(*) FILTER (WHERE locked_by IS NOT NULL AND locked_until > now()),
-	count(*) FILTER (WHERE locked_by IS NULL AND locked_until > now()),
-	count(*) FILTER (WHERE deliver_at > now()),
-	greatest(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM {schema}durable_outbox
-WHERE sent_at IS NULL
-GROUP BY destination
-ORDER BY destination`
+	// The pending outbox dead letters are counted through the dead letters'
+	// unique index, whose first column is side.
+	sqlOutboxStats = `WITH u AS (
+	SELECT destination, count(*) AS unsent,
+		count(*) FILTER (WHERE locked_by IS NOT NULL AND locked_until > now()) AS leased,
+		count(*) FILTER (WHERE locked_by IS NULL AND locked_until > now()) AS retrying,
+		count(*) FILTER (WHERE deliver_at > now()) AS scheduled,
+		greatest(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age
+	FROM {schema}durable_outbox
+	WHERE sent_at IS NULL
+	GROUP BY destination
+), dl AS (
+	SELECT destination, count(*) AS dead
+	FROM {schema}durable_dead_letters
+	WHERE side = 'outbox' AND (replayed_at IS NULL OR replayed_at < failed_at)
+	GROUP BY destination
+)
+SELECT coalesce(u.destination, dl.destination), coalesce(u.unsent, 0), coalesce(u.leased, 0),
+	coalesce(u.retrying, 0), coalesce(u.scheduled, 0), coalesce(u.age, 0), coalesce(dl.dead, 0)
+FROM u FULL JOIN dl ON dl.destination = u.destination
+ORDER BY 1`
 
 	// The distinct destinations by a loose index scan of the claim index:
 	// one probe per destination instead of a read of every row.

@@ -25,6 +25,8 @@ var (
 	_ dialects.Dialect[*sql.Tx]  = (*SQLDialect)(nil)
 	_ dialects.Notifier[*sql.Tx] = (*SQLDialect)(nil)
 	_ dialects.Listener          = (*SQLDialect)(nil)
+
+	_ dialects.OutboxTxLister[*sql.Tx] = (*SQLDialect)(nil)
 )
 
 // NewSQL returns the dialect for db, which must have been opened with pgx's
@@ -78,6 +80,11 @@ func (d *SQLDialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialec
 // delivers them when tx commits and drops them when it rolls back.
 func (d *SQLDialect) NotifyOutbox(ctx context.Context, tx *sql.Tx, destinations []string) error {
 	return d.notifyOutbox(ctx, sqlQuerier{tx}, destinations)
+}
+
+// ListOutboxTx is Dialect.ListOutboxTx for a *sql.Tx.
+func (d *SQLDialect) ListOutboxTx(ctx context.Context, tx *sql.Tx, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
+	return d.listOutbox(ctx, sqlQuerier{tx}, q)
 }
 
 // InsertInbox is Dialect.InsertInbox for a *sql.Tx.

@@ -22,7 +22,7 @@ const (
 {where}
 ORDER BY d.seq {limit}`
 
-	// ?1 now. Only pending inbox dead letters are replayed (the filter says
+	// The inbox side, ?1 now: only pending inbox dead letters (the filter says
 	// so); the WHERE also tells SQLite's parser that ON CONFLICT is the
 	// upsert clause.
 	sqlReplayInsert = `INSERT INTO durable_inbox
@@ -37,6 +37,21 @@ RETURNING source, id`
 	sqlReplayMark = `UPDATE durable_dead_letters SET replayed_at = ?1
 WHERE side = 'inbox' AND destination = ''
 	AND (source, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2))`
+
+	// The outbox side: ?1 now (deliver_at). A row of the same message for
+	// the destination still in the outbox makes the replay skip it.
+	sqlReplayOutboxInsert = `INSERT INTO durable_outbox
+	(id, destination, topic, key, headers, payload, created_at, deliver_at)
+SELECT d.id, d.destination, d.topic, d.key, d.headers, d.payload, d.created_at, ?1
+FROM durable_dead_letters d
+{where}
+ORDER BY d.seq {limit}
+ON CONFLICT (destination, id) DO NOTHING
+RETURNING destination, id`
+
+	sqlReplayOutboxMark = `UPDATE durable_dead_letters SET replayed_at = ?1
+WHERE side = 'outbox' AND source = ''
+	AND (destination, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?2))`
 
 	// seq names rows only inside this one statement, where it cannot be
 	// reused.
@@ -62,14 +77,19 @@ func (d *Dialect) ListDeadLetters(ctx context.Context, q dialects.DeadLetterQuer
 	return queryAll(ctx, d.db, "list dead letters", stmt, args, scanDeadLetter)
 }
 
-// ReplayDeadLetters puts pending inbox dead letters back into the inbox in
-// one transaction of two statements; see dialects.Dialect.
+// ReplayDeadLetters puts the pending dead letters of one side back into the
+// inbox or the outbox in one transaction of two statements; see
+// dialects.Dialect.
 func (d *Dialect) ReplayDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) (n int, err error) {
 	q, err = filter.ReplayQuery(q)
 	if err != nil {
 		return 0, fmt.Errorf("durable/sqlite: %w", err)
 	}
-	stmt, args := deadLetterStmt(sqlReplayInsert, 1, q)
+	insert, mark := sqlReplayInsert, sqlReplayMark
+	if q.Side == dialects.SideOutbox {
+		insert, mark = sqlReplayOutboxInsert, sqlReplayOutboxMark
+	}
+	stmt, args := deadLetterStmt(insert, 1, q)
 	now, _, _ := inboxNow()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -86,7 +106,7 @@ func (d *Dialect) ReplayDeadLetters(ctx context.Context, q dialects.DeadLetterQu
 		return 0, err
 	}
 	if len(keys) > 0 {
-		if _, err := tx.ExecContext(ctx, sqlReplayMark, now, jsonParam(keys)); err != nil {
+		if _, err := tx.ExecContext(ctx, mark, now, jsonParam(keys)); err != nil {
 			return 0, fmt.Errorf("durable/sqlite: replay dead letters: %w", err)
 		}
 	}
@@ -141,3 +161,16 @@ func decodeJSON(id, headers string, h *map[string]string, errs string, e *[]dial
 	}
 	return nil
 }
+
+// failedAfterReplay is the failed_at of a dead letter that failed again (the
+// upsert's excluded row against the stored one, alias dl or d):
+// excluded.failed_at, or, when that is not later than the replay (both in
+// one millisecond, the precision of the stored times), one millisecond past
+// replayed_at, so that the dead letter reads as pending again
+// (replayed_at < failed_at).
+const (
+	failedAfterReplayDL = `CASE WHEN dl.replayed_at IS NOT NULL AND excluded.failed_at <= dl.replayed_at
+		THEN strftime('%Y-%m-%d %H:%M:%f', dl.replayed_at, '+0.001 seconds') ELSE excluded.failed_at END`
+	failedAfterReplayD = `CASE WHEN d.replayed_at IS NOT NULL AND excluded.failed_at <= d.replayed_at
+		THEN strftime('%Y-%m-%d %H:%M:%f', d.replayed_at, '+0.001 seconds') ELSE excluded.failed_at END`
+)

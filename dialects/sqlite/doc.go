@@ -40,6 +40,19 @@
 // upgrades. New refuses a database opened without WAL, a busy timeout or
 // immediate transactions, with a *DSNError naming the missing parameter.
 //
+// # What reaches the disk before it leaves
+//
+// With synchronous=NORMAL, SQLite syncs its log to disk only at checkpoints,
+// so a power loss or an operating system crash may take back the last
+// commits. Durable makes sure nothing leaves a database that could be taken
+// back: the relay's claim and the inbox's storing of a delivered batch commit
+// with synchronous=FULL (BeginDurable), which writes the log out to disk with
+// every commit before it. So a message is on disk, with the app's rows of its
+// transaction, before the relay sends it, and a delivered batch is on disk
+// before the peer is told it may delete its copy. Other commits keep the
+// DSN's setting: what a power loss takes back of them is taken back whole
+// and done again.
+//
 // # One writer
 //
 // SQLite allows one writer at a time. New therefore calls db.SetMaxOpenConns(1):
@@ -54,10 +67,10 @@
 // CheckSchema, ListOutbox, and the relay and workers that use this dialect)
 // waits for it, and a goroutine that calls one of them while it holds a
 // transaction on the same *sql.DB waits until its context ends. Inside a
-// transaction, use the methods that take the transaction. Keep transactions
-// short, as SQLite wants anyway. Reads queue too; an application that needs
-// concurrent reads can open a second, read-only *sql.DB on the same file for
-// them.
+// transaction, use the methods that take the transaction (ListOutboxTx to
+// read the outbox). Keep transactions short, as SQLite wants anyway. Reads
+// queue too; an application that needs concurrent reads can open a second,
+// read-only *sql.DB on the same file for them.
 //
 // # Storage format
 //

@@ -76,6 +76,9 @@ func (e *DSNError) Error() string {
 // Is reports whether target is ErrDSN.
 func (e *DSNError) Is(target error) bool { return target == ErrDSN }
 
+// sqliteBusy is SQLite's primary result code SQLITE_BUSY.
+const sqliteBusy = 5
+
 // checkDSN verifies, on real connections of db, the settings DSN provides:
 // WAL journal, a busy timeout, and BEGIN IMMEDIATE. It needs two connections
 // at once, so it raises db's limit to two; New lowers it to one afterwards.
@@ -114,6 +117,10 @@ func checkDSN(ctx context.Context, db *sql.DB) (err error) {
 
 	tx, err := c1.BeginTx(ctx, nil)
 	if err != nil {
+		var coded interface{ Code() int }
+		if errors.As(err, &coded) && coded.Code()&0xff == sqliteBusy {
+			return fmt.Errorf("durable/sqlite: New checks the connection settings in a write transaction, and another connection or process held the database's write lock for longer than busy_timeout (%d ms); retry New when it is free: %w", timeout, err)
+		}
 		return fmt.Errorf("durable/sqlite: begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	insertedrows "github.com/durable-go/durable/dialects/internal/inserted"
 )
 
 // The inbox takes its instants from the process clock, which on an embedded
@@ -19,7 +20,7 @@ import (
 const inboxErrorTimeLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // inboxInsertColumns is the number of parameters per row of InsertInbox.
-const inboxInsertColumns = 9
+const inboxInsertColumns = 10
 
 // InboxChunkRows is how many rows one INSERT statement of InsertInbox
 // carries; larger batches are split into statements of this size.
@@ -29,18 +30,27 @@ const InboxChunkRows = maxParams / inboxInsertColumns
 var inboxChunkRows = InboxChunkRows
 
 const (
+	// column10 is the stored form of now for a row asked to be stored
+	// handled that is due and not expired (decided by the caller, the
+	// process clock being the database's), else NULL; the row is then
+	// stored handled when no other unfinished row of its (source, key) is
+	// in the inbox (durable_inbox_key_idx).
 	sqlInboxInsertHead = `INSERT INTO durable_inbox
-	(source, id, topic, key, headers, payload, created_at, expires_at, run_at)
-SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9
-FROM (VALUES `
-	sqlInboxInsertRow = `(?,?,?,?,?,?,?,?,?)`
+	(source, id, topic, key, headers, payload, created_at, expires_at, run_at, state, attempts, handled_at)
+SELECT w.column1, w.column2, w.column3, w.column4, w.column5, w.column6, w.column7, w.column8, w.column9,
+	CASE WHEN w.ok THEN 'handled' ELSE 'ready' END, w.ok, CASE WHEN w.ok THEN w.column10 END
+FROM (SELECT v.*, v.column10 IS NOT NULL AND (v.column4 = '' OR NOT EXISTS (
+		SELECT 1 FROM durable_inbox p
+		WHERE p.source = v.column1 AND p.key = v.column4 AND p.key <> '' AND p.state <> 'handled')) AS ok
+	FROM (VALUES `
+	sqlInboxInsertRow = `(?,?,?,?,?,?,?,?,?,?)`
 	// NOT EXISTS skips messages already in the dead letters; the WHERE also
 	// tells SQLite's parser that ON CONFLICT is the upsert clause.
-	sqlInboxInsertTail = `) AS v
+	sqlInboxInsertTail = `) AS v) AS w
 WHERE NOT EXISTS (SELECT 1 FROM durable_dead_letters d
-	WHERE d.side = 'inbox' AND d.source = v.column1 AND d.destination = '' AND d.id = v.column2)
+	WHERE d.side = 'inbox' AND d.source = w.column1 AND d.destination = '' AND d.id = w.column2)
 ON CONFLICT (source, id) DO NOTHING
-RETURNING source, id`
+RETURNING source, id, state = 'handled'`
 
 	sqlInboxColumns = `seq, source, id, topic, key, headers, payload, created_at, received_at, expires_at,
 	state, attempts, run_at, lease_token, locked_by, locked_until, last_error, errors, handled_at, replayed_at`
@@ -96,7 +106,8 @@ WHERE o.kind <> 'd' AND i.source = o.source AND i.id = o.id
 	AND i.state = 'running' AND i.lease_token = ?2`
 
 	// A message dead-lettered before (and replayed since) updates its row,
-	// keeping first_failed_at and replayed_at.
+	// keeping first_failed_at and replayed_at, with a failed_at later than
+	// replayed_at (see failedAfterReplay).
 	sqlInboxFinishDead = `WITH ` + sqlInboxOutcomes + `, m AS (
 	SELECT i.source, i.id, i.topic, i.key, i.headers, i.payload, i.created_at, i.expires_at, i.attempts,
 		o.reason, coalesce(nullif(o.err, ''), i.last_error, '') AS last_error,
@@ -115,7 +126,7 @@ ON CONFLICT (side, source, destination, id) DO UPDATE SET
 	topic = excluded.topic, key = excluded.key, headers = excluded.headers,
 	payload = excluded.payload, created_at = excluded.created_at, expires_at = excluded.expires_at,
 	reason = excluded.reason, attempts = excluded.attempts, last_error = excluded.last_error,
-	errors = excluded.errors, failed_at = excluded.failed_at`
+	errors = excluded.errors, failed_at = ` + failedAfterReplayDL
 
 	sqlInboxFinishDelete = `DELETE FROM durable_inbox
 WHERE (source, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
@@ -178,7 +189,7 @@ func (d *Dialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialects.I
 	if len(rows) == 0 {
 		return stored, nil
 	}
-	now, _, _ := inboxNow()
+	now, _, t := inboxNow()
 	enc := newHeaderEncoder()
 	inserted := make(map[dialects.InboxKey]bool, len(rows))
 	chunk := inboxChunkRows
@@ -191,25 +202,33 @@ func (d *Dialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialects.I
 			if err != nil {
 				return nil, fmt.Errorf("durable/sqlite: insert inbox: headers of %q: %w", r.ID, err)
 			}
+			var handleAt any // NULL: store ready
+			if r.State == dialects.InboxStateHandled && !r.RunAt.After(t) && (r.ExpiresAt.IsZero() || r.ExpiresAt.After(t)) {
+				handleAt = now
+			}
 			args = append(args, r.Source, r.ID, r.Topic, r.Key, headers, payloadOf(r.Payload),
-				timeOr(r.CreatedAt, now), nullTime(r.ExpiresAt), timeOr(r.RunAt, now))
+				timeOr(r.CreatedAt, now), nullTime(r.ExpiresAt), timeOr(r.RunAt, now), handleAt)
 		}
-		keys, err := queryAll(ctx, tx, "insert inbox", inboxInsertSQL(len(part)), args, scanKey)
+		got, err := queryAll(ctx, tx, "insert inbox", inboxInsertSQL(len(part)), args, scanInserted)
 		if err != nil {
 			return nil, err
 		}
-		for _, k := range keys {
-			inserted[k] = true
+		for _, g := range got {
+			inserted[g.key] = g.handled
 		}
 	}
-	for i := range rows {
-		k := dialects.InboxKey{Source: rows[i].Source, ID: rows[i].ID}
-		if inserted[k] {
-			stored[i] = true
-			delete(inserted, k) // a later repeat within rows is a duplicate
-		}
-	}
-	return stored, nil
+	return insertedrows.Mark(rows, inserted), nil
+}
+
+// insertedInbox is a row InsertInbox stored, and whether it stored it
+// handled.
+type insertedInbox struct {
+	key     dialects.InboxKey
+	handled bool
+}
+
+func scanInserted(rs *sql.Rows, r *insertedInbox) error {
+	return rs.Scan(&r.key.Source, &r.key.ID, &r.handled)
 }
 
 // ClaimInbox leases due ready rows in one UPDATE … RETURNING statement; see
@@ -227,7 +246,7 @@ func (d *Dialect) ClaimInbox(ctx context.Context, c dialects.InboxClaim) ([]dial
 		exclude = []string{}
 	}
 	now, _, t := inboxNow()
-	out, err := queryAll(ctx, d.db, "claim inbox", sqlInboxClaim,
+	out, err := queryAll(ctx, d.prep(ctx, d.db, sqlInboxClaim), "claim inbox", sqlInboxClaim,
 		[]any{now, c.Token, c.Worker, formatTime(t.Add(c.Lease)), jsonParam(topics), jsonParam(exclude), c.Limit}, scanInboxRow)
 	if err != nil {
 		return nil, err
@@ -250,7 +269,7 @@ func (d *Dialect) LockInbox(ctx context.Context, tx *sql.Tx, token string, keys 
 	for i, k := range keys {
 		pairs[i] = [2]string{k.Source, k.ID}
 	}
-	found, err := queryAll(ctx, tx, "lock inbox", sqlInboxLock, []any{token, jsonParam(pairs)}, scanKey)
+	found, err := queryAll(ctx, d.prep(ctx, tx, sqlInboxLock), "lock inbox", sqlInboxLock, []any{token, jsonParam(pairs)}, scanKey)
 	if err != nil {
 		return nil, err
 	}
@@ -329,7 +348,7 @@ func (d *Dialect) FinishInbox(ctx context.Context, tx *sql.Tx, token string, out
 		list[i] = [7]any{o.Source, o.ID, kind, o.Error, formatTime(t.Add(max(o.RetryAfter, 0))), undo, o.Reason}
 	}
 	oj := jsonParam(list)
-	res, err := tx.ExecContext(ctx, sqlInboxFinishUpdate, oj, token, now, errTime)
+	res, err := d.prep(ctx, tx, sqlInboxFinishUpdate).ExecContext(ctx, sqlInboxFinishUpdate, oj, token, now, errTime)
 	if err != nil {
 		return 0, schemaError(ctx, tx, "finish inbox", err)
 	}

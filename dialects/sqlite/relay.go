@@ -39,6 +39,18 @@ WHERE seq IN (
 	LIMIT ?4)
 RETURNING ` + listColumns + `, coalesce(expires_at <= ?5, 0)`
 
+	// ClaimOutbox with ExpiredOnly; the same parameters as sqlClaim.
+	sqlClaimExpired = `UPDATE durable_outbox SET
+	locked_by = ?1,
+	locked_until = ?2
+WHERE seq IN (
+	SELECT o.seq FROM durable_outbox o
+	WHERE o.destination = ?3 AND o.sent_at IS NULL AND o.expires_at <= ?5
+		AND (o.locked_until IS NULL OR o.locked_until <= ?5)
+	ORDER BY o.seq
+	LIMIT ?4)
+RETURNING ` + listColumns + `, 1`
+
 	sqlAckDelete = `DELETE FROM durable_outbox
 WHERE seq IN (SELECT value FROM json_each(?1)) AND locked_by = ?2 AND sent_at IS NULL`
 
@@ -77,20 +89,32 @@ ON CONFLICT (side, source, destination, id) DO UPDATE SET
 			THEN json_insert(d.errors, '$[#]', json(json_extract(excluded.errors, '$[0]')))
 			ELSE d.errors END,
 		'$[#]', json(json_extract(excluded.errors, '$[#-1]'))),
-	failed_at = excluded.failed_at`
+	failed_at = ` + failedAfterReplayD
 
 	sqlDeadLetterDelete = `DELETE FROM durable_outbox
 WHERE seq IN (SELECT json_extract(value, '$[0]') FROM json_each(?1)) AND locked_by = ?2 AND sent_at IS NULL`
 
-	sqlStats = `SELECT destination, count(*),
-	count(*) FILTER (WHERE locked_by IS NOT NULL AND locked_until > ?1),
-	count(*) FILTER (WHERE locked_by IS NULL AND locked_until > ?1),
-	count(*) FILTER (WHERE deliver_at > ?1),
-	max((julianday(?1) - julianday(min(created_at))) * 86400.0, 0)
-FROM durable_outbox
-WHERE sent_at IS NULL
-GROUP BY destination
-ORDER BY destination`
+	// ?1 now. The pending outbox dead letters are counted through the dead
+	// letters' unique index, whose first column is side.
+	sqlStats = `WITH u AS (
+	SELECT destination, count(*) AS unsent,
+		count(*) FILTER (WHERE locked_by IS NOT NULL AND locked_until > ?1) AS leased,
+		count(*) FILTER (WHERE locked_by IS NULL AND locked_until > ?1) AS retrying,
+		count(*) FILTER (WHERE deliver_at > ?1) AS scheduled,
+		max((julianday(?1) - julianday(min(created_at))) * 86400.0, 0) AS age
+	FROM durable_outbox
+	WHERE sent_at IS NULL
+	GROUP BY destination
+), dl AS (
+	SELECT destination, count(*) AS dead
+	FROM durable_dead_letters
+	WHERE side = 'outbox' AND (replayed_at IS NULL OR replayed_at < failed_at)
+	GROUP BY destination
+)
+SELECT coalesce(u.destination, dl.destination), coalesce(u.unsent, 0), coalesce(u.leased, 0),
+	coalesce(u.retrying, 0), coalesce(u.scheduled, 0), coalesce(u.age, 0.0), coalesce(dl.dead, 0)
+FROM u FULL JOIN dl ON dl.destination = u.destination
+ORDER BY 1`
 
 	// The distinct destinations, one index probe each.
 	sqlDestinations = `WITH RECURSIVE d(destination) AS (
@@ -120,14 +144,43 @@ func (d *Dialect) ClaimOutbox(ctx context.Context, c dialects.OutboxClaim) ([]di
 		return nil, fmt.Errorf("durable/sqlite: claim outbox: lease %v, want > 0", c.Lease)
 	}
 	now := time.Now()
-	out, err := queryAll(ctx, d.db, "claim outbox", sqlClaim,
-		[]any{c.Token, formatTime(now.Add(c.Lease)), c.Destination, c.Limit, formatTime(now)},
-		func(rs *sql.Rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
+	args := []any{c.Token, formatTime(now.Add(c.Lease)), c.Destination, c.Limit, formatTime(now)}
+	scan := func(rs *sql.Rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) }
+	var out []dialects.ClaimedRow
+	var err error
+	if c.ExpiredOnly {
+		// Expired rows go to the dead letters, never to a peer.
+		out, err = queryAll(ctx, d.prep(ctx, d.db, sqlClaimExpired), "claim outbox", sqlClaimExpired, args, scan)
+	} else {
+		out, err = d.claimDurably(ctx, args, scan)
+	}
 	if err != nil {
 		return nil, err
 	}
 	// RETURNING follows no order.
 	slices.SortFunc(out, func(a, b dialects.ClaimedRow) int { return cmp.Compare(a.Seq, b.Seq) })
+	return out, nil
+}
+
+// claimDurably runs the claim in a transaction of BeginDurable, whose commit
+// syncs the log to disk. Syncing the log writes out every commit before it
+// too, so the rows handed to the relay, and the app's rows committed with
+// them, are on disk before they leave this database: with the DSN's
+// synchronous=NORMAL, a power loss could otherwise take back a transaction
+// whose message a peer already handled.
+func (d *Dialect) claimDurably(ctx context.Context, args []any, scan func(*sql.Rows, *dialects.ClaimedRow) error) ([]dialects.ClaimedRow, error) {
+	tx, err := d.BeginDurable(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("durable/sqlite: claim outbox: %w", err)
+	}
+	out, err := queryAll(ctx, d.prep(ctx, tx, sqlClaim), "claim outbox", sqlClaim, args, scan)
+	if err != nil {
+		_ = d.Rollback(ctx, tx)
+		return nil, err
+	}
+	if err := d.Commit(ctx, tx); err != nil {
+		return nil, fmt.Errorf("durable/sqlite: claim outbox: %w", err)
+	}
 	return out, nil
 }
 
@@ -166,7 +219,7 @@ func (d *Dialect) AckOutbox(ctx context.Context, token string, seqs []int64, ret
 	if retain {
 		return exec(ctx, d.db, "ack outbox", sqlAckRetain, jsonParam(seqs), token, formatTime(time.Now()))
 	}
-	return exec(ctx, d.db, "ack outbox", sqlAckDelete, jsonParam(seqs), token)
+	return exec(ctx, d.prep(ctx, d.db, sqlAckDelete), "ack outbox", sqlAckDelete, jsonParam(seqs), token)
 }
 
 // ReleaseOutbox ends the lease of rows leased to token; see
@@ -234,7 +287,7 @@ func (d *Dialect) DeadLetterOutbox(ctx context.Context, token string, letters []
 func (d *Dialect) OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error) {
 	return queryAll(ctx, d.db, "outbox stats", sqlStats, []any{formatTime(time.Now())}, func(rs *sql.Rows, s *dialects.OutboxStats) error {
 		var age float64
-		if err := rs.Scan(&s.Destination, &s.Unsent, &s.Leased, &s.Retrying, &s.Scheduled, &age); err != nil {
+		if err := rs.Scan(&s.Destination, &s.Unsent, &s.Leased, &s.Retrying, &s.Scheduled, &age, &s.DeadLetters); err != nil {
 			return err
 		}
 		s.OldestAge = time.Duration(age * float64(time.Second)).Round(time.Millisecond)

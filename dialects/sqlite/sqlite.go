@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/durable-go/durable/dialects"
@@ -23,10 +25,16 @@ const Name = "sqlite"
 // dialects.Dialect[*sql.Tx]. Create it with New; it is safe for concurrent
 // use.
 type Dialect struct {
-	db *sql.DB
+	db      *sql.DB
+	stmts   sync.Map // statement text → *sql.Stmt prepared on db (see stmt)
+	durable sync.Map // *sql.Tx of BeginDurable → *durableConn
 }
 
-var _ dialects.Dialect[*sql.Tx] = (*Dialect)(nil)
+var (
+	_ dialects.Dialect[*sql.Tx]         = (*Dialect)(nil)
+	_ dialects.OutboxTxLister[*sql.Tx]  = (*Dialect)(nil)
+	_ dialects.DurableBeginner[*sql.Tx] = (*Dialect)(nil)
+)
 
 // Option configures New.
 type Option func(*config)
@@ -101,12 +109,87 @@ func (d *Dialect) Begin(ctx context.Context) (*sql.Tx, error) {
 	return tx, nil
 }
 
+// durableConn is the connection a transaction of BeginDurable holds, with
+// the synchronous setting to give it back once the transaction ended.
+type durableConn struct {
+	conn *sql.Conn
+	sync int // the connection's PRAGMA synchronous before
+}
+
+// syncFull is PRAGMA synchronous=FULL: in WAL mode, every commit syncs the
+// log to disk.
+const syncFull = 2
+
+// BeginDurable starts a transaction whose commit is synced to disk before
+// Commit returns, whatever the DSN's synchronous setting (sqlite.DSN sets
+// NORMAL, which syncs the log only at checkpoints, so a power loss may lose
+// the last commits). It runs PRAGMA synchronous=FULL on the connection
+// before BEGIN; the dialect's Commit or Rollback puts the setting back and
+// releases the connection, so end the transaction with them. See
+// dialects.DurableBeginner.
+func (d *Dialect) BeginDurable(ctx context.Context) (*sql.Tx, error) {
+	conn, err := d.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("durable/sqlite: begin: %w", err)
+	}
+	dc := &durableConn{conn: conn}
+	if err := conn.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&dc.sync); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("durable/sqlite: begin: read synchronous: %w", err)
+	}
+	if dc.sync < syncFull {
+		if _, err := conn.ExecContext(ctx, "PRAGMA synchronous = FULL"); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("durable/sqlite: begin: set synchronous: %w", err)
+		}
+	}
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		dc.release()
+		return nil, fmt.Errorf("durable/sqlite: begin: %w", err)
+	}
+	d.durable.Store(tx, dc)
+	if beganDurable != nil {
+		beganDurable(tx)
+	}
+	return tx, nil
+}
+
+// beganDurable, when set by a test, sees every transaction of BeginDurable
+// as it starts.
+var beganDurable func(*sql.Tx)
+
+// release gives the connection its synchronous setting back and returns it
+// to the pool. A connection whose setting cannot be put back is discarded
+// rather than left syncing every commit.
+func (dc *durableConn) release() {
+	if dc.sync < syncFull {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := dc.conn.ExecContext(ctx, "PRAGMA synchronous = "+strconv.Itoa(dc.sync))
+		cancel()
+		if err != nil {
+			_ = dc.conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}
+	dc.conn.Close()
+}
+
+// endDurable releases the connection of a transaction of BeginDurable once
+// it ended; it does nothing for another transaction.
+func (d *Dialect) endDurable(tx *sql.Tx) {
+	if dc, ok := d.durable.LoadAndDelete(tx); ok {
+		dc.(*durableConn).release()
+	}
+}
+
 // Commit commits tx.
 func (d *Dialect) Commit(ctx context.Context, tx *sql.Tx) error {
 	if tx == nil {
 		return errNilTx
 	}
-	if err := tx.Commit(); err != nil {
+	err := tx.Commit()
+	d.endDurable(tx)
+	if err != nil {
 		return fmt.Errorf("durable/sqlite: commit: %w", err)
 	}
 	return nil
@@ -118,7 +201,9 @@ func (d *Dialect) Rollback(ctx context.Context, tx *sql.Tx) error {
 	if tx == nil {
 		return nil
 	}
-	if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+	err := tx.Rollback()
+	d.endDurable(tx)
+	if err != nil && !errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("durable/sqlite: rollback: %w", err)
 	}
 	return nil
@@ -128,15 +213,17 @@ var errNilTx = errors.New("durable/sqlite: nil *sql.Tx")
 
 // CheckSchema verifies that the durable migrations ran up to
 // dialects.SchemaVersion, reading max(version) of durable_schema_version. A
-// missing table, an older or a newer version is a *dialects.SchemaError.
+// missing table or an older version is a *dialects.SchemaError; a newer one
+// is accepted (see dialects.SchemaVersion, "Compatibility promise").
 func (d *Dialect) CheckSchema(ctx context.Context) error {
 	have, err := schemaVersion(ctx, d.db)
 	if err != nil && !isSchemaErr(err) {
 		return fmt.Errorf("durable/sqlite: check schema: %w", err)
 	}
-	if have != dialects.SchemaVersion {
+	if have < dialects.SchemaVersion {
 		return &dialects.SchemaError{Dialect: Name, Have: have, Want: dialects.SchemaVersion, Err: err}
 	}
+	d.prepare(ctx)
 	return nil
 }
 
@@ -441,7 +528,7 @@ func (d *Dialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialects.
 		case full != nil && len(part) == chunk:
 			_, err = full.ExecContext(ctx, args...)
 		case len(part) == 1:
-			_, err = tx.ExecContext(ctx, insertOneSQL, args...)
+			_, err = d.prep(ctx, tx, insertOneSQL).ExecContext(ctx, insertOneSQL, args...)
 		default:
 			_, err = tx.ExecContext(ctx, insertSQL(len(part)), args...)
 		}
@@ -523,12 +610,91 @@ const listColumns = "seq, id, destination, topic, key, headers, payload, created
 
 // ListOutbox returns the outbox rows that match q, in enqueue (seq) order.
 // IDs are passed as one JSON parameter, so the list may be of any length.
+//
+// It reads through the dialect's one connection, so it waits for a
+// transaction in progress to end; ListOutboxTx reads in that transaction.
 func (d *Dialect) ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
+	return listOutbox(ctx, d.db, q)
+}
+
+// ListOutboxTx returns the outbox rows that match q as tx sees them, those it
+// enqueued included, in enqueue (seq) order; see dialects.OutboxTxLister.
+func (d *Dialect) ListOutboxTx(ctx context.Context, tx *sql.Tx, q dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
+	if tx == nil {
+		return nil, errNilTx
+	}
+	return listOutbox(ctx, tx, q)
+}
+
+// listOutbox runs ListOutbox's statement through q: the database or a
+// caller's transaction.
+func listOutbox(ctx context.Context, q queryer, query dialects.OutboxQuery) ([]dialects.OutboxRow, error) {
 	f := syntax.New(0)
-	f.Eq("destination", q.Destination)
-	f.In("id", q.IDs)
-	stmt := f.Statement("SELECT "+listColumns+" FROM durable_outbox {where} ORDER BY seq {limit}", q.Limit)
-	return queryAll(ctx, d.db, "list outbox", stmt, f.Args(), func(rs *sql.Rows, r *dialects.OutboxRow) error {
+	f.Eq("destination", query.Destination)
+	f.In("id", query.IDs)
+	stmt := f.Statement("SELECT "+listColumns+" FROM durable_outbox {where} ORDER BY seq {limit}", query.Limit)
+	return queryAll(ctx, q, "list outbox", stmt, f.Args(), func(rs *sql.Rows, r *dialects.OutboxRow) error {
 		return scanOutbox(rs, r)
 	})
+}
+
+// preparedSQL are the hot statements with a fixed text that CheckSchema
+// prepares once the schema is known to be there.
+var preparedSQL = []string{insertOneSQL, sqlClaim, sqlAckDelete, sqlInboxClaim, sqlInboxLock, sqlInboxFinishUpdate}
+
+// prepare prepares preparedSQL on the dialect's database, once; it is called
+// by CheckSchema, outside any transaction (with the dialect's one
+// connection, preparing while a transaction holds it would wait for it).
+// A statement that fails to prepare is simply not kept.
+func (d *Dialect) prepare(ctx context.Context) {
+	for _, q := range preparedSQL {
+		if _, ok := d.stmts.Load(q); ok {
+			continue
+		}
+		st, err := d.db.PrepareContext(ctx, q)
+		if err != nil {
+			continue
+		}
+		if _, loaded := d.stmts.LoadOrStore(q, st); loaded {
+			_ = st.Close()
+		}
+	}
+}
+
+// prep returns q, through which query runs prepared once it is (see
+// prepare): SQLite parses and plans a statement each time it is prepared,
+// which costs about as much as running a one-row insert, and the dialect's
+// one connection keeps the prepared ones. q is d.db or a *sql.Tx; other
+// statements run through q unchanged.
+func (d *Dialect) prep(ctx context.Context, q queryer, query string) queryer {
+	v, ok := d.stmts.Load(query)
+	if !ok {
+		return q
+	}
+	st := v.(*sql.Stmt)
+	if tx, ok := q.(*sql.Tx); ok {
+		st = tx.StmtContext(ctx, st)
+	}
+	return prepared{queryer: q, query: query, st: st}
+}
+
+// prepared runs its query through st, and any other through queryer.
+type prepared struct {
+	queryer
+	query string
+	st    *sql.Stmt
+}
+
+func (p prepared) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if query == p.query {
+		return p.st.QueryContext(ctx, args...)
+	}
+	return p.queryer.QueryContext(ctx, query, args...)
+}
+
+func (p prepared) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if query == p.query {
+		return p.st.ExecContext(ctx, args...)
+	}
+	return p.queryer.ExecContext(ctx, query, args...)
 }

@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -182,4 +183,18 @@ func randomHex(n int) string {
 		panic(err)
 	}
 	return strings.ToLower(hex.EncodeToString(b))
+}
+
+// UnreachablePostgres returns a pool on a local port where nothing listens
+// (a freed port: connections are refused), as a database that is down. The
+// pool is closed at cleanup; nothing is created anywhere.
+func UnreachablePostgres(tb testing.TB) (*pgxpool.Pool, string) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return OpenPostgres(tb, "postgres://postgres@"+addr+"/test?sslmode=disable", false), addr
 }

@@ -15,7 +15,8 @@ import (
 type Hello struct {
 	NodeID     string               // node id the peer claims; becomes transport.Batch.Source
 	Token      []byte               // ClientConfig.Token of the peer, if it sent one
-	HMAC       bool                 // the peer proved ServerConfig.Secret (checked before the Verifier runs)
+	HMAC       bool                 // the peer proved ServerConfig.Secret or one of AcceptSecrets (checked before the Verifier runs)
+	Secret     int                  // with HMAC: 0 for ServerConfig.Secret, i+1 for AcceptSecrets[i]
 	Time       time.Time            // the peer's clock when it sent HELLO
 	Nonce      []byte               // this connection's challenge nonce, fresh and random
 	RemoteAddr net.Addr             // the peer's address

@@ -182,3 +182,67 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatal("empty address accepted")
 	}
 }
+
+// TestSecretRotation walks the three steps of a rotation (see the package documentation): at
+// each step every client configuration still connects, the server proves the secret the
+// client used (the client checks the WELCOME proof with its own), a Verifier learns which
+// secret matched, and a secret outside the accepted ones is still refused.
+func TestSecretRotation(t *testing.T) {
+	old, new := []byte("old secret"), []byte("new secret")
+	type step struct {
+		name   string
+		server ServerConfig
+		ok     map[string]int // client secret → Hello.Secret
+	}
+	steps := []step{
+		{"1: accept the new one", ServerConfig{Secret: old, AcceptSecrets: [][]byte{new}}, map[string]int{"old secret": 0, "new secret": 1}},
+		{"2: move to the new one", ServerConfig{Secret: new, AcceptSecrets: [][]byte{old}}, map[string]int{"old secret": 1, "new secret": 0}},
+		{"3: drop the old one", ServerConfig{Secret: new}, map[string]int{"new secret": 0}},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			var seen atomic.Int64
+			st.server.Verify = func(_ context.Context, h *Hello) error {
+				if !h.HMAC {
+					return errors.New("no HMAC")
+				}
+				seen.Store(int64(h.Secret))
+				return nil
+			}
+			log, sink := newLog(t)
+			st.server.Logger = log
+			var delivered atomic.Int64
+			srv := startServer(t, countingHandler(&delivered), st.server)
+			for _, secret := range []string{"old secret", "new secret", "another secret"} {
+				want, accepted := st.ok[secret]
+				seen.Store(-1)
+				c := newClient(t, srv.addr, ClientConfig{Secret: []byte(secret), BreakerThreshold: -1})
+				_, err := c.Send(testCtx(t), oneBatch(secret))
+				switch {
+				case accepted && err != nil:
+					t.Fatalf("client with %q: %v", secret, err)
+				case accepted && seen.Load() != int64(want):
+					t.Fatalf("client with %q: Hello.Secret %d, want %d", secret, seen.Load(), want)
+				case !accepted && (!errors.Is(err, transport.ErrAuth) || !strings.Contains(err.Error(), "wrong shared secret")):
+					t.Fatalf("client with %q: %v, want ErrAuth", secret, err)
+				}
+			}
+			if want := int64(len(st.ok)); delivered.Load() != want {
+				t.Fatalf("%d batches delivered, want %d", delivered.Load(), want)
+			}
+			_, logged := sink.find("older secret of AcceptSecrets", "accept_secret=0")
+			if logged != (len(st.ok) == 2) {
+				t.Fatalf("log of an older secret: %v, want %v\n%s", logged, len(st.ok) == 2, sink.dump())
+			}
+		})
+	}
+}
+
+func TestAcceptSecretsValidation(t *testing.T) {
+	if _, err := NewServer(acceptAll(), ServerConfig{Insecure: true, AcceptSecrets: [][]byte{[]byte("a")}}); err == nil || !strings.Contains(err.Error(), "AcceptSecrets requires Secret") {
+		t.Fatalf("AcceptSecrets without Secret: %v", err)
+	}
+	if _, err := NewServer(acceptAll(), ServerConfig{Secret: []byte("a"), AcceptSecrets: [][]byte{nil}}); err == nil || !strings.Contains(err.Error(), "AcceptSecrets[0] is empty") {
+		t.Fatalf("empty accepted secret: %v", err)
+	}
+}

@@ -457,33 +457,41 @@ func (c *Client) fail(err error) {
 	c.failLocked(err)
 }
 
-// probe PINGs the server with backoff while the circuit is open.
+// probe PINGs the server with backoff while the circuit is open. It ends
+// only under c.mu, having seen the circuit closed (or the client closing),
+// and clears c.probing there: a failure that reopens the circuit after a
+// successful PING either finds the probe still running, which then goes on,
+// or starts a new one; the circuit never stays open with no probe.
 func (c *Client) probe() {
 	defer c.wg.Done()
-	defer func() {
+	done := func() bool {
 		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.open && !c.closed && c.ctx.Err() == nil {
+			return false
+		}
 		c.probing = false
-		c.mu.Unlock()
-	}()
+		return true
+	}
 	for attempt := 1; ; attempt++ {
 		t := time.NewTimer(c.backoff(attempt))
 		select {
 		case <-t.C:
 		case <-c.ctx.Done():
 			t.Stop()
-			return
 		}
-		c.mu.Lock()
-		stop := !c.open || c.closed
-		c.mu.Unlock()
-		if stop {
+		if done() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout+c.cfg.HandshakeTimeout+c.cfg.ReadTimeout)
 		err := c.ping(ctx)
 		cancel()
 		if err == nil {
-			return
+			if done() {
+				return
+			}
+			attempt = 0 // the circuit reopened after the PING: probe again, from the shortest delay
+			continue
 		}
 		c.log.Debug("tcp: circuit probe failed", "addr", c.addr, "attempt", attempt, "err", err)
 	}
@@ -688,9 +696,12 @@ type clientConn struct {
 type call struct {
 	done chan struct{}
 	ping bool
-	n    int // envelopes in the batch
-	res  transport.Result
-	err  error
+	// abandoned: the caller stopped waiting; the batch keeps its in-flight slot until the
+	// server answers it or the connection ends, since the server still counts it.
+	abandoned bool
+	n         int // envelopes in the batch
+	res       transport.Result
+	err       error
 }
 
 // send writes a BATCH frame and waits for its answer. retry reports that nothing was written
@@ -769,27 +780,33 @@ func ctxErr(ctx context.Context) error {
 	return &transport.SendError{Kind: transport.ErrDisconnected, Err: fmt.Errorf("gave up waiting for the answer: %w", context.Cause(ctx)), Retry: true}
 }
 
-// forget removes a call that stopped waiting; false means its answer is already being
-// delivered.
+// forget gives up waiting for a call; false means its answer is already being delivered.
+// A batch stays pending, abandoned, holding its in-flight slot until the server answers it or
+// the connection ends: the server counts it in flight until then, and a client that sent
+// another batch in its place would exceed the server's max_in_flight (a protocol error that
+// closes the connection and fails every batch on it).
 func (cc *clientConn) forget(id uint64, cl *call) bool {
 	cc.mu.Lock()
 	if cc.pending[id] != cl {
 		cc.mu.Unlock()
 		return false
 	}
+	if !cl.ping {
+		cl.abandoned = true
+		cc.mu.Unlock()
+		return true
+	}
 	delete(cc.pending, id)
 	closeNow := cc.draining && len(cc.pending) == 0
 	cc.mu.Unlock()
-	if !cl.ping {
-		<-cc.sem
-	}
 	if closeNow {
 		cc.fail(errDrained)
 	}
 	return true
 }
 
-// complete delivers an answer to the call waiting for id. It reports whether one was.
+// complete delivers an answer to the call waiting for id. It reports whether one was: false
+// also for an abandoned batch, whose slot it frees.
 func (cc *clientConn) complete(id uint64, ping bool, res transport.Result, err error) bool {
 	cc.mu.Lock()
 	cl := cc.pending[id]
@@ -802,6 +819,13 @@ func (cc *clientConn) complete(id uint64, ping bool, res transport.Result, err e
 	cc.mu.Unlock()
 	if !ping {
 		<-cc.sem
+	}
+	if cl.abandoned {
+		close(cl.done)
+		if closeNow {
+			cc.fail(errDrained)
+		}
+		return false
 	}
 	if err == nil && len(res.Outcomes) != 0 && len(res.Outcomes) != cl.n {
 		res, err = transport.Result{}, &transport.SendError{Kind: transport.ErrProtocol,

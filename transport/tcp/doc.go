@@ -36,6 +36,19 @@
 // authenticated within ServerConfig.AuthTimeout is disconnected; frames larger than the
 // configured maximum are refused from their header, before any allocation.
 //
+// # Rotating the secret
+//
+// ServerConfig.AcceptSecrets lets a server accept older or newer secrets besides Secret, so a
+// shared secret is replaced in three rolling restarts without a moment in which peers refuse
+// each other:
+//
+//  1. every server: Secret old, AcceptSecrets [new] (clients still send old);
+//  2. every client: Secret new; every server: Secret new, AcceptSecrets [old];
+//  3. once no server logs "older secret of AcceptSecrets" any more: AcceptSecrets empty.
+//
+// The server answers each client with the proof of the secret that client sent, and a
+// [Verifier] sees which one it was in Hello.Secret.
+//
 // # Performance
 //
 // The codec uses no reflection. Decoding a batch costs two allocations per frame (the envelope

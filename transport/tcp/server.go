@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/durable-go/durable/internal/crashpoint"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -35,6 +36,13 @@ type ServerConfig struct {
 	// in HELLO (see PROTOCOL.md); a HELLO that answers another connection's challenge (a
 	// replay) or whose timestamp is off by more than MaxClockSkew is refused.
 	Secret []byte
+	// AcceptSecrets are further secrets the server accepts besides Secret, so that the shared
+	// secret can be rotated without a moment in which peers refuse each other: first every
+	// server accepts the new secret, then every client sends it, then the old one is dropped
+	// (see "Rotating the secret" in the package documentation). A client is answered with the
+	// proof of the secret it used, and the connection is logged at Info when that is not
+	// Secret, so the logs tell which peers still use an old one. Requires Secret.
+	AcceptSecrets [][]byte
 	// Verify, when set, is called for every HELLO (after the HMAC check, if Secret is set) and
 	// decides whether the peer may connect.
 	Verify Verifier
@@ -88,6 +96,8 @@ type Server struct {
 	conns     map[*serverConn]struct{}
 	closing   bool
 	noConns   chan struct{} // closed once closing and no connection remains
+
+	secrets [][]byte // Secret, then AcceptSecrets; nil without HMAC
 }
 
 // NewServer returns a Server that delivers batches to h.
@@ -114,6 +124,14 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 	case cfg.MaxConns < 1:
 		return nil, fmt.Errorf("tcp: NewServer: MaxConns %d < 1", cfg.MaxConns)
 	}
+	if len(cfg.AcceptSecrets) > 0 && len(cfg.Secret) == 0 {
+		return nil, errors.New("tcp: NewServer: AcceptSecrets requires Secret")
+	}
+	for i, sec := range cfg.AcceptSecrets {
+		if len(sec) == 0 {
+			return nil, fmt.Errorf("tcp: NewServer: AcceptSecrets[%d] is empty", i)
+		}
+	}
 	mtls := cfg.TLS != nil && cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert
 	if len(cfg.Secret) == 0 && cfg.Verify == nil && !mtls && !cfg.Insecure {
 		return nil, errors.New("tcp: NewServer: no authentication configured (set Secret, Verify, mutual TLS, or Insecure)")
@@ -125,6 +143,9 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 		log:       cfg.Logger,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
+	}
+	if len(cfg.Secret) > 0 {
+		s.secrets = append([][]byte{cfg.Secret}, cfg.AcceptSecrets...)
 	}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -292,6 +313,7 @@ type serverConn struct {
 	br     *bufio.Reader
 	remote string
 	source string // authenticated node id
+	secret int    // index in Server.secrets of the secret the peer proved
 	nonce  [nonceLen]byte
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -331,11 +353,6 @@ func (sc *serverConn) serve() {
 	if err := sc.handshake(); err != nil {
 		return
 	}
-	sc.mu.Lock()
-	if sc.state == stHandshake {
-		sc.state = stOpen
-	}
-	sc.mu.Unlock()
 	if sc.s.isClosing() {
 		sc.shutdown()
 	}
@@ -393,6 +410,11 @@ func (sc *serverConn) startLingerLocked() {
 func (sc *serverConn) write(build func([]byte) []byte) error {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
+	return sc.writeLocked(build)
+}
+
+// writeLocked is write with sc.wmu held.
+func (sc *serverConn) writeLocked(build func([]byte) []byte) error {
 	sc.wbuf = build(sc.wbuf[:0])
 	sc.nc.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
 	_, err := sc.nc.Write(sc.wbuf)
@@ -492,9 +514,26 @@ func (sc *serverConn) handshake() error {
 		nodeID:      s.cfg.NodeID,
 	}
 	if len(s.cfg.Secret) > 0 {
-		w.proof = welcomeProof(s.cfg.Secret, h.version, &ch.nonce, &h.clientNonce, s.cfg.NodeID)
+		w.proof = welcomeProof(s.secrets[sc.secret], h.version, &ch.nonce, &h.clientNonce, s.cfg.NodeID)
 	}
-	if err := sc.write(func(b []byte) []byte { return appendWelcome(b, &w) }); err != nil {
+	// The connection is open from the WELCOME on: the state changes under the write lock, so a
+	// Shutdown that starts now finds it open and its GOAWAY follows the WELCOME on the wire. (A
+	// Shutdown that saw the handshake state after the WELCOME was sent would close a connection
+	// the client already uses, without a GOAWAY.)
+	sc.wmu.Lock()
+	sc.mu.Lock()
+	open := sc.state == stHandshake
+	if open {
+		sc.state = stOpen
+	}
+	sc.mu.Unlock()
+	if !open {
+		sc.wmu.Unlock()
+		return errors.New("connection closed during the handshake")
+	}
+	err = sc.writeLocked(func(b []byte) []byte { return appendWelcome(b, &w) })
+	sc.wmu.Unlock()
+	if err != nil {
 		s.log.Warn("tcp: closing connection: writing WELCOME failed", "remote", sc.remote, "err", err)
 		return err
 	}
@@ -536,8 +575,15 @@ func (sc *serverConn) authenticate(h *helloMsg) error {
 		if h.auth != authHMAC {
 			return errors.New("this server requires HMAC authentication with a shared secret")
 		}
-		want := helloMAC(s.cfg.Secret, h.version, h.timeMillis, &h.serverNonce, &h.clientNonce, h.nodeID)
-		if !equalMAC(want, h.credential) {
+		sc.secret = -1
+		for i, sec := range s.secrets {
+			// Every secret is tried, so the time taken does not tell which one matched.
+			want := helloMAC(sec, h.version, h.timeMillis, &h.serverNonce, &h.clientNonce, h.nodeID)
+			if equalMAC(want, h.credential) && sc.secret < 0 {
+				sc.secret = i
+			}
+		}
+		if sc.secret < 0 {
 			return errors.New("HELLO HMAC does not match (wrong shared secret?)")
 		}
 	}
@@ -545,6 +591,7 @@ func (sc *serverConn) authenticate(h *helloMsg) error {
 		info := &Hello{
 			NodeID:     h.nodeID,
 			HMAC:       len(s.cfg.Secret) > 0,
+			Secret:     sc.secret,
 			Time:       sent,
 			Nonce:      sc.nonce[:],
 			RemoteAddr: sc.raw.RemoteAddr(),
@@ -561,6 +608,10 @@ func (sc *serverConn) authenticate(h *helloMsg) error {
 		if err := s.cfg.Verify(ctx, info); err != nil {
 			return err
 		}
+	}
+	if sc.secret > 0 {
+		s.log.Info("tcp: peer authenticated with an older secret of AcceptSecrets; move it to Secret",
+			"remote", sc.remote, "node", h.nodeID, "accept_secret", sc.secret-1)
 	}
 	return nil
 }
@@ -687,6 +738,7 @@ func (sc *serverConn) deliver(id uint64, b *transport.Batch) {
 	sc.inflight--
 	sc.mu.Unlock()
 	if err == nil {
+		crashpoint.Hit("tcp.before-ack-write")
 		sc.write(func(dst []byte) []byte { return appendAck(dst, id, res.Outcomes) })
 	} else {
 		sc.write(func(dst []byte) []byte { return appendNack(dst, id, transport.IsPermanent(err), err.Error()) })

@@ -121,13 +121,16 @@ func (f *Filter) DeadLetters(q dialects.DeadLetterQuery) {
 	}
 }
 
-// ReplayQuery checks that q selects inbox dead letters, the only ones that
-// can be replayed, and returns it as replay uses it: the inbox side, pending
-// ones only.
+// ReplayQuery checks q's side and returns q as replay uses it: one side
+// (empty means the inbox's), pending dead letters only.
 func ReplayQuery(q dialects.DeadLetterQuery) (dialects.DeadLetterQuery, error) {
-	if q.Side != "" && q.Side != dialects.SideInbox {
-		return q, fmt.Errorf("replay dead letters: side %q: only inbox dead letters can be replayed", q.Side)
+	switch q.Side {
+	case "":
+		q.Side = dialects.SideInbox
+	case dialects.SideInbox, dialects.SideOutbox:
+	default:
+		return q, fmt.Errorf("replay dead letters: side %q: want %q or %q", q.Side, dialects.SideInbox, dialects.SideOutbox)
 	}
-	q.Side, q.IncludeReplayed = dialects.SideInbox, false
+	q.IncludeReplayed = false
 	return q, nil
 }

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -73,6 +74,27 @@ type Stats struct {
 // chunkSize is the most the proxy reads at once.
 const chunkSize = 32 << 10
 
+// relistenPatience is how long Relisten tries to get its port back.
+const relistenPatience = 5 * time.Second
+
+// lowPortMin and lowPortMax bound where listenLow picks its ports: above the well-known and
+// common service ports, below the ephemeral range of Linux (32768–60999 by
+// default) and of most other systems (49152 and up).
+const lowPortMin, lowPortMax = 20000, 32000
+
+// listenLow listens on a free port of 127.0.0.1 between lowPortMin and
+// lowPortMax, chosen at random, or on any free port if 100 tries found
+// none.
+func listenLow() (net.Listener, error) {
+	for range 100 {
+		port := lowPortMin + rand.IntN(lowPortMax-lowPortMin)
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			return ln, nil
+		}
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
+}
+
 // dialTimeout bounds the dial to the target.
 const dialTimeout = 5 * time.Second
 
@@ -106,8 +128,13 @@ type cutBudget struct {
 
 // New starts a proxy listening on a free port of 127.0.0.1 that forwards
 // every connection to target (host:port).
+//
+// The port is taken below the kernel's ephemeral range (see listenLow), so
+// that while the proxy is unlistened no outgoing connection and no other
+// listener on port 0, of this process or another, is given it: Relisten
+// gets it back, and clients of this proxy never reach someone else's.
 func New(target string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := listenLow()
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: listen: %w", err)
 	}
@@ -187,7 +214,9 @@ func (p *Proxy) Unlisten() {
 }
 
 // Relisten listens again on Addr after Unlisten. It fails if the proxy is
-// closed or, rarely, if another socket took the port meanwhile.
+// closed or if another socket holds the port for longer than
+// relistenPatience (a socket of this proxy's own clients in TIME_WAIT does
+// not: listeners reuse the address).
 func (p *Proxy) Relisten() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -197,7 +226,14 @@ func (p *Proxy) Relisten() error {
 	if p.ln != nil {
 		return nil
 	}
-	ln, err := net.Listen("tcp", p.addr)
+	var ln net.Listener
+	var err error
+	for deadline := time.Now().Add(relistenPatience); ; {
+		if ln, err = net.Listen("tcp", p.addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		return fmt.Errorf("faultproxy: relisten on %s: %w", p.addr, err)
 	}

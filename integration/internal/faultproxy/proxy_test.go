@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -286,6 +287,11 @@ func TestUnlistenRelisten(t *testing.T) {
 	s := startServer(t, true)
 	p := newProxy(t, s.addr())
 	live := dial(t, p.Addr())
+	// Until the proxy has accepted it, the connection sits in the listen
+	// backlog, and Unlisten would reset it: one round trip first.
+	if err := roundTrip(live, []byte("up"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	p.Unlisten()
 	_, err := net.DialTimeout("tcp", p.Addr(), time.Second)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
@@ -323,6 +329,11 @@ func TestSetTarget(t *testing.T) {
 	s2 := startServer(t, false)
 	p := newProxy(t, s1.addr())
 	old := dial(t, p.Addr())
+	// The proxy reads the target when it accepts: one round trip first, so
+	// that old's link exists before the target changes.
+	if err := roundTrip(old, []byte("up"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	p.SetTarget(s2.addr())
 	if p.Target() != s2.addr() {
 		t.Fatalf("Target() = %s", p.Target())
@@ -634,5 +645,21 @@ func TestConcurrentFaults(t *testing.T) {
 	}
 	if os.Getenv("FAULTPROXY_VERBOSE") != "" {
 		t.Logf("stats: %+v", p.Stats())
+	}
+}
+
+// TestPortBelowEphemeralRange: the proxy's port is outside the range the
+// kernel hands out for port 0 and outgoing connections, so that nobody
+// else is given it while the proxy is unlistened.
+func TestPortBelowEphemeralRange(t *testing.T) {
+	s := startServer(t, true)
+	p := newProxy(t, s.addr())
+	_, port, err := net.SplitHostPort(p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < lowPortMin || n >= lowPortMax {
+		t.Fatalf("proxy port %s, want one in [%d, %d)", port, lowPortMin, lowPortMax)
 	}
 }

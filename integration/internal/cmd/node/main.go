@@ -16,7 +16,9 @@
 // inbox's lease and at times its handler timeout (-stuck), panic (-panic), or
 // run a failing statement and return nil anyway (-swallow); a poison message
 // writes its effect and then fails permanently, so it must end in the dead
-// letters with no effect. For messages with an ordering key the handler
+// letters with no effect; a killer message ({"kill":true}) makes the handler
+// SIGKILL the process after writing its effect, every time it is handled
+// ("DIE killer <id>"). For messages with an ordering key the handler
 // also records the key's last sequence number and writes a row into
 // order_violations when a message arrives after a later one of its key.
 //
@@ -25,6 +27,12 @@
 // the relay could send the message ("DIE after-commit <id>"); a receiver
 // kills itself inside its next handler call, after the effect was written
 // and before the inbox completes the message ("DIE in-handler <id>").
+//
+// The fault suite builds it with the tag durable_crashpoints, which turns
+// on the library's own crash points: DURABLE_CRASHPOINT=name:N in its
+// environment makes it print "CRASHPOINT <name>" on stderr and SIGKILL
+// itself the N-th time the library gets to the point (see
+// internal/crashpoint).
 //
 // The test creates the tables and runs the migrations; this program only
 // opens the database. It prints "READY ..." once it runs, and keeps running
@@ -69,6 +77,7 @@ const Topic = "order.placed"
 type Payload struct {
 	Seq    int64  `json:"seq"`              // per key (or per writer) sequence number
 	Poison bool   `json:"poison,omitempty"` // the handler fails permanently
+	Kill   bool   `json:"kill,omitempty"`   // the handler kills the process, every time
 	Writer string `json:"writer"`           // the enqueue goroutine that wrote it
 }
 
@@ -82,6 +91,8 @@ type options struct {
 	fail, stuck, swallow     float64
 	panics                   float64
 	slow                     time.Duration
+	inline                   string
+	maxAttempts, batch       int
 	verbose                  bool
 }
 
@@ -105,6 +116,9 @@ func main() {
 	flag.Float64Var(&o.swallow, "swallow", 0.01, "receiver: share of handler calls that run a failing statement, ignore the error and return nil")
 	flag.Float64Var(&o.panics, "panic", 0.005, "receiver: share of handler calls that panic after writing the effect")
 	flag.Float64Var(&o.stuck, "stuck", 0, "receiver: share of handler calls that hang for 3 to 6s, past the inbox lease (3s) and at times the handler timeout (5s)")
+	flag.StringVar(&o.inline, "inline", "seed", "receiver: inline handling on, off, or seed (on for even seeds)")
+	flag.IntVar(&o.maxAttempts, "max-attempts", 100, "receiver: inbox MaxAttempts")
+	flag.IntVar(&o.batch, "batch", 0, "receiver: inbox BatchSize (0: the default)")
 	flag.BoolVar(&o.verbose, "v", false, "log at debug level")
 	flag.Parse()
 	if o.name == "" {
@@ -298,10 +312,23 @@ func serve[TTx any](ctx context.Context, o options, log *slog.Logger, d *db[TTx]
 		Name:           fmt.Sprintf("%s-%d", o.name, os.Getpid()),
 		PollInterval:   200 * time.Millisecond,
 		HandlerTimeout: 5 * time.Second,
-		MaxAttempts:    100, // transient failures never exhaust it; only poison dead-letters
+		MaxAttempts:    o.maxAttempts, // 100 by default: transient failures never exhaust it; only poison dead-letters
+		BatchSize:      o.batch,
 		Backoff:        func(int) time.Duration { return time.Duration(10+rand.IntN(40)) * time.Millisecond },
 		Lease:          3 * time.Second,
 		RescueInterval: 500 * time.Millisecond,
+		// Every other start of a process handles inline (the seed grows
+		// by one per start), so that both paths of the inbox face the
+		// faults; well under the sender's AckTimeout.
+		Inline:        o.seed%2 == 0,
+		InlineTimeout: 500 * time.Millisecond,
+	}
+	switch o.inline {
+	case "on", "off":
+		cfg.Inbox.Inline = o.inline == "on"
+	case "seed":
+	default:
+		return fmt.Errorf("-inline %q: want on, off or seed", o.inline)
 	}
 
 	switch o.role {
@@ -535,6 +562,9 @@ func handler[TTx any](o options, d *db[TTx]) func(ctx context.Context, tx TTx, m
 		}
 		if dieNext.CompareAndSwap(true, false) {
 			die("in-handler", m.ID)
+		}
+		if p.Kill {
+			die("killer", m.ID)
 		}
 		if m.Key != "" {
 			last, ok, err := d.queryInt(ctx, tx, `SELECT seq FROM key_seen WHERE source = $1 AND key = $2`, m.Source, m.Key)

@@ -1,0 +1,242 @@
+package durabletest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/durable-go/durable/durabletest"
+	"github.com/durable-go/durable/inbox"
+	"github.com/durable-go/durable/transport"
+)
+
+// newInbox returns an inbox on f with fast retries and the test handlers:
+//
+//	ok      records an effect
+//	flaky   fails on its first two attempts, then records an effect
+//	bad     fails for good (inbox.Permanent)
+//	broken  always fails
+//	order   decodes a JSON payload (decode_error otherwise)
+func newInbox[TTx any](t *testing.T, f *fixture[TTx], cfg inbox.Config) *inbox.Inbox[TTx] {
+	t.Helper()
+	cfg.Logger = quietLogger()
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = 3
+	}
+	if cfg.Backoff == nil {
+		cfg.Backoff = func(int) time.Duration { return 0 }
+	}
+	ib, err := inbox.New(f.d, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+		return f.effect(ctx, tx, m.ID)
+	})
+	ib.HandleFunc("flaky", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+		if err := f.effect(ctx, tx, m.ID); err != nil {
+			return err
+		}
+		if m.Attempt < 3 {
+			return fmt.Errorf("flaky attempt %d", m.Attempt) // rolls back the effect
+		}
+		return nil
+	})
+	ib.HandleFunc("bad", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+		return inbox.Permanent(errors.New("bad order"))
+	})
+	ib.HandleFunc("broken", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+		return errors.New("always broken")
+	})
+	type order struct{ ID string }
+	ib.Handle("order", inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, o order) error {
+		return f.effect(ctx, tx, o.ID)
+	}))
+	return ib
+}
+
+func TestWork(t *testing.T) { each(t, testWork, testWork) }
+
+// requireStopped fails t if ib's Run has not returned: a Run in progress
+// makes another return ErrRunning, while one on an ended context returns
+// nil at once.
+func requireStopped[TTx any](t *testing.T, ib *inbox.Inbox[TTx]) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := ib.Run(ctx); err != nil {
+		t.Fatalf("the inbox still runs after Work returned: %v", err)
+	}
+}
+
+func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
+	ctx := ctxFor(t)
+	ib := newInbox(t, f, inbox.Config{})
+	res := durabletest.Work(ctx, t, ib,
+		&inbox.Message{ID: "m-ok", Topic: "ok"},
+		&inbox.Message{Topic: "flaky"},
+		&inbox.Message{ID: "m-bad", Topic: "bad"},
+		&inbox.Message{ID: "m-broken", Topic: "broken"},
+		&inbox.Message{ID: "m-nobody", Topic: "nobody"},
+		&inbox.Message{ID: "m-ok", Source: "elsewhere", Topic: "ok"},
+		&inbox.Message{ID: "m-expired", Topic: "ok", ExpiresAt: time.Now().Add(-time.Minute)},
+		&inbox.Message{ID: "m-order", Topic: "order", Payload: []byte(`{"ID":"order-9"}`)},
+		&inbox.Message{ID: "m-garbled", Topic: "order", Payload: []byte(`{"ID":`)},
+	)
+	requireStopped(t, ib)
+	if len(res) != 9 {
+		t.Fatalf("Work returned %d results, want 9", len(res))
+	}
+	flakyID := res[1].ID
+	if !strings.HasPrefix(flakyID, "durabletest-") {
+		t.Errorf("a message without an ID got %q, want a made-up durabletest-… id", flakyID)
+	}
+	for i, want := range []durabletest.Result{
+		{Source: "durabletest", ID: "m-ok", Topic: "ok", State: durabletest.Handled, Attempts: 1},
+		{Source: "durabletest", ID: flakyID, Topic: "flaky", State: durabletest.Handled, Attempts: 3, LastError: "flaky attempt 2"},
+		{Source: "durabletest", ID: "m-bad", Topic: "bad", State: durabletest.DeadLettered, Attempts: 1, Reason: inbox.ReasonPermanent, LastError: "bad order"},
+		{Source: "durabletest", ID: "m-broken", Topic: "broken", State: durabletest.DeadLettered, Attempts: 3, Reason: inbox.ReasonHandlerError, LastError: "always broken"},
+		{Source: "durabletest", ID: "m-nobody", Topic: "nobody", State: durabletest.DeadLettered, Reason: inbox.ReasonNoHandler, LastError: "no handler"},
+		{Source: "elsewhere", ID: "m-ok", Topic: "ok", State: durabletest.Handled, Attempts: 1},
+		{Source: "durabletest", ID: "m-expired", Topic: "ok", State: durabletest.DeadLettered, Reason: inbox.ReasonExpired, LastError: "expired"},
+		{Source: "durabletest", ID: "m-order", Topic: "order", State: durabletest.Handled, Attempts: 1},
+		{Source: "durabletest", ID: "m-garbled", Topic: "order", State: durabletest.DeadLettered, Attempts: 1, Reason: inbox.ReasonDecodeError, LastError: "cannot decode payload"},
+	} {
+		got := res[i]
+		if got.Source != want.Source || got.ID != want.ID || got.Topic != want.Topic || got.State != want.State ||
+			got.Reason != want.Reason || got.Duplicate || !strings.Contains(got.LastError, want.LastError) || (want.LastError == "") != (got.LastError == "") {
+			t.Errorf("result %d = %+v, want %+v", i, got, want)
+		}
+		// Expired and unhandled messages count no attempt on some paths;
+		// check the attempts of the others exactly.
+		if want.Reason != inbox.ReasonExpired && want.Reason != inbox.ReasonNoHandler && got.Attempts != want.Attempts {
+			t.Errorf("result %d (%s): %d attempts, want %d", i, want.ID, got.Attempts, want.Attempts)
+		}
+	}
+	if errs := res[1].Errors; len(errs) != 2 || errs[0].Attempt != 1 || errs[0].Error != "flaky attempt 1" || errs[1].Attempt != 2 {
+		t.Errorf("flaky's errors = %+v, want attempts 1 and 2", errs)
+	}
+	if errs := res[3].Errors; len(errs) != 3 || errs[2].Attempt != 3 {
+		t.Errorf("broken's errors = %+v, want 3 attempts", errs)
+	}
+	// The handlers' writes committed with their messages, once each;
+	// the failed attempts' writes were rolled back.
+	for id, want := range map[string]int{"m-ok": 2, flakyID: 1, "m-expired": 0, "order-9": 1} {
+		if n := f.effects(t, id); n != want {
+			t.Errorf("%d effects of %s, want %d", n, id, want)
+		}
+	}
+
+	// A resend is a duplicate: reported with the outcome of the first
+	// delivery, and not handled again.
+	res = durabletest.Work(ctx, t, ib, &inbox.Message{ID: "m-ok", Topic: "ok"}, &inbox.Message{ID: "m-bad", Topic: "bad"})
+	if !res[0].Duplicate || res[0].State != durabletest.Handled || !res[1].Duplicate || res[1].State != durabletest.DeadLettered {
+		t.Errorf("Work of resent messages = %+v, want duplicates, handled and dead-lettered", res)
+	}
+	if n := f.effects(t, "m-ok"); n != 2 {
+		t.Errorf("after a resend %d effects of m-ok, want still 2", n)
+	}
+}
+
+// Work stops at ctx's deadline, says where the messages are and why, and
+// stops the inbox it started (TestMain checks for leaked goroutines).
+func TestWorkTimeout(t *testing.T) { each(t, testWorkTimeout, testWorkTimeout) }
+
+func testWorkTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
+	ib := newInbox(t, f, inbox.Config{Backoff: inbox.DefaultBackoff, PollInterval: 50 * time.Millisecond})
+	// Under DefaultBackoff's least delay before a second attempt (1.5 s).
+	ctx, cancel := context.WithTimeout(ctxFor(t), 1200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	msg := mustFail(t, func(tb durabletest.TB) {
+		durabletest.Work(ctx, tb, ib, &inbox.Message{ID: "m-ok", Topic: "ok"}, &inbox.Message{ID: "m-broken", Topic: "broken"})
+	})
+	contains(t, msg, "durabletest: Work: context deadline exceeded while waiting; not yet handled or dead-lettered:",
+		`durabletest/m-broken (topic "broken"): ready, attempt 1 failed: always broken; next attempt at`, "Config.Backoff")
+	if strings.Contains(msg, "m-ok") {
+		t.Errorf("the failure lists the handled message:\n%s", msg)
+	}
+	requireStopped(t, ib)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Work took %v to give up at a deadline of 1.2s", d)
+	}
+	// The inbox was stopped: it can run again.
+	res := durabletest.Work(ctxFor(t), t, ib, &inbox.Message{ID: "m-later", Topic: "ok"})
+	if res[0].State != durabletest.Handled {
+		t.Errorf("Work after a timeout = %+v, want handled", res[0])
+	}
+}
+
+// When the inbox runs already, Work delivers to it and waits for its
+// workers.
+func TestWorkRunningInbox(t *testing.T) { each(t, testWorkRunningInbox, testWorkRunningInbox) }
+
+func testWorkRunningInbox[TTx any](t *testing.T, f *fixture[TTx]) {
+	ib := newInbox(t, f, inbox.Config{Inline: true})
+	ran := make(chan struct{})
+	ib.HandleFunc("probe", func(context.Context, TTx, *inbox.Message) error {
+		close(ran)
+		return nil
+	})
+	ctx, stop := context.WithCancel(ctxFor(t))
+	done := make(chan error, 1)
+	go func() { done <- ib.Run(ctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	// The inbox runs once it handled a message.
+	if _, err := ib.Deliver(ctx, &transport.Batch{Source: "test", Envelopes: []transport.Envelope{{ID: "probe", Topic: "probe"}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ran:
+	case <-ctx.Done():
+		t.Fatal("the inbox did not handle the probe")
+	}
+	res := durabletest.Work(ctxFor(t), t, ib, &inbox.Message{ID: "m-1", Topic: "ok"}, &inbox.Message{ID: "m-2", Topic: "flaky"})
+	if res[0].State != durabletest.Handled || res[1].State != durabletest.Handled || res[1].Attempts != 3 {
+		t.Errorf("Work on a running inbox = %+v, want both handled, the flaky one in 3 attempts", res)
+	}
+	if n := f.effects(t, "m-1"); n != 1 {
+		t.Errorf("%d effects of m-1, want 1", n)
+	}
+}
+
+func TestWorkFailures(t *testing.T) {
+	f := openSQLite(t, true)
+	ib := newInbox(t, f, inbox.Config{})
+	ctx := ctxFor(t)
+	msg := mustFail(t, func(tb durabletest.TB) {
+		durabletest.Work(ctx, tb, ib, &inbox.Message{ID: "m-1", Topic: "bad\xff"})
+	})
+	contains(t, msg, `Work: Deliver rejected message 0 (source "durabletest", id "m-1"): topic is not valid UTF-8`)
+	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib) })
+	contains(t, msg, "Work: no message to deliver")
+	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib, &inbox.Message{Topic: "ok"}, nil) })
+	contains(t, msg, "Work: message 1 is nil")
+	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work[int](ctx, tb, nil, &inbox.Message{Topic: "ok"}) })
+	contains(t, msg, "Work: nil inbox")
+
+	// A database without durable's schema.
+	bare := openSQLite(t, false)
+	ib = newInbox(t, bare, inbox.Config{})
+	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib, &inbox.Message{Topic: "ok"}) })
+	contains(t, msg, "Work: Deliver the batch of durabletest:", "schema")
+
+	// A TB whose Fatalf returns: Work returns nil after stopping the
+	// inbox (TestMain checks for leaked goroutines).
+	ib = newInbox(t, f, inbox.Config{Backoff: inbox.DefaultBackoff})
+	tb := &fakeTB{returns: true}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if res := durabletest.Work(short, tb, ib, &inbox.Message{Topic: "broken"}); res != nil || !tb.failed {
+		t.Errorf("Work with a returning Fatalf = %v, failed %v; want nil and a failure", res, tb.failed)
+	}
+	requireStopped(t, ib)
+}
