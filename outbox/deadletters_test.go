@@ -42,15 +42,19 @@ func testOutboxDeadLetters[TTx any](t *testing.T, tg target[TTx]) {
 	cfg.PollInterval = time.Minute
 	cfg.Outbox = ob
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, cfg)
-	start(t, relay)
 
+	// Committed before the relay starts, so that its first claim takes them
+	// whatever the machine's speed: an Enqueue racing the relay's start
+	// may wake it before it subscribed and commit after its first claim,
+	// and then nothing would look again for the minute-long poll.
 	var msgs []*outbox.Message
 	for i := range 4 {
 		msgs = append(msgs, relayMsg("billing", i))
 	}
 	mustEnqueue(t, ob, msgs...)
-	rcv.waitDistinct(t, 2, 10*time.Second)
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d) == 0 })
+	start(t, relay)
+	rcv.waitDistinct(t, 2, 30*time.Second)
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 
 	dl, err := ob.DeadLetters(ctx, outbox.DeadLetterFilter{})
 	if err != nil {
@@ -85,12 +89,12 @@ func testOutboxDeadLetters[TTx any](t *testing.T, tg target[TTx]) {
 	if err != nil || n != 1 {
 		t.Fatalf("Replay = %d, %v; want 1", n, err)
 	}
-	rcv.waitDistinct(t, 3, 5*time.Second) // within the minute-long poll: woken by Replay
+	rcv.waitDistinct(t, 3, 30*time.Second) // within the minute-long poll: woken by Replay
 	n, err = ob.Replay(ctx, outbox.DeadLetterFilter{Destination: "billing"})
 	if err != nil || n != 1 {
 		t.Fatalf("Replay of the rest = %d, %v; want 1 (the other one)", n, err)
 	}
-	rcv.waitDistinct(t, 4, 5*time.Second)
+	rcv.waitDistinct(t, 4, 30*time.Second)
 	if n, err := ob.Replay(ctx, outbox.DeadLetterFilter{}); err != nil || n != 0 {
 		t.Fatalf("second Replay = %d, %v; want 0", n, err)
 	}
