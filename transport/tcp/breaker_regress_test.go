@@ -49,7 +49,8 @@ func TestBreakerReopensDuringProbe(t *testing.T) {
 	defer func() { t.Logf("t=%v log:\n%s", time.Since(t0), bsink.dump()) }()
 	c := newClient(t, srv.addr, ClientConfig{Logger: log, AckTimeout: 500 * time.Millisecond, BreakerThreshold: 1,
 		BackoffMin: 100 * time.Millisecond, BackoffMax: 100 * time.Millisecond, PingInterval: -1})
-	ctx := testCtx(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // bounds a hang only
+	defer cancel()
 	if err := c.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,10 @@ func TestBreakerReopensDuringProbe(t *testing.T) {
 	time.Sleep(400 * time.Millisecond)
 	wg.Go(func() { c.Send(ctx, oneBatch("slow2")) }) // times out at ~900ms, inside the window (~600ms..~1400ms)
 	wg.Wait()
-	deadline := time.Now().Add(10 * time.Second)
+	// With the fix a probe runs until the circuit is closed, so a Send succeeds in the end; the
+	// deadline only bounds the wait (the sends' short AckTimeout may expire on a loaded machine,
+	// which reopens the circuit for another probe).
+	deadline := time.Now().Add(time.Minute)
 	var err error
 	for time.Now().Before(deadline) {
 		if _, err = c.Send(ctx, oneBatch("ok")); err == nil {
@@ -70,5 +74,5 @@ func TestBreakerReopensDuringProbe(t *testing.T) {
 	c.mu.Lock()
 	open, probing := c.open, c.probing
 	c.mu.Unlock()
-	t.Fatalf("Send still failing after 10s: %v (open=%v probing=%v)", err, open, probing)
+	t.Fatalf("Send still failing after 1m: %v (open=%v probing=%v)", err, open, probing)
 }

@@ -93,10 +93,22 @@ func TestServerKilledMidStream(t *testing.T) {
 		mu       sync.Mutex
 		accepted = map[int]bool{}
 		calls    atomic.Int64
+		hundred  = make(chan struct{}) // closed by the 100th Handler call
+		once     sync.Once
+		down     = make(chan struct{}) // closed once the first server is dead
 	)
 	h := transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
-		calls.Add(1)
-		time.Sleep(time.Millisecond) // keep batches in flight when the server dies
+		if calls.Add(1) >= 100 {
+			// From the 100th call on, batches stay in flight until the server is killed, so
+			// that the kill surely catches some unanswered, however fast or slow the machine.
+			once.Do(func() { close(hundred) })
+			select {
+			case <-down:
+			case <-ctx.Done():
+				return transport.Result{}, ctx.Err()
+			}
+		}
+		time.Sleep(time.Millisecond)
 		var n int
 		fmt.Sscanf(b.Envelopes[0].ID, "batch-%d", &n)
 		mu.Lock()
@@ -104,19 +116,21 @@ func TestServerKilledMidStream(t *testing.T) {
 		mu.Unlock()
 		return transport.Result{}, nil
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port := reservePort(t)
+	ln, err := port.listen()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
 	srv1 := serveOn(t, ln, h, ServerConfig{})
 
 	log, sink := newLog(t)
-	c := newClient(t, addr, ClientConfig{
+	c := newClient(t, port.addr, ClientConfig{
 		Logger: log, BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
 		BreakerThreshold: 3, AckTimeout: 2 * time.Second,
 	})
-	ctx := testCtx(t)
+	// Only bounds a hang: 400 batches with a kill and retries, on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
 
 	const batches = 400
 	var reported sync.Map // batch -> true once Send returned nil
@@ -155,14 +169,18 @@ func TestServerKilledMidStream(t *testing.T) {
 	killed := make(chan struct{})
 	go func() {
 		defer close(killed)
-		for calls.Load() < 100 {
-			time.Sleep(time.Millisecond)
+		select {
+		case <-hundred:
+		case <-ctx.Done():
+			t.Errorf("the Handler was never called 100 times")
+			return
 		}
 		srv1.Close() // abrupt: listener and every connection closed, in-flight batches unanswered
-		time.Sleep(150 * time.Millisecond)
-		ln2, err := net.Listen("tcp", addr)
+		close(down)
+		time.Sleep(150 * time.Millisecond) // down for a while: sends fail meanwhile (the port refuses)
+		ln2, err := port.listen()
 		if err != nil {
-			t.Errorf("relisten: %v", err)
+			t.Errorf("listening again: %v", err)
 			return
 		}
 		serveOn(t, ln2, h, ServerConfig{})
@@ -188,15 +206,25 @@ func TestServerKilledMidStream(t *testing.T) {
 // TestCircuitBreaker: repeated connection failures open the circuit (Sends fail fast with a
 // retryable ErrCircuitOpen); when the server comes back the probe's PING closes it.
 func TestCircuitBreaker(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	port := reservePort(t) // nothing listens: every dial is refused
+	// Once the circuit is open, dials stall until unstall is closed: a Send that dialed (or
+	// waited for the probe's dial) instead of failing fast would hang there.
+	var stall atomic.Bool
+	unstall := make(chan struct{})
+	var d net.Dialer
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if stall.Load() {
+			select {
+			case <-unstall:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return d.DialContext(ctx, network, addr)
 	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens: every dial is refused
 
 	log, sink := newLog(t)
-	c := newClient(t, addr, ClientConfig{Logger: log, BackoffMin: time.Millisecond, BackoffMax: 20 * time.Millisecond, BreakerThreshold: 3})
+	c := newClient(t, port.addr, ClientConfig{Logger: log, Dial: dial, BackoffMin: time.Millisecond, BackoffMax: 20 * time.Millisecond, BreakerThreshold: 3})
 	ctx := testCtx(t)
 	var last error
 	for i := 0; i < 50 && !errors.Is(last, transport.ErrCircuitOpen); i++ {
@@ -208,18 +236,22 @@ func TestCircuitBreaker(t *testing.T) {
 	if !errors.Is(last, transport.ErrCircuitOpen) || !errors.Is(last, transport.ErrUnavailable) {
 		t.Fatalf("circuit did not open (it should also carry the last cause): %v", last)
 	}
-	start := time.Now()
-	if _, err := c.Send(ctx, oneBatch("a")); !errors.Is(err, transport.ErrCircuitOpen) || time.Since(start) > 500*time.Millisecond {
-		t.Fatalf("open circuit should fail fast: %v after %v", err, time.Since(start))
+	stall.Store(true)
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := c.Send(sctx, oneBatch("a"))
+	cancel()
+	if !errors.Is(err, transport.ErrCircuitOpen) {
+		t.Fatalf("open circuit should fail fast, without dialing: %v", err)
 	}
 	sink.waitFor(t, "circuit open")
 
-	ln2, err := net.Listen("tcp", addr)
+	stall.Store(false)
+	close(unstall)
+	ln, err := port.listen()
 	if err != nil {
-		// A skip here would hide the reconnect this test exists to prove.
-		t.Fatalf("cannot listen on %s again: %v", addr, err)
+		t.Fatalf("cannot listen on %s again: %v", port.addr, err)
 	}
-	serveOn(t, ln2, acceptAll(), ServerConfig{})
+	serveOn(t, ln, acceptAll(), ServerConfig{})
 	sink.waitFor(t, "circuit closed")
 	if _, err := c.Send(ctx, oneBatch("a")); err != nil {
 		t.Fatalf("after the circuit closed: %v", err)
@@ -240,14 +272,26 @@ func TestAckTimeout(t *testing.T) {
 		return transport.Result{}, nil
 	})
 	srv := startServer(t, h, ServerConfig{})
-	c := newClient(t, srv.addr, ClientConfig{AckTimeout: 100 * time.Millisecond})
+	c := newClient(t, srv.addr, ClientConfig{AckTimeout: time.Second, BreakerThreshold: -1})
 	ctx := testCtx(t)
 	_, err := c.Send(ctx, oneBatch("slow"))
 	if !errors.Is(err, transport.ErrAckTimeout) || !transport.IsRetryable(err) {
 		t.Fatalf("err %v, want retryable ErrAckTimeout", err)
 	}
-	if _, err := c.Send(ctx, oneBatch("fast")); err != nil {
-		t.Fatal(err)
+	// A later batch is acknowledged on the same connection. The AckTimeout is short for the
+	// sake of the slow batch, so on a loaded machine the fast one may time out as well: it is
+	// sent again then, on the same connection.
+	for deadline := time.Now().Add(time.Minute); ; {
+		_, err := c.Send(ctx, oneBatch("fast"))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, transport.ErrAckTimeout) || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
+	if n := srv.ln.count(); n != 1 {
+		t.Fatalf("%d connections, want 1: the ack timeout broke the connection", n)
 	}
 	close(release)
 	// Context cancellation while waiting is retryable too.
@@ -280,10 +324,14 @@ func TestClientCloseWaitsForInFlight(t *testing.T) {
 			_, err := c.Send(context.Background(), oneBatch("a"))
 			errc <- err
 		}()
-		<-entered
+		recv(t, entered, "the batch in the Handler")
 		closed := make(chan error, 1)
 		go func() { closed <- c.Close(context.Background()) }()
-		time.Sleep(20 * time.Millisecond)
+		waitUntil(t, "Close to begin", func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.closed
+		})
 		if _, err := c.Send(context.Background(), oneBatch("b")); !errors.Is(err, transport.ErrClosed) {
 			t.Errorf("send after Close: %v", err)
 		}
@@ -293,10 +341,10 @@ func TestClientCloseWaitsForInFlight(t *testing.T) {
 		default:
 		}
 		release <- struct{}{}
-		if err := <-errc; err != nil {
+		if err := recv(t, errc, "the in-flight batch's answer"); err != nil {
 			t.Fatalf("in-flight batch: %v", err)
 		}
-		if err := <-closed; err != nil {
+		if err := recv(t, closed, "Close to return"); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -307,13 +355,13 @@ func TestClientCloseWaitsForInFlight(t *testing.T) {
 			_, err := c.Send(context.Background(), oneBatch("a"))
 			errc <- err
 		}()
-		<-entered
+		recv(t, entered, "the batch in the Handler")
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
 		if err := c.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Close: %v", err)
 		}
-		if err := <-errc; !errors.Is(err, transport.ErrClosed) || !transport.IsRetryable(err) {
+		if err := recv(t, errc, "the in-flight batch's failure"); !errors.Is(err, transport.ErrClosed) || !transport.IsRetryable(err) {
 			t.Fatalf("in-flight batch after forced close: %v", err)
 		}
 	})

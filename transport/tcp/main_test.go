@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -15,8 +16,52 @@ import (
 	"github.com/durable-go/durable/transport"
 )
 
+// TestMain fails the run if goroutines outlive the tests. goleak.VerifyTestMain retries for
+// well under a second, which a loaded machine can need just to schedule the goroutines that a
+// test's cleanup told to end; this waits up to 30s for them before it reports a leak.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if code == 0 {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := goleak.Find()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				fmt.Fprintf(os.Stderr, "goleak: goroutines still running 30s after the tests ended: %v\n", err)
+				code = 1
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	os.Exit(code)
+}
+
+// waitUntil polls cond until it holds, failing the test after 30s with what it waited for.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 30s waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// recv waits for a value from ch, failing the test after 30s with what it waited for.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out after 30s waiting for %s", what)
+		var zero T
+		return zero
+	}
 }
 
 var testSecret = []byte("correct horse battery staple")
@@ -87,10 +132,10 @@ next:
 	return "", false
 }
 
-// waitFor waits up to 5s for a line containing every one of subs.
+// waitFor waits up to 30s for a line containing every one of subs.
 func (s *logSink) waitFor(t testing.TB, subs ...string) string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if l, ok := s.find(subs...); ok {
 			return l
@@ -156,6 +201,10 @@ func serveOn(t testing.TB, ln net.Listener, h transport.Handler, cfg ServerConfi
 	if len(cfg.Secret) == 0 && cfg.Verify == nil && cfg.TLS == nil && !cfg.Insecure {
 		cfg.Secret = testSecret
 	}
+	// Legitimate handshakes and writes must not lose a race against a loaded machine: tests that
+	// prove a timeout fires set theirs explicitly.
+	cfg.AuthTimeout = orDefault(cfg.AuthTimeout, 30*time.Second)
+	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, time.Minute)
 	s, err := NewServer(h, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -178,12 +227,16 @@ func newClient(t testing.TB, addr string, cfg ClientConfig) *Client {
 	if len(cfg.Secret) == 0 && len(cfg.Token) == 0 && cfg.TLS == nil {
 		cfg.Secret = testSecret
 	}
+	// As in serveOn: room for a loaded machine, unless the test sets a timeout on purpose.
+	cfg.DialTimeout = orDefault(cfg.DialTimeout, 30*time.Second)
+	cfg.HandshakeTimeout = orDefault(cfg.HandshakeTimeout, 30*time.Second)
+	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, time.Minute)
 	c, err := NewClient(addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		c.Close(ctx)
 	})
@@ -196,8 +249,9 @@ func acceptAll() transport.Handler {
 	})
 }
 
+// testCtx bounds a test's sends: generously, since it only guards against a hang.
 func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }

@@ -17,12 +17,12 @@ type rawConn struct {
 
 func dialRaw(t testing.TB, addr string) *rawConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := net.DialTimeout("tcp", addr, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(time.Minute)) // bounds a hang only
 	return &rawConn{t: t, c: c, br: bufio.NewReader(c)}
 }
 
@@ -118,7 +118,7 @@ func (r *rawConn) expectError(code uint16) errorMsg {
 
 func (r *rawConn) expectClosed() {
 	r.t.Helper()
-	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	if _, err := r.br.ReadByte(); err == nil {
 		r.t.Fatal("connection still open")
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
@@ -141,7 +141,7 @@ func listenFake(t testing.TB, serve func(*rawConn)) string {
 			if err != nil {
 				return
 			}
-			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.SetDeadline(time.Now().Add(30 * time.Second))
 			serve(&rawConn{t: t, c: c, br: bufio.NewReader(c)})
 			c.Close()
 		}

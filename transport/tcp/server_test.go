@@ -40,7 +40,7 @@ func TestShutdownDrains(t *testing.T) {
 		_, err := c.Send(ctx, oneBatch("in-flight"))
 		sent <- err
 	}()
-	<-entered
+	recv(t, entered, "the in-flight batch in the Handler")
 
 	// A raw connection sees the GOAWAY and gets a retryable NACK for a later batch.
 	r := dialRaw(t, srv.addr)
@@ -68,13 +68,13 @@ func TestShutdownDrains(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	close(release)
-	if err := <-sent; err != nil {
+	if err := recv(t, sent, "the in-flight batch's answer"); err != nil {
 		t.Fatalf("in-flight batch: %v", err)
 	}
-	if err := <-shut; err != nil {
+	if err := recv(t, shut, "Shutdown to return"); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := <-srv.done; !errors.Is(err, ErrServerClosed) {
+	if err := recv(t, srv.done, "Serve to return"); !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve returned %v", err)
 	}
 	srv.done <- ErrServerClosed // for the cleanup
@@ -100,13 +100,13 @@ func TestShutdownTimeout(t *testing.T) {
 		_, err := c.Send(context.Background(), oneBatch("stuck"))
 		sent <- err
 	}()
-	<-entered
+	recv(t, entered, "the stuck batch in the Handler")
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	if err := <-sent; err == nil || !transport.IsRetryable(err) {
+	if err := recv(t, sent, "the stuck batch's failure"); err == nil || !transport.IsRetryable(err) {
 		t.Fatalf("stuck batch: %v", err)
 	}
 }
@@ -132,10 +132,22 @@ func TestMaxConns(t *testing.T) {
 // that exceeds it is disconnected.
 func TestMaxInFlight(t *testing.T) {
 	var inside, most atomic.Int32
+	gate := make(chan struct{})
+	var gateOnce sync.Once
 	h := transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
 		n := inside.Add(1)
 		defer inside.Add(-1)
 		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		// The first batch waits for a second one in the Handler with it, so that the limit is
+		// reached however the goroutines happen to be scheduled.
+		if n >= 2 {
+			gateOnce.Do(func() { close(gate) })
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return transport.Result{}, ctx.Err()
 		}
 		time.Sleep(5 * time.Millisecond)
 		return transport.Result{}, nil
@@ -171,18 +183,25 @@ func TestMaxInFlight(t *testing.T) {
 // TestIdleTimeout: a client that pings stays connected past the server's idle timeout; one that
 // does not is disconnected, and its next Send reconnects transparently.
 func TestIdleTimeout(t *testing.T) {
+	// The pinging client pings 60 times per idle timeout: only a stall of seconds could make
+	// the server miss its pings.
 	log, sink := newLog(t)
-	srv := startServer(t, acceptAll(), ServerConfig{Logger: log, IdleTimeout: 150 * time.Millisecond})
-	pinging := newClient(t, srv.addr, ClientConfig{PingInterval: 30 * time.Millisecond})
-	silent := newClient(t, srv.addr, ClientConfig{PingInterval: -1})
+	srv := startServer(t, acceptAll(), ServerConfig{Logger: log, IdleTimeout: 3 * time.Second})
+	pinging := newClient(t, srv.addr, ClientConfig{PingInterval: 50 * time.Millisecond})
+	silentLog, silentSink := newLog(t)
+	silent := newClient(t, srv.addr, ClientConfig{Logger: silentLog, PingInterval: -1})
 	ctx := testCtx(t)
 	for _, c := range []*Client{pinging, silent} {
 		if _, err := c.Send(ctx, oneBatch("a")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(400 * time.Millisecond)
-	sink.waitFor(t, "no frame for 150ms")
+	// The server closes the silent connection after 3s without a frame; by then the pinging
+	// client, whose batch went first, has sent no batch for longer than that. The silent
+	// client must have seen its connection end before its next Send (or that Send could go
+	// out on the closing connection and fail).
+	sink.waitFor(t, "no frame for 3s")
+	silentSink.waitFor(t, "connection lost")
 	for _, c := range []*Client{pinging, silent} {
 		if _, err := c.Send(ctx, oneBatch("b")); err != nil {
 			t.Fatal(err)

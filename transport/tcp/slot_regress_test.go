@@ -40,9 +40,12 @@ func TestAbandonedSendKeepsSlot(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { _, err := c.Send(ctx, oneBatch("next")); done <- err }()
+	// The innocent Send must wait for the abandoned batch's slot; with the bug it went out at
+	// once and the server closed the connection. (A slow machine can only make this window
+	// miss the bug, not fail the test.)
 	time.Sleep(300 * time.Millisecond)
 	close(release)
-	if err := <-done; err != nil {
+	if err := recv(t, done, "the innocent Send"); err != nil {
 		l, _ := sink.find("batches in flight")
 		t.Fatalf("innocent Send failed: %v\nserver log: %s", err, l)
 	}
