@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -199,14 +198,8 @@ func TestReadyPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A server where nothing listens.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	down, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/test?sslmode=disable&connect_timeout=2")
+	// A server where nothing listens (a reserved port: refused, and nobody else's meanwhile).
+	down, err := pgxpool.New(context.Background(), "postgres://postgres@"+reservePort(t).addr+"/test?sslmode=disable&connect_timeout=2")
 	if err != nil {
 		t.Fatal(err)
 	}
