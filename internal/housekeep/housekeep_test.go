@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,8 +22,26 @@ import (
 	"github.com/durable-go/durable/migrations"
 )
 
+// TestMain fails the run if goroutines outlive the tests, waiting up to 30s for them to end
+// (goleak.VerifyTestMain retries for well under a second, short for a loaded machine).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if code == 0 {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			err := goleak.Find()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				fmt.Fprintf(os.Stderr, "goleak: goroutines still running 30s after the tests ended: %v\n", err)
+				code = 1
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	os.Exit(code)
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
