@@ -98,7 +98,7 @@ func testOutboxDeadLetters[TTx any](t *testing.T, tg target[TTx]) {
 	if n, err := ob.Replay(ctx, outbox.DeadLetterFilter{}); err != nil || n != 0 {
 		t.Fatalf("second Replay = %d, %v; want 0", n, err)
 	}
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d) == 0 })
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 	_, counts := rcv.snapshot()
 	for _, m := range msgs {
 		if counts[m.ID] != 1 {

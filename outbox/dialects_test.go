@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -100,12 +101,28 @@ func TestNotifyAtCommit(t *testing.T) {
 	}
 	ours := func(payload string) bool { return payload == rolledBack || payload == committed }
 	var heard []string
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// Listen until the committed enqueue's notification came (30s bounds a
+	// hang, not the machine's speed); a notification of the rolled-back
+	// one, enqueued first, would have come before it. Then listen a little
+	// longer for anything else: a slow machine may miss a late extra, but
+	// cannot fail this test spuriously.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for {
+	for !slices.Contains(heard, committed) {
 		n, err := conn.Conn().WaitForNotification(wctx)
 		if err != nil {
-			break // timeout: everything that was coming has come
+			t.Fatalf("no notification of the committed enqueue within 30s (%v); heard %q", err, heard)
+		}
+		if ours(n.Payload) {
+			heard = append(heard, n.Payload)
+		}
+	}
+	more, cancelMore := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancelMore()
+	for {
+		n, err := conn.Conn().WaitForNotification(more)
+		if err != nil {
+			break // nothing more within the window
 		}
 		if ours(n.Payload) {
 			heard = append(heard, n.Payload)

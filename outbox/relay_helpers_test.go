@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,8 +223,11 @@ func newClient(t testing.TB, addr string) *tcp.Client {
 	return c
 }
 
-// fastRelay is a relay configuration for tests: short poll, backoff and
-// lease, so that the tests wait little.
+// fastRelay is a relay configuration for tests: short poll and backoff, so
+// that the tests wait little, but a lease and a send timeout long enough
+// that a slow, loaded CI machine (the race detector, modernc's checkptr)
+// never turns a slow send or ACK into a timeout, a retry or a resend that
+// the test would count. Tests about leases that expire set their own.
 func fastRelay(log *slog.Logger) *outbox.RelayConfig {
 	if log == nil {
 		log = quiet
@@ -233,9 +237,57 @@ func fastRelay(log *slog.Logger) *outbox.RelayConfig {
 		PollInterval: 50 * time.Millisecond,
 		RetryMin:     5 * time.Millisecond,
 		RetryMax:     100 * time.Millisecond,
-		Lease:        5 * time.Second,
-		SendTimeout:  2 * time.Second,
+		Lease:        2 * time.Minute,
+		SendTimeout:  30 * time.Second,
 	}
+}
+
+// within waits for ch to deliver a value, for at most 30s (a bound on a
+// hang, not on the machine's speed), and fails the test naming what it
+// waited for.
+func within[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out after 30s waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// claimCounter wraps a dialect and counts the ClaimOutbox calls that
+// returned, so that a test can tell when a relay has looked and is idle.
+type claimCounter[TTx any] struct {
+	dialects.Dialect[TTx]
+	claims atomic.Int64
+}
+
+func (c *claimCounter[TTx]) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dialects.ClaimedRow, error) {
+	rows, err := c.Dialect.ClaimOutbox(ctx, cl)
+	c.claims.Add(1)
+	return rows, err
+}
+
+// listeningClaimCounter is a claimCounter for a dialect that is also a
+// dialects.Listener, which the relay finds by a type assertion.
+type listeningClaimCounter[TTx any] struct {
+	*claimCounter[TTx]
+	l dialects.Listener
+}
+
+func (c listeningClaimCounter[TTx]) ListenOutbox(ctx context.Context, wake func(string), report func(error)) error {
+	return c.l.ListenOutbox(ctx, wake, report)
+}
+
+// countClaims returns d wrapped to count its claims (still a Listener when
+// d is one) and the counter.
+func countClaims[TTx any](d dialects.Dialect[TTx]) (dialects.Dialect[TTx], *atomic.Int64) {
+	c := &claimCounter[TTx]{Dialect: d}
+	if l, ok := d.(dialects.Listener); ok {
+		return listeningClaimCounter[TTx]{claimCounter: c, l: l}, &c.claims
+	}
+	return c, &c.claims
 }
 
 func newRelay[TTx any](t testing.TB, d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *outbox.RelayConfig) *outbox.Relay[TTx] {

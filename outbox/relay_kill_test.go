@@ -46,9 +46,12 @@ func relayHelper() int {
 		return fail(err)
 	}
 	senders := map[string]transport.Sender{"billing": client}
+	// The lease is what the next relay waits out after the kill, so it is
+	// short; but the send must not time out (and release the rows) before
+	// the test killed the process, however slowly the test gets to it.
 	cfg := &outbox.RelayConfig{
 		ID: helperID, Logger: quiet, BatchSize: 10, InFlight: 1,
-		Lease: time.Second, SendTimeout: 800 * time.Millisecond, PollInterval: 50 * time.Millisecond,
+		Lease: 5 * time.Second, SendTimeout: 4 * time.Second, PollInterval: 50 * time.Millisecond,
 	}
 	ctx := context.Background()
 	switch os.Getenv(helperDialect) {
@@ -133,6 +136,10 @@ func testKilled[TTx any](t *testing.T, d dialects.Dialect[TTx], dialect, dsn str
 		return res, err
 	})
 	srv := startServer(t, h)
+	// Registered after the server, so run before its close: a test that
+	// fails before the kill must not leave the first handler blocked.
+	var killOnce sync.Once
+	t.Cleanup(func() { killOnce.Do(func() { close(killed) }) })
 	ob := newOutbox(t, d, nil)
 	var msgs []*outbox.Message
 	for i := range total {
@@ -168,7 +175,7 @@ func testKilled[TTx any](t *testing.T, d dialects.Dialect[TTx], dialect, dsn str
 		t.Fatalf("relay process: %v, want killed", err)
 	}
 	exited <- nil // for the cleanup
-	close(killed)
+	killOnce.Do(func() { close(killed) })
 
 	// Sent, not deleted: every row is still there, the sent ones leased by
 	// the dead relay.
@@ -193,8 +200,8 @@ func testKilled[TTx any](t *testing.T, d dialects.Dialect[TTx], dialect, dsn str
 
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, fastRelay(nil))
 	start(t, relay)
-	rcv.waitDistinct(t, total, 20*time.Second)
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return len(rowsOf(t, d)) == 0 })
+	rcv.waitDistinct(t, total, 60*time.Second)
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return len(rowsOf(t, d)) == 0 })
 	got, counts := rcv.snapshot()
 	for _, id := range firstIDs {
 		if counts[id] != 2 {

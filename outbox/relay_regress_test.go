@@ -45,13 +45,6 @@ func testSameID(t *testing.T, id1, id2 string) {
 		finish2    = make(chan struct{})
 		calls1     atomic.Int32
 	)
-	t.Cleanup(func() {
-		select {
-		case <-finish2:
-		default:
-			close(finish2)
-		}
-	})
 	// Relay 1's peer answers late: the process stalled (GC, VM pause, a
 	// slow network) past its lease; it then reports a retryable failure.
 	s1 := funcSender(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
@@ -76,32 +69,50 @@ func testSameID(t *testing.T, id1, id2 string) {
 	cfg := func(id string) *outbox.RelayConfig {
 		c := fastRelay(nil)
 		c.ID = id
-		c.Lease = time.Second
-		c.SendTimeout = 400 * time.Millisecond
 		c.PollInterval = time.Hour
 		c.RetryMin, c.RetryMax = 2*time.Second, 4*time.Second
 		return c
 	}
-	r1 := newRelay(t, d, map[string]transport.Sender{"billing": s1}, cfg(id1))
+	// Relay 1's lease is short: the test waits it out.
+	cfg1 := cfg(id1)
+	cfg1.Lease = time.Second
+	cfg1.SendTimeout = 400 * time.Millisecond
+	// Relay 2's lease and send outlast the test's checks, however slow the
+	// machine: its row must stay leased to it until the test lets s2 answer.
+	cfg2 := cfg(id2)
+	// s1 ignores its context until told to answer, and s2 answers when told
+	// to: each cleanup is registered after its relay's start, so that it
+	// runs before that relay's stop.
+	var s1once, s2once sync.Once
+	r1 := newRelay(t, d, map[string]transport.Sender{"billing": s1}, cfg1)
 	start(t, r1)
-	<-s1entered
+	t.Cleanup(func() { s1once.Do(func() { close(s1go) }) })
+	within(t, s1entered, "relay 1's send")
 	time.Sleep(1200 * time.Millisecond) // relay 1's lease expires
-	r2 := newRelay(t, d, map[string]transport.Sender{"billing": s2}, cfg(id2))
+	r2 := newRelay(t, d, map[string]transport.Sender{"billing": s2}, cfg2)
 	start(t, r2)
+	t.Cleanup(func() { s2once.Do(func() { close(finish2) }) })
 	select {
 	case <-r2sending:
-	case <-time.After(5 * time.Second):
-		t.Fatal("relay 2 did not take over the expired lease")
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay 2 did not take over the expired lease within 30s")
 	}
 	rows := rowsOf(t, d)
 	if len(rows) != 1 {
 		t.Fatalf("rows %+v", rows)
 	}
 	t.Logf("row leased by relay 2 with token %q", rows[0].LockedBy)
-	close(s1go)
-	<-s1returned
-	// Relay 1 now releases "its" row with the token it claimed it with.
-	time.Sleep(200 * time.Millisecond)
+	s1once.Do(func() { close(s1go) })
+	within(t, s1returned, "relay 1's late send to return")
+	// Relay 1 now releases "its" row with the token it claimed it with,
+	// and then counts it retried. Relay 2's lease and send outlast this.
+	waitUntil(t, "relay 1 to release its row after the late failure", 30*time.Second, func() bool {
+		st, err := r1.Stats(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Retried > 0
+	})
 	rows = rowsOf(t, d)
 	if len(rows) != 1 || rows[0].LockedBy == "" {
 		t.Fatalf("while relay 2 is still sending the row, it is no longer leased to it: %+v\n"+
@@ -126,6 +137,9 @@ func TestRelayKeyLateCommitPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A test that fails before the commit must not leave tx1 holding a
+	// connection: closing the pool at cleanup would wait for it forever.
+	t.Cleanup(func() { _ = d.Rollback(context.Background(), tx1) })
 	if err := ob.Enqueue(ctx, tx1, a); err != nil { // seq n, not committed yet
 		t.Fatal(err)
 	}
@@ -172,20 +186,20 @@ func TestRelayKeyLateCommitPostgres(t *testing.T) {
 	cfg := fastRelay(nil)
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": s}, cfg)
 	start(t, relay)
-	select {
-	case <-bIn:
-	case <-time.After(5 * time.Second):
-		t.Fatal("B was not sent")
-	}
+	within(t, bIn, "B to be sent")
 	if err := d.Commit(ctx, tx1); err != nil { // A becomes visible while B is in flight
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // several polls
+	// Several polls, in which A must not be sent while B is in flight (B's
+	// send and lease, from fastRelay, outlast this however slow the
+	// machine). A slow machine polls fewer times: it may miss the bug,
+	// never fail spuriously.
+	time.Sleep(500 * time.Millisecond)
 	mu.Lock()
 	ov := append([]string(nil), overlap...)
 	mu.Unlock()
 	relOnce.Do(func() { close(releaseB) })
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d) == 0 })
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 	if len(ov) > 0 {
 		t.Fatalf("rows of key %q in flight together: %v was sent while %s (same key) was still in flight", a.Key, ov, b.ID)
 	}

@@ -116,7 +116,7 @@ func testDeliversAll[TTx any](t *testing.T, tg target[TTx]) {
 	enqueued := time.Since(began)
 	rcv.waitDistinct(t, total, 60*time.Second)
 	delivered := time.Since(began)
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d) == 0 })
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 	stop()
 
 	got, counts := rcv.snapshot()
@@ -175,6 +175,9 @@ func testCommitOrderGap[TTx any](t *testing.T, tg target[TTx]) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A test that fails before the commit must not leave tx holding a
+		// connection: closing the pool at cleanup would wait for it forever.
+		t.Cleanup(func() { _ = d.Rollback(context.Background(), tx) })
 		txs[i] = tx
 		if err := ob.Enqueue(ctx, tx, relayMsg("billing", i+1)); err != nil {
 			t.Fatal(err)
@@ -188,12 +191,15 @@ func testCommitOrderGap[TTx any](t *testing.T, tg target[TTx]) {
 		if err := d.Commit(ctx, txs[i]); err != nil {
 			t.Fatal(err)
 		}
-		rcv.waitDistinct(t, 4-i, 10*time.Second)
+		rcv.waitDistinct(t, 4-i, 30*time.Second)
 	}
 	if err := d.Rollback(ctx, txs[4]); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // several more polls
+	// The last delivery's ack is recorded after the peer got it: wait for
+	// it, then for several more polls that must send nothing.
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return len(rowsOf(t, d)) == 0 })
+	time.Sleep(300 * time.Millisecond)
 	got, counts := rcv.snapshot()
 	var order []string
 	for _, g := range got {
@@ -232,10 +238,11 @@ func testPeerDown[TTx any](t *testing.T, tg target[TTx]) {
 	ob := newOutbox(t, d, notifyConfig(d))
 	cfg := fastRelay(nil)
 	cfg.Outbox = ob
-	// shipping backs off for seconds: were billing held back by it, its
-	// latency would be of that order, far above the bound checked below,
-	// which leaves a loaded CI machine plenty of room.
-	cfg.RetryMin, cfg.RetryMax = 2*time.Second, 3*time.Second
+	// shipping backs off for 10 to 20s at each failure: were billing held
+	// back by it, most of its latencies would be seconds, the median far
+	// above the bound checked below, which leaves a loaded CI machine
+	// plenty of room (a delivery takes milliseconds to tens of them).
+	cfg.RetryMin, cfg.RetryMax = 20*time.Second, 20*time.Second
 	relay := newRelay(t, d, map[string]transport.Sender{
 		"billing":  newClient(t, upSrv.addr),
 		"shipping": newClient(t, downAddr),
@@ -249,25 +256,30 @@ func testPeerDown[TTx any](t *testing.T, tg target[TTx]) {
 		}
 		mustEnqueue(t, ob, msgs...)
 	}
-	up.waitDistinct(t, n, 20*time.Second)
+	up.waitDistinct(t, n, 60*time.Second)
+	// Measure only once shipping is surely failing and backing off.
+	shipping := func() outbox.DestinationStats {
+		st, err := relay.Stats(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Destinations["shipping"]
+	}
+	waitUntil(t, "shipping's first failed send", 30*time.Second, func() bool { return shipping().Retried > 0 })
 	// Full speed: one message at a time, enqueue to delivery.
 	var lat []time.Duration
 	for i := range 20 {
 		began := time.Now()
 		mustEnqueue(t, ob, relayMsg("billing", n+i))
-		up.waitDistinct(t, n+i+1, 5*time.Second)
+		up.waitDistinct(t, n+i+1, 30*time.Second)
 		lat = append(lat, time.Since(began))
 	}
 	slices.Sort(lat)
-	st, err := relay.Stats(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ship := st.Destinations["shipping"]
+	ship := shipping()
 	if ship.Unsent != n || ship.Sent != 0 || ship.Retried == 0 {
 		t.Fatalf("shipping while its peer is down: %+v, want %d unsent, 0 sent, some retried", ship, n)
 	}
-	if med := lat[len(lat)/2]; med > time.Second {
+	if med := lat[len(lat)/2]; med > 3*time.Second {
 		t.Fatalf("billing's median latency while shipping is down: %v (all: %v)", med, lat)
 	}
 	t.Logf("billing latency while shipping is down: median %v, max %v; shipping retried %d rows", lat[len(lat)/2], lat[len(lat)-1], ship.Retried)
@@ -279,8 +291,9 @@ func testPeerDown[TTx any](t *testing.T, tg target[TTx]) {
 		t.Fatalf("cannot listen on %s again: %v", downAddr, err)
 	}
 	serveOn(t, ln, down)
-	down.waitDistinct(t, n, 30*time.Second)
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d) == 0 })
+	// Within shipping's backoff (at most 20s) and a retry.
+	down.waitDistinct(t, n, 60*time.Second)
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 	for _, r := range []*receiver{up, down} {
 		_, counts := r.snapshot()
 		for id, c := range counts {
@@ -305,7 +318,10 @@ func TestRelayTwoRelays(t *testing.T) {
 	rcv := newReceiver()
 	srv := startServer(t, rcv)
 	ob := newOutbox(t, d1, &outbox.Config{Notify: true})
-	var relays []*outbox.Relay[pgxTx]
+	var (
+		relays []*outbox.Relay[pgxTx]
+		stops  []func()
+	)
 	for i, d := range []*postgres.Dialect{d1, d2} {
 		cfg := fastRelay(nil)
 		cfg.ID = fmt.Sprintf("relay-%d", i+1)
@@ -314,7 +330,7 @@ func TestRelayTwoRelays(t *testing.T) {
 			cfg.Outbox = ob
 		}
 		r := newRelay(t, dialects.Dialect[pgxTx](d), map[string]transport.Sender{"billing": newClient(t, srv.addr)}, cfg)
-		start(t, r)
+		stops = append(stops, start(t, r))
 		relays = append(relays, r)
 	}
 	var (
@@ -334,7 +350,7 @@ func TestRelayTwoRelays(t *testing.T) {
 	}
 	wg.Wait()
 	rcv.waitDistinct(t, total, 60*time.Second)
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d1) == 0 })
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d1) == 0 })
 	got, counts := rcv.snapshot()
 	if len(got) != total || len(counts) != total {
 		t.Fatalf("%d sends of %d distinct ids, want %d of %d", len(got), len(counts), total, total)
@@ -343,6 +359,11 @@ func TestRelayTwoRelays(t *testing.T) {
 		if c != 1 {
 			t.Fatalf("%s sent %d times", id, c)
 		}
+	}
+	// A relay counts a row sent once its ack statement returned, after the
+	// row left the outbox: stopped, they have counted every one.
+	for _, stop := range stops {
+		stop()
 	}
 	var sent []int64
 	for _, r := range relays {
@@ -390,7 +411,7 @@ func testKeyOrder[TTx any](t *testing.T, tg target[TTx]) {
 	cfg.Outbox = ob
 	cfg.RetryMin, cfg.RetryMax = time.Millisecond, 10*time.Millisecond
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, cfg)
-	start(t, relay)
+	stop := start(t, relay)
 
 	for i := 0; i < total; i += 50 {
 		var msgs []*outbox.Message
@@ -402,7 +423,10 @@ func testKeyOrder[TTx any](t *testing.T, tg target[TTx]) {
 		mustEnqueue(t, ob, msgs...)
 	}
 	rcv.waitDistinct(t, total, 60*time.Second)
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d) == 0 })
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
+	// A relay counts a row sent once its ack statement returned, after the
+	// row left the outbox: stopped, it has counted every one.
+	stop()
 	got, counts := rcv.snapshot()
 	if len(got) != total {
 		t.Fatalf("%d deliveries of %d ids, want each of %d once", len(got), len(counts), total)
@@ -435,8 +459,8 @@ func testKeyOrder[TTx any](t *testing.T, tg target[TTx]) {
 }
 
 // TestRelayExpiredAndScheduled: an expired message goes to the dead letters
-// (reason expired) and is never sent; a scheduled one leaves at its
-// DeliverAt, within the poll interval.
+// (reason expired) and is never sent; a scheduled one is passed over until
+// its DeliverAt, then leaves within the poll interval.
 func TestRelayExpiredAndScheduled(t *testing.T) {
 	runRelayTargets(t, testExpiredScheduled[pgxTx], testExpiredScheduled[sqlTx])
 }
@@ -449,24 +473,27 @@ func testExpiredScheduled[TTx any](t *testing.T, tg target[TTx]) {
 	cfg := fastRelay(nil)
 	cfg.PollInterval = 100 * time.Millisecond
 
+	// The relay's first claim meets an expired row, a row scheduled far
+	// ahead (an hour: however slow the machine, it is not due during the
+	// test) and a plain one.
 	exp := relayMsg("billing", 1)
 	exp.ExpiresAt = time.Now().Add(100 * time.Millisecond)
-	sched := relayMsg("billing", 2)
-	sched.DeliverAt = time.Now().Add(time.Second).Truncate(time.Millisecond)
-	sched.ExpiresAt = sched.DeliverAt.Add(time.Hour)
+	far := relayMsg("billing", 2)
+	far.DeliverAt = time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	far.ExpiresAt = far.DeliverAt.Add(time.Hour)
 	plain := relayMsg("billing", 3)
-	mustEnqueue(t, ob, exp, sched, plain)
+	mustEnqueue(t, ob, exp, far, plain)
 	time.Sleep(250 * time.Millisecond) // exp expires before any relay runs
 
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, cfg)
 	stop := start(t, relay)
-	rcv.waitDistinct(t, 1, 5*time.Second)
+	rcv.waitDistinct(t, 1, 30*time.Second)
 	if _, counts := rcv.snapshot(); counts[plain.ID] != 1 {
 		t.Fatalf("first delivery: %v, want %s", counts, plain.ID)
 	}
-	waitUntil(t, "the plain message's ack", 5*time.Second, func() bool { return unsent(t, d) == 1 })
+	waitUntil(t, "the plain message's ack and the expired one's dead letter", 30*time.Second, func() bool { return unsent(t, d) == 1 })
 	rows := rowsOf(t, d)
-	if len(rows) != 1 || rows[0].ID != sched.ID || rows[0].Attempts != 0 {
+	if len(rows) != 1 || rows[0].ID != far.ID || rows[0].Attempts != 0 {
 		t.Fatalf("outbox before DeliverAt: %+v, want only the scheduled row, never attempted", rows)
 	}
 	dl := deadLettersOf(t, d)
@@ -479,25 +506,55 @@ func testExpiredScheduled[TTx any](t *testing.T, tg target[TTx]) {
 		t.Fatalf("dead letter %+v", l)
 	}
 
-	rcv.waitDistinct(t, 2, 5*time.Second)
-	waitUntil(t, "an empty outbox", 5*time.Second, func() bool { return unsent(t, d) == 0 })
+	// A message due in a second, enqueued while the relay polls: it stays
+	// untouched until its DeliverAt, then leaves.
+	sched := relayMsg("billing", 4)
+	sched.DeliverAt = time.Now().Add(time.Second).Truncate(time.Millisecond)
+	sched.ExpiresAt = sched.DeliverAt.Add(time.Hour)
+	mustEnqueue(t, ob, sched)
+	for looked := 0; ; looked++ {
+		rows := rowsOf(t, d)
+		if !time.Now().Before(sched.DeliverAt) {
+			// Read (partly) after DeliverAt: the relay may have taken it.
+			// A slow machine may look fewer times before DeliverAt, or
+			// never: it can miss an early claim, not fail spuriously;
+			// the arrival time below is checked anyway.
+			t.Logf("looked %d times before DeliverAt", looked)
+			break
+		}
+		var got *dialects.OutboxRow
+		for i := range rows {
+			if rows[i].ID == sched.ID {
+				got = &rows[i]
+			}
+		}
+		if got == nil || got.Attempts != 0 || got.LockedBy != "" {
+			t.Fatalf("scheduled row before its DeliverAt: %+v, want it in the outbox, never attempted nor leased", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rcv.waitDistinct(t, 2, 30*time.Second)
+	waitUntil(t, "the scheduled message's ack", 30*time.Second, func() bool { return unsent(t, d) == 1 })
 	stop()
 	got, counts := rcv.snapshot()
-	if len(got) != 2 || counts[sched.ID] != 1 || counts[exp.ID] != 0 {
-		t.Fatalf("deliveries %v, want the plain and the scheduled message once, never the expired one", counts)
+	if len(got) != 2 || counts[sched.ID] != 1 || counts[exp.ID] != 0 || counts[far.ID] != 0 {
+		t.Fatalf("deliveries %v, want the plain and the due scheduled message once, never the expired one nor the one due in an hour", counts)
 	}
 	s := got[1]
 	if s.at.Before(sched.DeliverAt) {
 		t.Fatalf("scheduled message arrived at %v, before its DeliverAt %v", s.at, sched.DeliverAt)
 	}
-	if late := s.at.Sub(sched.DeliverAt); late > cfg.PollInterval+700*time.Millisecond {
+	// Within the poll interval on a quiet machine; the bound leaves a
+	// loaded one room, and still catches a relay that finds due rows only
+	// on some slower schedule (housekeeping, a lease).
+	if late := s.at.Sub(sched.DeliverAt); late > cfg.PollInterval+10*time.Second {
 		t.Fatalf("scheduled message arrived %v after DeliverAt, want within the poll interval (%v)", late, cfg.PollInterval)
 	}
 	if !s.env.DeliverAt.Equal(sched.DeliverAt) || !s.env.ExpiresAt.Equal(sched.ExpiresAt) {
 		t.Fatalf("envelope DeliverAt %v ExpiresAt %v, want %v %v", s.env.DeliverAt, s.env.ExpiresAt, sched.DeliverAt, sched.ExpiresAt)
 	}
-	if n := len(rowsOf(t, d)); n != 0 {
-		t.Fatalf("%d rows left", n)
+	if rows := rowsOf(t, d); len(rows) != 1 || rows[0].ID != far.ID || rows[0].Attempts != 0 {
+		t.Fatalf("rows left: %+v, want only the one due in an hour, never attempted", rows)
 	}
 	st, err := relay.Stats(ctxT(t))
 	if err != nil {
@@ -559,7 +616,7 @@ func testRejections[TTx any](t *testing.T, tg target[TTx]) {
 		"big":    small,
 	}, fastRelay(nil))
 	stop := start(t, relay)
-	waitUntil(t, "an empty outbox", 10*time.Second, func() bool { return unsent(t, d) == 0 })
+	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 	stop()
 
 	_, counts := rcv.snapshot()
@@ -631,9 +688,13 @@ func TestRelayUnknownDestination(t *testing.T) {
 	log, sink := newLog()
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, fastRelay(log))
 	stop := start(t, relay)
-	rcv.waitDistinct(t, 1, 5*time.Second)
-	time.Sleep(200 * time.Millisecond)
-	waitUntil(t, "the warning", 5*time.Second, func() bool { return sink.count("without a Sender", "nowhere") > 0 })
+	rcv.waitDistinct(t, 1, 30*time.Second)
+	// The housekeeping at start warns about the rows kept, then moves the
+	// expired one; the billing row leaves once its ack is recorded.
+	waitUntil(t, "the warning about the expired row moved", 30*time.Second, func() bool {
+		return sink.count("without a Sender moved to the dead letters", "nowhere") > 0
+	})
+	waitUntil(t, "billing's ack (2 unsent rows left)", 30*time.Second, func() bool { return unsent(t, d) == 2 })
 	st, err := relay.Stats(ctxT(t))
 	if err != nil {
 		t.Fatal(err)
@@ -679,13 +740,15 @@ func TestRelayDrain(t *testing.T) {
 		<-release
 		return transport.Result{}, nil
 	}
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	srv := startServer(t, rcv)
 	ob := newOutbox(t, d, nil)
 	mustEnqueue(t, ob, relayMsg("billing", 1))
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, fastRelay(nil))
 	stop := start(t, relay)
-	<-entered
+	// Registered after the server and the relay, so run before they stop,
+	// should the test fail while the handler is blocked.
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	within(t, entered, "the first batch to reach the peer")
 	stopped := make(chan struct{})
 	go func() { stop(); close(stopped) }()
 	select {
@@ -694,7 +757,7 @@ func TestRelayDrain(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	once.Do(func() { close(release) })
-	<-stopped
+	within(t, stopped, "Run to return once the batch was answered")
 	if n := len(rowsOf(t, d)); n != 0 {
 		t.Fatalf("%d rows left after a drained batch; its ack was not recorded", n)
 	}
@@ -703,7 +766,6 @@ func TestRelayDrain(t *testing.T) {
 	mustEnqueue(t, ob, relayMsg("billing", 2))
 	block := make(chan struct{})
 	var blockOnce sync.Once
-	t.Cleanup(func() { blockOnce.Do(func() { close(block) }) })
 	rcv.decide = nil
 	rcv2 := newReceiver()
 	rcv2.decide = func(b *transport.Batch) (transport.Result, error) {
@@ -714,13 +776,18 @@ func TestRelayDrain(t *testing.T) {
 	srv2 := startServer(t, rcv2)
 	cfg := fastRelay(nil)
 	cfg.DrainTimeout = 200 * time.Millisecond
+	// Were DrainTimeout ignored, Run would wait for the send's timeout, a
+	// minute: far above the bound below, which leaves a loaded machine
+	// plenty of room.
+	cfg.SendTimeout = time.Minute
 	relay2 := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv2.addr)}, cfg)
 	stop2 := start(t, relay2)
-	<-entered
+	t.Cleanup(func() { blockOnce.Do(func() { close(block) }) })
+	within(t, entered, "the second batch to reach the peer")
 	began := time.Now()
 	stop2()
-	if took := time.Since(began); took > 5*time.Second {
-		t.Fatalf("Run took %v to give up on the batch, DrainTimeout is 200ms", took)
+	if took := time.Since(began); took > 20*time.Second {
+		t.Fatalf("Run took %v to give up on the batch, DrainTimeout is 200ms, SendTimeout a minute", took)
 	}
 	blockOnce.Do(func() { close(block) })
 	rows := rowsOf(t, d)
@@ -730,14 +797,14 @@ func TestRelayDrain(t *testing.T) {
 	// The next relay sends it at once.
 	relay3 := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, fastRelay(nil))
 	start(t, relay3)
-	waitUntil(t, "the released row to be delivered", 5*time.Second, func() bool { return len(rowsOf(t, d)) == 0 })
+	waitUntil(t, "the released row to be delivered", 30*time.Second, func() bool { return len(rowsOf(t, d)) == 0 })
 	if _, counts := rcv.snapshot(); counts[relayMsg("billing", 2).ID] != 1 {
 		t.Fatalf("released row delivered %d times", counts[relayMsg("billing", 2).ID])
 	}
 }
 
-// TestRelayWakeups: with a poll interval of a minute, a message arrives in
-// milliseconds when the relay is woken by Enqueue in the process (SQLite)
+// TestRelayWakeups: with a poll interval of a minute, a message arrives
+// well within it when the relay is woken by Enqueue in the process (SQLite)
 // or by NOTIFY from another (Postgres); without wake-ups it waits.
 func TestRelayWakeups(t *testing.T) {
 	wakeTest := func(t *testing.T, d dialects.Dialect[sqlTx], obCfg *outbox.Config, attach, want bool) {
@@ -745,31 +812,41 @@ func TestRelayWakeups(t *testing.T) {
 		srv := startServer(t, rcv)
 		ob := newOutbox(t, d, obCfg)
 		// A message enqueued before the relay starts leaves with its first
-		// claim; once it is acknowledged (and the claim that follows an
-		// acknowledgement found nothing), the relay sleeps until a wake-up
-		// or the next poll, a minute away.
+		// claim (the relay subscribed to ob before it); once it is
+		// acknowledged, the relay claims once more, finds nothing, and
+		// sleeps until a wake-up or the next poll, a minute away.
 		mustEnqueue(t, ob, relayMsg("warm-up", 0))
 		cfg := fastRelay(nil)
 		cfg.PollInterval = time.Minute
 		if attach {
 			cfg.Outbox = ob
 		}
-		warm := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr), "warm-up": newClient(t, srv.addr)}, cfg)
+		counted, claims := countClaims(d)
+		warm := newRelay(t, counted, map[string]transport.Sender{"billing": newClient(t, srv.addr), "warm-up": newClient(t, srv.addr)}, cfg)
 		start(t, warm)
-		rcv.waitDistinct(t, 1, 10*time.Second)
-		waitUntil(t, "the warm-up ack", 10*time.Second, func() bool { return unsent(t, d) == 0 })
-		time.Sleep(300 * time.Millisecond)
+		rcv.waitDistinct(t, 1, 30*time.Second)
+		waitUntil(t, "the warm-up ack", 30*time.Second, func() bool { return unsent(t, d) == 0 })
+		// Each lane claims at start; warm-up's lane claims once more after
+		// its batch was answered. Those claims returned: the relay is idle,
+		// and a message enqueued now is not found by a claim already under
+		// way, whatever the machine's speed. (With NOTIFY, the listener's
+		// first LISTEN adds a claim of every lane: that one is a wake-up.)
+		waitUntil(t, "the relay's claims at start and after the warm-up's ack", 30*time.Second, func() bool { return claims.Load() >= 3 })
 		for i := range 5 {
 			began := time.Now()
 			mustEnqueue(t, ob, relayMsg("billing", i))
 			if !want {
+				// Nothing may arrive before the poll; a slow machine
+				// can only make this window miss a delivery.
 				time.Sleep(500 * time.Millisecond)
 				if n := rcv.distinct(); n != 1 {
 					t.Fatal("delivered without a wake-up: the test cannot tell wake-ups from polls")
 				}
 				return
 			}
-			rcv.waitDistinct(t, i+2, 2*time.Second)
+			// Well within the minute-long poll: only a wake-up delivers
+			// it this soon. The bound is not on the machine's speed.
+			rcv.waitDistinct(t, i+2, 30*time.Second)
 			t.Logf("woken delivery %d: %v", i, time.Since(began))
 		}
 	}
@@ -792,8 +869,8 @@ func TestRelayRetention(t *testing.T) {
 	cfg.Retention = time.Hour
 	relay := newRelay(t, d, map[string]transport.Sender{"billing": newClient(t, srv.addr)}, cfg)
 	stop := start(t, relay)
-	rcv.waitDistinct(t, 2, 5*time.Second)
-	waitUntil(t, "acks", 5*time.Second, func() bool { return unsent(t, d) == 0 })
+	rcv.waitDistinct(t, 2, 30*time.Second)
+	waitUntil(t, "acks", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 	time.Sleep(200 * time.Millisecond) // polls that must not resend
 	stop()
 	rows := rowsOf(t, d)
@@ -853,12 +930,12 @@ func TestNewRelayErrors(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctxT(t))
 	done := make(chan error, 1)
 	go func() { done <- running.Run(ctx) }()
-	<-sent
+	within(t, sent, "the running relay's first send")
 	if err := running.Run(ctx); err == nil || !strings.Contains(err.Error(), "running") {
 		t.Errorf("second Run = %v, want an error saying the relay is running", err)
 	}
 	cancel()
-	if err := <-done; err != nil {
+	if err := within(t, done, "Run to return after cancel"); err != nil {
 		t.Fatalf("Run = %v", err)
 	}
 }
