@@ -238,11 +238,12 @@ func testPeerDown[TTx any](t *testing.T, tg target[TTx]) {
 	ob := newOutbox(t, d, notifyConfig(d))
 	cfg := fastRelay(nil)
 	cfg.Outbox = ob
-	// shipping backs off for 10 to 20s at each failure: were billing held
-	// back by it, most of its latencies would be seconds, the median far
-	// above the bound checked below, which leaves a loaded CI machine
-	// plenty of room (a delivery takes milliseconds to tens of them).
-	cfg.RetryMin, cfg.RetryMax = 20*time.Second, 20*time.Second
+	// shipping backs off for 5 to 10s at each failure: were billing held
+	// back by it, its messages would wait seconds for the backoff to end,
+	// the median latency far above the bound checked below, which leaves a
+	// loaded CI machine plenty of room (a delivery takes milliseconds to
+	// tens of them).
+	cfg.RetryMin, cfg.RetryMax = 10*time.Second, 10*time.Second
 	relay := newRelay(t, d, map[string]transport.Sender{
 		"billing":  newClient(t, upSrv.addr),
 		"shipping": newClient(t, downAddr),
@@ -291,7 +292,7 @@ func testPeerDown[TTx any](t *testing.T, tg target[TTx]) {
 		t.Fatalf("cannot listen on %s again: %v", downAddr, err)
 	}
 	serveOn(t, ln, down)
-	// Within shipping's backoff (at most 20s) and a retry.
+	// Within shipping's backoff (at most 10s) and a retry.
 	down.waitDistinct(t, n, 60*time.Second)
 	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
 	for _, r := range []*receiver{up, down} {
