@@ -39,9 +39,12 @@ func Example() {
 	}
 	defer db.Close()
 	fsys, _ := migrations.FS(migrations.SQLite)
-	up, _ := fs.ReadFile(fsys, "0001_init.up.sql")
-	if _, err := db.Exec(string(up)); err != nil {
-		log.Fatal(err)
+	ups, _ := fs.Glob(fsys, "*.up.sql") // every migration, in order
+	for _, name := range ups {
+		up, _ := fs.ReadFile(fsys, name)
+		if _, err := db.Exec(string(up)); err != nil {
+			log.Fatal(err)
+		}
 	}
 	if _, err := db.Exec(`CREATE TABLE invoices (order_id INTEGER PRIMARY KEY, total INTEGER NOT NULL)`); err != nil {
 		log.Fatal(err)
@@ -80,9 +83,9 @@ func Example() {
 
 	// Workers run until the context ends.
 	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error)
+	done := make(chan error, 1)
 	go func() { done <- ib.Run(runCtx) }()
-	for {
+	for deadline := time.Now().Add(time.Minute); ; {
 		s, err := ib.Stats(ctx)
 		if err != nil {
 			log.Fatal(err)
@@ -90,7 +93,14 @@ func Example() {
 		if s.Handled == 1 {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
+		select {
+		case err := <-done:
+			log.Fatalf("Run returned before the message was handled: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			log.Fatal("the message was not handled within a minute")
+		}
 	}
 	stop()
 	if err := <-done; err != nil {
@@ -119,8 +129,11 @@ func ExampleInbox_Replay() {
 	db, _ := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
 	defer db.Close()
 	fsys, _ := migrations.FS(migrations.SQLite)
-	up, _ := fs.ReadFile(fsys, "0001_init.up.sql")
-	db.Exec(string(up))
+	ups, _ := fs.Glob(fsys, "*.up.sql") // every migration, in order
+	for _, name := range ups {
+		up, _ := fs.ReadFile(fsys, name)
+		db.Exec(string(up))
+	}
 	d, err := sqlite.New(db)
 	if err != nil {
 		log.Fatal(err)
@@ -131,10 +144,18 @@ func ExampleInbox_Replay() {
 
 	runUntil := func(done func(inbox.Stats) bool) {
 		runCtx, stop := context.WithCancel(ctx)
-		finished := make(chan struct{})
-		go func() { ib.Run(runCtx); close(finished) }()
+		finished := make(chan error, 1)
+		go func() { finished <- ib.Run(runCtx) }()
+		deadline := time.Now().Add(time.Minute)
 		for s, _ := ib.Stats(ctx); !done(s); s, _ = ib.Stats(ctx) {
-			time.Sleep(10 * time.Millisecond)
+			select {
+			case err := <-finished:
+				log.Fatalf("Run returned early: %v", err)
+			case <-time.After(10 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				log.Fatal("timed out after a minute")
+			}
 		}
 		stop()
 		<-finished
