@@ -68,7 +68,7 @@ func TestDeliverCommitsDurably(t *testing.T) {
 	}
 	// Running: handled inline, in the same kind of transaction.
 	start(t, ib)
-	waitFor(t, "Run to start inline handling", 10*time.Second, ib.inline.Load)
+	waitFor(t, "Run to start inline handling", 30*time.Second, ib.inline.Load)
 	res := deliver(t, ib, batch("orders", envelope(2, "ok")))
 	if s := statuses(res, 1); s[0] != transport.Accepted {
 		t.Fatalf("status %v", s)
@@ -82,7 +82,7 @@ func TestDeliverCommitsDurably(t *testing.T) {
 	}
 	// The workers handle the first two in ordinary transactions, and the connection is back
 	// at NORMAL.
-	waitFor(t, "the workers to handle the stored messages", 10*time.Second, func() bool {
+	waitFor(t, "the workers to handle the stored messages", 60*time.Second, func() bool {
 		return row(t, ib, "orders", envelope(0, "ok").ID).State == "handled" && row(t, ib, "orders", envelope(1, "ok").ID).State == "handled"
 	})
 	if got := f.db.int(t, "PRAGMA synchronous"); got != 1 {

@@ -59,9 +59,9 @@ func TestHandlerCannotEndTx(t *testing.T) {
 			ib.HandleFunc("ok", effect(f))
 			ib.HandleFunc("rogue", func(ctx context.Context, tx pgx.Tx, m *Message) error { return end(ctx, tx) })
 			start(t, ib)
-			waitFor(t, "inline on", 10*time.Second, ib.inline.Load)
+			waitFor(t, "inline on", 30*time.Second, ib.inline.Load)
 			deliver(t, ib, batch("orders", envelope(1, "rogue"), envelope(2, "ok")))
-			settled(t, ib, 30*time.Second)
+			settled(t, ib, 60*time.Second)
 			if r := row(t, ib, "orders", envelope(2, "").ID); r.State != dialects.InboxStateHandled {
 				t.Fatalf("the message after the rogue: state %s, want handled", r.State)
 			}
