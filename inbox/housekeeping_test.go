@@ -187,7 +187,7 @@ VALUES ('recent', 'r1', 't', 'p', '2000-01-01 00:00:00.000', 'handled', 1, `+now
 
 	stop := make(chan struct{})
 	live, wait := runLive(ctx, t, ib, 1, stop)
-	time.Sleep(50 * time.Millisecond) // some live rows first
+	waitFor(t, "some live rows first", 60*time.Second, func() bool { return live.stored.Load() > 0 })
 	res, err := ib.hk.Once(ctx)
 	close(stop)
 	wait()

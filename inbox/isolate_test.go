@@ -48,7 +48,7 @@ func testIsolateRescued[TTx any](t *testing.T, f *fixture[TTx]) {
 	if err != nil || len(claimed) != len(lost) {
 		t.Fatalf("claim = %d rows, %v", len(claimed), err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // the lease expires; the wait below is for the rescue itself
 	for i := 10; i < 14; i++ {
 		fresh = append(fresh, envelope(i, "ok"))
 	}
@@ -56,7 +56,7 @@ func testIsolateRescued[TTx any](t *testing.T, f *fixture[TTx]) {
 		t.Fatal(err)
 	}
 	start(t, ib)
-	waitFor(t, "every message handled", 30*time.Second, func() bool { return stats(t, ib).Handled == 8 })
+	waitFor(t, "every message handled", 60*time.Second, func() bool { return stats(t, ib).Handled == 8 })
 
 	mu.Lock()
 	defer mu.Unlock()
