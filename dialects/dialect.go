@@ -51,10 +51,10 @@ import (
 // by a migration of a later release, once no build in use needs it. So a
 // rolling deploy runs the migrations first, then replaces the nodes one at
 // a time, old and new builds working side by side on the same database.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Migrations lists the migration names, index i holding version i+1.
-var Migrations = []string{"0001_init"}
+var Migrations = []string{"0001_init", "0002_outbox_claim"}
 
 // Dialect is the storage contract of durable for one database driver, with
 // TTx the driver's transaction type.

@@ -37,14 +37,24 @@ func openExample() (db *sql.DB, d *sqlite.Dialect, ob *outbox.Outbox[*sql.Tx], c
 	if err != nil {
 		log.Fatal(err)
 	}
-	up, err := fs.ReadFile(fsys, "0001_init.up.sql")
+	// Every up migration, in order (an application would use goose,
+	// golang-migrate or durable migrate up).
+	ups, err := fs.Glob(fsys, "*.up.sql")
 	if err != nil {
 		log.Fatal(err)
 	}
-	for _, stmt := range []string{string(up),
+	var stmts []string
+	for _, name := range ups {
+		up, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			log.Fatal(err)
+		}
+		stmts = append(stmts, string(up))
+	}
+	for _, stmt := range append(stmts,
 		`CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER NOT NULL)`,
 		`CREATE TABLE invoices (order_id INTEGER PRIMARY KEY, total INTEGER NOT NULL)`,
-	} {
+	) {
 		if _, err := db.Exec(stmt); err != nil {
 			log.Fatal(err)
 		}

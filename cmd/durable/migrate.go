@@ -479,8 +479,14 @@ func (a *app) migrateDown(parent context.Context, target int64, yes bool) error 
 	}
 	cancel() // the prompt is not a database step
 	if !yes {
-		fmt.Fprintf(a.stderr, "This rolls back %s on %s, dropping durable's tables and every message in them.\nType yes to continue: ",
-			strings.Join(undo, ", "), d.target)
+		// Only rolling back 0001_init drops tables; later migrations
+		// change indexes and columns.
+		what := "changing durable's schema back"
+		if target == 0 {
+			what = "dropping durable's tables and every message in them"
+		}
+		fmt.Fprintf(a.stderr, "This rolls back %s on %s, %s.\nType yes to continue: ",
+			strings.Join(undo, ", "), d.target, what)
 		line, err := bufio.NewReader(a.stdin).ReadString('\n')
 		if answer := strings.ToLower(strings.TrimSpace(line)); answer != "yes" && answer != "y" {
 			if err != nil && answer == "" {

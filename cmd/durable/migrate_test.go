@@ -75,7 +75,7 @@ func TestMigrateCycle(t *testing.T) {
 		db := []string{"--dsn", dsn}
 		wantStatus(t, statusJSON(t, db...), "pending")
 		wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema,
-			"postgres schema is at version 0, need version 1: missing migration 0001_init; run `durable migrate up")
+			"postgres schema is at version 0, need version 2: missing migration 0001_init")
 		migrateCycle(t, "postgres", db)
 		// Everything went into the test's schema, goose's table included.
 		pool := testdb.OpenPostgres(t, dsn, false)
@@ -117,20 +117,22 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 	args := func(a ...string) []string { return append(a, db...) }
 
 	r := mustSucceed(t, args("migrate", "up")...)
-	if !strings.Contains(r.stdout, "applied 0001_init (") || !strings.Contains(r.stdout, "durable schema at version 1 of 1: up to date") {
+	if !strings.Contains(r.stdout, "applied 0001_init (") || !strings.Contains(r.stdout, "applied 0002_outbox_claim (") ||
+		!strings.Contains(r.stdout, "durable schema at version 2 of 2: up to date") {
 		t.Errorf("up printed:\n%s", r.stdout)
 	}
 	r = mustSucceed(t, args("migrate", "status")...)
-	if !regexp.MustCompile(`(?m)^1 +0001_init +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) {
+	if !regexp.MustCompile(`(?m)^1 +0001_init +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`(?m)^2 +0002_outbox_claim +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) {
 		t.Errorf("status after up:\n%s", r.stdout)
 	}
 	wantStatus(t, statusJSON(t, db...), "applied")
 	r = mustSucceed(t, args("migrate", "check")...)
-	if !strings.HasSuffix(r.stdout, ": durable schema at version 1, as this build needs\n") {
+	if !strings.HasSuffix(r.stdout, ": durable schema at version 2, as this build needs\n") {
 		t.Errorf("check printed %q", r.stdout)
 	}
 	var chk checkResult
-	if err := json.Unmarshal([]byte(mustSucceed(t, args("migrate", "check", "--json")...).stdout), &chk); err != nil || !chk.OK || chk.Version != 1 || chk.Dialect != dialect {
+	if err := json.Unmarshal([]byte(mustSucceed(t, args("migrate", "check", "--json")...).stdout), &chk); err != nil || !chk.OK || chk.Version != 2 || chk.Dialect != dialect {
 		t.Errorf("check --json: %+v, %v", chk, err)
 	}
 
@@ -149,11 +151,20 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil {
 		t.Fatalf("down --json: %v\n%s", err, r.stdout)
 	}
-	if run.Direction != "down" || len(run.Migrations) != 1 || run.Migrations[0].Name != "0001_init" || run.Version != 0 || run.Latest != 1 {
+	// Down rolls back the latest migration only.
+	if run.Direction != "down" || len(run.Migrations) != 1 || run.Migrations[0].Name != "0002_outbox_claim" || run.Version != 1 || run.Latest != 2 {
 		t.Errorf("down --json: %+v", run)
 	}
+	if st := statusJSON(t, db...); st.Version != 1 || st.SchemaVersion != 1 || st.Pending != 1 {
+		t.Errorf("status after down: version %d, schema_version %d, pending %d; want 1, 1, 1", st.Version, st.SchemaVersion, st.Pending)
+	}
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 1, need version 2: missing migration 0002_outbox_claim;")
+	r = mustSucceed(t, args("migrate", "down", "--yes")...)
+	if !strings.Contains(r.stdout, "rolled back 0001_init (") || !strings.Contains(r.stdout, "durable schema at version 0 of 2: 2 pending") {
+		t.Errorf("second down printed:\n%s", r.stdout)
+	}
 	wantStatus(t, statusJSON(t, db...), "pending")
-	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 0, need version 1: missing migration 0001_init;")
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 0, need version 2: missing migration 0001_init")
 
 	// Down with nothing applied: nothing to do.
 	r = mustSucceed(t, args("migrate", "down", "--all", "--yes")...)
@@ -165,14 +176,17 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.Direction != "up" || len(run.Migrations) != 1 || run.Version != 1 {
 		t.Errorf("up --to 1 --json: %+v, %v\n%s", run, err, r.stdout)
 	}
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 1, need version 2")
+	mustSucceed(t, args("migrate", "up")...)
 	wantStatus(t, statusJSON(t, db...), "applied")
 	mustSucceed(t, args("migrate", "check")...)
 
-	wantError(t, durable(t, args("migrate", "up", "--to", "2")...), exitUsage, "--to 2: there is no migration 2; the latest is 1")
-	wantError(t, durable(t, args("migrate", "down", "--to", "2", "--yes")...), exitUsage, "--to 2: there is no migration 2; the latest is 1")
+	wantError(t, durable(t, args("migrate", "up", "--to", "3")...), exitUsage, "--to 3: there is no migration 3; the latest is 2")
+	wantError(t, durable(t, args("migrate", "down", "--to", "3", "--yes")...), exitUsage, "--to 3: there is no migration 3; the latest is 2")
 
 	r = mustSucceed(t, args("migrate", "down", "--all", "--yes")...)
-	if !strings.Contains(r.stdout, "rolled back 0001_init (") || !strings.Contains(r.stdout, "durable schema at version 0 of 1: 1 pending") {
+	if !strings.Contains(r.stdout, "rolled back 0002_outbox_claim (") || !strings.Contains(r.stdout, "rolled back 0001_init (") ||
+		!strings.Contains(r.stdout, "durable schema at version 0 of 2: 2 pending") {
 		t.Errorf("down --all printed:\n%s", r.stdout)
 	}
 	mustSucceed(t, args("migrate", "up")...)
@@ -191,15 +205,15 @@ func TestCheckNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := db.Exec(`INSERT INTO durable_schema_version (version, name) VALUES (2, '0002_future')`); err != nil {
+	if _, err := db.Exec(`INSERT INTO durable_schema_version (version, name) VALUES (3, '0003_future')`); err != nil {
 		t.Fatal(err)
 	}
 	r := mustSucceed(t, "migrate", "check", "--dsn", path)
-	if !strings.HasSuffix(r.stdout, ": durable schema at version 2, newer than this build's 1, which runs on it\n") {
+	if !strings.HasSuffix(r.stdout, ": durable schema at version 3, newer than this build's 2, which runs on it\n") {
 		t.Errorf("check printed %q", r.stdout)
 	}
 	var chk checkResult
-	if err := json.Unmarshal([]byte(mustSucceed(t, "migrate", "check", "--json", "--dsn", path).stdout), &chk); err != nil || !chk.OK || chk.Version != 2 {
+	if err := json.Unmarshal([]byte(mustSucceed(t, "migrate", "check", "--json", "--dsn", path).stdout), &chk); err != nil || !chk.OK || chk.Version != 3 {
 		t.Errorf("check --json: %+v, %v", chk, err)
 	}
 }
@@ -225,10 +239,10 @@ func TestMigrateSchemaFlag(t *testing.T) {
 	})
 	db := []string{"--dsn", base, "--schema", schema}
 
-	wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema, "postgres schema is at version 0, need version 1")
+	wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema, "postgres schema is at version 0, need version 2")
 	r := mustSucceed(t, append([]string{"migrate", "up", "--json"}, db...)...)
 	var run runResult
-	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.CreatedSchema != schema || run.Version != 1 {
+	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.CreatedSchema != schema || run.Version != 2 {
 		t.Fatalf("up --schema --json: %+v, %v\n%s", run, err, r.stdout)
 	}
 	if want := "(schema " + schema + ")"; !strings.HasSuffix(run.Database, want) {
@@ -244,7 +258,7 @@ func TestMigrateSchemaFlag(t *testing.T) {
 	if strings.Contains(r.stdout, "created schema") {
 		t.Errorf("second up created the schema again:\n%s", r.stdout)
 	}
-	mustSucceed(t, append([]string{"migrate", "down", "--yes"}, db...)...)
+	mustSucceed(t, append([]string{"migrate", "down", "--all", "--yes"}, db...)...)
 	wantStatus(t, statusJSON(t, db...), "pending")
 }
 
@@ -432,7 +446,7 @@ func TestErrors(t *testing.T) {
 		{"--to and --all", nil, []string{"migrate", "down", "--to", "0", "--all", "--yes"}, exitUsage,
 			"if any flags in the group [to all] are set none of the others can be; [all to] were all set (see 'durable migrate down --help')"},
 		{"up --to beyond the latest", nil, []string{"migrate", "up", "--to", "99", "--dsn", missing}, exitUsage,
-			"--to 99: there is no migration 99; the latest is 1"},
+			"--to 99: there is no migration 99; the latest is 2"},
 		{"up --to 0", nil, []string{"migrate", "up", "--to", "0", "--dsn", missing}, exitUsage,
 			"--to 0: the first migration is 1"},
 		{"negative timeout", nil, []string{"migrate", "status", "--timeout", "-1s", "--dsn", missing}, exitUsage,
@@ -476,12 +490,12 @@ func TestForeignHistory(t *testing.T) {
 		}
 	}
 	db.Close()
-	line := "durable_schema_version records version 1 but " + migrations.GooseTable +
+	line := "durable_schema_version records version 2 but " + migrations.GooseTable +
 		" records 0: this schema was applied by another tool (golang-migrate or copied SQL); keep migrating it with that tool (see docs/migrations.md)"
 	wantError(t, durable(t, "migrate", "up", "--dsn", path), exitFailure, line)
 	wantError(t, durable(t, "migrate", "down", "--yes", "--dsn", path), exitFailure, line)
 	r := mustSucceed(t, "migrate", "status", "--dsn", path)
-	if !strings.Contains(r.stdout, "note: durable_schema_version records version 1: the schema was applied by another tool") {
+	if !strings.Contains(r.stdout, "note: durable_schema_version records version 2: the schema was applied by another tool") {
 		t.Errorf("status does not point out the other tool:\n%s", r.stdout)
 	}
 	mustSucceed(t, "migrate", "check", "--dsn", path)
@@ -514,9 +528,9 @@ func TestDownConfirmation(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		a := newApp(strings.NewReader(answer), &stdout, &stderr)
 		a.isTerminal = func() bool { return true }
-		return a.execute(context.Background(), []string{"migrate", "down", "--dsn", path}), stdout.String(), stderr.String()
+		return a.execute(context.Background(), []string{"migrate", "down", "--all", "--dsn", path}), stdout.String(), stderr.String()
 	}
-	question := "This rolls back 0001_init on sqlite " + path + ", dropping durable's tables and every message in them.\nType yes to continue: "
+	question := "This rolls back 0002_outbox_claim, 0001_init on sqlite " + path + ", dropping durable's tables and every message in them.\nType yes to continue: "
 	for answer, line := range map[string]string{
 		"no\n": "durable: not confirmed; nothing was rolled back\n",
 		"":     "durable: no answer on stdin; nothing was rolled back (pass --yes to skip the question)\n",
@@ -528,7 +542,7 @@ func TestDownConfirmation(t *testing.T) {
 		wantStatus(t, statusJSON(t, "--dsn", path), "applied")
 	}
 	code, stdout, stderr := ask("yes\n")
-	if code != exitOK || stderr != question || !strings.Contains(stdout, "rolled back 0001_init") {
+	if code != exitOK || stderr != question || !strings.Contains(stdout, "rolled back 0002_outbox_claim") || !strings.Contains(stdout, "rolled back 0001_init") {
 		t.Errorf("answer yes: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	wantStatus(t, statusJSON(t, "--dsn", path), "pending")

@@ -24,6 +24,8 @@ func (s relaySuite[TTx]) run(t *testing.T) {
 	t.Run("ConcurrentClaims", s.concurrentClaims)
 	t.Run("ExpiredLease", s.expiredLease)
 	t.Run("KeyGating", s.keyGating)
+	t.Run("HotKey", s.hotKey)
+	t.Run("KeyRoundRobin", s.keyRoundRobin)
 	t.Run("Due", s.due)
 	t.Run("Ack", s.ack)
 	t.Run("AckRetain", s.ackRetain)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/internal/filter"
+	"github.com/durable-go/durable/dialects/internal/keyscan"
 )
 
 // name is what Name returns and what errors report as the dialect.
@@ -69,11 +70,12 @@ func WithSchema(name string) Option {
 // own (promoted); each flavour adds the methods that take its transaction
 // type.
 type core struct {
-	root  querier        // the pool or database, for statements outside a transaction
-	conn  ownConn        // lends a connection of the pool or database
-	q     *queries       // every statement, with the schema substituted
-	table pgx.Identifier // durable_outbox, qualified when a schema was given
-	err   error          // an invalid option; returned by every operation
+	root  querier          // the pool or database, for statements outside a transaction
+	conn  ownConn          // lends a connection of the pool or database
+	q     *queries         // every statement, with the schema substituted
+	table pgx.Identifier   // durable_outbox, qualified when a schema was given
+	err   error            // an invalid option; returned by every operation
+	keys  *keyscan.Cursors // where each destination's next claim visits keys
 }
 
 func newCore(root querier, conn ownConn, opts []Option) core {
@@ -81,7 +83,7 @@ func newCore(root querier, conn ownConn, opts []Option) core {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	c := core{root: root, conn: conn, table: pgx.Identifier{"durable_outbox"}}
+	c := core{root: root, conn: conn, table: pgx.Identifier{"durable_outbox"}, keys: new(keyscan.Cursors)}
 	qualifier := ""
 	if cfg.schemaSet {
 		c.err = validSchema(cfg.schema)

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/internal/keyscan"
 )
 
 // The relay's operations, on core: both flavours run them on their pool or
@@ -62,10 +63,29 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 	if cl.ExpiredOnly {
 		stmt = c.q.claimExpiredOutbox
 	}
-	stmt = strings.Replace(stmt, "{limit}", strconv.Itoa(cl.Limit), 1)
+	stmt = strings.ReplaceAll(stmt, "{limit}", strconv.Itoa(cl.Limit))
 	var out []dialects.ClaimedRow
 	err := c.inOwnTx(ctx, func(q querier) error {
-		rs, err := q.query(ctx, stmt, cl.Destination, cl.Token, micros(cl.Lease))
+		args := []any{cl.Destination, cl.Token, micros(cl.Lease)}
+		if !cl.ExpiredOnly {
+			// The keys whose heads this claim may take: see sqlOutboxKeys.
+			visit := keyscan.PerClaim(cl.Limit)
+			after := c.keys.Start(cl.Destination)
+			rs, err := q.query(ctx, c.q.outboxKeys, cl.Destination, after, visit)
+			if err != nil {
+				return err
+			}
+			keys, err := scanAll(rs, func(rs rows, k *string) error { return rs.Scan(k) })
+			if err != nil {
+				return err
+			}
+			c.keys.Visited(cl.Destination, after, keys, visit)
+			if keys == nil {
+				keys = []string{}
+			}
+			args = append(args, keys)
+		}
+		rs, err := q.query(ctx, stmt, args...)
 		if err != nil {
 			return err
 		}

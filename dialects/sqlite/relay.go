@@ -4,12 +4,14 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/internal/keyscan"
 )
 
 // The relay's statements. Seqs travel as one JSON array parameter.
@@ -20,22 +22,54 @@ import (
 // SQLite from formatting the time again for every row a claim scans, which
 // made claims several times slower.
 const (
-	// One UPDATE … RETURNING: SQLite has one writer, so no other claim runs
-	// between the choice of the rows and their lease. The IN subquery is
-	// not correlated, so it is evaluated once, before any row changes.
+	// A claim is two statements of one transaction, each bounded by the
+	// claim's limit, never by the backlog's shape (as in the Postgres
+	// dialect, whose relay_sql.go tells the whole story).
+	//
+	// sqlOutboxKeys visits the ordering keys of destination ?1 that have
+	// unsent rows, in key order after ?2, at most ?3 of them: one probe of
+	// durable_outbox_key_idx per key. The dialect remembers where the last
+	// claim of a destination stopped (dialects/internal/keyscan).
+	sqlOutboxKeys = `WITH RECURSIVE k(key, n) AS (
+	SELECT (SELECT min(e.key) FROM durable_outbox e
+		WHERE e.destination = ?1 AND e.key > ?2 AND e.key <> '' AND e.sent_at IS NULL), 1
+	UNION ALL
+	SELECT (SELECT min(e.key) FROM durable_outbox e
+		WHERE e.destination = ?1 AND e.key > k.key AND e.key <> '' AND e.sent_at IS NULL), k.n + 1
+	FROM k WHERE k.key IS NOT NULL AND k.n < ?3
+)
+SELECT key FROM k WHERE key IS NOT NULL`
+
+	// sqlClaim leases, oldest first, up to ?4 of: the due, unleased unkeyed
+	// rows (durable_outbox_unkeyed_idx), and the head (oldest unsent row) of
+	// each key in the JSON array ?6 when it is due and unleased. A row
+	// behind its key's head is never a candidate, so a key's rows leave one
+	// at a time, in enqueue order. SQLite has one writer, and rows are
+	// numbered in commit order, so no other claim runs between the choice
+	// of the rows and their lease, and no earlier row of a key can appear
+	// after a later one was claimed. The IN subquery is not correlated, so
+	// it is evaluated once, before any row changes.
 	sqlClaim = `UPDATE durable_outbox SET
 	locked_by = ?1,
 	locked_until = ?2,
 	attempts = attempts + CASE WHEN expires_at <= ?5 THEN 0 ELSE 1 END
 WHERE seq IN (
-	SELECT o.seq FROM durable_outbox o
-	WHERE o.destination = ?3 AND o.sent_at IS NULL AND o.deliver_at <= ?5
-		AND (o.locked_until IS NULL OR o.locked_until <= ?5)
-		AND (o.key = '' OR NOT EXISTS (
-			SELECT 1 FROM durable_outbox e
-			WHERE e.destination = o.destination AND e.key = o.key AND e.key <> ''
-				AND e.sent_at IS NULL AND e.seq < o.seq))
-	ORDER BY o.seq
+	SELECT c.seq FROM (
+		SELECT * FROM (
+			SELECT o.seq FROM durable_outbox o
+			WHERE o.destination = ?3 AND o.key = '' AND o.sent_at IS NULL AND o.deliver_at <= ?5
+				AND (o.locked_until IS NULL OR o.locked_until <= ?5)
+			ORDER BY o.seq
+			LIMIT ?4)
+		UNION ALL
+		SELECT h.seq FROM (
+			SELECT (SELECT e.seq FROM durable_outbox e
+				WHERE e.destination = ?3 AND e.key = k.value AND e.key <> '' AND e.sent_at IS NULL
+				ORDER BY e.seq LIMIT 1) AS seq
+			FROM json_each(?6) k) h
+		JOIN durable_outbox o ON o.seq = h.seq
+		WHERE o.deliver_at <= ?5 AND (o.locked_until IS NULL OR o.locked_until <= ?5)) c
+	ORDER BY c.seq
 	LIMIT ?4)
 RETURNING ` + listColumns + `, coalesce(expires_at <= ?5, 0)`
 
@@ -116,14 +150,25 @@ SELECT coalesce(u.destination, dl.destination), coalesce(u.unsent, 0), coalesce(
 FROM u FULL JOIN dl ON dl.destination = u.destination
 ORDER BY 1`
 
-	// The distinct destinations, one index probe each.
-	sqlDestinations = `WITH RECURSIVE d(destination) AS (
-	SELECT (SELECT min(destination) FROM durable_outbox WHERE sent_at IS NULL)
+	// The distinct destinations, one probe each of the two claim indexes
+	// (unkeyed rows, keyed rows).
+	sqlDestinations = `WITH RECURSIVE u(destination) AS (
+	SELECT (SELECT min(destination) FROM durable_outbox WHERE sent_at IS NULL AND key = '')
 	UNION ALL
-	SELECT (SELECT min(o.destination) FROM durable_outbox o WHERE o.sent_at IS NULL AND o.destination > d.destination)
-	FROM d WHERE d.destination IS NOT NULL
+	SELECT (SELECT min(o.destination) FROM durable_outbox o
+		WHERE o.sent_at IS NULL AND o.key = '' AND o.destination > u.destination)
+	FROM u WHERE u.destination IS NOT NULL
+), k(destination) AS (
+	SELECT (SELECT min(destination) FROM durable_outbox WHERE sent_at IS NULL AND key <> '')
+	UNION ALL
+	SELECT (SELECT min(o.destination) FROM durable_outbox o
+		WHERE o.sent_at IS NULL AND o.key <> '' AND o.destination > k.destination)
+	FROM k WHERE k.destination IS NOT NULL
 )
-SELECT destination FROM d WHERE destination IS NOT NULL`
+SELECT destination FROM u WHERE destination IS NOT NULL
+UNION
+SELECT destination FROM k WHERE destination IS NOT NULL
+ORDER BY 1`
 
 	sqlPurge = `DELETE FROM durable_outbox WHERE seq IN (
 	SELECT seq FROM durable_outbox
@@ -152,7 +197,7 @@ func (d *Dialect) ClaimOutbox(ctx context.Context, c dialects.OutboxClaim) ([]di
 		// Expired rows go to the dead letters, never to a peer.
 		out, err = queryAll(ctx, d.prep(ctx, d.db, sqlClaimExpired), "claim outbox", sqlClaimExpired, args, scan)
 	} else {
-		out, err = d.claimDurably(ctx, args, scan)
+		out, err = d.claimDurably(ctx, c.Destination, c.Limit, args, scan)
 	}
 	if err != nil {
 		return nil, err
@@ -168,12 +213,33 @@ func (d *Dialect) ClaimOutbox(ctx context.Context, c dialects.OutboxClaim) ([]di
 // them, are on disk before they leave this database: with the DSN's
 // synchronous=NORMAL, a power loss could otherwise take back a transaction
 // whose message a peer already handled.
-func (d *Dialect) claimDurably(ctx context.Context, args []any, scan func(*sql.Rows, *dialects.ClaimedRow) error) ([]dialects.ClaimedRow, error) {
+//
+// The claim visits the heads of at most keyscan.PerClaim(limit) ordering
+// keys, continuing where the last claim of destination stopped (see
+// sqlOutboxKeys).
+func (d *Dialect) claimDurably(ctx context.Context, destination string, limit int, args []any, scan func(*sql.Rows, *dialects.ClaimedRow) error) ([]dialects.ClaimedRow, error) {
 	tx, err := d.BeginDurable(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("durable/sqlite: claim outbox: %w", err)
 	}
-	out, err := queryAll(ctx, d.prep(ctx, tx, sqlClaim), "claim outbox", sqlClaim, args, scan)
+	visit := keyscan.PerClaim(limit)
+	after := d.keys.Start(destination)
+	keys, err := queryAll(ctx, d.prep(ctx, tx, sqlOutboxKeys), "claim outbox", sqlOutboxKeys,
+		[]any{destination, after, visit}, func(rs *sql.Rows, k *string) error { return rs.Scan(k) })
+	if err != nil {
+		_ = d.Rollback(ctx, tx)
+		return nil, err
+	}
+	d.keys.Visited(destination, after, keys, visit)
+	keyList, err := json.Marshal(keys)
+	if err != nil {
+		_ = d.Rollback(ctx, tx)
+		return nil, fmt.Errorf("durable/sqlite: claim outbox: %w", err)
+	}
+	if keys == nil {
+		keyList = []byte("[]")
+	}
+	out, err := queryAll(ctx, d.prep(ctx, tx, sqlClaim), "claim outbox", sqlClaim, append(args, string(keyList)), scan)
 	if err != nil {
 		_ = d.Rollback(ctx, tx)
 		return nil, err

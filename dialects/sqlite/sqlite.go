@@ -16,6 +16,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/internal/filter"
+	"github.com/durable-go/durable/dialects/internal/keyscan"
 )
 
 // Name is the dialect's name, as returned by Dialect.Name.
@@ -26,8 +27,9 @@ const Name = "sqlite"
 // use.
 type Dialect struct {
 	db      *sql.DB
-	stmts   sync.Map // statement text → *sql.Stmt prepared on db (see stmt)
-	durable sync.Map // *sql.Tx of BeginDurable → *durableConn
+	stmts   sync.Map        // statement text → *sql.Stmt prepared on db (see stmt)
+	durable sync.Map        // *sql.Tx of BeginDurable → *durableConn
+	keys    keyscan.Cursors // where each destination's next outbox claim visits keys
 }
 
 var (
@@ -640,7 +642,7 @@ func listOutbox(ctx context.Context, q queryer, query dialects.OutboxQuery) ([]d
 
 // preparedSQL are the hot statements with a fixed text that CheckSchema
 // prepares once the schema is known to be there.
-var preparedSQL = []string{insertOneSQL, sqlClaim, sqlAckDelete, sqlInboxClaim, sqlInboxLock, sqlInboxFinishUpdate}
+var preparedSQL = []string{insertOneSQL, sqlOutboxKeys, sqlClaim, sqlAckDelete, sqlInboxClaim, sqlInboxLock, sqlInboxFinishUpdate}
 
 // prepare prepares preparedSQL on the dialect's database, once; it is called
 // by CheckSchema, outside any transaction (with the dialect's one
