@@ -27,6 +27,7 @@ type benchOptions struct {
 	w1Writers  int
 	w2Messages int
 	w2Batch    int
+	w4Messages int
 	w3Rate     int
 	w3Duration time.Duration
 	payload    int
@@ -59,14 +60,19 @@ no-op handler. Each workload runs on fresh databases (two new schemas of the --d
 dropped afterwards; two SQLite files in a temporary directory, removed afterwards), and
 measures in the same run the raw limit of that database: plain single-row
 insert-and-commit statements at the same concurrency, or 1,000-row batch inserts (COPY
-on Postgres, one multi-row INSERT on SQLite) for W2.
+on Postgres, one multi-row INSERT on SQLite) for W2 and W4.
 
   W1 enlisted  16 goroutines; each transaction writes a business row and enqueues one
-               message; 20,000 messages. Ratio: end-to-end messages/s over raw commits/s.
+               message; 20,000 messages. Ratio: end-to-end messages/s over the app's own
+               transaction without durable (business row + the message as a plain row),
+               beside it over raw single-row commits/s.
   W2 bulk      100,000 messages enqueued in transactions of 1,000. Ratio: end-to-end
                messages/s over raw batch-inserted rows/s.
   W3 latency   200 messages/s for 30s, each in its own W1-style transaction: commit →
                handler start p50/p99/max. Raw: the latency of one plain commit.
+  W4 hot key   40,000 messages in transactions of 100, every other one under the same
+               ordering key: how soon the unkeyed half is through, and how fast the one
+               key drains (one message in flight at a time).
 
 End to end is first commit → last handler's transaction committed; latency is each
 message's commit → its handler's start. The breakdown shows where the time goes between
@@ -90,12 +96,13 @@ both). The tuning flags override the configuration bench uses, for experiments.`
 		}),
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.workloads, "workloads", []string{"w1", "w2", "w3"}, "workloads to run: w1, w2, w3")
+	f.StringSliceVar(&o.workloads, "workloads", []string{"w1", "w2", "w3", "w4"}, "workloads to run: w1, w2, w3, w4")
 	f.IntVar(&o.w1Messages, "w1-messages", 20000, "W1: messages")
 	f.IntVar(&o.w1Writers, "w1-writers", 16, "W1: concurrent app transactions (also the raw limit's writers)")
 	f.IntVar(&o.w2Messages, "w2-messages", 100000, "W2: messages")
 	f.IntVar(&o.w2Batch, "w2-batch", 1000, "W2: messages per transaction (and rows per raw batch)")
 	f.IntVar(&o.w3Rate, "w3-rate", 200, "W3: messages per second")
+	f.IntVar(&o.w4Messages, "w4-messages", 40000, "W4: messages, every other one under the same ordering key")
 	f.DurationVar(&o.w3Duration, "w3-duration", 30*time.Second, "W3: how long to send")
 	f.IntVar(&o.payload, "payload", 256, "payload bytes per message (and per raw row)")
 	f.StringVar(&o.jsonFile, "json-file", "", "also write the JSON report to this file (with the readable output on stdout)")
@@ -146,9 +153,9 @@ func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
 	}
 	for _, w := range o.workloads {
 		switch w {
-		case "w1", "w2", "w3":
+		case "w1", "w2", "w3", "w4":
 		default:
-			return usageErrorf("--workloads: unknown workload %q (want w1, w2, w3)", w)
+			return usageErrorf("--workloads: unknown workload %q (want w1, w2, w3, w4)", w)
 		}
 	}
 	for _, c := range []struct {
@@ -156,7 +163,7 @@ func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
 		v    int
 	}{
 		{"w1-messages", o.w1Messages}, {"w1-writers", o.w1Writers}, {"w2-messages", o.w2Messages},
-		{"w2-batch", o.w2Batch}, {"w3-rate", o.w3Rate}, {"payload", o.payload},
+		{"w2-batch", o.w2Batch}, {"w3-rate", o.w3Rate}, {"w4-messages", o.w4Messages}, {"payload", o.payload},
 	} {
 		if c.v < 1 {
 			return usageErrorf("--%s %d: must be at least 1", c.name, c.v)
@@ -269,7 +276,7 @@ func benchTuned(dialect string, o *benchOptions, w benchWorkload) benchTuning {
 
 func (o *benchOptions) workloadList() []benchWorkload {
 	var out []benchWorkload
-	for _, id := range []string{"w1", "w2", "w3"} {
+	for _, id := range []string{"w1", "w2", "w3", "w4"} {
 		if !containsString(o.workloads, id) {
 			continue
 		}
@@ -282,6 +289,9 @@ func (o *benchOptions) workloadList() []benchWorkload {
 			n := max(int(o.w3Duration.Seconds()*float64(o.w3Rate)), 1)
 			out = append(out, benchWorkload{id: id, name: "latency", messages: n, writers: 16, perTx: 1,
 				rate: o.w3Rate, duration: o.w3Duration})
+		case "w4":
+			out = append(out, benchWorkload{id: id, name: "hot key", messages: o.w4Messages, writers: 1,
+				perTx: min(100, o.w4Messages), hotKey: true})
 		}
 	}
 	return out
@@ -513,17 +523,26 @@ func benchWorkloadLabel(r *benchResult) string {
 
 func benchRow(tw *tabwriter.Writer, r *benchResult) {
 	raw := ""
-	switch r.Workload {
-	case "w2":
-		raw = fmt.Sprintf("%s rows/s (%s of %d)", benchInt(r.Raw.PerSec), r.Raw.Kind, r.Raw.Batch)
-	case "w3":
-		raw = fmt.Sprintf("commit p50 %.2f / p99 %.2f ms", r.Raw.Latency.P50, r.Raw.Latency.P99)
-	default:
-		raw = fmt.Sprintf("%s commits/s (%d writers)", benchInt(r.Raw.PerSec), r.Raw.Writers)
-	}
 	ratio := "-"
 	if r.Ratio != nil {
 		ratio = fmt.Sprintf("%.2f", *r.Ratio)
+	}
+	switch {
+	case r.Workload == "w2" || r.Workload == "w4":
+		raw = fmt.Sprintf("%s rows/s (%s of %d)", benchInt(r.Raw.PerSec), r.Raw.Kind, r.Raw.Batch)
+	case r.Workload == "w3":
+		raw = fmt.Sprintf("commit p50 %.2f / p99 %.2f ms", r.Raw.Latency.P50, r.Raw.Latency.P99)
+	case r.AppTx != nil && r.RatioToAppTx != nil:
+		// W1 is bounded by the app's own transaction, not by a bare
+		// single-statement commit: the ratio is to the former.
+		raw = fmt.Sprintf("%s app tx/s (single-row commits %s/s, %d writers)", benchInt(r.AppTx.PerSec),
+			benchInt(r.Raw.PerSec), r.Raw.Writers)
+		ratio = fmt.Sprintf("%.2f of app tx", *r.RatioToAppTx)
+		if r.Ratio != nil {
+			ratio += fmt.Sprintf(" (%.2f of single)", *r.Ratio)
+		}
+	default:
+		raw = fmt.Sprintf("%s commits/s (%d writers)", benchInt(r.Raw.PerSec), r.Raw.Writers)
 	}
 	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.1f / %.1f / %.1f\t\n", benchWorkloadLabel(r), r.Dialect,
 		benchInt(float64(r.Messages)), benchInt(r.EndToEndPerSec), raw, ratio, r.Latency.P50, r.Latency.P99, r.Latency.Max)
@@ -590,6 +609,16 @@ func (a *app) benchFooter(rep *benchReport) {
 	}
 	tw.Flush()
 
+	for i := range rep.Results {
+		r := &rep.Results[i]
+		if h := r.HotKey; h != nil {
+			fmt.Fprintf(a.stdout, "\n%s %s: the %s unkeyed messages were all handled %.1f s after the first commit (%s msg/s); "+
+				"the %s messages of the one hot key %.1f s after it (%s msg/s, one in flight at a time)\n",
+				benchWorkloadLabel(r), r.Dialect, benchInt(float64(h.Unkeyed)), h.UnkeyedSeconds, benchInt(h.UnkeyedPerSec),
+				benchInt(float64(h.Keyed)), h.KeyedSeconds, benchInt(h.KeyedPerSec))
+		}
+	}
+
 	if len(rep.Targets) > 0 {
 		fmt.Fprintf(a.stdout, "\ntargets (judged on this run, never asserted):\n")
 		tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
@@ -628,21 +657,25 @@ func benchCPUString(c *benchCPU, roles bool) string {
 }
 
 // benchTargets judges the project's targets on the results of this run.
+// W1 is judged against the app's own transaction (ratio_to_app_tx), the
+// ceiling of any outbox; W2 against the raw COPY of the same run.
 func benchTargets(results []benchResult) []benchTarget {
 	var out []benchTarget
 	for i := range results {
 		r := &results[i]
 		switch {
-		case r.Workload == "w1" && r.Ratio != nil && r.Dialect == migrations.Postgres:
-			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.7 × raw single-row commits", *r.Ratio, *r.Ratio >= 0.7})
-		case r.Workload == "w1" && r.Ratio != nil && r.Dialect == migrations.SQLite:
-			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.3 × raw single-row commits", *r.Ratio, *r.Ratio >= 0.3})
-		case r.Workload == "w2" && r.Dialect == migrations.Postgres:
-			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 50,000 msg/s", r.EndToEndPerSec, r.EndToEndPerSec >= 50000})
+		case r.Workload == "w1" && r.RatioToAppTx != nil && r.Dialect == migrations.Postgres:
+			out = append(out,
+				benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.8 × the app's own transaction", *r.RatioToAppTx, *r.RatioToAppTx >= 0.8},
+				benchTarget{r.Dialect, r.Workload, "commit → handler p50 < 10 ms", r.Latency.P50, r.Latency.P50 < 10})
+		case r.Workload == "w1" && r.RatioToAppTx != nil && r.Dialect == migrations.SQLite:
+			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.6 × the app's own transaction", *r.RatioToAppTx, *r.RatioToAppTx >= 0.6})
+		case r.Workload == "w2" && r.Ratio != nil && r.Dialect == migrations.Postgres:
+			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.2 × raw 1,000-row COPY", *r.Ratio, *r.Ratio >= 0.2})
 		case r.Workload == "w3" && r.Dialect == migrations.Postgres:
 			out = append(out,
-				benchTarget{r.Dialect, r.Workload, "commit → handler p50 ≤ 5 ms", r.Latency.P50, r.Latency.P50 <= 5},
-				benchTarget{r.Dialect, r.Workload, "commit → handler p99 ≤ 20 ms", r.Latency.P99, r.Latency.P99 <= 20})
+				benchTarget{r.Dialect, r.Workload, "commit → handler p50 ≤ 1 ms", r.Latency.P50, r.Latency.P50 <= 1},
+				benchTarget{r.Dialect, r.Workload, "commit → handler p99 ≤ 5 ms", r.Latency.P99, r.Latency.P99 <= 5})
 		}
 	}
 	return out

@@ -18,16 +18,32 @@ import (
 	"github.com/durable-go/durable/outbox"
 )
 
+// benchHotKeyResult is W4's split: the messages without a key and those
+// of its one hot key, each counted from the first commit to the last of
+// them handled.
+type benchHotKeyResult struct {
+	Unkeyed        int     `json:"unkeyed"`
+	UnkeyedSeconds float64 `json:"unkeyed_seconds"`
+	UnkeyedPerSec  float64 `json:"unkeyed_per_sec"`
+	Keyed          int     `json:"keyed"`
+	KeyedSeconds   float64 `json:"keyed_seconds"`
+	KeyedPerSec    float64 `json:"keyed_per_sec"`
+}
+
 // benchWorkload describes one workload to run.
 type benchWorkload struct {
-	id       string // "w1", "w2", "w3"
-	name     string // "enlisted", "bulk", "latency"
+	id       string // "w1", "w2", "w3", "w4"
+	name     string // "enlisted", "bulk", "latency", "hot key"
 	messages int
 	writers  int           // concurrent app transactions
 	perTx    int           // messages per transaction
 	rate     int           // w3: messages per second
 	duration time.Duration // w3
+	hotKey   bool          // w4: every even-numbered message has the ordering key benchHotKey
 }
+
+// benchHotKey is W4's one ordering key.
+const benchHotKey = "hot"
 
 func (w benchWorkload) topic() string { return "bench." + w.id }
 
@@ -140,9 +156,12 @@ type benchResult struct {
 	// durable: the business row and the message as a plain row, same
 	// writers. It bounds what any outbox can reach on this database;
 	// RatioToAppTx is end-to-end over it.
-	AppTx        *benchRaw    `json:"app_tx"`
-	RatioToAppTx *float64     `json:"ratio_to_app_tx"`
-	Stages       []benchStage `json:"stages"`
+	AppTx        *benchRaw `json:"app_tx"`
+	RatioToAppTx *float64  `json:"ratio_to_app_tx"`
+	// HotKey splits W4's figures: its unkeyed messages, and those of its
+	// one ordering key.
+	HotKey *benchHotKeyResult `json:"hot_key,omitempty"`
+	Stages []benchStage       `json:"stages"`
 
 	// CPU is what a raw row and a message cost in CPU time (Linux only).
 	CPU benchCPUUse `json:"cpu"`
@@ -274,7 +293,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 	env.warm(ctx, w.writers)
 	cpu0 := benchSampleCPU(ctx, env.backends)
 	switch w.id {
-	case "w2":
+	case "w2", "w4":
 		kind := "copy"
 		if dialect == "sqlite" {
 			kind = "multi-row insert"
@@ -398,7 +417,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 
 	// Warm up: a connection to the peer, prepared statements, the workers.
 	const warmups = 16
-	if err := benchEnqueue(runCtx, env, sender, "bench.warmup", -1, warmups, payload, nil); err != nil {
+	if err := benchEnqueue(runCtx, env, sender, "bench.warmup", false, -1, warmups, payload, nil); err != nil {
 		return res, fmt.Errorf("warm-up: %w", err)
 	}
 	if err := benchWait(runCtx, "the warm-up", func() int64 { return p.warm.Load() }, warmups, nil); err != nil {
@@ -436,8 +455,9 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 
 // benchEnqueue commits one transaction holding a business row (when id is
 // not negative) and n messages; first is the index of the first message in
-// the run (-1: not counted), recorded in the probe at commit.
-func benchEnqueue[TTx any](ctx context.Context, env *benchEnv[TTx], n *node.Node[TTx], topic string, first, count int, payload []byte, p *benchProbe) error {
+// the run (-1: not counted), recorded in the probe at commit. With hot, the
+// messages of even index carry the ordering key benchHotKey.
+func benchEnqueue[TTx any](ctx context.Context, env *benchEnv[TTx], n *node.Node[TTx], topic string, hot bool, first, count int, payload []byte, p *benchProbe) error {
 	tx, err := env.begin(ctx)
 	if err != nil {
 		return err
@@ -453,6 +473,9 @@ func benchEnqueue[TTx any](ctx context.Context, env *benchEnv[TTx], n *node.Node
 		m := &outbox.Message{Destination: "receiver", Topic: topic, Payload: payload}
 		if first >= 0 {
 			m.Headers = map[string]string{benchSeqHeader: strconv.Itoa(first + i)}
+		}
+		if hot && (first+i)%2 == 0 {
+			m.Key = benchHotKey
 		}
 		msgs[i] = m
 	}
@@ -486,7 +509,7 @@ func benchProduce[TTx any](ctx context.Context, env *benchEnv[TTx], n *node.Node
 	one := func(i int) {
 		first := i * w.perTx
 		count := min(w.perTx, w.messages-first)
-		if err := benchEnqueue(ctx, env, n, w.topic(), first, count, payload, p); err != nil && ctx.Err() == nil {
+		if err := benchEnqueue(ctx, env, n, w.topic(), w.hotKey, first, count, payload, p); err != nil && ctx.Err() == nil {
 			cancel(fmt.Errorf("enqueue: %w", err))
 		}
 	}
@@ -588,7 +611,33 @@ func benchSummarise(res *benchResult, p *benchProbe) {
 		res.EnqueuePerSec = float64(res.Enqueued) / (float64(lastCommit-firstCommit) / 1e9)
 	}
 	res.Latency = benchPercentiles(lat)
-	if res.Workload != "w3" && res.Raw.PerSec > 0 {
+	if res.Workload == "w4" && firstCommit > 0 {
+		h := &benchHotKeyResult{}
+		var lastKeyed, lastUnkeyed int64
+		for i := range p.n {
+			d := p.t[bstDone][i].Load()
+			if d == 0 {
+				continue
+			}
+			if i%2 == 0 {
+				h.Keyed++
+				lastKeyed = max(lastKeyed, d)
+			} else {
+				h.Unkeyed++
+				lastUnkeyed = max(lastUnkeyed, d)
+			}
+		}
+		if lastKeyed > firstCommit {
+			h.KeyedSeconds = float64(lastKeyed-firstCommit) / 1e9
+			h.KeyedPerSec = float64(h.Keyed) / h.KeyedSeconds
+		}
+		if lastUnkeyed > firstCommit {
+			h.UnkeyedSeconds = float64(lastUnkeyed-firstCommit) / 1e9
+			h.UnkeyedPerSec = float64(h.Unkeyed) / h.UnkeyedSeconds
+		}
+		res.HotKey = h
+	}
+	if res.Workload != "w3" && res.Workload != "w4" && res.Raw.PerSec > 0 {
 		r := res.EndToEndPerSec / res.Raw.PerSec
 		res.Ratio = &r
 	}

@@ -11,7 +11,7 @@ import (
 // benchSmallArgs makes every workload tiny: the smoke tests check the
 // command's output, never a speed.
 var benchSmallArgs = []string{"bench", "--json", "--w1-messages", "200", "--w2-messages", "2000",
-	"--w3-rate", "100", "--w3-duration", "1s"}
+	"--w3-rate", "100", "--w3-duration", "1s", "--w4-messages", "400"}
 
 // benchResultFields are the keys every result carries, nested ones as
 // "parent.child".
@@ -57,12 +57,12 @@ func checkBenchJSON(t *testing.T, out string, dialects ...string) {
 			t.Errorf("machine has no %q", k)
 		}
 	}
-	if want := 3 * len(dialects); len(rep.Results) != want {
-		t.Fatalf("%d results, want %d (W1–W3 on %v)", len(rep.Results), want, dialects)
+	if want := 4 * len(dialects); len(rep.Results) != want {
+		t.Fatalf("%d results, want %d (W1–W4 on %v)", len(rep.Results), want, dialects)
 	}
 	for i, r := range rep.Results {
 		name := r["dialect"].(string) + " " + r["workload"].(string)
-		if want := dialects[i/3]; r["dialect"] != want {
+		if want := dialects[i/4]; r["dialect"] != want {
 			t.Errorf("result %d is on %v, want %s", i, r["dialect"], want)
 		}
 		for _, f := range benchResultFields {
@@ -74,6 +74,18 @@ func checkBenchJSON(t *testing.T, out string, dialects ...string) {
 		for _, f := range []string{"enqueued", "delivered", "handled"} {
 			if r[f] != messages {
 				t.Errorf("%s: %s = %v, want %v (every message)", name, f, r[f], messages)
+			}
+		}
+		if r["workload"] == "w4" {
+			// Half the messages under the hot key, all of them handled.
+			h, _ := r["hot_key"].(map[string]any)
+			if h == nil || h["keyed"] != messages/2 || h["unkeyed"] != messages/2 {
+				t.Errorf("%s: hot_key = %v, want %v keyed and %v unkeyed", name, r["hot_key"], messages/2, messages/2)
+			}
+		}
+		if r["workload"] == "w1" {
+			if v, _ := r["ratio_to_app_tx"].(float64); v <= 0 {
+				t.Errorf("%s: ratio_to_app_tx = %v, want the ratio to the app's own transaction", name, r["ratio_to_app_tx"])
 			}
 		}
 		if r["dead_letters"] != 0.0 {
@@ -123,6 +135,6 @@ func TestBenchSmokePostgres(t *testing.T) {
 
 func TestBenchUsage(t *testing.T) {
 	wantError(t, durable(t, "bench", "--dialect", "mysql"), exitUsage, `--dialect "mysql": want postgres, sqlite or both`)
-	wantError(t, durable(t, "bench", "--workloads", "w4"), exitUsage, `--workloads: unknown workload "w4" (want w1, w2, w3)`)
+	wantError(t, durable(t, "bench", "--workloads", "w5"), exitUsage, `--workloads: unknown workload "w5" (want w1, w2, w3, w4)`)
 	wantError(t, durable(t, "bench", "--dsn", "./app.db"), exitUsage, "--dsn names the Postgres server bench runs on; SQLite runs in a temporary directory")
 }
