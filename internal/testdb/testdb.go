@@ -42,15 +42,21 @@ func PostgresURL(tb testing.TB) string {
 		u = DefaultPostgresURL
 	}
 	pgOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, u)
-		if err != nil {
-			pgErr = err
-			return
+		// Without CI a missing server skips the tests after a short look;
+		// with CI the server must be there, so a busy machine gets a
+		// minute of retries before the tests fail.
+		patience := 5 * time.Second
+		if os.Getenv("CI") != "" {
+			patience = time.Minute
 		}
-		pgErr = conn.Ping(ctx)
-		conn.Close(ctx)
+		deadline := time.Now().Add(patience)
+		for {
+			pgErr = ping(u, min(10*time.Second, time.Until(deadline)))
+			if pgErr == nil || time.Until(deadline) < time.Second {
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 	})
 	if pgErr != nil {
 		msg := fmt.Sprintf("Postgres at %s is not reachable (%v); set DURABLE_TEST_DATABASE_URL or run `make db/up`", redact(u), pgErr)
@@ -66,6 +72,18 @@ var (
 	pgOnce sync.Once
 	pgErr  error
 )
+
+// ping connects to u and pings it within timeout.
+func ping(u string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), max(timeout, time.Second))
+	defer cancel()
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	return conn.Ping(ctx)
+}
 
 func redact(u string) string {
 	p, err := url.Parse(u)
