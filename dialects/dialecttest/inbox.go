@@ -798,7 +798,10 @@ func (s inboxSuite[TTx]) rescueSkipsLocked(t *testing.T) {
 		t.Fatalf("LockInbox = %v, %v", k, err)
 	}
 	time.Sleep(20 * time.Millisecond)
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// A rescuer that waited for the lock would wait until the rollback at
+	// the end, that is until this deadline: a minute bounds that hang
+	// without betting on how fast a rescue is on a loaded machine.
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	n, err := d.RescueInbox(rctx, 10)
 	if err != nil || n != 1 {

@@ -67,6 +67,10 @@ func claim(t *testing.T, r dialects.Relayer, destination, token string, limit in
 	return rows
 }
 
+// sleepUntil sleeps until t: for a delay of the database to pass, counted
+// from when the call that set it returned.
+func sleepUntil(t time.Time) { time.Sleep(time.Until(t)) }
+
 func claimedIDs(rows []dialects.ClaimedRow) []string {
 	out := make([]string, len(rows))
 	for i, r := range rows {
@@ -328,14 +332,28 @@ func (s relaySuite[TTx]) keyGating(t *testing.T) {
 	n, err := d.AckOutbox(ctx, "t1", []int64{c1[0].Seq}, false)
 	count(t, "AckOutbox", n, err, 1)
 	// Row 3 waiting for a retry: row 6 stays behind it.
-	n, err = d.ReleaseOutbox(ctx, "t1", []int64{c1[1].Seq}, dialects.OutboxRelease{RetryAfter: 300 * time.Millisecond, Error: "nack"})
+	const retryAfter = 300 * time.Millisecond
+	before := time.Now()
+	n, err = d.ReleaseOutbox(ctx, "t1", []int64{c1[1].Seq}, dialects.OutboxRelease{RetryAfter: retryAfter, Error: "nack"})
+	released := time.Now()
 	count(t, "ReleaseOutbox", n, err, 1)
-	wantIDs(t, "claim 3", claimedIDs(claim(t, d, "billing", "t4", 10, lease)), idOf(2))
-	time.Sleep(400 * time.Millisecond)
-	c5 := claim(t, d, "billing", "t5", 10, lease)
-	wantIDs(t, "claim after the retry delay: row 3 again, row 6 still behind it", claimedIDs(c5), idOf(3))
+	c4 := claim(t, d, "billing", "t4", 10, lease)
+	row3, token3 := dialects.ClaimedRow{}, "t4"
+	if took := time.Since(before); took < retryAfter || len(c4) == 1 {
+		wantIDs(t, "claim 3", claimedIDs(c4), idOf(2))
+		sleepUntil(released.Add(retryAfter + 100*time.Millisecond))
+		c5 := claim(t, d, "billing", "t5", 10, lease)
+		wantIDs(t, "claim after the retry delay: row 3 again, row 6 still behind it", claimedIDs(c5), idOf(3))
+		row3, token3 = c5[0], "t5"
+	} else {
+		// A loaded machine let the retry delay pass before the claim,
+		// which then rightly took row 3 again; row 6 stays behind it.
+		t.Logf("claim 3 came %v after the release, past the retry delay", took)
+		wantIDs(t, "claim 3, after the retry delay: row 2, and row 3 again", claimedIDs(c4), idOf(2), idOf(3))
+		row3 = c4[1]
+	}
 	// Row 3 dead-lettered: row 6 is free.
-	n, err = d.DeadLetterOutbox(ctx, "t5", []dialects.OutboxDeadLetter{{Seq: c5[0].Seq, Reason: dialects.ReasonRejected, Error: "no"}})
+	n, err = d.DeadLetterOutbox(ctx, token3, []dialects.OutboxDeadLetter{{Seq: row3.Seq, Reason: dialects.ReasonRejected, Error: "no"}})
 	count(t, "DeadLetterOutbox", n, err, 1)
 	wantIDs(t, "claim after the dead letter", claimedIDs(claim(t, d, "billing", "t6", 10, lease)), idOf(6))
 
@@ -353,10 +371,20 @@ func (s relaySuite[TTx]) due(t *testing.T) {
 	soon := dueRow(2, "billing")
 	soon.DeliverAt = time.Now().Add(300 * time.Millisecond)
 	insert(t, d, future, soon, dueRow(3, "billing"))
-	wantIDs(t, "claim now", claimedIDs(claim(t, d, "billing", "t1", 10, lease)), idOf(3))
-	time.Sleep(450 * time.Millisecond)
-	got := claim(t, d, "billing", "t2", 10, lease)
-	wantIDs(t, "claim once the second row is due", claimedIDs(got), idOf(2))
+	now := claim(t, d, "billing", "t1", 10, lease)
+	var got []dialects.ClaimedRow
+	if time.Now().Before(soon.DeliverAt) || len(now) == 1 {
+		wantIDs(t, "claim now", claimedIDs(now), idOf(3))
+		sleepUntil(soon.DeliverAt.Add(150 * time.Millisecond))
+		got = claim(t, d, "billing", "t2", 10, lease)
+		wantIDs(t, "claim once the second row is due", claimedIDs(got), idOf(2))
+	} else {
+		// A loaded machine got to the claim after the second row was due:
+		// the claim rightly took it.
+		t.Logf("the first claim ended after the second row was due")
+		wantIDs(t, "claim after the second row was due", claimedIDs(now), idOf(2), idOf(3))
+		got = now
+	}
 	near(t, "deliver_at", got[0].DeliverAt, soon.DeliverAt, 5*time.Millisecond)
 }
 
@@ -435,26 +463,41 @@ func (s relaySuite[TTx]) release(t *testing.T) {
 		t.Fatalf("attempts %d, want 1", got2[0].Attempts)
 	}
 	// Failed send: released with a delay and the error.
+	const retryAfter = 300 * time.Millisecond
 	before := time.Now()
-	n, err = d.ReleaseOutbox(ctx, "t2", seqs(got2), dialects.OutboxRelease{RetryAfter: 300 * time.Millisecond, Error: "peer down"})
+	n, err = d.ReleaseOutbox(ctx, "t2", seqs(got2), dialects.OutboxRelease{RetryAfter: retryAfter, Error: "peer down"})
+	released := time.Now()
 	count(t, "ReleaseOutbox(delay)", n, err, 1)
 	row = byID(t, d, idOf(1))
 	if row.Attempts != 1 || row.LockedBy != "" || row.LastError != "peer down" {
 		t.Fatalf("after a delayed release: %+v", row)
 	}
-	near(t, "locked_until of a row waiting for a retry", row.LockedUntil, before.Add(300*time.Millisecond), 5*time.Second)
-	if st := stats(t, d); len(st) != 1 || st[0].Retrying != 1 || st[0].Leased != 1 || st[0].Unsent != 2 {
-		t.Fatalf("stats while waiting for a retry: %+v", st)
+	near(t, "locked_until of a row waiting for a retry", row.LockedUntil, before.Add(retryAfter), 5*time.Second)
+	st := stats(t, d)
+	during := claim(t, d, "billing", "t3", 10, lease)
+	got4, token4 := during, "t3"
+	if took := time.Since(before); took < retryAfter || len(during) == 0 {
+		// The stats were read before the claim: the row was waiting then.
+		if len(st) != 1 || st[0].Retrying != 1 || st[0].Leased != 1 || st[0].Unsent != 2 {
+			t.Fatalf("stats while waiting for a retry: %+v", st)
+		}
+		wantIDs(t, "claim during the delay", claimedIDs(during))
+		sleepUntil(released.Add(retryAfter + 150*time.Millisecond))
+		got4, token4 = claim(t, d, "billing", "t4", 10, lease), "t4"
+	} else {
+		// A loaded machine let the delay pass before the claim, which then
+		// rightly took the row again (and the stats may have seen it due).
+		t.Logf("the claim came %v after the release, past the retry delay", took)
+		if len(st) != 1 || st[0].Retrying > 1 || st[0].Leased != 1 || st[0].Unsent != 2 {
+			t.Fatalf("stats around the end of the retry delay: %+v", st)
+		}
 	}
-	wantIDs(t, "claim during the delay", claimedIDs(claim(t, d, "billing", "t3", 10, lease)))
-	time.Sleep(450 * time.Millisecond)
-	got4 := claim(t, d, "billing", "t4", 10, lease)
 	wantIDs(t, "claim after the delay", claimedIDs(got4), idOf(1))
 	if got4[0].Attempts != 2 || got4[0].LastError != "peer down" {
 		t.Fatalf("reclaimed: attempts %d last_error %q", got4[0].Attempts, got4[0].LastError)
 	}
 	// An empty error keeps the last one.
-	n, err = d.ReleaseOutbox(ctx, "t4", seqs(got4), dialects.OutboxRelease{})
+	n, err = d.ReleaseOutbox(ctx, token4, seqs(got4), dialects.OutboxRelease{})
 	count(t, "ReleaseOutbox", n, err, 1)
 	if row := byID(t, d, idOf(1)); row.LastError != "peer down" {
 		t.Fatalf("last_error %q after a release without error", row.LastError)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync"
 	"testing"
@@ -70,7 +71,10 @@ func TestClaimSkipsLockedRows(t *testing.T) {
 		t.Fatalf("locking rows: %v %v", locked, rows.Err())
 	}
 
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	// A claim that waited for the locks would wait until the holder's
+	// rollback below, that is until this deadline: a minute bounds that
+	// hang without betting on how fast a claim is on a loaded machine.
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	got, err := d.ClaimOutbox(cctx, dialects.OutboxClaim{Destination: "billing", Token: "t1", Limit: 10, Lease: time.Minute})
 	if err != nil {
@@ -169,8 +173,8 @@ func (w *wakeLog) next(t *testing.T, what string) string {
 	select {
 	case d := <-w.ch:
 		return d
-	case <-time.After(10 * time.Second):
-		t.Fatalf("no wake-up: %s", what)
+	case <-time.After(time.Minute): // a bound on a hang, not on speed
+		t.Fatalf("no wake-up within a minute: %s", what)
 		return ""
 	}
 }
@@ -181,7 +185,13 @@ func (w *wakeLog) next(t *testing.T, what string) string {
 func TestListenOutbox(t *testing.T) {
 	for _, flavour := range []string{"pgx", "sql"} {
 		t.Run(flavour, func(t *testing.T) {
-			pool, schema := testdb.PostgresPool(t, true)
+			// The listener's connections carry an application_name of
+			// their own, so that the test terminates its own listener
+			// only: tests of other packages listen on the same channel of
+			// the same database at the same time.
+			app := randomName("listen-outbox-")
+			connURL, schema := testdb.PostgresSchema(t)
+			pool := testdb.OpenPostgres(t, withAppName(t, connURL, app), true)
 			var l dialects.Listener
 			notify := func(commit bool, dest string) {
 				t.Helper()
@@ -206,12 +216,11 @@ func TestListenOutbox(t *testing.T) {
 			if flavour == "pgx" {
 				l = postgres.New(pool)
 			} else {
-				l = postgres.NewSQL(sqlDB(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema)))
+				l = postgres.NewSQL(sqlDB(t, withAppName(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema), app)))
 			}
 			w := newWakeLog()
 			ctx, cancel := context.WithCancel(ctxFor(t))
 			done := make(chan error, 1)
-			start := time.Now()
 			go func() { done <- l.ListenOutbox(ctx, w.wake, w.report) }()
 			if got := w.next(t, "after connecting"); got != "" {
 				t.Fatalf("first wake-up %q, want \"\" (listening)", got)
@@ -225,8 +234,8 @@ func TestListenOutbox(t *testing.T) {
 			// Kill the listening backend: it reconnects and wakes everyone.
 			var n int
 			err := pool.QueryRow(ctxFor(t), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-				WHERE query = $1 AND backend_start >= $2 AND datname = current_database() AND pid <> pg_backend_pid()`,
-				fmt.Sprintf("LISTEN %q", postgres.OutboxChannel), start.Add(-time.Second)).Scan(&n)
+				WHERE query = $1 AND application_name = $2 AND datname = current_database() AND pid <> pg_backend_pid()`,
+				fmt.Sprintf("LISTEN %q", postgres.OutboxChannel), app).Scan(&n)
 			if err != nil || n != 1 {
 				t.Fatalf("terminating the listener: %d backends, %v", n, err)
 			}
@@ -243,8 +252,8 @@ func TestListenOutbox(t *testing.T) {
 				if err != nil {
 					t.Fatalf("ListenOutbox returned %v after cancel, want nil", err)
 				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("ListenOutbox did not return after cancel")
+			case <-time.After(time.Minute): // a bound on a hang, not on speed
+				t.Fatal("ListenOutbox did not return within a minute of cancel")
 			}
 			w.mu.Lock()
 			defer w.mu.Unlock()
@@ -256,4 +265,17 @@ func TestListenOutbox(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withAppName returns the Postgres URL u with application_name set to app.
+func withAppName(t *testing.T, u, app string) string {
+	t.Helper()
+	p, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := p.Query()
+	q.Set("application_name", app)
+	p.RawQuery = q.Encode()
+	return p.String()
 }

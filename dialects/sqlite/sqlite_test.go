@@ -56,8 +56,11 @@ func open(t *testing.T, migrated bool) (*sqlite.Dialect, string) {
 	return d, path
 }
 
+// ctxFor bounds a test's database work. It bounds hangs, not speed: under
+// -race on a loaded machine the 4,000 transactions of TestConcurrentWriters
+// alone can take well over 30s.
 func ctxFor(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }
