@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,27 +147,72 @@ func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
 func TestWorkTimeout(t *testing.T) { each(t, testWorkTimeout, testWorkTimeout) }
 
 func testWorkTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, inbox.Config{Backoff: inbox.DefaultBackoff, PollInterval: 50 * time.Millisecond})
-	// Under DefaultBackoff's least delay before a second attempt (1.5 s).
-	ctx, cancel := context.WithTimeout(ctxFor(t), 1200*time.Millisecond)
-	defer cancel()
-	start := time.Now()
+	// A backoff of an hour: the broken message fails exactly once, however
+	// long the test takes.
+	ib := newInbox(t, f, inbox.Config{Backoff: func(int) time.Duration { return time.Hour }, PollInterval: 50 * time.Millisecond})
+	// The deadline passes once the inbox got where the test needs it (m-ok
+	// handled, m-broken's first attempt failed) and Work had time to read
+	// that, rather than after a fixed time a slow machine may need more of.
+	ctx := newExpiringCtx(ctxFor(t))
+	var expired time.Time
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		defer func() { expired = time.Now(); ctx.expire() }()
+		for limit := time.Now().Add(time.Minute); time.Now().Before(limit); time.Sleep(20 * time.Millisecond) {
+			if st, err := ib.Stats(ctx); err == nil && st.Handled == 1 && st.Retrying == 1 {
+				// Many of Work's polls (every 20ms) read this state.
+				time.Sleep(time.Second)
+				return
+			}
+		}
+		t.Errorf("after a minute the inbox had not handled m-ok and failed m-broken once")
+	}()
 	msg := mustFail(t, func(tb durabletest.TB) {
 		durabletest.Work(ctx, tb, ib, &inbox.Message{ID: "m-ok", Topic: "ok"}, &inbox.Message{ID: "m-broken", Topic: "broken"})
 	})
+	<-watched
 	contains(t, msg, "durabletest: Work: context deadline exceeded while waiting; not yet handled or dead-lettered:",
 		`durabletest/m-broken (topic "broken"): ready, attempt 1 failed: always broken; next attempt at`, "Config.Backoff")
 	if strings.Contains(msg, "m-ok") {
 		t.Errorf("the failure lists the handled message:\n%s", msg)
 	}
 	requireStopped(t, ib)
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("Work took %v to give up at a deadline of 1.2s", d)
+	// Work gives up at the deadline, not after its messages' next attempt
+	// (an hour away); a bound on a hang, not on speed.
+	if d := time.Since(expired); d > 30*time.Second {
+		t.Errorf("Work took %v to give up after its deadline", d)
 	}
 	// The inbox was stopped: it can run again.
 	res := durabletest.Work(ctxFor(t), t, ib, &inbox.Message{ID: "m-later", Topic: "ok"})
 	if res[0].State != durabletest.Handled {
 		t.Errorf("Work after a timeout = %+v, want handled", res[0])
+	}
+}
+
+// expiringCtx is a context whose deadline the test sets off: expire closes
+// Done, and Err is then context.DeadlineExceeded, as at a real deadline.
+// Values come from the parent; its cancellation is not passed on.
+type expiringCtx struct {
+	context.Context
+	done chan struct{}
+	once sync.Once
+}
+
+func newExpiringCtx(parent context.Context) *expiringCtx {
+	return &expiringCtx{Context: parent, done: make(chan struct{})}
+}
+
+func (c *expiringCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *expiringCtx) Done() <-chan struct{}       { return c.done }
+func (c *expiringCtx) expire()                     { c.once.Do(func() { close(c.done) }) }
+
+func (c *expiringCtx) Err() error {
+	select {
+	case <-c.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
 	}
 }
 
