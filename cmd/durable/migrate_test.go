@@ -14,7 +14,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -336,16 +338,25 @@ func TestMigrateSQL(t *testing.T) {
 	wantError(t, durable(t, "migrate", "sql", "--dialect", "sqlite", "--version", "9"), exitUsage, "--version 9: there is no migration 9")
 }
 
-// closedPort returns a local TCP port where nothing listens.
+// closedPort returns a local TCP port where nothing listens, for the rest
+// of the test: a socket bound to it and never listening holds it, so that
+// no other process is given it meanwhile, and connections to it are
+// refused.
 func closedPort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	ln.Close()
-	return port
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strconv.Itoa(sa.(*syscall.SockaddrInet4).Port)
 }
 
 // silentServer returns the address of a TCP server that accepts
