@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 
 func connect(t *testing.T, url string) *pgx.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a bound on a hang
 	defer cancel()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -129,8 +129,22 @@ func TestRestartWhileConnected(t *testing.T) {
 			t.Log(line)
 		},
 	})
+	// The server's output reaches Logf through a pipe, copied by a
+	// goroutine that may lag behind Start on a loaded machine: wait for the
+	// first line.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		n := len(logged)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no line of the server's log within a minute")
+		}
+	}
 	mu.Lock()
-	if want := fmt.Sprintf("pg-billing:%d: ", srv.Port()); len(logged) == 0 || !strings.HasPrefix(logged[0], want) {
+	if want := fmt.Sprintf("pg-billing:%d: ", srv.Port()); !strings.HasPrefix(logged[0], want) {
 		t.Fatalf("log lines %q, want the prefix %q", logged, want)
 	}
 	mu.Unlock()
