@@ -16,6 +16,12 @@ import (
 // drainTimeout bounds the wait for the last message once the faults stopped.
 const drainTimeout = 2 * time.Minute
 
+// stopTimeout bounds a graceful stop (SIGTERM) of a service: a bound on a
+// hang, not on speed. A node stops within seconds (its ShutdownTimeout is
+// 3s, a stuck handler's timeout 5s); on a loaded machine that can take
+// longer, and a stop that hangs still fails the test.
+const stopTimeout = time.Minute
+
 // drain heals every fault, brings every service and database back, lets the
 // senders relay without enqueuing more, and waits until the outbox is empty
 // and every inbox message is handled; then it stops the services gracefully.
@@ -47,7 +53,7 @@ func (c *cluster) drain() bool {
 	// Senders stop enqueuing: a graceful stop, then a start that only
 	// relays.
 	for _, s := range c.senders {
-		if err := s.stop(10 * time.Second); err != nil {
+		if err := s.stop(stopTimeout); err != nil {
 			t.Error(err)
 		}
 		s.mu.Lock()
@@ -85,7 +91,7 @@ func (c *cluster) drain() bool {
 		c.logf("drain: outbox empty, inbox handled")
 	}
 	for _, s := range append(append([]*service(nil), c.senders...), c.receivers...) {
-		if err := s.stop(15 * time.Second); err != nil {
+		if err := s.stop(stopTimeout); err != nil {
 			t.Error(err)
 		}
 	}

@@ -91,7 +91,7 @@ func TestKillingHandler(t *testing.T) {
 				}
 			},
 		})
-		ready, err := p.WaitReady(30 * time.Second)
+		ready, err := p.WaitReady(time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,10 +107,10 @@ func TestKillingHandler(t *testing.T) {
 		Name: "orders",
 		Args: []string{"-role", "sender", "-dialect", "sqlite", "-dsn", orders.dsn, "-peer", proxy.Addr(), "-secret", secret, "-rate", "0"},
 	})
-	if _, err := sender.WaitReady(30 * time.Second); err != nil {
+	if _, err := sender.WaitReady(time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	defer sender.Stop(10 * time.Second)
+	defer sender.Stop(stopTimeout)
 
 	// Supervise the receiver until the killer is dead-lettered and every
 	// other message has its effect.
@@ -126,10 +126,10 @@ func TestKillingHandler(t *testing.T) {
 		return dead == 1 && len(effects) >= normal
 	}
 	starts := 1
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute) // a bound on a hang, not on speed
 	for !done() {
 		if time.Now().After(deadline) {
-			t.Fatalf("after 90s and %d receiver starts (%d deaths in the killer's handler): the killer is not dead-lettered, or messages are missing", starts, deaths)
+			t.Fatalf("after 3 minutes and %d receiver starts (%d deaths in the killer's handler): the killer is not dead-lettered, or messages are missing", starts, deaths)
 		}
 		select {
 		case <-receiver.Done():
@@ -142,7 +142,7 @@ func TestKillingHandler(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if err := receiver.Stop(10 * time.Second); err != nil {
+	if err := receiver.Stop(stopTimeout); err != nil {
 		t.Logf("receiver stop: %v", err)
 	}
 

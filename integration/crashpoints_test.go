@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 )
@@ -94,22 +95,55 @@ func crashWindows(hits map[string]int) []string {
 	return missing
 }
 
+// windowsGrace bounds how long the crash-point loop goes on after the fault
+// phase, for the windows a scenario of full length must hit and has not hit
+// yet: a loaded machine gets fewer turns in the fault phase, which must
+// cost time, not fail the test.
+const windowsGrace = 2 * time.Minute
+
 // crashPointLoop arms the library's crash points one after the other, in
 // the order of crashPoints, with random gaps, until ctx ends (see
 // armCrashPoint). A point not reached in time is armed again at the next
 // turn, up to twice in a row, while its window has not been hit in this
 // scenario. It holds c.serial while it acts, so that it and the crash loop
-// take turns, and arms nothing once ctx ended.
+// take turns, and arms nothing once ctx ended, unless the scenario must hit
+// every window (sc.windows) and some is not hit yet: then it goes on alone
+// for up to windowsGrace, arming only the points of those windows.
 func (c *cluster) crashPointLoop(ctx context.Context, rng *rand.Rand, gapLo, gapHi time.Duration) {
+	grace, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		if !c.sc.windows {
+			cancel()
+			return
+		}
+		time.AfterFunc(windowsGrace, cancel)
+	})
+	defer stop()
 	next, again := 0, 0
-	for pause(ctx, between(rng, gapLo, gapHi)) {
+	for pause(grace, between(rng, gapLo, gapHi)) {
+		if ctx.Err() != nil { // the fault phase is over
+			c.mu.Lock()
+			missing := crashWindows(windowHits(c.points.fired, c.died))
+			c.mu.Unlock()
+			if len(missing) == 0 {
+				return
+			}
+			for k := range len(crashPoints) { // the next point of a missing window
+				if i := (next + k) % len(crashPoints); slices.Contains(missing, crashPoints[i].window) {
+					next = i
+					break
+				}
+			}
+			c.logf("fault phase over, windows not hit yet: %s; arming %s", strings.Join(missing, ", "), crashPoints[next].name)
+		}
 		c.serial.Lock()
-		if ctx.Err() != nil {
+		if grace.Err() != nil {
 			c.serial.Unlock()
 			return
 		}
 		c.countFault("arm-crash-point")
-		i, reached := c.armNext(ctx, rng, next)
+		i, reached := c.armNext(grace, rng, next)
 		c.serial.Unlock()
 		next = (i + 1) % len(crashPoints)
 		if w := crashPoints[i].window; !reached && w != "" && again < 2 {

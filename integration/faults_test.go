@@ -240,7 +240,7 @@ func (c *cluster) restart(ctx context.Context, rng *rand.Rand, s *service, grace
 	d := between(rng, 0, 1500*time.Millisecond)
 	if graceful {
 		start := time.Now()
-		if err := s.stop(10 * time.Second); err != nil {
+		if err := s.stop(stopTimeout); err != nil {
 			c.t.Errorf("%v", err)
 		}
 		c.logf("fault: stopped %s (SIGTERM, took %v), restart in %v", s.name, time.Since(start).Round(time.Millisecond), d.Round(time.Millisecond))
