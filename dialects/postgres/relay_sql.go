@@ -30,6 +30,13 @@ const (
 	//     row of its key was claimed, and would otherwise be sent beside it.
 	//     Looking at the next 16 covers up to 15 such rows of one key and
 	//     keeps the check bounded.
+	// destination is compared as a range (>= $1 AND <= $1), not as an
+	// equality, where a scan must follow a claim index: with an equality the
+	// planner treats destination as a constant, so the primary key (seq
+	// order) satisfies the ORDER BY as well, and on some statistics it
+	// walked the primary key past every row of a long key to find unkeyed
+	// rows; the range leaves the claim index the only ordered path (sorts
+	// are off in the claim's transaction).
 	// The candidates are locked with SKIP LOCKED, so concurrent claimers
 	// never wait for each other nor take the same row; a row locked by
 	// another claimer and committed before this statement reaches it is
@@ -75,23 +82,24 @@ SELECT key FROM k WHERE key IS NOT NULL`
 		AND NOT EXISTS (
 			SELECT 1 FROM (
 				SELECT n.locked_until, n.expires_at FROM {schema}durable_outbox n
-				WHERE n.destination = $1 AND n.key = k.key AND n.key <> '' AND n.sent_at IS NULL
-					AND n.seq > h.seq
+				WHERE n.destination >= $1 AND n.destination <= $1 AND n.key = k.key AND n.key <> ''
+					AND n.sent_at IS NULL AND n.seq > h.seq
 				ORDER BY n.destination, n.key, n.seq
 				LIMIT 16) n
 			WHERE n.locked_until > now() AND (n.expires_at IS NULL OR n.expires_at > now()))
 ), unkeyed AS (
 	SELECT o.seq FROM {schema}durable_outbox o
-	WHERE o.destination = $1 AND o.key = '' AND o.sent_at IS NULL AND o.deliver_at <= now()
-		AND (o.locked_until IS NULL OR o.locked_until <= now())
+	WHERE o.destination >= $1 AND o.destination <= $1 AND o.key = '' AND o.sent_at IS NULL
+		AND o.deliver_at <= now() AND (o.locked_until IS NULL OR o.locked_until <= now())
 	ORDER BY o.destination, o.seq
 	LIMIT {limit}
-), cand AS (
-	SELECT o.seq FROM {schema}durable_outbox o
-	WHERE o.seq IN (SELECT seq FROM heads UNION ALL SELECT seq FROM unkeyed)
-		AND o.sent_at IS NULL AND (o.locked_until IS NULL OR o.locked_until <= now())
-	ORDER BY o.seq
+), oldest AS (
+	SELECT c.seq FROM (SELECT seq FROM heads UNION ALL SELECT seq FROM unkeyed) c
+	ORDER BY c.seq
 	LIMIT {limit}
+), cand AS (
+	SELECT o.seq FROM {schema}durable_outbox o JOIN oldest ON o.seq = oldest.seq
+	WHERE o.sent_at IS NULL AND (o.locked_until IS NULL OR o.locked_until <= now())
 	FOR UPDATE OF o SKIP LOCKED
 )
 UPDATE {schema}durable_outbox o SET
