@@ -31,8 +31,11 @@ func ExampleOutbox_Enqueue() {
 	db, _ := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
 	defer db.Close()
 	up, _ := migrations.FS(migrations.SQLite)
-	schema, _ := fs.ReadFile(up, "0001_init.up.sql")
-	db.Exec(string(schema))
+	names, _ := fs.Glob(up, "*.up.sql") // every migration, in order
+	for _, name := range names {
+		schema, _ := fs.ReadFile(up, name)
+		db.Exec(string(schema))
+	}
 	db.Exec(`CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)`)
 
 	d, err := sqlite.New(db)
@@ -75,8 +78,11 @@ func ExampleRelay() {
 	db, _ := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
 	defer db.Close()
 	up, _ := migrations.FS(migrations.SQLite)
-	schema, _ := fs.ReadFile(up, "0001_init.up.sql")
-	db.Exec(string(schema))
+	names, _ := fs.Glob(up, "*.up.sql") // every migration, in order
+	for _, name := range names {
+		schema, _ := fs.ReadFile(up, name)
+		db.Exec(string(schema))
+	}
 	d, err := sqlite.New(db)
 	if err != nil {
 		fmt.Println(err)
@@ -122,7 +128,19 @@ func ExampleRelay() {
 	})
 	tx.Commit()
 
-	e := <-received
+	var e transport.Envelope
+	select {
+	case e = <-received:
+	case err := <-done:
+		stop()
+		fmt.Println("Run returned early:", err)
+		return
+	case <-time.After(time.Minute):
+		fmt.Println("nothing received within a minute")
+		stop()
+		<-done
+		return
+	}
 	fmt.Println("received:", e.ID, e.Topic, string(e.Payload), "attempt", e.Attempt)
 
 	stop() // graceful: the batch in flight is acknowledged first
@@ -145,8 +163,11 @@ func ExampleOutbox_Replay() {
 	db, _ := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
 	defer db.Close()
 	up, _ := migrations.FS(migrations.SQLite)
-	schema, _ := fs.ReadFile(up, "0001_init.up.sql")
-	db.Exec(string(schema))
+	names, _ := fs.Glob(up, "*.up.sql") // every migration, in order
+	for _, name := range names {
+		schema, _ := fs.ReadFile(up, name)
+		db.Exec(string(schema))
+	}
 	d, err := sqlite.New(db)
 	if err != nil {
 		fmt.Println(err)
@@ -184,7 +205,11 @@ func ExampleOutbox_Replay() {
 	tx.Commit()
 
 	var dead []outbox.DeadLetter
-	for len(dead) == 0 {
+	for deadline := time.Now().Add(time.Minute); len(dead) == 0; {
+		if time.Now().After(deadline) {
+			fmt.Println("no dead letter within a minute")
+			return
+		}
 		time.Sleep(10 * time.Millisecond)
 		dead, _ = ob.DeadLetters(ctx, outbox.DeadLetterFilter{Destination: "billing"})
 	}
@@ -192,8 +217,12 @@ func ExampleOutbox_Replay() {
 
 	n, _ := ob.Replay(ctx, outbox.DeadLetterFilter{IDs: []string{"invoice-7"}})
 	fmt.Println("replayed:", n)
-	e := <-received
-	fmt.Println("received:", e.ID, string(e.Payload))
+	select {
+	case e := <-received:
+		fmt.Println("received:", e.ID, string(e.Payload))
+	case <-time.After(time.Minute):
+		fmt.Println("nothing received within a minute")
+	}
 	// Output:
 	// dead letter: invoice-7 rejected unknown customer 7
 	// replayed: 1
