@@ -107,11 +107,17 @@ type ownConn func(ctx context.Context) (q querier, release func(broken bool), er
 // inOwnTx runs fn in a short transaction of its own on a connection of its
 // own, begun with sqlInboxOwnTx, and commits.
 func (c *core) inOwnTx(ctx context.Context, fn func(q querier) error) (err error) {
+	return c.inOwnTxBegun(ctx, sqlInboxOwnTx, fn)
+}
+
+// inOwnTxBegun is inOwnTx with begin, a statement that begins the
+// transaction and sets it up, in place of sqlInboxOwnTx.
+func (c *core) inOwnTxBegun(ctx context.Context, begin string, fn func(q querier) error) (err error) {
 	q, release, err := c.conn(ctx)
 	if err != nil {
 		return err
 	}
-	if err := q.exec(ctx, sqlInboxOwnTx); err != nil {
+	if err := q.exec(ctx, begin); err != nil {
 		release(true)
 		return err
 	}

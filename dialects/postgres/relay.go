@@ -65,32 +65,41 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 	}
 	stmt = strings.ReplaceAll(stmt, "{limit}", strconv.Itoa(cl.Limit))
 	var out []dialects.ClaimedRow
-	err := c.inOwnTx(ctx, func(q querier) error {
-		args := []any{cl.Destination, cl.Token, micros(cl.Lease)}
-		if !cl.ExpiredOnly {
-			// The keys whose heads this claim may take: see sqlOutboxKeys.
-			visit := keyscan.PerClaim(cl.Limit)
-			after := c.keys.Start(cl.Destination)
-			rs, err := q.query(ctx, c.q.outboxKeys, cl.Destination, after, visit)
+	err := c.inOwnTxBegun(ctx, sqlOutboxOwnTx, func(q querier) error {
+		if cl.ExpiredOnly {
+			rs, err := q.query(ctx, stmt, cl.Destination, cl.Token, micros(cl.Lease))
 			if err != nil {
 				return err
 			}
-			keys, err := scanAll(rs, func(rs rows, k *string) error { return rs.Scan(k) })
-			if err != nil {
-				return err
-			}
-			c.keys.Visited(cl.Destination, after, keys, visit)
-			if keys == nil {
-				keys = []string{}
-			}
-			args = append(args, keys)
+			out, err = scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
+			return err
 		}
-		rs, err := q.query(ctx, stmt, args...)
+		// The keys whose heads this claim may take: see sqlClaimOutbox.
+		visit := keyscan.PerClaim(cl.Limit)
+		after := c.keys.Start(cl.Destination)
+		rs, err := q.query(ctx, stmt, cl.Destination, cl.Token, micros(cl.Lease), after, visit)
 		if err != nil {
 			return err
 		}
-		out, err = scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
-		return err
+		var (
+			last    pgtype.Text
+			visited int32
+		)
+		rows, err := scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error {
+			return scanOutbox(rs, &r.OutboxRow, &r.Expired, &last, &visited)
+		})
+		if err != nil {
+			return err
+		}
+		// The last row (seq 0) says which keys the claim visited.
+		for _, r := range rows {
+			if r.Seq != 0 {
+				out = append(out, r)
+				continue
+			}
+			c.keys.VisitedTo(cl.Destination, after, last.String, int(visited), visit)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, c.opError(ctx, "claim outbox", err)

@@ -39,9 +39,19 @@ func (c *Cursors) Start(destination string) string {
 // claim continues after the last of them, or from the first key when this
 // one reached the end.
 func (c *Cursors) Visited(destination, after string, keys []string, limit int) {
+	last := ""
+	if len(keys) > 0 {
+		last = keys[len(keys)-1]
+	}
+	c.VisitedTo(destination, after, last, len(keys), limit)
+}
+
+// VisitedTo is Visited for a claim that reports only the last key it
+// visited and how many it visited.
+func (c *Cursors) VisitedTo(destination, after, last string, n, limit int) {
 	next := ""
-	if len(keys) >= limit && len(keys) > 0 {
-		next = keys[len(keys)-1]
+	if n >= limit && n > 0 {
+		next = last
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
