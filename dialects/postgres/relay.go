@@ -81,23 +81,35 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 		if err != nil {
 			return err
 		}
+		// One row (seq 0, which no outbox row has) says which keys the
+		// claim visited: the last of them and how many.
 		var (
 			last    pgtype.Text
 			visited int32
+			summary bool
 		)
 		rows, err := scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error {
-			return scanOutbox(rs, &r.OutboxRow, &r.Expired, &last, &visited)
+			var l pgtype.Text
+			var n int32
+			if err := scanOutbox(rs, &r.OutboxRow, &r.Expired, &l, &n); err != nil {
+				return err
+			}
+			if r.Seq == 0 {
+				last, visited, summary = l, n, true
+			}
+			return nil
 		})
 		if err != nil {
 			return err
 		}
-		// The last row (seq 0) says which keys the claim visited.
+		if !summary {
+			return errors.New("the claim returned no summary row")
+		}
+		c.keys.VisitedTo(cl.Destination, after, last.String, int(visited), visit)
 		for _, r := range rows {
 			if r.Seq != 0 {
 				out = append(out, r)
-				continue
 			}
-			c.keys.VisitedTo(cl.Destination, after, last.String, int(visited), visit)
 		}
 		return nil
 	})
