@@ -64,8 +64,8 @@ var copyColumns = []string{"id", "destination", "topic", "key", "headers", "payl
 type queries struct {
 	schemaVersion, insertOutbox, insertOutboxOne, deleteSeqs, existing, listOutbox string
 
-	claimOutbox, claimExpiredOutbox, ackDelete, ackRetain, release, deadLetterOutbox string
-	outboxStats, outboxDestinations, purgeOutbox                                     string
+	outboxKeys, claimOutbox, claimExpiredOutbox, ackDelete, ackRetain, release, deadLetterOutbox string
+	outboxStats, outboxDestinations, purgeOutbox                                                 string
 
 	insertInbox, uninsertInboxDead, claimInbox, lockInbox, finishInbox string
 	rescueInbox, purgeInbox, inboxStats, listInbox                     string
@@ -83,6 +83,7 @@ func newQueries(qualifier string) *queries {
 		existing:        r.Replace(sqlExistingOutbox),
 		listOutbox:      r.Replace(sqlListOutbox),
 
+		outboxKeys:         r.Replace(sqlOutboxKeys),
 		claimOutbox:        r.Replace(sqlClaimOutbox),
 		claimExpiredOutbox: r.Replace(sqlClaimExpiredOutbox),
 		ackDelete:          r.Replace(sqlAckDelete),

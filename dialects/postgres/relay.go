@@ -66,52 +66,31 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 	stmt = strings.ReplaceAll(stmt, "{limit}", strconv.Itoa(cl.Limit))
 	var out []dialects.ClaimedRow
 	err := c.inOwnTxBegun(ctx, sqlOutboxOwnTx, func(q querier) error {
-		if cl.ExpiredOnly {
-			rs, err := q.query(ctx, stmt, cl.Destination, cl.Token, micros(cl.Lease))
+		args := []any{cl.Destination, cl.Token, micros(cl.Lease)}
+		if !cl.ExpiredOnly {
+			// The keys whose heads this claim may take: see sqlOutboxKeys.
+			visit := keyscan.PerClaim(cl.Limit)
+			after := c.keys.Start(cl.Destination)
+			rs, err := q.query(ctx, c.q.outboxKeys, cl.Destination, after, visit)
 			if err != nil {
 				return err
 			}
-			out, err = scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
-			return err
-		}
-		// The keys whose heads this claim may take: see sqlClaimOutbox.
-		visit := keyscan.PerClaim(cl.Limit)
-		after := c.keys.Start(cl.Destination)
-		rs, err := q.query(ctx, stmt, cl.Destination, cl.Token, micros(cl.Lease), after, visit)
-		if err != nil {
-			return err
-		}
-		// One row (seq 0, which no outbox row has) says which keys the
-		// claim visited: the last of them and how many.
-		var (
-			last    pgtype.Text
-			visited int32
-			summary bool
-		)
-		rows, err := scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error {
-			var l pgtype.Text
-			var n int32
-			if err := scanOutbox(rs, &r.OutboxRow, &r.Expired, &l, &n); err != nil {
+			keys, err := scanAll(rs, func(rs rows, k *string) error { return rs.Scan(k) })
+			if err != nil {
 				return err
 			}
-			if r.Seq == 0 {
-				last, visited, summary = l, n, true
+			c.keys.Visited(cl.Destination, after, keys, visit)
+			if keys == nil {
+				keys = []string{}
 			}
-			return nil
-		})
+			args = append(args, keys)
+		}
+		rs, err := q.query(ctx, stmt, args...)
 		if err != nil {
 			return err
 		}
-		if !summary {
-			return errors.New("the claim returned no summary row")
-		}
-		c.keys.VisitedTo(cl.Destination, after, last.String, int(visited), visit)
-		for _, r := range rows {
-			if r.Seq != 0 {
-				out = append(out, r)
-			}
-		}
-		return nil
+		out, err = scanAll(rs, func(rs rows, r *dialects.ClaimedRow) error { return scanOutbox(rs, &r.OutboxRow, &r.Expired) })
+		return err
 	})
 	if err != nil {
 		return nil, c.opError(ctx, "claim outbox", err)

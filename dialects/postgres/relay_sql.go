@@ -9,13 +9,11 @@ const (
 	// the claim's limit, never by the backlog's shape.
 	//
 	// sqlOutboxOwnTx begins a claim's transaction: sqlInboxOwnTx, plus
-	// generic plans. The claim's text is constant, so it is prepared once
-	// per connection and its plan could be kept; left to choose, Postgres
-	// went on planning custom ones. Measured at W3's 200 messages/s (most
-	// claims find nothing), with the key scan as a statement of its own:
-	// 1.14 ms a claim, 0.57 ms with generic plans; with the key scan
-	// folded into the claim, 0.49 ms, against 0.42 ms for the claim before
-	// keys were visited (durable bench --workloads w3 --json, "calls").
+	// generic plans. Both statements of a claim have a constant text, so
+	// they are prepared once per connection and their plans can be kept;
+	// left to choose, Postgres went on planning custom ones. At W3's 200
+	// messages/s (most claims find nothing) a claim took 1.14 ms, 0.57 ms
+	// with generic plans (0.42 ms before keys were visited).
 	sqlOutboxOwnTx = sqlInboxOwnTx + `; SET LOCAL plan_cache_mode = force_generic_plan`
 
 	// sqlOutboxKeys visits the ordering keys of the destination that have
@@ -29,7 +27,7 @@ const (
 	// sqlClaimOutbox then takes, oldest first, up to {limit} of
 	//   - the due, unleased unkeyed rows (durable_outbox_unkeyed_idx, in seq
 	//     order), and
-	//   - the head of each visited key: the key's oldest unsent row,
+	//   - the head of each visited key ($4): the key's oldest unsent row,
 	//     whatever its state, when it is due and unleased. A row behind its
 	//     key's head is never a candidate, so the rows of one key leave one
 	//     at a time and in enqueue order. Nor is a head whose key has one of
@@ -69,29 +67,30 @@ const (
 	// hash join whose build side is a sequential scan of the whole outbox:
 	// on 100,000 unsent rows a 1,000-row claim read every row (377 ms,
 	// against 45 ms for the nested loop over the 1,000 candidates).
-	sqlClaimOutbox = `WITH RECURSIVE k(key, n) AS (
+	sqlOutboxKeys = `WITH RECURSIVE k(key, n) AS (
 	SELECT (SELECT e.key FROM {schema}durable_outbox e
-		WHERE e.destination = $1 AND e.key > $4 AND e.key <> '' AND e.sent_at IS NULL
+		WHERE e.destination = $1 AND e.key > $2 AND e.key <> '' AND e.sent_at IS NULL
 		ORDER BY e.destination, e.key LIMIT 1), 1
 	UNION ALL
 	SELECT (SELECT e.key FROM {schema}durable_outbox e
 		WHERE e.destination = $1 AND e.key > k.key AND e.key <> '' AND e.sent_at IS NULL
 		ORDER BY e.destination, e.key LIMIT 1), k.n + 1
-	FROM k WHERE k.key IS NOT NULL AND k.n < $5::integer
-), visited AS (
-	SELECT key FROM k WHERE key IS NOT NULL
-), heads AS (
-	SELECT h.seq FROM visited
+	FROM k WHERE k.key IS NOT NULL AND k.n < $3
+)
+SELECT key FROM k WHERE key IS NOT NULL`
+
+	sqlClaimOutbox = `WITH heads AS (
+	SELECT h.seq FROM unnest($4::text[]) AS k(key)
 	CROSS JOIN LATERAL (
 		SELECT e.seq, e.deliver_at, e.locked_until FROM {schema}durable_outbox e
-		WHERE e.destination = $1 AND e.key = visited.key AND e.key <> '' AND e.sent_at IS NULL
+		WHERE e.destination = $1 AND e.key = k.key AND e.key <> '' AND e.sent_at IS NULL
 		ORDER BY e.destination, e.key, e.seq
 		LIMIT 1) h
 	WHERE h.deliver_at <= now() AND (h.locked_until IS NULL OR h.locked_until <= now())
 		AND NOT EXISTS (
 			SELECT 1 FROM (
 				SELECT n.locked_until, n.expires_at FROM {schema}durable_outbox n
-				WHERE n.destination >= $1 AND n.destination <= $1 AND n.key = visited.key AND n.key <> ''
+				WHERE n.destination >= $1 AND n.destination <= $1 AND n.key = k.key AND n.key <> ''
 					AND n.sent_at IS NULL AND n.seq > h.seq
 				ORDER BY n.destination, n.key, n.seq
 				LIMIT 16) n
@@ -110,22 +109,16 @@ const (
 	SELECT o.seq FROM {schema}durable_outbox o JOIN oldest ON o.seq = oldest.seq
 	WHERE o.sent_at IS NULL AND (o.locked_until IS NULL OR o.locked_until <= now())
 	FOR UPDATE OF o SKIP LOCKED
-), claimed AS (
-	UPDATE {schema}durable_outbox o SET
-		locked_by = $2,
-		locked_until = now() + $3::bigint * interval '1 microsecond',
-		attempts = o.attempts + CASE WHEN o.expires_at <= now() THEN 0 ELSE 1 END
-	FROM cand
-	WHERE o.seq = cand.seq
-	RETURNING o.seq, o.id, o.destination, o.topic, o.key, o.headers, o.payload, o.created_at, o.deliver_at,
-		o.expires_at, o.attempts, o.locked_by, o.locked_until, o.last_error, o.sent_at,
-		coalesce(o.expires_at <= now(), false) AS expired
 )
-SELECT claimed.*, NULL::text, 0 FROM claimed
-UNION ALL
-SELECT 0::bigint, '', '', '', '', '{}'::jsonb, ''::bytea, now(), now(), NULL::timestamptz, 0, NULL::text,
-	NULL::timestamptz, NULL::text, NULL::timestamptz, false,
-	(SELECT max(key) FROM visited), (SELECT count(*)::integer FROM visited)`
+UPDATE {schema}durable_outbox o SET
+	locked_by = $2,
+	locked_until = now() + $3::bigint * interval '1 microsecond',
+	attempts = o.attempts + CASE WHEN o.expires_at <= now() THEN 0 ELSE 1 END
+FROM cand
+WHERE o.seq = cand.seq
+RETURNING o.seq, o.id, o.destination, o.topic, o.key, o.headers, o.payload, o.created_at, o.deliver_at,
+	o.expires_at, o.attempts, o.locked_by, o.locked_until, o.last_error, o.sent_at,
+	coalesce(o.expires_at <= now(), false)`
 
 	// ClaimOutbox with ExpiredOnly: the expired unsent rows of a
 	// destination that no live lease holds, in seq order, whatever their
