@@ -39,19 +39,9 @@ func (c *Cursors) Start(destination string) string {
 // claim continues after the last of them, or from the first key when this
 // one reached the end.
 func (c *Cursors) Visited(destination, after string, keys []string, limit int) {
-	last := ""
-	if len(keys) > 0 {
-		last = keys[len(keys)-1]
-	}
-	c.VisitedTo(destination, after, last, len(keys), limit)
-}
-
-// VisitedTo is Visited for a claim that reports only the last key it
-// visited and how many it visited.
-func (c *Cursors) VisitedTo(destination, after, last string, n, limit int) {
 	next := ""
-	if n >= limit && n > 0 {
-		next = last
+	if n := len(keys); n >= limit && n > 0 {
+		next = keys[n-1]
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
