@@ -57,9 +57,12 @@ type InboxStore[TTx any] interface {
 	// row of its (source, key) is in the inbox; otherwise it is stored
 	// ready. The rows of the same call are not part of that check (on
 	// Postgres they are one statement), so a caller asks it for at most
-	// the first row of a key in rows. InsertInbox sets the State of every stored row to what it
-	// stored (InboxStateReady or InboxStateHandled). The other fields of
-	// rows are ignored.
+	// the first row of a key in rows. A row stored handled keeps its
+	// LeaseToken (if not empty) as its lease token, so that FinishInbox
+	// with that token can still settle it otherwise (retried, dead) in tx
+	// when its handler fails; a row stored ready has none. InsertInbox sets
+	// the State of every stored row to what it stored (InboxStateReady or
+	// InboxStateHandled). The other fields of rows are ignored.
 	InsertInbox(ctx context.Context, tx TTx, rows []InboxRow) ([]bool, error)
 
 	// ClaimInbox leases up to c.Limit due ready rows (run_at ≤ now) to
@@ -88,7 +91,10 @@ type InboxStore[TTx any] interface {
 	// FinishInbox settles claimed rows in tx, in bulk (one statement on
 	// Postgres), guarded by state 'running' and token, and returns how many
 	// rows it changed; a row leased to another token or no longer running
-	// is left alone and not counted. See InboxOutcome.
+	// is left alone and not counted. A row InsertInbox stored handled under
+	// token (its LeaseToken) is settled too: that is how a caller handling
+	// rows inline retries or dead-letters those whose handler failed. See
+	// InboxOutcome.
 	FinishInbox(ctx context.Context, tx TTx, token string, outcomes []InboxOutcome) (int, error)
 
 	// RescueInbox makes up to limit running rows whose lease expired ready

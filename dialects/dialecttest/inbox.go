@@ -23,6 +23,7 @@ func (s inboxSuite[TTx]) run(t *testing.T) {
 	t.Run("InsertLargeBatch", s.insertLargeBatch)
 	t.Run("InsertDeadLetterDuplicate", s.insertDeadLetterDuplicate)
 	t.Run("InsertHandled", s.insertHandled)
+	t.Run("InsertHandledFinish", s.insertHandledFinish)
 	t.Run("Claim", s.claim)
 	t.Run("ClaimTopics", s.claimTopics)
 	t.Run("ClaimOrderingKeys", s.claimOrderingKeys)
@@ -1056,4 +1057,81 @@ func (s inboxSuite[TTx]) insertHandled(t *testing.T) {
 	}
 	slices.Sort(ids)
 	inboxWant(t, "claimed after the insert", ids, old.ID, keyBusy.ID, expired.ID, notAsked.ID)
+}
+
+// insertHandledFinish: a row stored handled under a token (the inline
+// caller's) can still be settled otherwise by FinishInbox with that token in
+// the same transaction: retried (ready, its error recorded, its attempt
+// kept or taken back) or dead-lettered. Another token, or none, settles
+// nothing; a row stored handled without a token is settled by no token.
+func (s inboxSuite[TTx]) insertHandledFinish(t *testing.T) {
+	d := s.h.Open(t)
+	const token = "tok-inline"
+	handled := func(n int, tok string) dialects.InboxRow {
+		r := InboxRow(n, "orders")
+		r.State, r.LeaseToken = dialects.InboxStateHandled, tok
+		return r
+	}
+	ok, retried, released, dead, untokened := handled(1, token), handled(2, token), handled(3, token), handled(4, token), handled(5, "")
+	rows := []dialects.InboxRow{ok, retried, released, dead, untokened}
+	ctx := ctxFor(t)
+	tx, err := d.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = d.Rollback(ctx, tx) }()
+	stored, err := d.InsertInbox(ctx, tx, rows)
+	if err != nil {
+		t.Fatalf("InsertInbox: %v", err)
+	}
+	if !slices.Equal(stored, []bool{true, true, true, true, true}) {
+		t.Fatalf("stored = %v, want all", stored)
+	}
+	for _, r := range rows {
+		if r.State != dialects.InboxStateHandled {
+			t.Fatalf("row %s stored %q, want handled", r.ID, r.State)
+		}
+	}
+	outs := []dialects.InboxOutcome{
+		{Source: retried.Source, ID: retried.ID, Kind: dialects.InboxRetry, RetryAfter: time.Hour, Error: "boom"},
+		{Source: released.Source, ID: released.ID, Kind: dialects.InboxRetry, UndoAttempt: true},
+		{Source: dead.Source, ID: dead.ID, Kind: dialects.InboxDead, Reason: "permanent", Error: "bad"},
+	}
+	for _, other := range []string{"tok-other", ""} {
+		if n, err := d.FinishInbox(ctx, tx, other, append(outs, dialects.InboxOutcome{Source: untokened.Source, ID: untokened.ID, Kind: dialects.InboxRetry})); err != nil || n != 0 {
+			t.Fatalf("FinishInbox with token %q = %d, %v; want 0 settled", other, n, err)
+		}
+	}
+	if n, err := d.FinishInbox(ctx, tx, token, outs); err != nil || n != 3 {
+		t.Fatalf("FinishInbox with the insert's token = %d, %v; want 3", n, err)
+	}
+	if err := d.Commit(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.one(t, d, ok.Source, ok.ID); got.State != dialects.InboxStateHandled || got.Attempts != 1 || got.HandledAt.IsZero() {
+		t.Errorf("handled row: state %q attempts %d handled_at %v; want handled, 1, set", got.State, got.Attempts, got.HandledAt)
+	}
+	if got := s.one(t, d, untokened.Source, untokened.ID); got.State != dialects.InboxStateHandled || got.LeaseToken != "" {
+		t.Errorf("row stored handled without a token: state %q token %q; want handled, none", got.State, got.LeaseToken)
+	}
+	got := s.one(t, d, retried.Source, retried.ID)
+	if got.State != dialects.InboxStateReady || got.Attempts != 1 || got.LastError != "boom" || len(got.Errors) != 1 ||
+		got.Errors[0].Attempt != 1 || !got.HandledAt.IsZero() || got.LeaseToken != "" || !got.RunAt.After(time.Now().Add(50*time.Minute)) {
+		t.Errorf("retried row %+v; want ready, attempt 1 kept, error boom recorded, run_at in an hour, no token", got)
+	}
+	got = s.one(t, d, released.Source, released.ID)
+	if got.State != dialects.InboxStateReady || got.Attempts != 0 || got.LastError != "" || got.LeaseToken != "" || got.RunAt.After(time.Now().Add(time.Minute)) {
+		t.Errorf("released row %+v; want ready now, attempt taken back, no error, no token", got)
+	}
+	if rest := s.list(t, d, dialects.InboxQuery{IDs: []string{dead.ID}}); len(rest) != 0 {
+		t.Errorf("dead-lettered row still in the inbox: %+v", rest)
+	}
+	dl := s.dead(t, d, dialects.DeadLetterQuery{})
+	if len(dl) != 1 || dl[0].ID != dead.ID || dl[0].Reason != "permanent" || dl[0].LastError != "bad" || dl[0].Attempts != 1 {
+		t.Fatalf("dead letters %+v; want %s, permanent, bad, 1 attempt", dl, dead.ID)
+	}
+	// Nothing stored handled is claimed; the retried row waits an hour and
+	// the released one is claimed at once.
+	c := s.claimN(t, d, "tok-after", 10, inboxLease)
+	inboxWant(t, "claimed after the inline settle", inboxIDs(c), released.ID)
 }

@@ -36,6 +36,7 @@ func (c *core) insertInbox(ctx context.Context, q querier, rows []dialects.Inbox
 		payloads                            = make([][]byte, n)
 		created, expires, runAt             = make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
 		handle                              = make([]bool, n)
+		tokens                              = make([]string, n)
 	)
 	for i := range rows {
 		r := &rows[i]
@@ -47,9 +48,12 @@ func (c *core) insertInbox(ctx context.Context, q querier, rows []dialects.Inbox
 		payloads[i] = payloadOf(r.Payload)
 		created[i], expires[i], runAt[i] = nullTime(r.CreatedAt), nullTime(r.ExpiresAt), nullTime(r.RunAt)
 		handle[i] = r.State == dialects.InboxStateHandled
+		if handle[i] {
+			tokens[i] = r.LeaseToken
+		}
 	}
 	got, err := queryAll(ctx, c, q, "insert inbox", c.q.insertInbox,
-		[]any{sources, ids, topics, keys, headers, payloads, created, expires, runAt, handle}, scanInsertedInbox)
+		[]any{sources, ids, topics, keys, headers, payloads, created, expires, runAt, handle, tokens}, scanInsertedInbox)
 	if err != nil {
 		return nil, err
 	}

@@ -13,17 +13,20 @@ const (
 	// letters. A row asked to be stored handled ($10, for a caller that
 	// handles it in this transaction) is, when it is due, not expired and no
 	// other unfinished row of its (source, key) is in the inbox
-	// (durable_inbox_key_idx); otherwise it is stored ready.
+	// (durable_inbox_key_idx); otherwise it is stored ready. A row stored
+	// handled keeps the caller's token ($11) as its lease_token, so that
+	// FinishInbox can settle it otherwise in the same transaction.
 	sqlInsertInbox = `INSERT INTO {schema}durable_inbox
-	(source, id, topic, key, headers, payload, created_at, expires_at, run_at, state, attempts, handled_at)
+	(source, id, topic, key, headers, payload, created_at, expires_at, run_at, state, attempts, handled_at, lease_token)
 SELECT r.source, r.id, r.topic, r.key, r.headers::jsonb, r.payload,
 	coalesce(r.created_at, now()), r.expires_at, coalesce(r.run_at, now()),
 	CASE WHEN h.ok THEN 'handled' ELSE 'ready' END,
 	CASE WHEN h.ok THEN 1 ELSE 0 END,
-	CASE WHEN h.ok THEN clock_timestamp() END
+	CASE WHEN h.ok THEN clock_timestamp() END,
+	CASE WHEN h.ok THEN nullif(r.token, '') END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
-	$7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::boolean[]) WITH ORDINALITY
-	AS r(source, id, topic, key, headers, payload, created_at, expires_at, run_at, handle, ord)
+	$7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::boolean[], $11::text[]) WITH ORDINALITY
+	AS r(source, id, topic, key, headers, payload, created_at, expires_at, run_at, handle, token, ord)
 CROSS JOIN LATERAL (SELECT r.handle
 	AND coalesce(r.run_at, now()) <= now()
 	AND (r.expires_at IS NULL OR r.expires_at > now())
@@ -93,6 +96,9 @@ FOR UPDATE OF i`
 	// earlier dead letter of the same message, replayed since, is updated
 	// in place and keeps its first_failed_at and replayed_at). kind: h
 	// handled, r retry, d dead.
+	// Rows are guarded by the token and state running, or state handled
+	// for rows InsertInbox stored handled under the token in this
+	// transaction (inline handling whose handler failed).
 	sqlFinishInbox = `WITH o AS (
 	SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::boolean[], $8::text[])
 		AS o(source, id, kind, err, delay_us, undo, reason)
@@ -110,12 +116,12 @@ FOR UPDATE OF i`
 		lease_token = NULL, locked_by = NULL, locked_until = NULL
 	FROM o
 	WHERE o.kind <> 'd' AND i.source = o.source AND i.id = o.id
-		AND i.state = 'running' AND i.lease_token = $1
+		AND i.state IN ('running', 'handled') AND i.lease_token = $1
 	RETURNING 1
 ), moved AS (
 	DELETE FROM {schema}durable_inbox i USING o
 	WHERE o.kind = 'd' AND i.source = o.source AND i.id = o.id
-		AND i.state = 'running' AND i.lease_token = $1
+		AND i.state IN ('running', 'handled') AND i.lease_token = $1
 	RETURNING i.source, i.id, i.topic, i.key, i.headers, i.payload, i.created_at, i.expires_at,
 		i.attempts, o.reason, coalesce(nullif(o.err, ''), i.last_error, '') AS last_error,
 		CASE WHEN o.err = '' THEN i.errors

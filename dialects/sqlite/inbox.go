@@ -20,7 +20,7 @@ import (
 const inboxErrorTimeLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // inboxInsertColumns is the number of parameters per row of InsertInbox.
-const inboxInsertColumns = 10
+const inboxInsertColumns = 11
 
 // InboxChunkRows is how many rows one INSERT statement of InsertInbox
 // carries; larger batches are split into statements of this size.
@@ -34,16 +34,19 @@ const (
 	// handled that is due and not expired (decided by the caller, the
 	// process clock being the database's), else NULL; the row is then
 	// stored handled when no other unfinished row of its (source, key) is
-	// in the inbox (durable_inbox_key_idx).
+	// in the inbox (durable_inbox_key_idx). column11 is the lease token a
+	// row stored handled keeps (NULL for none), so that FinishInbox can
+	// settle it otherwise in the same transaction.
 	sqlInboxInsertHead = `INSERT INTO durable_inbox
-	(source, id, topic, key, headers, payload, created_at, expires_at, run_at, state, attempts, handled_at)
+	(source, id, topic, key, headers, payload, created_at, expires_at, run_at, state, attempts, handled_at, lease_token)
 SELECT w.column1, w.column2, w.column3, w.column4, w.column5, w.column6, w.column7, w.column8, w.column9,
-	CASE WHEN w.ok THEN 'handled' ELSE 'ready' END, w.ok, CASE WHEN w.ok THEN w.column10 END
+	CASE WHEN w.ok THEN 'handled' ELSE 'ready' END, w.ok, CASE WHEN w.ok THEN w.column10 END,
+	CASE WHEN w.ok THEN w.column11 END
 FROM (SELECT v.*, v.column10 IS NOT NULL AND (v.column4 = '' OR NOT EXISTS (
 		SELECT 1 FROM durable_inbox p
 		WHERE p.source = v.column1 AND p.key = v.column4 AND p.key <> '' AND p.state <> 'handled')) AS ok
 	FROM (VALUES `
-	sqlInboxInsertRow = `(?,?,?,?,?,?,?,?,?,?)`
+	sqlInboxInsertRow = `(?,?,?,?,?,?,?,?,?,?,?)`
 	// NOT EXISTS skips messages already in the dead letters; the WHERE also
 	// tells SQLite's parser that ON CONFLICT is the upsert clause.
 	sqlInboxInsertTail = `) AS v) AS w
@@ -82,7 +85,10 @@ JOIN durable_inbox i ON i.source = json_extract(k.value, '$[0]') AND i.id = json
 WHERE i.state = 'running' AND i.lease_token = ?1`
 
 	// Outcomes travel as one JSON array of [source, id, kind, error, run_at,
-	// undo, reason]; kind: h handled, r retry, d dead.
+	// undo, reason]; kind: h handled, r retry, d dead. The finishing
+	// statements guard rows by the token and state running, or state
+	// handled for rows InsertInbox stored handled under the token in this
+	// transaction (inline handling whose handler failed).
 	sqlInboxOutcomes = `o AS (
 	SELECT json_extract(value, '$[0]') AS source, json_extract(value, '$[1]') AS id,
 		json_extract(value, '$[2]') AS kind, json_extract(value, '$[3]') AS err,
@@ -103,7 +109,7 @@ UPDATE durable_inbox AS i SET
 	lease_token = NULL, locked_by = NULL, locked_until = NULL
 FROM o
 WHERE o.kind <> 'd' AND i.source = o.source AND i.id = o.id
-	AND i.state = 'running' AND i.lease_token = ?2`
+	AND i.state IN ('running', 'handled') AND i.lease_token = ?2`
 
 	// A message dead-lettered before (and replayed since) updates its row,
 	// keeping first_failed_at and replayed_at, with a failed_at later than
@@ -114,7 +120,7 @@ WHERE o.kind <> 'd' AND i.source = o.source AND i.id = o.id
 		CASE WHEN o.err = '' THEN i.errors
 			ELSE json_insert(i.errors, '$[#]', json_object('attempt', i.attempts, 'at', ?4, 'error', o.err)) END AS errors
 	FROM durable_inbox i JOIN o ON i.source = o.source AND i.id = o.id
-	WHERE o.kind = 'd' AND i.state = 'running' AND i.lease_token = ?2)
+	WHERE o.kind = 'd' AND i.state IN ('running', 'handled') AND i.lease_token = ?2)
 INSERT INTO durable_dead_letters AS dl
 	(side, id, source, destination, topic, key, headers, payload, created_at, expires_at,
 	reason, attempts, last_error, errors, first_failed_at, failed_at)
@@ -131,7 +137,7 @@ ON CONFLICT (side, source, destination, id) DO UPDATE SET
 	sqlInboxFinishDelete = `DELETE FROM durable_inbox
 WHERE (source, id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
 		FROM json_each(?1) WHERE json_extract(value, '$[2]') = 'd')
-	AND state = 'running' AND lease_token = ?2`
+	AND state IN ('running', 'handled') AND lease_token = ?2`
 
 	// ?1 now, ?2 error time, ?3 limit.
 	sqlInboxRescue = `UPDATE durable_inbox SET
@@ -202,12 +208,15 @@ func (d *Dialect) InsertInbox(ctx context.Context, tx *sql.Tx, rows []dialects.I
 			if err != nil {
 				return nil, fmt.Errorf("durable/sqlite: insert inbox: headers of %q: %w", r.ID, err)
 			}
-			var handleAt any // NULL: store ready
+			var handleAt, token any // NULL: store ready; no token
 			if r.State == dialects.InboxStateHandled && !r.RunAt.After(t) && (r.ExpiresAt.IsZero() || r.ExpiresAt.After(t)) {
 				handleAt = now
+				if r.LeaseToken != "" {
+					token = r.LeaseToken
+				}
 			}
 			args = append(args, r.Source, r.ID, r.Topic, r.Key, headers, payloadOf(r.Payload),
-				timeOr(r.CreatedAt, now), nullTime(r.ExpiresAt), timeOr(r.RunAt, now), handleAt)
+				timeOr(r.CreatedAt, now), nullTime(r.ExpiresAt), timeOr(r.RunAt, now), handleAt, token)
 		}
 		got, err := queryAll(ctx, tx, "insert inbox", inboxInsertSQL(len(part)), args, scanInserted)
 		if err != nil {
