@@ -5,17 +5,20 @@ package postgres
 // microseconds ($n::bigint) and are added to now(), the database's clock;
 // an UPDATE or DELETE statement's now() is fixed for the whole statement.
 const (
-	// Claim, in two statements of one short transaction, each bounded by
-	// the claim's limit, never by the backlog's shape.
-	//
-	// sqlOutboxOwnTx begins a claim's transaction: sqlInboxOwnTx, plus
-	// generic plans. Both statements of a claim have a constant text, so
-	// they are prepared once per connection and their plans can be kept;
-	// left to choose, Postgres went on planning custom ones. At W3's 200
-	// messages/s (most claims find nothing) a claim took 1.14 ms, 0.57 ms
-	// with generic plans (0.42 ms before keys were visited).
+	// sqlOutboxOwnTx begins a claim's own short transaction like
+	// sqlInboxOwnTx, with its settings (for the reasons given at
+	// ClaimOutbox), and sets plan_cache_mode = force_generic_plan. Both
+	// statements of a claim have a constant text, so they are prepared
+	// once per connection and their plans can be kept; left to choose,
+	// Postgres kept choosing custom plans for the claim. Forcing generic
+	// plans took a claim at W3's 200 messages/s (most claims find nothing)
+	// from 1.14 ms to 0.57 ms (0.42 ms before keys were visited). That is
+	// an effect measured with durable bench, not seen in a plan dump.
 	sqlOutboxOwnTx = sqlInboxOwnTx + `; SET LOCAL plan_cache_mode = force_generic_plan`
 
+	// Claim, in two statements of one short transaction (sqlOutboxOwnTx),
+	// each bounded by the claim's limit, never by the backlog's shape.
+	//
 	// sqlOutboxKeys visits the ordering keys of the destination that have
 	// unsent rows, in key order after $2, at most $3 of them: a loose scan
 	// of durable_outbox_key_idx, one index probe per key however many rows
@@ -23,7 +26,18 @@ const (
 	// destination stopped and starts the next one there (wrapping around at
 	// the end), so that with more keys than a claim visits every key has
 	// its turn.
-	//
+	sqlOutboxKeys = `WITH RECURSIVE k(key, n) AS (
+	SELECT (SELECT e.key FROM {schema}durable_outbox e
+		WHERE e.destination = $1 AND e.key > $2 AND e.key <> '' AND e.sent_at IS NULL
+		ORDER BY e.destination, e.key LIMIT 1), 1
+	UNION ALL
+	SELECT (SELECT e.key FROM {schema}durable_outbox e
+		WHERE e.destination = $1 AND e.key > k.key AND e.key <> '' AND e.sent_at IS NULL
+		ORDER BY e.destination, e.key LIMIT 1), k.n + 1
+	FROM k WHERE k.key IS NOT NULL AND k.n < $3
+)
+SELECT key FROM k WHERE key IS NOT NULL`
+
 	// sqlClaimOutbox then takes, oldest first, up to {limit} of
 	//   - the due, unleased unkeyed rows (durable_outbox_unkeyed_idx, in seq
 	//     order), and
@@ -67,18 +81,6 @@ const (
 	// hash join whose build side is a sequential scan of the whole outbox:
 	// on 100,000 unsent rows a 1,000-row claim read every row (377 ms,
 	// against 45 ms for the nested loop over the 1,000 candidates).
-	sqlOutboxKeys = `WITH RECURSIVE k(key, n) AS (
-	SELECT (SELECT e.key FROM {schema}durable_outbox e
-		WHERE e.destination = $1 AND e.key > $2 AND e.key <> '' AND e.sent_at IS NULL
-		ORDER BY e.destination, e.key LIMIT 1), 1
-	UNION ALL
-	SELECT (SELECT e.key FROM {schema}durable_outbox e
-		WHERE e.destination = $1 AND e.key > k.key AND e.key <> '' AND e.sent_at IS NULL
-		ORDER BY e.destination, e.key LIMIT 1), k.n + 1
-	FROM k WHERE k.key IS NOT NULL AND k.n < $3
-)
-SELECT key FROM k WHERE key IS NOT NULL`
-
 	sqlClaimOutbox = `WITH heads AS (
 	SELECT h.seq FROM unnest($4::text[]) AS k(key)
 	CROSS JOIN LATERAL (
