@@ -35,8 +35,35 @@ type Relayer interface {
 	// in enqueue order. Where rows can commit out of seq order (Postgres), a
 	// row is also held back while a later unexpired row of its key is in
 	// flight or waiting for a retry, which happens when the earlier row's
-	// transaction committed after the later one was claimed. Claims by concurrent callers never return the same
-	// row (FOR UPDATE SKIP LOCKED on Postgres; one writer on SQLite).
+	// transaction committed after the later one was claimed. Claims by
+	// concurrent callers never return the same row (FOR UPDATE SKIP LOCKED
+	// on Postgres; one writer on SQLite).
+	//
+	// Keyed rows are reached through their keys, a bounded number of keys
+	// per claim. A claim takes, oldest (lowest seq) first and up to c.Limit
+	// in all, the due unkeyed rows and the heads (oldest unsent row) of at
+	// most min(c.Limit, 1000) ordering keys of the destination, each when
+	// claimable as above. Those keys are visited in key order among the
+	// keys that have an unsent row, round robin: starting after the last
+	// key the destination's previous claim visited, or at the first key
+	// when that claim visited fewer keys than its maximum (it reached the
+	// last key; a claim does not wrap around within itself). So a claim's
+	// cost is bounded by its limit, whatever one key's backlog (a key costs
+	// a few index probes, never a scan of its rows), and with more keys
+	// than a claim visits, every key gets its turn, whichever keys keep
+	// receiving rows. A turn is a visit, not a row: a visited key whose head
+	// is in flight, waiting for a retry or scheduled later yields nothing,
+	// and a claimable head is not taken when c.Limit older candidates
+	// (unkeyed rows or other heads) fill the claim; it waits for its key's
+	// next turn. A claim can therefore return fewer than c.Limit rows while
+	// keys it did not visit have claimable heads.
+	//
+	// Where the previous claim stopped is kept per destination in the
+	// memory of the dialect value (dialects/internal/keyscan): not shared
+	// between processes nor persisted, it starts at the first key. It moves
+	// when the claim has read its keys, before the rows are leased, and not
+	// when another claim of the destination moved it meanwhile. An
+	// ExpiredOnly claim visits no keys and leaves it alone.
 	//
 	// Claiming counts an attempt (Attempts+1) and clears nothing else. A row
 	// whose ExpiresAt has passed is claimed too, with Expired set and its
