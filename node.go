@@ -78,8 +78,16 @@ type Config[TTx any] struct {
 	// and Logger when they are unset.
 	Relay outbox.RelayConfig
 	// Inbox configures the workers. The Node sets Name and Logger when they
-	// are unset.
+	// are unset, and turns Inline on unless DisableInline is set.
 	Inbox inbox.Config
+	// DisableInline keeps the inbox from handling delivered messages in the
+	// delivery's own transaction (inbox.Config.Inline, which a Node turns on
+	// by default): every message then waits for a worker. Inline handling
+	// costs one write per message instead of four and no wait for a worker;
+	// its handlers' time adds to the sender's wait for the ACK (bounded by
+	// Inbox.InlineTimeout, default 1s). Topics with slow handlers are better
+	// given a Queue (never handled inline) than inline handling turned off.
+	DisableInline bool
 	// Server configures the TCP server. The Node sets NodeID, Secret,
 	// AcceptSecrets, TLS, Insecure and Logger from the fields above when
 	// they are unset.
@@ -249,6 +257,7 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	}
 
 	ic := cfg.Inbox
+	ic.Inline = !cfg.DisableInline
 	if ic.Name == "" {
 		ic.Name = cfg.Name
 	}

@@ -382,3 +382,87 @@ func hasAttr(attrs []attribute.KeyValue, key, value string) bool {
 	}
 	return false
 }
+
+// TestNodeInlineByDefault: a Node's inbox handles delivered messages inline
+// (the batch-size histogram's queue "inline") unless DisableInline is set,
+// and then its workers do (queue "default"). One message fails once: its
+// handler runs once per attempt either way.
+func TestNodeInlineByDefault(t *testing.T) {
+	for _, disable := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DisableInline=%v", disable), func(t *testing.T) {
+			const n = 20
+			ordersDB, ordersD := openSQLite(t)
+			_, billingD := openSQLite(t)
+			reader := sdkmetric.NewManualReader()
+			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+			t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+			ln := listener(t)
+			billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{
+				Name: "billing", Listener: ln, MeterProvider: mp, DisableInline: disable,
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			calls := map[string]int{}
+			billing.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+				mu.Lock()
+				defer mu.Unlock()
+				calls[string(m.Payload)]++
+				if string(m.Payload) == "7" && m.Attempt == 1 {
+					return errors.New("fails its first attempt")
+				}
+				return nil
+			})
+			orders, err := durable.NewNode(ordersD, fastConfig(durable.Config[*sql.Tx]{
+				Name:  "orders",
+				Peers: map[string]durable.Peer{"billing": {Addr: ln.Addr().String()}},
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			runNode(t, billing)
+			runNode(t, orders)
+			ctx := context.Background()
+			tx, err := ordersDB.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				if err := orders.Enqueue(ctx, tx, &outbox.Message{Destination: "billing", Topic: "order.placed", Payload: fmt.Appendf(nil, "%d", i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "every message handled", func() (bool, error) {
+				s, err := billing.Inbox().Stats(ctx)
+				return s.Handled == n, err
+			})
+			mu.Lock()
+			for i := range n {
+				want := 1
+				if i == 7 {
+					want = 2
+				}
+				if got := calls[fmt.Sprint(i)]; got != want {
+					t.Errorf("message %d: handler called %d times, want %d (once per attempt)", i, got, want)
+				}
+			}
+			mu.Unlock()
+			var m map[string]metricdata.Aggregation
+			waitFor(t, "the handled messages in the metrics", func() (bool, error) {
+				m = metricsOf(t, reader)
+				return sumOf(m, "durable.inbox.handled") == n+1, nil
+			})
+			inline, workers := histCount(m, "durable.inbox.batch.size", "durable.queue", "inline"), histCount(m, "durable.inbox.batch.size", "durable.queue", "default")
+			if disable && (inline != 0 || workers != n+1) {
+				t.Errorf("with DisableInline: %d messages handled inline, %d by workers; want 0 and %d", inline, workers, n+1)
+			}
+			if !disable && (inline == 0 || inline+workers != n+1) {
+				t.Errorf("by default: %d messages handled inline, %d by workers; want most inline, %d in all", inline, workers, n+1)
+			}
+		})
+	}
+}

@@ -15,16 +15,15 @@ import (
 	"github.com/durable-go/durable/transport"
 )
 
-// TestOptimisticFallback: a batch runs without per-message savepoints; when
-// a handler fails, the batch is rolled back and run again with savepoints,
-// without calling the failed handler again. Effects commit once, the failed
-// message counts one attempt, the others none extra; a careful (savepoint)
-// run calls each handler once.
-func TestOptimisticFallback(t *testing.T) {
-	each(t, testOptimisticFallback[pgx.Tx], testOptimisticFallback[*sql.Tx])
+// TestOneCallPerAttempt: in a batch where one handler fails, every handler
+// runs once: the failing one is rolled back to its savepoint alone, the
+// others' effects commit once, the failed message counts one attempt, the
+// others none extra.
+func TestOneCallPerAttempt(t *testing.T) {
+	each(t, testOneCallPerAttempt[pgx.Tx], testOneCallPerAttempt[*sql.Tx])
 }
 
-func testOptimisticFallback[TTx any](t *testing.T, f *fixture[TTx]) {
+func testOneCallPerAttempt[TTx any](t *testing.T, f *fixture[TTx]) {
 	ib := newInbox(t, f, nil)
 	var mu sync.Mutex
 	calls := map[string]int{}
@@ -44,23 +43,17 @@ func testOptimisticFallback[TTx any](t *testing.T, f *fixture[TTx]) {
 		count(m)
 		return effect(f)(ctx, tx, m)
 	})
-	run := func(optimistic bool) bool {
-		t.Helper()
-		q := ib.queues[len(ib.queues)-1]
-		token, rs, err := ib.claim(context.Background(), q, "test")
-		if err != nil || len(rs) == 0 {
-			t.Fatalf("claim: %d rows, %v", len(rs), err)
-		}
-		return ib.processMode(context.Background(), q, "test", token, rs, optimistic)
-	}
+	q := ib.queues[len(ib.queues)-1]
 	e1, e2, e3 := envelope(1, "ok"), envelope(2, "bad"), envelope(3, "ok")
 	deliver(t, ib, batch("orders", e1, e2, e3))
-	if !run(true) {
-		t.Fatal("a failing handler did not make the batch fall back")
+	token, rs, err := ib.claim(context.Background(), q, "test")
+	if err != nil || len(rs) != 3 {
+		t.Fatalf("claim: %d rows, %v", len(rs), err)
 	}
+	ib.process(context.Background(), q, "test", token, rs)
 	assertEffectsOnce(t, f, []string{e1.ID, e3.ID})
-	if calls[e1.ID] != 2 || calls[e2.ID] != 1 || calls[e3.ID] != 1 {
-		t.Fatalf("calls %v; want 2 for the one before the failure (rolled back once), 1 for the others", calls)
+	if calls[e1.ID] != 1 || calls[e2.ID] != 1 || calls[e3.ID] != 1 {
+		t.Fatalf("calls %v; want 1 each", calls)
 	}
 	for _, e := range []string{e1.ID, e3.ID} {
 		if r := row(t, ib, "orders", e); r.State != dialects.InboxStateHandled || r.Attempts != 1 || len(r.Errors) != 0 {
@@ -73,12 +66,12 @@ func testOptimisticFallback[TTx any](t *testing.T, f *fixture[TTx]) {
 
 }
 
-// TestOptimisticNoFallback: a batch of good handlers runs once, optimistic.
-func TestOptimisticNoFallback(t *testing.T) {
-	each(t, testOptimisticNoFallback[pgx.Tx], testOptimisticNoFallback[*sql.Tx])
+// TestGoodBatch: a batch of good handlers runs each once and commits.
+func TestGoodBatch(t *testing.T) {
+	each(t, testGoodBatch[pgx.Tx], testGoodBatch[*sql.Tx])
 }
 
-func testOptimisticNoFallback[TTx any](t *testing.T, f *fixture[TTx]) {
+func testGoodBatch[TTx any](t *testing.T, f *fixture[TTx]) {
 	ib := newInbox(t, f, nil)
 	var mu sync.Mutex
 	calls := 0
@@ -95,25 +88,22 @@ func testOptimisticNoFallback[TTx any](t *testing.T, f *fixture[TTx]) {
 	if err != nil || len(rs) != 2 {
 		t.Fatalf("claim: %d rows, %v", len(rs), err)
 	}
-	if ib.processMode(context.Background(), q, "test", token, rs, true) {
-		t.Fatal("a batch of good handlers fell back")
-	}
+	ib.process(context.Background(), q, "test", token, rs)
 	if calls != 2 {
 		t.Fatalf("%d calls, want 2", calls)
 	}
 	assertEffectsOnce(t, f, []string{e4.ID, e5.ID})
 }
 
-// TestOptimisticBrokenTx (Postgres): a handler that swallows an error and
-// returns nil leaves the transaction aborted. The optimistic run fails at
-// the next handler or at the release; the run with savepoints then blames
-// the breaker alone, and the handler after it, whose failure was not its
-// own, runs again and succeeds.
-func TestOptimisticBrokenTx(t *testing.T) {
-	each(t, testOptimisticBrokenTx[pgx.Tx], testOptimisticBrokenTx[*sql.Tx])
+// TestBrokenTxBlamed (Postgres): a handler that swallows an error and
+// returns nil leaves the transaction aborted. The next savepoint step finds
+// it: the breaker's work is rolled back and it alone fails; the handler
+// after it runs once, on a usable transaction, and succeeds.
+func TestBrokenTxBlamed(t *testing.T) {
+	each(t, testBrokenTxBlamed[pgx.Tx], testBrokenTxBlamed[*sql.Tx])
 }
 
-func testOptimisticBrokenTx[TTx any](t *testing.T, f *fixture[TTx]) {
+func testBrokenTxBlamed[TTx any](t *testing.T, f *fixture[TTx]) {
 	if !strings.HasPrefix(f.name, "postgres") {
 		t.Skip("an error does not abort a SQLite transaction")
 	}
@@ -125,7 +115,11 @@ func testOptimisticBrokenTx[TTx any](t *testing.T, f *fixture[TTx]) {
 			_ = f.txExec(ctx, tx, `SELECT 1/0`) // swallowed: tx is aborted
 			return nil
 		})
-		ib.HandleFunc("ok", effect(f))
+		var okCalls calls
+		ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+			okCalls.add(m.ID)
+			return effect(f)(ctx, tx, m)
+		})
 		src := fmt.Sprintf("broken-%v", tail)
 		envs := []transport.Envelope{envelope(1, "ok"), envelope(2, "breaker")}
 		if !tail {
@@ -137,14 +131,17 @@ func testOptimisticBrokenTx[TTx any](t *testing.T, f *fixture[TTx]) {
 		if err != nil || len(rs) != len(envs) {
 			t.Fatalf("claim: %d rows, %v", len(rs), err)
 		}
-		if !ib.processMode(context.Background(), q, "test", token, rs, true) {
-			t.Fatal("a broken transaction did not make the batch fall back")
-		}
+		ib.process(context.Background(), q, "test", token, rs)
 		want := []string{envs[0].ID}
 		if !tail {
 			want = append(want, envs[2].ID)
 		}
 		assertEffectsOnce(t, f, want)
+		for _, id := range want {
+			if n := okCalls.get(id); n != 1 {
+				t.Fatalf("tail %v: handler of %s called %d times, want 1", tail, id, n)
+			}
+		}
 		for _, e := range envs {
 			r := row(t, ib, src, e.ID)
 			if e.Topic == "breaker" {

@@ -9,14 +9,13 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TestHandlerEndsTxInnocentNotBlamed (found in review): doc.go ("Failures"): "If a handler leaves the
-// batch transaction unusable (... a handler that commits or rolls back tx),
-// the batch is rolled back: that message counts a failed attempt and the
-// others are released to run again, without counting theirs." In the
-// optimistic run (worker.go handleAll), the rogue returns nil, the next
-// handler fails on the closed tx, ROLLBACK TO fails, and worker.go:336 names
-// the NEXT message the culprit. With MaxAttempts 1 the innocent message is
-// dead-lettered (reason handler_error) and the rogue is handled.
+// TestHandlerEndsTxInnocentNotBlamed (found in review): a handler that
+// ends the batch transaction (commits or rolls it back) and returns nil is
+// the culprit, not the message after it. The next savepoint step fails,
+// and so does the rollback to the savepoint, which went with the
+// transaction: the batch is broken, and the last handler that returned nil
+// is blamed. With MaxAttempts 1 the rogue is dead-lettered (reason
+// handler_error) and the innocent message is handled.
 func TestHandlerEndsTxInnocentNotBlamed(t *testing.T) {
 	t.Run("postgres-pgx", func(t *testing.T) {
 		testHandlerEndsTxInnocentNotBlamed(t, openPgx(t, ""), func(ctx context.Context, tx pgx.Tx) error { return tx.Rollback(ctx) })

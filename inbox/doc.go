@@ -72,10 +72,11 @@
 //
 // # Inline handling
 //
-// With Config.Inline, a delivered batch is handled in the transaction that
-// stores it, while Run runs: Deliver inserts the messages already marked
-// handled (one attempt), runs their handlers in that transaction, one
-// after the other, and commits; only then does the sender get its ACK. A
+// With Config.Inline (on by default in a durable.Node), a delivered batch
+// is handled in the transaction that stores it, while Run runs: Deliver
+// inserts the messages already marked handled (one attempt), runs their
+// handlers in that transaction, one after the other, and commits; only
+// then does the sender get its ACK. A
 // message then costs one write instead of four (insert, claim, lock,
 // settle) and never waits for a worker: on the project's 2-core machine it
 // took the bulk benchmark from 16,000 to about 46,000 messages/s end to end on
@@ -88,24 +89,29 @@
 // when its topic has no handler or a Queue of its own (a queue exists to
 // give its topics workers and a concurrency of their own), when it is due
 // later or expired, or when another message of its ordering key is still
-// unfinished in the inbox. If a handler fails (an error of any kind,
-// Retry included, a panic, or InlineTimeout passing for the batch's
-// handlers), or the transaction fails, the whole delivery is rolled back
-// and stored for the workers, which handle it as usual: the failed handler
-// runs again there, as do the handlers that had succeeded before it (their
-// writes were rolled back), and the inline run counts no attempt. After a
-// fallback the next eight deliveries go to the workers directly, so that a
-// failing topic does not run every handler twice. A process that dies in
-// the middle of an inline batch loses its transaction and sends no ACK:
-// the sender sends the batch again, and a message sent before (its
-// envelope's Attempt above 1) is always stored for the workers. So a
-// handler that kills the process (a fatal error, an exit, the OOM killer)
-// does not do it again at every resend: the workers count an attempt when
-// they claim a message, and dead-letter it after MaxAttempts. A worker
-// that claims a batch holding messages whose last attempt was lost (a
-// worker died or stalled past its lease) runs them one at a time, so that
-// such a message costs the others of its first batch one attempt, not one
-// per crash.
+// unfinished in the inbox. Each inline handler runs after a savepoint, as
+// in a worker's batch, and runs once per attempt: a handler that fails (an
+// error of any kind, Retry included, or a panic) is rolled back to its
+// savepoint alone, and its message is settled in the same transaction as a
+// worker would settle it: a failed attempt with its error, retried by the
+// workers after Backoff or dead-lettered (a Retry snoozes it without
+// counting one). The other messages of
+// the delivery are handled inline all the same. Once InlineTimeout has
+// passed for the batch's handlers, the running handler sees its ctx end
+// (a failed attempt) and the messages not started yet are stored for the
+// workers without counting one. Only when the transaction itself fails is
+// the whole delivery rolled back and stored for the workers, which then
+// run its handlers again: the first run's work was lost with its
+// transaction. A process that dies in the middle of an inline batch loses
+// its transaction and sends no ACK: the sender sends the batch again, and a
+// message sent before (its envelope's Attempt above 1) is always stored for
+// the workers. So a handler that kills the process (a fatal error, an
+// exit, the OOM killer) does not do it again at every resend: the workers
+// count an attempt when they claim a message, and dead-letter it after
+// MaxAttempts. A worker that claims a batch holding messages whose last
+// attempt was lost (a worker died or stalled past its lease) runs them one
+// at a time, so that such a message costs the others of its first batch one
+// attempt, not one per crash.
 //
 // Handlers run inline in the transport's delivery, so their time adds to
 // the sender's wait for its ACK (keep InlineTimeout well under the

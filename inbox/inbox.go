@@ -91,11 +91,13 @@ type Config struct {
 	// one write per message instead of four, one transaction per delivered
 	// batch, and no wait for a worker. See "Inline handling" in the package
 	// documentation for when a message is handled inline and what happens
-	// when a handler fails. Off: every message waits for a worker.
+	// when a handler fails. Off: every message waits for a worker. A
+	// durable.Node turns it on unless its Config.DisableInline is set.
 	Inline bool
 	// InlineTimeout bounds the handlers of one delivered batch handled
-	// inline; when it passes, the batch is stored for the workers instead.
-	// Zero: DefaultInlineTimeout.
+	// inline; when it passes, the running handler's attempt fails and the
+	// messages not started yet are stored for the workers without counting
+	// an attempt. Zero: DefaultInlineTimeout.
 	InlineTimeout time.Duration
 
 	// HandlerTimeout bounds each handler call (its ctx ends then). Zero:
@@ -202,12 +204,9 @@ type Inbox[TTx any] struct {
 	hk     *housekeep.Runner
 
 	running atomic.Bool
-	// inline is set while Run runs and Config.Inline is on; inlineCool
-	// counts the deliveries left to store for the workers after an inline
-	// batch fell back (see deliverInline).
-	inline     atomic.Bool
-	inlineCool atomic.Int32
-	queued     map[string]bool // topics of the Queues: never handled inline
+	// inline is set while Run runs and Config.Inline is on.
+	inline atomic.Bool
+	queued map[string]bool // topics of the Queues: never handled inline
 }
 
 // queue is a Queue, or the default queue, with its wake-up signal.

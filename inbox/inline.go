@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
@@ -9,11 +10,6 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/crashpoint"
 )
-
-// inlineCooldown is how many deliveries after an inline batch fell back are
-// stored for the workers without trying inline: while handlers keep
-// failing, running them twice would cost more than inline handling saves.
-const inlineCooldown = 8
 
 // canInline reports whether r may be handled inline: its topic has a
 // handler and belongs to no Queue (a queue exists to give its topics
@@ -30,11 +26,13 @@ func (ib *Inbox[TTx]) canInline(r *dialects.InboxRow) bool {
 // deliverInline stores rows and handles those it can in the same
 // transaction (see "Inline handling" in doc.go), and reports which rows were
 // stored, as insert does; the State of each stored row tells whether it was
-// handled. If a handler fails, or the transaction does, everything is
-// rolled back and the rows are stored for the workers instead, so that the
-// failure is handled by the worker's machinery (attempts, backoff, dead
-// letters, a savepoint per message): the failed handler runs again there,
-// and the other handlers' work in the rolled-back transaction is redone.
+// handled inline. Each handler runs after a savepoint, as in a worker's
+// batch: a failing one is rolled back alone and its message settled as a
+// failed attempt (retried later by the workers, or dead-lettered) in the
+// same transaction, so no handler runs twice for one attempt. Only if the
+// transaction itself fails (or a handler ended it) is everything rolled
+// back and stored for the workers, which then run the handlers again: the
+// work of the first run was lost with its transaction.
 //
 // A row whose envelope was sent before (resent[i]: Attempt > 1) is not
 // handled inline. Its earlier delivery got no ACK: the link may have
@@ -45,10 +43,6 @@ func (ib *Inbox[TTx]) canInline(r *dialects.InboxRow) bool {
 // attempt when they claim a message, so a handler that keeps crashing
 // ends in the dead letters after MaxAttempts.
 func (ib *Inbox[TTx]) deliverInline(ctx context.Context, rows []dialects.InboxRow, resent []bool) ([]bool, error) {
-	if ib.inlineCool.Load() > 0 {
-		ib.inlineCool.Add(-1)
-		return ib.insert(ctx, rows)
-	}
 	want := false
 	// Only the first message of a key in the batch may go inline: the
 	// insert's check of the key's unfinished messages does not see the
@@ -79,10 +73,9 @@ func (ib *Inbox[TTx]) deliverInline(ctx context.Context, rows []dialects.InboxRo
 	if err == nil {
 		return stored, nil
 	}
-	ib.inlineCool.Store(inlineCooldown)
-	ib.log.Debug("durable/inbox: inline handling failed; the batch is stored for the workers", "messages", len(rows), "err", err)
+	ib.log.Warn("durable/inbox: the inline transaction failed; the batch is stored for the workers", "messages", len(rows), "err", err)
 	for i := range rows {
-		rows[i].State = ""
+		rows[i].State, rows[i].LeaseToken = "", ""
 	}
 	return ib.insert(ctx, rows)
 }
@@ -90,6 +83,12 @@ func (ib *Inbox[TTx]) deliverInline(ctx context.Context, rows []dialects.InboxRo
 // tryInline is deliverInline's transaction. Its error means the transaction
 // was rolled back and nothing of it stays.
 func (ib *Inbox[TTx]) tryInline(ctx context.Context, rows []dialects.InboxRow) (_ []bool, err error) {
+	token := rand.Text() // guards the settling of rows whose handler fails
+	for i := range rows {
+		if rows[i].State == dialects.InboxStateHandled {
+			rows[i].LeaseToken = token
+		}
+	}
 	tx, err := ib.beginDelivery(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -103,34 +102,69 @@ func (ib *Inbox[TTx]) tryInline(ctx context.Context, rows []dialects.InboxRow) (
 	if err != nil {
 		return nil, err
 	}
-	hctx, cancel := context.WithTimeout(ctx, ib.cfg.InlineTimeout)
-	defer cancel()
-	var (
-		handled  []dialects.InboxRow
-		outcomes []dialects.InboxOutcome
-		now      = time.Now()
-	)
+	var inline []dialects.InboxRow
+	now := time.Now()
 	for i := range rows {
 		r := &rows[i]
-		if !stored[i] || r.State != dialects.InboxStateHandled {
-			continue
+		if stored[i] && r.State == dialects.InboxStateHandled {
+			r.Attempts, r.ReceivedAt = 1, now
+			inline = append(inline, *r)
 		}
-		r.Attempts, r.ReceivedAt = 1, now
-		timeout := ib.policy(r.Topic).timeout
-		if herr := ib.call(hctx, timeout, tx, r); herr != nil {
-			if errors.Is(hctx.Err(), context.DeadlineExceeded) {
-				herr = fmt.Errorf("the inline batch took longer than InlineTimeout (%v): %w", ib.cfg.InlineTimeout, herr)
+	}
+	// InlineTimeout bounds the handlers: once it passes, the running
+	// handler sees its ctx end and fails its attempt, and the messages not
+	// started yet are released to the workers without counting one.
+	hctx, cancel := context.WithTimeout(ctx, ib.cfg.InlineTimeout)
+	defer cancel()
+	outcomes, broken := ib.handle(hctx, hctx, ctx, tx, inline)
+	if broken != nil {
+		if c := broken.culprit; c != nil {
+			return nil, fmt.Errorf("message %s: %w", c.ID, broken.err)
+		}
+		return nil, broken.err
+	}
+	var unhandled []dialects.InboxOutcome
+	for i := range outcomes {
+		o := &outcomes[i]
+		if o.Kind != dialects.InboxHandled {
+			if o.Error != "" && errors.Is(hctx.Err(), context.DeadlineExceeded) {
+				o.Error = fmt.Sprintf("the inline batch took longer than InlineTimeout (%v): %s", ib.cfg.InlineTimeout, o.Error)
 			}
-			return nil, fmt.Errorf("message %s: %w", r.ID, herr)
+			unhandled = append(unhandled, *o)
 		}
-		handled = append(handled, *r)
-		outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxHandled})
+	}
+	if len(unhandled) > 0 {
+		n, err := ib.store.FinishInbox(ctx, tx, token, unhandled)
+		if err != nil {
+			return nil, fmt.Errorf("settle the failed messages: %w", err)
+		}
+		if n != len(unhandled) {
+			return nil, fmt.Errorf("settle the failed messages: %d of %d settled", n, len(unhandled))
+		}
 	}
 	crashpoint.Hit("inbox.inline.after-handlers")
 	if err := ib.d.Commit(ctx, tx); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
-	ib.mx.claimed("inline", len(handled))
-	ib.settled(ib.log, handled, outcomes)
+	for i := range rows {
+		rows[i].LeaseToken = ""
+	}
+	if len(unhandled) > 0 {
+		// What was not handled is stored for the workers: Deliver wakes
+		// them for rows not stored handled, and a retry due before the
+		// next poll gets a wake-up of its own.
+		left := make(map[dialects.InboxKey]bool, len(unhandled))
+		for _, o := range unhandled {
+			left[dialects.InboxKey{Source: o.Source, ID: o.ID}] = true
+		}
+		for i := range rows {
+			if left[dialects.InboxKey{Source: rows[i].Source, ID: rows[i].ID}] {
+				rows[i].State = dialects.InboxStateReady
+			}
+		}
+		ib.wakeForRetries(ib.wakeAll, unhandled)
+	}
+	ib.mx.claimed("inline", len(inline))
+	ib.settled(ib.log, inline, outcomes)
 	return stored, nil
 }

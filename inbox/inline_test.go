@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,18 +106,20 @@ func testInline[TTx any](t *testing.T, f *fixture[TTx]) {
 	}
 }
 
-// TestInlineFallback: a failing handler makes the whole delivery fall back
-// to the workers: after Deliver nothing is handled and nothing of the
-// inline transaction remains; the workers then handle the good messages
-// once and fail the bad one by the usual policy, counting its attempts from
-// one.
-func TestInlineFallback(t *testing.T) {
-	each(t, testInlineFallback[pgx.Tx], testInlineFallback[*sql.Tx])
+// TestInlineFailure: a failing handler fails its own message only, and
+// every handler runs once per attempt. After Deliver the good messages are
+// handled inline (their effects committed once), the bad one has counted a
+// failed attempt with its error and waits for a worker; the worker's retry
+// is its second and last attempt (MaxAttempts 2), which dead-letters it.
+// Nobody's handler runs twice for one attempt.
+func TestInlineFailure(t *testing.T) {
+	each(t, testInlineFailure[pgx.Tx], testInlineFailure[*sql.Tx])
 }
 
-func testInlineFallback[TTx any](t *testing.T, f *fixture[TTx]) {
+func testInlineFailure[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := inlineConfig(t)
 	cfg.MaxAttempts = 2
+	cfg.Backoff = func(int) time.Duration { return 0 }
 	ib := newInbox(t, f, cfg)
 	var c calls
 	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
@@ -137,28 +140,29 @@ func testInlineFallback[TTx any](t *testing.T, f *fixture[TTx]) {
 	if s := statuses(res, 3); s[0] != transport.Accepted || s[1] != transport.Accepted || s[2] != transport.Accepted {
 		t.Fatalf("statuses %v, want accepted", s)
 	}
-	ib.wakeAll()
-	// The inline transaction ran e1 and e2, then rolled back (e3 never
-	// ran inline); the workers then ran each again, e2 twice (MaxAttempts
-	// 2: the inline attempt is not counted).
-	waitFor(t, "the workers to settle the batch", 60*time.Second, func() bool {
+	// Handled inline before Deliver returned, whatever the workers do next.
+	for _, e := range []transport.Envelope{e1, e3} {
+		if r := row(t, ib, "orders", e.ID); r.State != dialects.InboxStateHandled || r.Attempts != 1 || len(r.Errors) != 0 {
+			t.Fatalf("row %s after Deliver: state %s, attempts %d, errors %d; want handled inline after 1 attempt", e.ID, r.State, r.Attempts, len(r.Errors))
+		}
+	}
+	if c.get(e1.ID) != 1 || c.get(e3.ID) != 1 {
+		t.Fatalf("calls %v after Deliver; want e1 and e3 once", c.n)
+	}
+	// The bad message failed its first attempt inline; the worker makes the
+	// second, and the last.
+	waitFor(t, "the workers to dead-letter the bad message", 60*time.Second, func() bool {
 		s := stats(t, ib)
 		return s.Handled == 2 && s.Dead == 1 && s.Ready+s.Retrying+s.Running == 0
 	})
-	// e1 runs once more when a worker's optimistic batch holds it with e2
-	// (rolled back at e2's failure, then run with savepoints).
-	if n1 := c.get(e1.ID); n1 < 2 || n1 > 3 || c.get(e2.ID) != 3 || c.get(e3.ID) != 1 {
-		t.Fatalf("calls %v; want e1 2 or 3 (inline, rolled back; a worker), e2 3 (inline; 2 attempts), e3 1", c.n)
+	if c.get(e1.ID) != 1 || c.get(e2.ID) != 2 || c.get(e3.ID) != 1 {
+		t.Fatalf("calls %v; want e1 1, e2 2 (one per attempt), e3 1", c.n)
 	}
 	assertEffectsOnce(t, f, []string{e1.ID, e3.ID})
-	for _, e := range []transport.Envelope{e1, e3} {
-		if r := row(t, ib, "orders", e.ID); r.State != dialects.InboxStateHandled || r.Attempts != 1 {
-			t.Fatalf("row %s handled by a worker: state %s, attempts %d; want handled after 1", e.ID, r.State, r.Attempts)
-		}
-	}
 	dl := deadLetters(t, ib, DeadLetterFilter{})
-	if len(dl) != 1 || dl[0].ID != e2.ID || dl[0].Attempts != 2 || dl[0].Reason != ReasonHandlerError {
-		t.Fatalf("dead letters %+v; want e2 after 2 attempts (handler_error)", dl)
+	if len(dl) != 1 || dl[0].ID != e2.ID || dl[0].Attempts != 2 || dl[0].Reason != ReasonHandlerError ||
+		len(dl[0].Errors) != 2 || dl[0].Errors[0].Attempt != 1 || dl[0].Errors[0].Error != "bad message" || dl[0].Errors[1].Attempt != 2 {
+		t.Fatalf("dead letters %+v; want e2 after 2 attempts (handler_error), each attempt's error recorded", dl)
 	}
 }
 
@@ -259,8 +263,11 @@ func testInlineStoresForWorkers[TTx any](t *testing.T, f *fixture[TTx]) {
 // handlers inherit and workers' handlers do not.
 type inDeliverKey struct{}
 
-// TestInlineTimeout: a delivery whose handlers take longer than
-// InlineTimeout falls back to the workers, which handle it.
+// TestInlineTimeout: when a delivery's handlers take longer than
+// InlineTimeout, the running handler sees its ctx end and its attempt
+// fails; the messages not started yet are stored for the workers without
+// counting an attempt. The workers then handle both, each handler once per
+// attempt.
 func TestInlineTimeout(t *testing.T) {
 	each(t, testInlineTimeout[pgx.Tx], testInlineTimeout[*sql.Tx])
 }
@@ -285,14 +292,28 @@ func testInlineTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
 	})
 	start(t, ib)
 	waitFor(t, "Run to start inline handling", 30*time.Second, ib.inline.Load)
-	e := envelope(1, "slow")
-	deliver(t, ib, batch("orders", e))
-	waitFor(t, "a worker to handle it", 60*time.Second, func() bool {
-		return row(t, ib, "orders", e.ID).State == dialects.InboxStateHandled
+	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+		c.add(m.ID)
+		return effect(f)(ctx, tx, m)
 	})
-	assertEffectsOnce(t, f, []string{e.ID})
+	e, next := envelope(1, "slow"), envelope(2, "ok")
+	deliver(t, ib, batch("orders", e, next))
+	waitFor(t, "a worker to handle both", 60*time.Second, func() bool {
+		return row(t, ib, "orders", e.ID).State == dialects.InboxStateHandled &&
+			row(t, ib, "orders", next.ID).State == dialects.InboxStateHandled
+	})
+	assertEffectsOnce(t, f, []string{e.ID, next.ID})
 	if n := c.get(e.ID); n != 2 {
-		t.Fatalf("handler called %d times, want 2 (inline, timed out; then a worker)", n)
+		t.Fatalf("slow handler called %d times, want 2 (inline, timed out; then a worker)", n)
+	}
+	if n := c.get(next.ID); n != 1 {
+		t.Fatalf("handler of the message after it called %d times, want 1 (by a worker)", n)
+	}
+	if r := row(t, ib, "orders", e.ID); r.Attempts != 2 || len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error, "InlineTimeout") {
+		t.Fatalf("slow row: attempts %d, errors %+v; want 2 attempts, the first failed by InlineTimeout", r.Attempts, r.Errors)
+	}
+	if r := row(t, ib, "orders", next.ID); r.Attempts != 1 || len(r.Errors) != 0 {
+		t.Fatalf("row after the slow one: attempts %d, errors %+v; want 1 attempt (not started inline: none counted)", r.Attempts, r.Errors)
 	}
 }
 

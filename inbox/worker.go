@@ -25,7 +25,6 @@ const maxErrorBytes = 8 << 10
 // work runs one worker of q until ctx ends.
 func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 	failures := 0
-	careful := 0 // batches left to run with a savepoint per message
 	for ctx.Err() == nil {
 		token, rows, err := ib.claim(ctx, q, worker)
 		if err != nil {
@@ -59,11 +58,7 @@ func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 		}
 		rows = ib.isolate(ctx, worker, token, rows)
 		ib.mx.claimed(q.name, len(rows))
-		if ib.processMode(ctx, q, worker, token, rows, careful == 0) {
-			careful = carefulBatches
-		} else if careful > 0 {
-			careful--
-		}
+		ib.process(ctx, q, worker, token, rows)
 	}
 }
 
@@ -158,11 +153,6 @@ const (
 	spDirty                // established, a handler succeeded since
 )
 
-// carefulBatches is how many batches a worker runs with a savepoint per
-// message after a batch whose optimistic run failed: while handlers keep
-// failing, running them twice would cost more than the savepoints.
-const carefulBatches = 4
-
 // errBroken carries the failure that made a batch transaction unusable and
 // the message that was being handled then (nil if none).
 type errBroken struct {
@@ -171,15 +161,9 @@ type errBroken struct {
 }
 
 // process handles a claimed batch in one transaction: lock the rows still
-// leased to token, run the handlers (see handleAll), settle all of them in
+// leased to token, run the handlers (see handle), settle all of them in
 // one statement, commit.
 func (ib *Inbox[TTx]) process(ctx context.Context, q *queue, worker, token string, rows []dialects.InboxRow) {
-	ib.processMode(ctx, q, worker, token, rows, true)
-}
-
-// processMode is process, optimistic or not (see handleAll). It reports
-// whether an optimistic run failed and the batch fell back to savepoints.
-func (ib *Inbox[TTx]) processMode(ctx context.Context, q *queue, worker, token string, rows []dialects.InboxRow, optimistic bool) (fellBack bool) {
 	// The batch outlives ctx: a shutdown lets it finish. Its own deadline
 	// only guards against a hung database.
 	budget := ib.cfg.Lease + opTimeout
@@ -230,7 +214,7 @@ func (ib *Inbox[TTx]) processMode(ctx context.Context, q *queue, worker, token s
 		return
 	}
 
-	outcomes, fellBack, broken := ib.handleAll(ctx, bctx, tx, mine, optimistic)
+	outcomes, broken := ib.handle(ctx, bctx, bctx, tx, mine)
 	if broken != nil {
 		_ = ib.d.Rollback(bctx, tx)
 		done = true
@@ -260,105 +244,8 @@ func (ib *Inbox[TTx]) processMode(ctx context.Context, q *queue, worker, token s
 	if n != len(outcomes) {
 		log.Warn("durable/inbox: a batch settled fewer messages than it handled", "settled", n, "handled", len(outcomes))
 	}
-	// A retry due before the next poll gets a wake-up of its own, so that
-	// short backoffs and snoozes are not stretched to the poll interval.
-	soonest := time.Duration(-1)
-	for _, o := range outcomes {
-		if o.Kind == dialects.InboxRetry && (soonest < 0 || o.RetryAfter < soonest) {
-			soonest = o.RetryAfter
-		}
-	}
-	switch {
-	case soonest == 0:
-		q.signal()
-	case soonest > 0 && soonest < ib.cfg.PollInterval:
-		time.AfterFunc(soonest, q.signal)
-	}
+	ib.wakeForRetries(q.signal, outcomes)
 	log.Debug("durable/inbox: batch done", "messages", len(outcomes))
-	return fellBack
-}
-
-// handleAll runs the handlers of rows in tx and returns their outcomes.
-// Once ctx (the Run context) ends, the messages not started yet are
-// released. A non-nil errBroken means tx is unusable.
-//
-// Optimistic (the common case), it sets one savepoint, runs the handlers
-// one after the other without a savepoint of their own, and releases it:
-// two round trips per batch instead of one per message. If a handler fails
-// (error, panic, timeout), or the release finds that one returning nil left
-// tx unusable, it rolls back to that savepoint, undoing the work of every
-// handler of the batch but keeping LockInbox's hold on the rows, and runs
-// the batch again with a savepoint per message (handleSaved), which rolls
-// back a failing handler alone. The failed handler is not called again:
-// its error is its outcome, unless the handlers before it, run again, show
-// that one of them had left tx unusable (then its failure may not be its
-// own, and it runs again). fellBack reports that the batch ran again.
-//
-// So a handler may be called again for the same attempt, after its
-// transaction was rolled back: its effects in tx commit exactly once,
-// its other side effects happen at least once, as always. Running again
-// counts no attempt: the claim counted the only one, and each message
-// gets exactly one outcome.
-func (ib *Inbox[TTx]) handleAll(ctx, bctx context.Context, tx TTx, rows []dialects.InboxRow, optimistic bool) (_ []dialects.InboxOutcome, fellBack bool, _ *errBroken) {
-	if !optimistic {
-		outcomes, broken := ib.handleSaved(ctx, bctx, tx, rows, spNone, -1, nil)
-		return outcomes, false, broken
-	}
-	if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointSet); err != nil {
-		return nil, false, &errBroken{err: err}
-	}
-	outcomes := make([]dialects.InboxOutcome, 0, len(rows))
-	failed, ferr := -1, error(nil)
-	for i := range rows {
-		r := &rows[i]
-		if o, ok := ib.preset(ctx, r); ok {
-			outcomes = append(outcomes, o)
-			continue
-		}
-		if herr := ib.call(bctx, ib.policy(r.Topic).timeout, tx, r); herr != nil {
-			failed, ferr = i, herr
-			break
-		}
-		outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxHandled})
-	}
-	if failed < 0 {
-		err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRelease)
-		if err == nil {
-			return outcomes, false, nil
-		}
-		// A handler returned nil but left tx unusable; which one, the
-		// run with savepoints tells.
-		ferr = err
-	}
-	if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRollback); err != nil {
-		b := &errBroken{err: errors.Join(ferr, err)}
-		// The failed handler left tx unusable, unless a handler before it
-		// returned nil: that one may have ended tx, and the failure is then
-		// not the failed message's own. Name no culprit then: the batch is
-		// released without counting attempts, and its next run, with a
-		// savepoint per message, finds the handler that broke tx.
-		if failed >= 0 && !anyHandled(outcomes) {
-			b.culprit = &rows[failed]
-		}
-		return nil, true, b
-	}
-	var failedOutcome *dialects.InboxOutcome
-	if failed >= 0 {
-		o := ib.failure(&rows[failed], ferr)
-		failedOutcome = &o
-	}
-	outcomes, broken := ib.handleSaved(ctx, bctx, tx, rows, spClean, failed, failedOutcome)
-	return outcomes, true, broken
-}
-
-// anyHandled reports whether a handler returned nil for one of outcomes.
-func anyHandled(outcomes []dialects.InboxOutcome) bool {
-	for _, o := range outcomes {
-		if o.Kind == dialects.InboxHandled {
-			return true
-		}
-	}
-	return false
 }
 
 // preset returns the outcome of r decided without running its handler, if
@@ -380,27 +267,35 @@ func (ib *Inbox[TTx]) preset(ctx context.Context, r *dialects.InboxRow) (dialect
 	return dialects.InboxOutcome{}, false
 }
 
-// handleSaved runs the handlers of rows in tx, a savepoint before each, and
-// returns their outcomes; sp is the state of the savepoint on entry. The
-// message rows[failed] (if failed ≥ 0), whose handler already failed in
-// the optimistic run, is not run again: its outcome is failedOutcome,
-// unless a handler before it is found to have left tx unusable.
-func (ib *Inbox[TTx]) handleSaved(ctx, bctx context.Context, tx TTx, rows []dialects.InboxRow, sp spState, failed int, failedOutcome *dialects.InboxOutcome) ([]dialects.InboxOutcome, *errBroken) {
+// handle runs the handlers of rows in tx, one after the other, each after
+// a savepoint, and returns their outcomes; a non-nil errBroken means tx is
+// unusable. Each handler runs once per attempt: a failing one (error,
+// panic, timeout) is rolled back to its savepoint alone, and the work of
+// the others stays in tx, to commit with the batch. The savepoint costs
+// one round trip per message (RELEASE and SAVEPOINT in one statement).
+//
+// stop is the context whose end releases the messages not started yet
+// (the Run context for a worker); the handlers' contexts derive from hctx
+// and the statements run under sctx.
+//
+// A handler that returns nil but leaves tx unusable (it swallowed a failed
+// statement on Postgres, or ended tx) is found at the next savepoint step:
+// its work is rolled back, and it fails with the transaction's error. If
+// even the savepoint is gone (tx was ended), the batch is broken, and that
+// handler is its culprit.
+func (ib *Inbox[TTx]) handle(stop, hctx, sctx context.Context, tx TTx, rows []dialects.InboxRow) ([]dialects.InboxOutcome, *errBroken) {
+	sp := spNone
 	outcomes := make([]dialects.InboxOutcome, 0, len(rows))
-	last := -1       // index in rows of the last message that succeeded after the savepoint
-	suspect := false // a handler was found to have left tx unusable
+	last := -1 // index in rows of the last message that succeeded after the savepoint
 	// confirm checks, at the next savepoint step, that the last successful
 	// handler left tx usable: if not, its work is rolled back and it fails.
 	confirm := func(action dialects.SavepointAction) *errBroken {
-		err := ib.store.InboxSavepoint(bctx, tx, action)
+		err := ib.store.InboxSavepoint(sctx, tx, action)
 		if err == nil {
 			return nil
 		}
-		if sp != spDirty {
-			return &errBroken{err: err}
-		}
 		culprit := &rows[last]
-		if rerr := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRollback); rerr != nil {
+		if rerr := ib.store.InboxSavepoint(sctx, tx, dialects.SavepointRollback); rerr != nil {
 			return &errBroken{culprit: culprit, err: err}
 		}
 		for i := range outcomes {
@@ -409,31 +304,17 @@ func (ib *Inbox[TTx]) handleSaved(ctx, bctx context.Context, tx TTx, rows []dial
 			}
 		}
 		sp = spClean // rolled back to it: established and clean
-		suspect = true
 		return nil
 	}
 	for i := range rows {
 		r := &rows[i]
-		if i == failed {
-			// Make sure the handlers before it left tx usable.
-			if sp == spDirty {
-				if b := confirm(dialects.SavepointReleaseSet); b != nil {
-					return nil, b
-				}
-				sp = spClean
-			}
-			if !suspect {
-				outcomes = append(outcomes, *failedOutcome)
-				continue
-			}
-		}
-		if o, ok := ib.preset(ctx, r); ok {
+		if o, ok := ib.preset(stop, r); ok {
 			outcomes = append(outcomes, o)
 			continue
 		}
 		switch sp {
 		case spNone:
-			if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointSet); err != nil {
+			if err := ib.store.InboxSavepoint(sctx, tx, dialects.SavepointSet); err != nil {
 				return nil, &errBroken{err: err}
 			}
 		case spDirty:
@@ -441,13 +322,13 @@ func (ib *Inbox[TTx]) handleSaved(ctx, bctx context.Context, tx TTx, rows []dial
 				return nil, b
 			}
 		}
-		herr := ib.call(bctx, ib.policy(r.Topic).timeout, tx, r)
+		herr := ib.call(hctx, ib.policy(r.Topic).timeout, tx, r)
 		if herr == nil {
 			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxHandled})
 			sp, last = spDirty, i
 			continue
 		}
-		if err := ib.store.InboxSavepoint(bctx, tx, dialects.SavepointRollback); err != nil {
+		if err := ib.store.InboxSavepoint(sctx, tx, dialects.SavepointRollback); err != nil {
 			return nil, &errBroken{culprit: r, err: errors.Join(herr, err)}
 		}
 		sp = spClean
@@ -459,6 +340,24 @@ func (ib *Inbox[TTx]) handleSaved(ctx, bctx context.Context, tx TTx, rows []dial
 		}
 	}
 	return outcomes, nil
+}
+
+// wakeForRetries gives a retry among outcomes that is due before the next
+// poll a wake-up (signal) of its own, so that short backoffs and snoozes
+// are not stretched to the poll interval.
+func (ib *Inbox[TTx]) wakeForRetries(signal func(), outcomes []dialects.InboxOutcome) {
+	soonest := time.Duration(-1)
+	for _, o := range outcomes {
+		if o.Kind == dialects.InboxRetry && (soonest < 0 || o.RetryAfter < soonest) {
+			soonest = o.RetryAfter
+		}
+	}
+	switch {
+	case soonest == 0:
+		signal()
+	case soonest > 0 && soonest < ib.cfg.PollInterval:
+		time.AfterFunc(soonest, signal)
+	}
 }
 
 // call runs the handler of r with the timeout, turning a panic into a

@@ -355,7 +355,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 		Inline:       t.InboxInline,
 	}
 	receiver, err := node.NewNode(env.receiver, node.Config[TTx]{
-		Name: "bench-receiver", Listener: ln, Secret: secret, Inbox: icfg, Logger: logger,
+		Name: "bench-receiver", Listener: ln, Secret: secret, Inbox: icfg, DisableInline: !t.InboxInline, Logger: logger,
 	})
 	if err != nil {
 		_ = ln.Close()

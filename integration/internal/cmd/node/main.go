@@ -330,6 +330,8 @@ func serve[TTx any](ctx context.Context, o options, log *slog.Logger, d *db[TTx]
 	default:
 		return fmt.Errorf("-inline %q: want on, off or seed", o.inline)
 	}
+	// A Node turns inline handling on unless told not to.
+	cfg.DisableInline = !cfg.Inbox.Inline
 
 	switch o.role {
 	case "sender":
