@@ -21,6 +21,7 @@ import (
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/internal/testport"
 )
 
 // quiet discards a node's logs.
@@ -199,7 +200,7 @@ func TestReadyPostgres(t *testing.T) {
 	}
 
 	// A server where nothing listens (a reserved port: refused, and nobody else's meanwhile).
-	down, err := pgxpool.New(context.Background(), "postgres://postgres@"+reservePort(t).addr+"/test?sslmode=disable&connect_timeout=2")
+	down, err := pgxpool.New(context.Background(), "postgres://postgres@"+testport.Reserve(t).Addr()+"/test?sslmode=disable&connect_timeout=2")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/internal/testport"
 	"github.com/durable-go/durable/migrations"
 	"github.com/durable-go/durable/outbox"
 )
@@ -453,9 +454,9 @@ func TestNodeWaitsForDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A port nobody listens on yet: the database "is down".
-	late := reservePort(t)
+	late := testport.Reserve(t)
 	viaLate := *real
-	viaLate.Host = late.addr
+	viaLate.Host = late.Addr()
 	pool := testdb.OpenPostgres(t, viaLate.String(), false)
 
 	waits := &countLog{sub: "the database does not answer"}
@@ -480,9 +481,9 @@ func TestNodeWaitsForDatabase(t *testing.T) {
 	}
 
 	// The database comes up at the address.
-	up, err := late.listen()
+	up, err := late.Listen()
 	if err != nil {
-		t.Fatalf("listening on %s: %v", late.addr, err)
+		t.Fatalf("listening on %s: %v", late.Addr(), err)
 	}
 	forward(t, up, real.Host)
 	waitFor(t, "the node to be ready", func() (bool, error) {
@@ -497,9 +498,7 @@ func TestNodeWaitsForDatabase(t *testing.T) {
 // TestNodeStartTimeout: with StartTimeout, Run gives up on a database that
 // does not answer and returns the last error.
 func TestNodeStartTimeout(t *testing.T) {
-	// A reserved port refuses connections (testdb.UnreachablePostgres frees its port, which
-	// another test's listener could take meanwhile).
-	pool := testdb.OpenPostgres(t, "postgres://postgres@"+reservePort(t).addr+"/test?sslmode=disable", false)
+	pool, _ := testdb.UnreachablePostgres(t)
 	cfg := fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), StartTimeout: 300 * time.Millisecond})
 	n, err := durable.NewNode(postgres.New(pool), cfg)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/durable-go/durable"
 	"github.com/durable-go/durable/inbox"
+	"github.com/durable-go/durable/internal/testport"
 	"github.com/durable-go/durable/outbox"
 )
 
@@ -45,8 +46,8 @@ func TestNodeSecretRotation(t *testing.T) {
 	_, billingD := openSQLite(t)
 	// Billing's port stays reserved between its restarts, so that no other socket can take it
 	// while billing is down.
-	port := reservePort(t)
-	addr := port.addr
+	port := testport.Reserve(t)
+	addr := port.Addr()
 	log := &authLog{}
 	handled := make(chan string, 16)
 
@@ -65,7 +66,7 @@ func TestNodeSecretRotation(t *testing.T) {
 		d := ordersD
 		if name == "billing" {
 			d = billingD
-			ln, err := port.listen() // the previous billing node's Run closed its listener
+			ln, err := port.Listen() // the previous billing node's Run closed its listener
 			if err != nil {
 				t.Fatal(err)
 			}

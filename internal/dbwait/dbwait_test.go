@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
+
+	"github.com/durable-go/durable/internal/testport"
 )
 
 // TestMain fails the run if goroutines outlive the tests, waiting up to 30s for them to end
@@ -40,7 +42,7 @@ func TestMain(m *testing.M) {
 // refused returns the error of a real dial to a port where nothing listens.
 func refused(t *testing.T) error {
 	t.Helper()
-	addr := reservePort(t).addr
+	addr := testport.Reserve(t).Addr()
 	c, err := net.Dial("tcp", addr)
 	if err == nil {
 		c.Close()
@@ -63,7 +65,7 @@ func pgConnect(t *testing.T, dsn string) error {
 }
 
 func TestTransient(t *testing.T) {
-	dead := reservePort(t).addr // refuses connections
+	dead := testport.Reserve(t).Addr() // refuses connections
 	// A server that accepts and closes at once, as one shutting down.
 	closer, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

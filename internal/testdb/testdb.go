@@ -14,7 +14,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -27,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/durable-go/durable/internal/testport"
 	"github.com/durable-go/durable/migrations"
 )
 
@@ -203,16 +203,14 @@ func randomHex(n int) string {
 	return strings.ToLower(hex.EncodeToString(b))
 }
 
-// UnreachablePostgres returns a pool on a local port where nothing listens
-// (a freed port: connections are refused), as a database that is down. The
+// UnreachablePostgres returns a pool on a local port where nothing listens,
+// as a database that is down, and the port's address. The port is reserved
+// for the test (testport.Reserve): on Linux it stays bound without
+// listening, so connections are refused and no other socket (another
+// test's listener) can take it meanwhile; elsewhere it is a freed port. The
 // pool is closed at cleanup; nothing is created anywhere.
 func UnreachablePostgres(tb testing.TB) (*pgxpool.Pool, string) {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testport.Reserve(tb).Addr()
 	return OpenPostgres(tb, "postgres://postgres@"+addr+"/test?sslmode=disable", false), addr
 }

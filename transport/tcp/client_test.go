@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/durable-go/durable/internal/testport"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -116,15 +117,15 @@ func TestServerKilledMidStream(t *testing.T) {
 		mu.Unlock()
 		return transport.Result{}, nil
 	})
-	port := reservePort(t)
-	ln, err := port.listen()
+	port := testport.Reserve(t)
+	ln, err := port.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv1 := serveOn(t, ln, h, ServerConfig{})
 
 	log, sink := newLog(t)
-	c := newClient(t, port.addr, ClientConfig{
+	c := newClient(t, port.Addr(), ClientConfig{
 		Logger: log, BackoffMin: 5 * time.Millisecond, BackoffMax: 50 * time.Millisecond,
 		BreakerThreshold: 3, AckTimeout: 2 * time.Second,
 	})
@@ -178,7 +179,7 @@ func TestServerKilledMidStream(t *testing.T) {
 		srv1.Close() // abrupt: listener and every connection closed, in-flight batches unanswered
 		close(down)
 		time.Sleep(150 * time.Millisecond) // down for a while: sends fail meanwhile (the port refuses)
-		ln2, err := port.listen()
+		ln2, err := port.Listen()
 		if err != nil {
 			t.Errorf("listening again: %v", err)
 			return
@@ -206,7 +207,7 @@ func TestServerKilledMidStream(t *testing.T) {
 // TestCircuitBreaker: repeated connection failures open the circuit (Sends fail fast with a
 // retryable ErrCircuitOpen); when the server comes back the probe's PING closes it.
 func TestCircuitBreaker(t *testing.T) {
-	port := reservePort(t) // nothing listens: every dial is refused
+	port := testport.Reserve(t) // nothing listens: every dial is refused
 	// Once the circuit is open, dials stall until unstall is closed: a Send that dialed (or
 	// waited for the probe's dial) instead of failing fast would hang there.
 	var stall atomic.Bool
@@ -224,7 +225,7 @@ func TestCircuitBreaker(t *testing.T) {
 	}
 
 	log, sink := newLog(t)
-	c := newClient(t, port.addr, ClientConfig{Logger: log, Dial: dial, BackoffMin: time.Millisecond, BackoffMax: 20 * time.Millisecond, BreakerThreshold: 3})
+	c := newClient(t, port.Addr(), ClientConfig{Logger: log, Dial: dial, BackoffMin: time.Millisecond, BackoffMax: 20 * time.Millisecond, BreakerThreshold: 3})
 	ctx := testCtx(t)
 	var last error
 	for i := 0; i < 50 && !errors.Is(last, transport.ErrCircuitOpen); i++ {
@@ -247,9 +248,9 @@ func TestCircuitBreaker(t *testing.T) {
 
 	stall.Store(false)
 	close(unstall)
-	ln, err := port.listen()
+	ln, err := port.Listen()
 	if err != nil {
-		t.Fatalf("cannot listen on %s again: %v", port.addr, err)
+		t.Fatalf("cannot listen on %s again: %v", port.Addr(), err)
 	}
 	serveOn(t, ln, acceptAll(), ServerConfig{})
 	sink.waitFor(t, "circuit closed")
