@@ -7,14 +7,23 @@ package postgres
 const (
 	// sqlOutboxOwnTx begins a claim's own short transaction like
 	// sqlInboxOwnTx, with its settings (for the reasons given at
-	// ClaimOutbox), and sets plan_cache_mode = force_generic_plan. Both
-	// statements of a claim have a constant text, so they are prepared
-	// once per connection and their plans can be kept; left to choose,
-	// Postgres kept choosing custom plans for the claim. Forcing generic
-	// plans took a claim at W3's 200 messages/s (most claims find nothing)
-	// from 1.14 ms to 0.57 ms (0.42 ms before keys were visited). That is
-	// an effect measured with durable bench, not seen in a plan dump.
-	sqlOutboxOwnTx = sqlInboxOwnTx + `; SET LOCAL plan_cache_mode = force_generic_plan`
+	// ClaimOutbox), and sets plan_cache_mode = force_custom_plan: both
+	// statements of a claim are planned at every execution, on the table
+	// as it is then. A relay's claim text is constant, so it is prepared
+	// once per connection, and a generic plan would be kept for the
+	// connection's life. A relay starts on an empty outbox, and a generic
+	// plan made then, when every path costs nothing, joined the candidates
+	// to the outbox by walking durable_outbox_claim_idx over the whole
+	// backlog and comparing each row with each candidate: 5.9 s for a
+	// 1,000-row claim on 20,000 waiting rows, against a few milliseconds
+	// with a custom plan, until an ANALYZE invalidated it
+	// (TestClaimPlanAfterEmptyStart). Forced generic plans made W2 deliver
+	// about 400 messages/s instead of about 30,000. Left to choose,
+	// Postgres kept custom plans in that test, but it may switch to a
+	// generic plan after five executions, so the choice is not left to it.
+	// A custom plan costs its planning at every claim: at W3's 200
+	// messages/s a claim took 1.14 ms, against 0.57 ms with generic plans.
+	sqlOutboxOwnTx = sqlInboxOwnTx + `; SET LOCAL plan_cache_mode = force_custom_plan`
 
 	// Claim, in two statements of one short transaction (sqlOutboxOwnTx),
 	// each bounded by the claim's limit, never by the backlog's shape.
