@@ -78,4 +78,3 @@ func TestClaimPlanAfterEmptyStart(t *testing.T) {
 	}
 	t.Logf("a %d-row claim read %d index entries with %d rows waiting", limit, read, backlog)
 }
-
