@@ -185,6 +185,19 @@ type TxGuard[TTx any] interface {
 	GuardTx(tx TTx) TTx
 }
 
+// TxWatcher is implemented by dialects that can tell when a handler first
+// sends something through its transaction. WatchTx returns tx guarded as
+// GuardTx does, and calls first, once, before the first statement, batch,
+// copy, prepare, nested Begin, large-object or Conn use of the returned
+// transaction; if first fails, that call returns its error instead of
+// running (Conn and LargeObjects, which return no error, run anyway). The
+// inbox sets a handler's savepoint there, so that a handler that never
+// uses its transaction costs no savepoint round trip. The pgx dialect
+// implements it.
+type TxWatcher[TTx any] interface {
+	WatchTx(tx TTx, first func(context.Context) error) TTx
+}
+
 // DurableBeginner is implemented by dialects whose ordinary commits may not
 // survive a power loss or an operating system crash, such as SQLite in WAL
 // mode with synchronous=NORMAL, which syncs the log to disk only at

@@ -154,3 +154,57 @@ func testBrokenTxBlamed[TTx any](t *testing.T, f *fixture[TTx]) {
 		}
 	}
 }
+
+// TestFailureWithoutTx: a handler that fails without having used its
+// transaction (where the dialect watches it, it set no savepoint) undoes
+// nothing of the handlers before it; a handler that uses tx after it still
+// gets a savepoint of its own, so a failure after it rolls back its own
+// work only.
+func TestFailureWithoutTx(t *testing.T) {
+	each(t, testFailureWithoutTx[pgx.Tx], testFailureWithoutTx[*sql.Tx])
+}
+
+func testFailureWithoutTx[TTx any](t *testing.T, f *fixture[TTx]) {
+	ib := newInbox(t, f, nil)
+	var c calls
+	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+		c.add(m.ID)
+		return effect(f)(ctx, tx, m)
+	})
+	ib.HandleFunc("refuse", func(ctx context.Context, tx TTx, m *Message) error {
+		c.add(m.ID)
+		return errors.New("refused without touching tx")
+	})
+	ib.HandleFunc("writebad", func(ctx context.Context, tx TTx, m *Message) error {
+		c.add(m.ID)
+		if err := effect(f)(ctx, tx, m); err != nil {
+			return err
+		}
+		return errors.New("failed after writing")
+	})
+	e1, e2, e3, e4, e5 := envelope(1, "ok"), envelope(2, "refuse"), envelope(3, "ok"), envelope(4, "writebad"), envelope(5, "refuse")
+	deliver(t, ib, batch("orders", e1, e2, e3, e4, e5))
+	q := ib.queues[len(ib.queues)-1]
+	token, rs, err := ib.claim(context.Background(), q, "test")
+	if err != nil || len(rs) != 5 {
+		t.Fatalf("claim: %d rows, %v", len(rs), err)
+	}
+	ib.process(context.Background(), q, "test", token, rs)
+	assertEffectsOnce(t, f, []string{e1.ID, e3.ID})
+	for _, e := range []transport.Envelope{e1, e2, e3, e4, e5} {
+		if n := c.get(e.ID); n != 1 {
+			t.Fatalf("handler of %s called %d times, want 1", e.ID, n)
+		}
+		r := row(t, ib, "orders", e.ID)
+		switch e.Topic {
+		case "ok":
+			if r.State != dialects.InboxStateHandled {
+				t.Fatalf("row %s: state %s, want handled", e.ID, r.State)
+			}
+		default:
+			if r.State != dialects.InboxStateReady || r.Attempts != 1 || len(r.Errors) != 1 {
+				t.Fatalf("row %s: state %s, attempts %d, errors %d; want ready after 1 failed attempt", e.ID, r.State, r.Attempts, len(r.Errors))
+			}
+		}
+	}
+}

@@ -31,7 +31,17 @@ func testIsolateRescued[TTx any](t *testing.T, f *fixture[TTx]) {
 	batchOf := map[string]any{} // message id → its handler's transaction
 	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		mu.Lock()
-		batchOf[m.ID] = tx
+		// The batch's transaction: each handler gets its own wrapper of a
+		// pgx.Tx (dialects.TxWatcher), so ask Postgres which it is.
+		var id any = tx
+		if q, ok := id.(pgx.Tx); ok {
+			var xid int64
+			if err := q.QueryRow(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
+				return err
+			}
+			id = xid
+		}
+		batchOf[m.ID] = id
 		mu.Unlock()
 		return nil
 	})

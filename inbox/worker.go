@@ -272,7 +272,11 @@ func (ib *Inbox[TTx]) preset(ctx context.Context, r *dialects.InboxRow) (dialect
 // unusable. Each handler runs once per attempt: a failing one (error,
 // panic, timeout) is rolled back to its savepoint alone, and the work of
 // the others stays in tx, to commit with the batch. The savepoint costs
-// one round trip per message (RELEASE and SAVEPOINT in one statement).
+// one round trip per message on Postgres (RELEASE and SAVEPOINT in one
+// statement). Where the dialect can tell when a handler first uses tx
+// (dialects.TxWatcher: pgx), the savepoint is set only then, so a handler
+// that never touches tx costs none, and a failing one that did not touch it
+// has nothing to roll back.
 //
 // stop is the context whose end releases the messages not started yet
 // (the Run context for a worker); the handlers' contexts derive from hctx
@@ -286,7 +290,7 @@ func (ib *Inbox[TTx]) preset(ctx context.Context, r *dialects.InboxRow) (dialect
 func (ib *Inbox[TTx]) handle(stop, hctx, sctx context.Context, tx TTx, rows []dialects.InboxRow) ([]dialects.InboxOutcome, *errBroken) {
 	sp := spNone
 	outcomes := make([]dialects.InboxOutcome, 0, len(rows))
-	last := -1 // index in rows of the last message that succeeded after the savepoint
+	last := -1 // index in rows of the last message whose handler used tx and succeeded after the savepoint
 	// confirm checks, at the next savepoint step, that the last successful
 	// handler left tx usable: if not, its work is rolled back and it fails.
 	confirm := func(action dialects.SavepointAction) *errBroken {
@@ -306,32 +310,65 @@ func (ib *Inbox[TTx]) handle(stop, hctx, sctx context.Context, tx TTx, rows []di
 		sp = spClean // rolled back to it: established and clean
 		return nil
 	}
+	// step sets the savepoint for the next handler's work.
+	step := func() *errBroken {
+		switch sp {
+		case spNone:
+			if err := ib.store.InboxSavepoint(sctx, tx, dialects.SavepointSet); err != nil {
+				return &errBroken{err: err}
+			}
+			sp = spClean
+		case spDirty:
+			if b := confirm(dialects.SavepointReleaseSet); b != nil {
+				return b
+			}
+			sp = spClean
+		}
+		return nil
+	}
+	_, lazy := ib.d.(dialects.TxWatcher[TTx])
 	for i := range rows {
 		r := &rows[i]
 		if o, ok := ib.preset(stop, r); ok {
 			outcomes = append(outcomes, o)
 			continue
 		}
-		switch sp {
-		case spNone:
-			if err := ib.store.InboxSavepoint(sctx, tx, dialects.SavepointSet); err != nil {
-				return nil, &errBroken{err: err}
+		var (
+			used   bool       // the handler's work is after the savepoint step
+			broken *errBroken // the step failed
+			first  func(context.Context) error
+		)
+		if lazy {
+			first = func(context.Context) error {
+				used = true
+				if broken = step(); broken != nil {
+					return broken.err
+				}
+				return nil
 			}
-		case spDirty:
-			if b := confirm(dialects.SavepointReleaseSet); b != nil {
-				return nil, b
+		} else {
+			used = true
+			if broken = step(); broken != nil {
+				return nil, broken
 			}
 		}
-		herr := ib.call(hctx, ib.policy(r.Topic).timeout, tx, r)
+		herr := ib.call(hctx, ib.policy(r.Topic).timeout, tx, r, first)
+		if broken != nil {
+			return nil, broken
+		}
 		if herr == nil {
 			outcomes = append(outcomes, dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxHandled})
-			sp, last = spDirty, i
+			if used {
+				sp, last = spDirty, i
+			}
 			continue
 		}
-		if err := ib.store.InboxSavepoint(sctx, tx, dialects.SavepointRollback); err != nil {
-			return nil, &errBroken{culprit: r, err: errors.Join(herr, err)}
+		if used {
+			if err := ib.store.InboxSavepoint(sctx, tx, dialects.SavepointRollback); err != nil {
+				return nil, &errBroken{culprit: r, err: errors.Join(herr, err)}
+			}
+			sp = spClean
 		}
-		sp = spClean
 		outcomes = append(outcomes, ib.failure(r, herr))
 	}
 	if sp == spDirty {
@@ -361,8 +398,9 @@ func (ib *Inbox[TTx]) wakeForRetries(signal func(), outcomes []dialects.InboxOut
 }
 
 // call runs the handler of r with the timeout, turning a panic into a
-// *PanicError.
-func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r *dialects.InboxRow) (err error) {
+// *PanicError. With first set (the dialect is a dialects.TxWatcher), the
+// handler's tx calls it before the handler first uses tx.
+func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r *dialects.InboxRow, first func(context.Context) error) (err error) {
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	headers := r.Headers
@@ -374,7 +412,9 @@ func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r
 		CreatedAt: r.CreatedAt, ReceivedAt: r.ReceivedAt, ExpiresAt: r.ExpiresAt,
 		Attempt: r.Attempts, LastError: r.LastError, ReplayedAt: r.ReplayedAt,
 	}
-	if g, ok := ib.d.(dialects.TxGuard[TTx]); ok {
+	if w, ok := ib.d.(dialects.TxWatcher[TTx]); ok && first != nil {
+		tx = w.WatchTx(tx, first)
+	} else if g, ok := ib.d.(dialects.TxGuard[TTx]); ok {
 		tx = g.GuardTx(tx)
 	}
 	hctx, end := ib.tr.start(hctx, msg)

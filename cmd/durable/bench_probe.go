@@ -57,6 +57,7 @@ type benchProbe struct {
 
 	mu      sync.Mutex
 	pending map[any]benchPendingTx // open transaction → what its commit stamps
+	watched map[pgx.Tx]pgx.Tx      // a handler's watched transaction → the dialect's (see benchPGDialect.WatchTx)
 	seqs    map[int64]int32        // outbox seq → index, for AckOutbox
 }
 
@@ -143,20 +144,39 @@ func benchIndex(h map[string]string) int32 {
 	return int32(i)
 }
 
-// addPending makes the commit of tx stamp stage s of the messages idx.
 // txKey is the identity of a transaction in p.pending: a pgx transaction's
 // connection, since inbox handlers get it wrapped (dialects.TxGuard) while the
-// dialect commits the transaction itself; a *sql.Tx itself.
-func txKey(tx any) any {
+// dialect commits the transaction itself; a *sql.Tx itself. A transaction a
+// handler got watched (dialects.TxWatcher) is looked up instead of asked for
+// its connection, which would count as the handler's use of it. Called
+// with p.mu held.
+func (p *benchProbe) txKey(tx any) any {
+	if t, ok := tx.(pgx.Tx); ok {
+		if raw, ok := p.watched[t]; ok {
+			delete(p.watched, t)
+			tx = raw
+		}
+	}
 	if c, ok := tx.(interface{ Conn() *pgx.Conn }); ok {
 		return c.Conn()
 	}
 	return tx
 }
 
-func (p *benchProbe) addPending(tx any, s int, idx ...int32) {
-	tx = txKey(tx)
+// watch records that the handler's transaction w wraps the dialect's tx.
+func (p *benchProbe) watch(w, tx pgx.Tx) {
 	p.mu.Lock()
+	if p.watched == nil {
+		p.watched = make(map[pgx.Tx]pgx.Tx)
+	}
+	p.watched[w] = tx
+	p.mu.Unlock()
+}
+
+// addPending makes the commit of tx stamp stage s of the messages idx.
+func (p *benchProbe) addPending(tx any, s int, idx ...int32) {
+	p.mu.Lock()
+	tx = p.txKey(tx)
 	pt := p.pending[tx]
 	pt.idx[s] = append(pt.idx[s], idx...)
 	p.pending[tx] = pt
@@ -164,8 +184,8 @@ func (p *benchProbe) addPending(tx any, s int, idx ...int32) {
 }
 
 func (p *benchProbe) takePending(tx any) (benchPendingTx, bool) {
-	tx = txKey(tx)
 	p.mu.Lock()
+	tx = p.txKey(tx)
 	pt, ok := p.pending[tx]
 	delete(p.pending, tx)
 	p.mu.Unlock()
@@ -261,6 +281,14 @@ func (p *benchProbe) handle(tx any, h map[string]string) {
 type benchPGDialect struct {
 	*postgres.Dialect
 	p *benchProbe
+}
+
+// WatchTx is the dialect's, remembering which transaction the watched one
+// wraps, for txKey.
+func (d *benchPGDialect) WatchTx(tx pgx.Tx, first func(context.Context) error) pgx.Tx {
+	w := d.Dialect.WatchTx(tx, first)
+	d.p.watch(w, tx)
+	return w
 }
 
 func (d *benchPGDialect) Commit(ctx context.Context, tx pgx.Tx) error {

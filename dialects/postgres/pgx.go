@@ -27,6 +27,7 @@ var (
 
 	_ dialects.OutboxTxLister[pgx.Tx] = (*Dialect)(nil)
 	_ dialects.TxGuard[pgx.Tx]        = (*Dialect)(nil)
+	_ dialects.TxWatcher[pgx.Tx]      = (*Dialect)(nil)
 )
 
 // GuardTx returns tx as an inbox handler sees it: a pgx.Tx whose Commit and
@@ -40,6 +41,94 @@ type guardedTx struct{ pgx.Tx }
 
 func (guardedTx) Commit(context.Context) error   { return dialects.ErrHandlerEndsTx }
 func (guardedTx) Rollback(context.Context) error { return dialects.ErrHandlerEndsTx }
+
+// WatchTx returns tx guarded as GuardTx does, calling first before the
+// first use of it; see dialects.TxWatcher. A failing first makes the
+// methods that return an error return it; SendBatch, LargeObjects and Conn
+// run anyway (first fails only on a transaction that no longer works).
+func (d *Dialect) WatchTx(tx pgx.Tx, first func(context.Context) error) pgx.Tx {
+	return &watchedTx{guardedTx: guardedTx{tx}, first: first}
+}
+
+// watchedTx is a guardedTx that calls first before its first use.
+type watchedTx struct {
+	guardedTx
+	first func(context.Context) error // nil once called
+	err   error                       // first's error
+}
+
+// use calls first if it has not been called yet, and returns its error.
+func (w *watchedTx) use(ctx context.Context) error {
+	if f := w.first; f != nil {
+		w.first = nil
+		w.err = f(ctx)
+	}
+	return w.err
+}
+
+func (w *watchedTx) Begin(ctx context.Context) (pgx.Tx, error) {
+	if err := w.use(ctx); err != nil {
+		return nil, err
+	}
+	return w.Tx.Begin(ctx)
+}
+
+func (w *watchedTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	if err := w.use(ctx); err != nil {
+		return 0, err
+	}
+	return w.Tx.CopyFrom(ctx, table, columns, src)
+}
+
+func (w *watchedTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	// first fails only on a transaction that no longer works: the batch
+	// then fails on its own.
+	_ = w.use(ctx)
+	return w.Tx.SendBatch(ctx, b)
+}
+
+func (w *watchedTx) LargeObjects() pgx.LargeObjects {
+	_ = w.use(context.Background()) // its error surfaces at the next use of tx
+	return w.Tx.LargeObjects()
+}
+
+func (w *watchedTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if err := w.use(ctx); err != nil {
+		return nil, err
+	}
+	return w.Tx.Prepare(ctx, name, sql)
+}
+
+func (w *watchedTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := w.use(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return w.Tx.Exec(ctx, sql, args...)
+}
+
+func (w *watchedTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := w.use(ctx); err != nil {
+		return nil, err
+	}
+	return w.Tx.Query(ctx, sql, args...)
+}
+
+func (w *watchedTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := w.use(ctx); err != nil {
+		return failedRow{err}
+	}
+	return w.Tx.QueryRow(ctx, sql, args...)
+}
+
+func (w *watchedTx) Conn() *pgx.Conn {
+	_ = w.use(context.Background()) // its error surfaces at the next use of tx
+	return w.Tx.Conn()
+}
+
+// failedRow is a pgx.Row whose Scan returns err.
+type failedRow struct{ err error }
+
+func (r failedRow) Scan(...any) error { return r.err }
 
 // New returns the dialect for pool. The pool's own configuration (DSN,
 // search_path, pool size) is used as is; see WithSchema to name the schema of
