@@ -50,10 +50,14 @@
 // attempt, and commits the claim. It then opens one transaction for the
 // batch: it locks the rows still leased to it, runs the handlers one after
 // the other, and settles every message of the batch in bulk (one statement
-// on Postgres) before committing. The handlers first run without a
-// savepoint each; if one fails, the batch's handler work is rolled back and
-// the batch runs again with a savepoint before each message, so that a
-// failing handler is rolled back alone (the failed one is not run again).
+// on Postgres) before committing. Each handler's work follows a savepoint
+// of its own, so that a failing handler is rolled back alone and every
+// handler runs once per attempt. With the pgx dialect the savepoint is set
+// when the handler first uses tx (dialects.TxWatcher): a handler that does
+// not touch the database costs none. Otherwise it is set before each
+// handler: one round trip per message on Postgres (measured on W2 with a
+// handler that does not use tx: about 16,000 messages/s instead of 30,000),
+// a few microseconds on SQLite.
 // Every change is guarded by the message's state and lease token: a worker
 // whose lease expired and whose messages were rescued or claimed by another
 // changes nothing. A batch transaction holds its rows, so a lease only needs
@@ -142,13 +146,15 @@
 // with inline handling, may leave the messages after it stored as handled
 // without their handler having run.
 //
-// If a handler leaves the batch transaction unusable otherwise (pgx closes
-// the connection when a handler's ctx ends during a statement), the batch
-// is rolled back: that message counts a failed attempt and the others are
-// released to run again, without counting theirs; when the message that
-// failed may not be the one that broke tx, none counts one and the batch
-// runs again with a savepoint per message, which finds it. If the commit
-// itself fails, every message of the batch counts a failed attempt.
+// A handler that returns nil but leaves tx unusable (it swallowed a failed
+// statement on Postgres) is found at the next savepoint step: its work is
+// rolled back to its savepoint and it fails with the transaction's error.
+// If the transaction cannot be saved at all (pgx closes the connection
+// when a handler's ctx ends during a statement), the batch is rolled back:
+// the message whose handler broke it counts a failed attempt, and the
+// others are released without counting theirs; their handlers run again,
+// their work having been lost with the transaction. If the commit itself
+// fails, every message of the batch counts a failed attempt.
 //
 // # SQLite
 //
