@@ -23,6 +23,15 @@ import (
 // [Server.Shutdown] or [Server.Close].
 var ErrServerClosed = errors.New("tcp: server closed")
 
+// errPeerGone is the cause (see context.Cause) with which a connection's context ends when the
+// client closed the connection or it broke: the batches the client had in flight can no longer
+// be answered. Deliver calls of those batches see it through their context.
+var errPeerGone = errors.New("tcp: the client went away")
+
+// errConnClosed is the cause with which a connection's context ends when the server closed the
+// connection (a protocol violation, the idle timeout, a failed write).
+var errConnClosed = errors.New("tcp: connection closed")
+
 // drainLinger is how long a draining connection with nothing left in flight waits for the
 // client to close it before the server does.
 const drainLinger = time.Second
@@ -89,7 +98,7 @@ type Server struct {
 	log *slog.Logger
 
 	baseCtx context.Context
-	cancel  context.CancelFunc
+	cancel  context.CancelCauseFunc // cause ErrServerClosed
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -147,7 +156,7 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 	if len(cfg.Secret) > 0 {
 		s.secrets = append([][]byte{cfg.Secret}, cfg.AcceptSecrets...)
 	}
-	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	s.baseCtx, s.cancel = context.WithCancelCause(context.Background())
 	return s, nil
 }
 
@@ -253,11 +262,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close closes the listeners and every connection at once and cancels the contexts of running
-// Deliver calls; their batches are not acknowledged, so clients send them again. Close does not
-// wait for Deliver calls to return.
+// Deliver calls (context.Cause reports ErrServerClosed); their batches are not acknowledged, so
+// clients send them again. Close does not wait for Deliver calls to return.
 func (s *Server) Close() error {
 	conns, _ := s.beginClose()
-	s.cancel()
+	s.cancel(ErrServerClosed)
 	for _, sc := range conns {
 		sc.closeConn()
 	}
@@ -315,8 +324,8 @@ type serverConn struct {
 	source string // authenticated node id
 	secret int    // index in Server.secrets of the secret the peer proved
 	nonce  [nonceLen]byte
-	ctx    context.Context
-	cancel context.CancelFunc
+	ctx    context.Context         // ends with the connection; its cause says why
+	cancel context.CancelCauseFunc // first cause wins
 	hdr    [frameHeaderLen]byte
 	rbuf   [256]byte // scratch for small frames
 
@@ -333,14 +342,14 @@ type serverConn struct {
 
 func (s *Server) newConn(nc net.Conn) *serverConn {
 	sc := &serverConn{s: s, raw: nc, nc: nc, remote: nc.RemoteAddr().String()}
-	sc.ctx, sc.cancel = context.WithCancel(s.baseCtx)
+	sc.ctx, sc.cancel = context.WithCancelCause(s.baseCtx)
 	return sc
 }
 
 func (sc *serverConn) serve() {
 	log := sc.s.log
 	defer func() {
-		sc.cancel()
+		sc.cancel(errConnClosed) // unless readFailed found that the client went away
 		sc.handlers.Wait()
 		sc.closeConn()
 		sc.mu.Lock()
@@ -687,9 +696,11 @@ func (sc *serverConn) readFailed(err error) {
 		sc.refuse(codeTimeout, fmt.Sprintf("no frame for %v", sc.s.cfg.IdleTimeout))
 	case errors.Is(err, io.EOF):
 		sc.s.log.Debug("tcp: client disconnected", "remote", sc.remote, "node", sc.source)
+		sc.cancel(errPeerGone)
 		sc.closeConn()
 	default:
 		sc.s.log.Info("tcp: connection lost", "remote", sc.remote, "node", sc.source, "err", err)
+		sc.cancel(fmt.Errorf("%w: %w", errPeerGone, err))
 		sc.closeConn()
 	}
 }
@@ -728,8 +739,21 @@ func (sc *serverConn) deliver(id uint64, b *transport.Batch) {
 		err = fmt.Errorf("handler returned %d outcomes for %d envelopes", len(res.Outcomes), len(b.Envelopes))
 		sc.s.log.Error("tcp: handler broke its contract; batch not acknowledged", "node", sc.source, "err", err)
 	}
-	if err != nil {
-		sc.s.log.Warn("tcp: handler failed; sending NACK", "remote", sc.remote, "node", sc.source,
+	// The connection's context ends only with the connection (or the server): then nobody is
+	// left to answer, and Deliver most likely failed because its context was canceled.
+	gone := err != nil && sc.ctx.Err() != nil
+	switch {
+	case err == nil:
+	case gone:
+		cause := context.Cause(sc.ctx)
+		msg := "tcp: connection closed while its batch was being stored; batch not acknowledged, no NACK sent (the client sends it again)"
+		if errors.Is(cause, errPeerGone) {
+			msg = "tcp: the client went away while its batch was being stored; batch not acknowledged, nobody to send a NACK to (the client sends it again)"
+		}
+		sc.s.log.Info(msg, "remote", sc.remote, "node", sc.source,
+			"batch", id, "envelopes", len(b.Envelopes), "cause", cause, "err", err)
+	default:
+		sc.s.log.Warn("tcp: Deliver failed to store the batch; sending NACK", "remote", sc.remote, "node", sc.source,
 			"batch", id, "envelopes", len(b.Envelopes), "permanent", transport.IsPermanent(err), "err", err)
 	}
 	// Release the in-flight slot before the answer is written: the client may send its next
@@ -737,10 +761,11 @@ func (sc *serverConn) deliver(id uint64, b *transport.Batch) {
 	sc.mu.Lock()
 	sc.inflight--
 	sc.mu.Unlock()
-	if err == nil {
+	switch {
+	case err == nil:
 		crashpoint.Hit("tcp.before-ack-write")
 		sc.write(func(dst []byte) []byte { return appendAck(dst, id, res.Outcomes) })
-	} else {
+	case !gone:
 		sc.write(func(dst []byte) []byte { return appendNack(dst, id, transport.IsPermanent(err), err.Error()) })
 	}
 	sc.mu.Lock()

@@ -211,3 +211,68 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("%d connections, want 3 (the silent client reconnected once)", n)
 	}
 }
+
+// TestDeliverFailureLogged: a batch whose Deliver fails on a live connection is logged as a
+// failed Deliver (not as a message handler's failure) and NACKed; one whose client disconnects
+// while Deliver is storing it is logged, at Info, as a batch whose client went away, with no
+// NACK, and Deliver's context says why it ended.
+func TestDeliverFailureLogged(t *testing.T) {
+	t.Run("client went away", func(t *testing.T) {
+		entered := make(chan struct{}, 1)
+		causes := make(chan error, 1)
+		h := transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+			entered <- struct{}{}
+			<-ctx.Done()
+			causes <- context.Cause(ctx)
+			return transport.Result{}, ctx.Err()
+		})
+		log, sink := newLog(t)
+		srv := startServer(t, h, ServerConfig{Logger: log})
+		r := dialRaw(t, srv.addr)
+		r.handshake()
+		f, _ := appendBatch(nil, 7, oneBatch("a", "b").Envelopes, DefaultMaxFrameSize)
+		r.write(f)
+		recv(t, entered, "the batch in Deliver")
+		r.c.Close()
+
+		if cause := recv(t, causes, "Deliver's context to end"); !errors.Is(cause, errPeerGone) {
+			t.Errorf("Deliver's context ended with cause %v, want %v", cause, errPeerGone)
+		}
+		line := sink.waitFor(t, "batch=7")
+		for _, want := range []string{"INFO tcp: the client went away while its batch was being stored", "nobody to send a NACK to", "remote=" + r.c.LocalAddr().String(), "node=raw", "batch=7", "envelopes=2", "cause=tcp: the client went away", "err=context canceled"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("log line %q lacks %q", line, want)
+			}
+		}
+		if l, ok := sink.find("sending NACK"); ok {
+			t.Errorf("logged %q for a batch whose client is gone", l)
+		}
+		if l, ok := sink.find("handler failed"); ok {
+			t.Errorf("logged %q: no message handler failed", l)
+		}
+	})
+	t.Run("Deliver failed", func(t *testing.T) {
+		h := transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+			return transport.Result{}, errors.New("disk full")
+		})
+		log, sink := newLog(t)
+		srv := startServer(t, h, ServerConfig{Logger: log})
+		r := dialRaw(t, srv.addr)
+		r.handshake()
+		f, _ := appendBatch(nil, 3, oneBatch("a").Envelopes, DefaultMaxFrameSize)
+		r.write(f)
+		typ, body := r.next()
+		if typ != frameNack {
+			t.Fatalf("got %v, want NACK", typ)
+		}
+		if m, err := decodeNack(body); err != nil || m.id != 3 || m.permanent || m.reason != "disk full" {
+			t.Fatalf("NACK %+v, %v", m, err)
+		}
+		line := sink.waitFor(t, "batch=3")
+		for _, want := range []string{"WARN tcp: Deliver failed to store the batch; sending NACK", "remote=" + r.c.LocalAddr().String(), "err=disk full", "permanent=false"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("log line %q lacks %q", line, want)
+			}
+		}
+	})
+}
