@@ -29,7 +29,8 @@
 // # Security
 //
 // Set ServerConfig.TLS and ClientConfig.TLS for TLS 1.3; with ClientAuth set to
-// tls.RequireAndVerifyClientCert the server requires client certificates (mutual TLS). On top
+// tls.RequireAndVerifyClientCert and ClientCAs to the CAs of the clients' certificates the server
+// requires client certificates (mutual TLS; NewServer refuses it without ClientCAs). On top
 // of TLS, or instead of it on a trusted network, peers authenticate in the HELLO frame with an
 // HMAC over a per-connection server nonce and a timestamp (a shared Secret, so a captured HELLO
 // cannot be replayed), or with a token checked by a [Verifier]. A peer that has not

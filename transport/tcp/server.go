@@ -32,6 +32,11 @@ var errPeerGone = errors.New("tcp: the client went away")
 // connection (a protocol violation, the idle timeout, a failed write).
 var errConnClosed = errors.New("tcp: connection closed")
 
+// errNoClientCAs refuses a TLS configuration that verifies client certificates against the
+// system's root CAs.
+var errNoClientCAs = errors.New("TLS.ClientAuth verifies client certificates but TLS.ClientCAs is nil, " +
+	"so a certificate from any CA the system trusts would be accepted: set ClientCAs to the CAs of your clients' certificates")
+
 // drainLinger is how long a draining connection with nothing left in flight waits for the
 // client to close it before the server does.
 const drainLinger = time.Second
@@ -59,7 +64,10 @@ type ServerConfig struct {
 	// with tls.RequireAndVerifyClientCert, NewServer fails unless Insecure is set.
 	Insecure bool
 	// TLS, when set, makes every connection TLS 1.3 (older versions are refused). Set
-	// ClientAuth to tls.RequireAndVerifyClientCert and ClientCAs for mutual TLS.
+	// ClientAuth to tls.RequireAndVerifyClientCert and ClientCAs for mutual TLS. NewServer
+	// refuses a ClientAuth that verifies client certificates without ClientCAs (unless
+	// GetConfigForClient supplies the configuration): crypto/tls would then accept a
+	// certificate from any CA the system trusts.
 	TLS *tls.Config
 	// Logger receives connection events. Default: slog.Default().
 	Logger *slog.Logger
@@ -140,6 +148,10 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 		if len(sec) == 0 {
 			return nil, fmt.Errorf("tcp: NewServer: AcceptSecrets[%d] is empty", i)
 		}
+	}
+	if t := cfg.TLS; t != nil && t.ClientCAs == nil && t.GetConfigForClient == nil &&
+		(t.ClientAuth == tls.RequireAndVerifyClientCert || t.ClientAuth == tls.VerifyClientCertIfGiven) {
+		return nil, fmt.Errorf("tcp: NewServer: %w", errNoClientCAs)
 	}
 	mtls := cfg.TLS != nil && cfg.TLS.ClientAuth == tls.RequireAndVerifyClientCert
 	if len(cfg.Secret) == 0 && cfg.Verify == nil && !mtls && !cfg.Insecure {

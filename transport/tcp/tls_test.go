@@ -210,3 +210,29 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// TestNewServerRefusesClientAuthWithoutClientCAs: verifying client certificates with no
+// ClientCAs would trust every CA of the system's root store; NewServer refuses it.
+func TestNewServerRefusesClientAuthWithoutClientCAs(t *testing.T) {
+	ca := newCA(t, "durable test CA")
+	cert := ca.valid(t, "server", true)
+	for _, auth := range []tls.ClientAuthType{tls.RequireAndVerifyClientCert, tls.VerifyClientCertIfGiven} {
+		_, err := NewServer(acceptAll(), ServerConfig{Secret: testSecret, TLS: &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: auth}})
+		if !errors.Is(err, errNoClientCAs) || !strings.Contains(err.Error(), "ClientCAs") {
+			t.Errorf("ClientAuth %v without ClientCAs: NewServer returned %v, want %v", auth, err, errNoClientCAs)
+		}
+	}
+	ok := []*tls.Config{
+		{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.pool},
+		{Certificates: []tls.Certificate{cert}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.pool},
+		{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAnyClientCert},
+		{Certificates: []tls.Certificate{cert}},
+		// The per-connection configuration decides; NewServer cannot see it.
+		{ClientAuth: tls.RequireAndVerifyClientCert, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return nil, nil }},
+	}
+	for i, cfg := range ok {
+		if _, err := NewServer(acceptAll(), ServerConfig{Secret: testSecret, TLS: cfg}); err != nil {
+			t.Errorf("config %d: %v", i, err)
+		}
+	}
+}
