@@ -38,7 +38,8 @@ const (
 	DefaultInFlight = 4
 	// DefaultLease is how long claimed rows stay reserved for one relay.
 	DefaultLease = 30 * time.Second
-	// DefaultSendTimeout bounds one Send.
+	// DefaultSendTimeout bounds one Send, unless half the Lease is shorter;
+	// see RelayConfig.SendTimeout.
 	DefaultSendTimeout = 10 * time.Second
 	// DefaultRetryMin and DefaultRetryMax bound the backoff of a destination
 	// whose sends fail.
@@ -109,11 +110,14 @@ type RelayConfig struct {
 	// Lease is how long claimed rows stay reserved for this relay: another
 	// relay on the same database takes them only after it expired, so it
 	// must exceed the time to send and acknowledge a batch. Default
-	// DefaultLease (30s).
+	// DefaultLease (30s). Setting Lease alone is enough: SendTimeout's
+	// default follows it.
 	Lease time.Duration
-	// SendTimeout bounds one Send; it must be shorter than Lease. A send
-	// is also cut short so that it ends before the lease does. Default
-	// DefaultSendTimeout (10s).
+	// SendTimeout bounds one Send; it must be shorter than Lease, and a
+	// SendTimeout that is not makes NewRelay fail. A send is also cut short
+	// so that it ends before the lease does. Default: DefaultSendTimeout
+	// (10s), or half the Lease when that is shorter (Lease 5s: 2.5s), so
+	// that a short Lease needs no SendTimeout of its own.
 	SendTimeout time.Duration
 	// RetryMin and RetryMax bound the exponential backoff, with jitter, of
 	// a destination whose sends fail with a retryable error: its rows wait
@@ -165,7 +169,7 @@ func (c RelayConfig) resolve() (RelayConfig, error) {
 	}{
 		{"PollInterval", &c.PollInterval, DefaultPollInterval},
 		{"Lease", &c.Lease, DefaultLease},
-		{"SendTimeout", &c.SendTimeout, DefaultSendTimeout},
+		{"SendTimeout", &c.SendTimeout, 0}, // follows Lease, below
 		{"RetryMin", &c.RetryMin, DefaultRetryMin},
 		{"RetryMax", &c.RetryMax, DefaultRetryMax},
 		{"Retention", &c.Retention, 0},
@@ -201,6 +205,14 @@ func (c RelayConfig) resolve() (RelayConfig, error) {
 	case c.Linger < 0:
 		c.Linger = 0
 	}
+	if c.SendTimeout == 0 {
+		// Half the lease: a send that takes all of its time still leaves
+		// the other half to settle its rows under the lease.
+		c.SendTimeout = min(DefaultSendTimeout, c.Lease/2)
+		if c.SendTimeout == 0 {
+			return c, fmt.Errorf("durable/outbox: RelayConfig.Lease (%v) is too short to send anything in", c.Lease)
+		}
+	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = c.SendTimeout
 	}
@@ -208,7 +220,7 @@ func (c RelayConfig) resolve() (RelayConfig, error) {
 		return c, fmt.Errorf("durable/outbox: RelayConfig.RetryMax (%v) is below RetryMin (%v)", c.RetryMax, c.RetryMin)
 	}
 	if c.SendTimeout >= c.Lease {
-		return c, fmt.Errorf("durable/outbox: RelayConfig.SendTimeout (%v) must be shorter than Lease (%v): a send outliving its lease may be duplicated by another relay", c.SendTimeout, c.Lease)
+		return c, fmt.Errorf("durable/outbox: RelayConfig.SendTimeout (%v) must be shorter than Lease (%v): a send outliving its lease may be duplicated by another relay (leave SendTimeout zero to derive it from Lease)", c.SendTimeout, c.Lease)
 	}
 	return c, nil
 }
