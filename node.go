@@ -36,7 +36,16 @@ type Config[TTx any] struct {
 	Name string
 
 	// Listen is the TCP address the inbox accepts peers on, such as
-	// ":7400". Empty (and no Listener): the node only sends.
+	// ":7400". Empty (and no Listener): the node does not receive, and Run
+	// starts the inbox (its workers and its housekeeping) only when
+	// handlers are registered on the Mux by then: such a node handles the
+	// messages that other nodes on its database receive. A node that
+	// neither listens nor has handlers only sends: it runs no inbox
+	// workers, claims nothing from the inbox, and leaves the inbox's
+	// housekeeping (rescue of expired leases, deletion of handled messages
+	// and of old dead letters) to the nodes of its database that run an
+	// inbox; messages left in its inbox wait for one. Inbox() still serves
+	// dead letters and Stats.
 	Listen string
 	// Listener, when set, is used instead of Listen; the Node closes it.
 	Listener net.Listener
@@ -353,14 +362,21 @@ func (n *Node[TTx]) Addr() net.Addr {
 	return n.addr
 }
 
+// runsInbox reports whether Run starts the inbox: on a node that listens,
+// or that has handlers (see Config.Listen).
+func (n *Node[TTx]) runsInbox() bool {
+	return n.server != nil || len(n.inbox.Mux.Topics()) > 0
+}
+
 // Run checks the schema (waiting for a database that does not answer yet;
 // see Config.StartTimeout), starts listening (when configured), and runs the
-// server, the relay and the inbox workers until ctx ends or one of them
-// fails. On ctx's end it stops gracefully: the server refuses new batches and
-// drains those it is storing, the relay finishes or releases what it is
-// sending, the workers finish their batches; then the peers' connections are
-// closed. It returns nil after a graceful stop, or the first error of a
-// part. Run may be called once.
+// server, the relay and the inbox workers (on a node that listens or has
+// handlers; see Config.Listen) until ctx ends or one of them fails; a node
+// with none of them waits for ctx. On ctx's end it stops gracefully: the
+// server refuses new batches and drains those it is storing, the relay
+// finishes or releases what it is sending, the workers finish their
+// batches; then the peers' connections are closed. It returns nil after a
+// graceful stop, or the first error of a part. Run may be called once.
 func (n *Node[TTx]) Run(ctx context.Context) error {
 	n.mu.Lock()
 	if n.running {
@@ -433,7 +449,14 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 	if n.relay != nil {
 		part("relay", func() error { return n.relay.Run(runCtx) })
 	}
-	part("inbox", func() error { return n.inbox.Run(runCtx) })
+	switch {
+	case n.runsInbox():
+		part("inbox", func() error { return n.inbox.Run(runCtx) })
+	case n.server == nil && n.relay == nil:
+		// Nothing to run (no peers, no listener, no handlers): the node
+		// still runs, and is ready, until ctx ends.
+		<-runCtx.Done()
+	}
 	wg.Wait()
 	close(errs)
 	var first error
