@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,7 +143,11 @@ type Config[TTx any] struct {
 
 // Peer is a remote service this node sends to.
 type Peer struct {
-	// Addr is the peer's listen address, host:port. Required.
+	// Addr is the peer's address, host:port, such as "billing:7400" or
+	// "10.0.0.7:7400" (an IPv6 host in brackets: "[fd00::7]:7400").
+	// Required; NewNode refuses an Addr without a port or without a host
+	// (":7400" is a listen address, not where to reach a peer). The host
+	// is looked up when the node connects, not by NewNode.
 	Addr string
 	// Secret overrides Config.Secret for this peer.
 	Secret []byte
@@ -218,9 +223,9 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	senders := make(map[string]transport.Sender, len(cfg.Peers))
 	for _, name := range slices.Sorted(maps.Keys(cfg.Peers)) {
 		p := cfg.Peers[name]
-		if p.Addr == "" {
+		if err := checkPeerAddr(name, p.Addr); err != nil {
 			n.closeClients()
-			return nil, fmt.Errorf("durable: peer %q has no Addr", name)
+			return nil, err
 		}
 		cc := cfg.Client
 		if cc.NodeID == "" {
@@ -310,6 +315,26 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 		}
 	}
 	return n, nil
+}
+
+// checkPeerAddr returns why addr, the Addr of the peer name, is not an
+// address to dial (host:port with both parts), or nil. It does no I/O:
+// the host is not looked up, and the port may be a number or a service name.
+func checkPeerAddr(name, addr string) error {
+	if addr == "" {
+		return fmt.Errorf("durable: peer %q has no Addr (host:port)", name)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	var ae *net.AddrError
+	switch {
+	case errors.As(err, &ae) && ae.Err == "missing port in address", err == nil && port == "":
+		return fmt.Errorf("durable: peer %q: Addr %q has no port; want host:port, such as %q", name, addr, net.JoinHostPort(strings.Trim(strings.TrimSuffix(addr, ":"), "[]"), "7400"))
+	case err != nil:
+		return fmt.Errorf("durable: peer %q: Addr %q is not host:port (an IPv6 host goes in brackets, such as [::1]:7400): %w", name, addr, err)
+	case host == "":
+		return fmt.Errorf("durable: peer %q: Addr %q has no host; want host:port, such as %q (an empty host is a listen address, not a peer's)", name, addr, net.JoinHostPort("localhost", port))
+	}
+	return nil
 }
 
 // orValue returns v, or def when v is nil.
