@@ -660,6 +660,9 @@ func (c *Client) handshakeErr(stage string, err error) error {
 		kind = transport.ErrAuth
 	case errors.As(err, &rhe):
 		kind = transport.ErrProtocol
+		if t, ok := plainFrameHeader(rhe.RecordHeader); ok {
+			err = fmt.Errorf("the server does not speak TLS: it sent a plaintext %v frame (it is configured without TLS)", t)
+		}
 	case errors.Is(err, io.EOF):
 		err = errors.New("server closed the connection")
 	default:

@@ -469,12 +469,21 @@ func (sc *serverConn) handshake() error {
 	sc.raw.SetDeadline(deadline)
 	sc.dr.c = sc.raw
 	if s.tls != nil {
-		tc := tls.Server(sc.raw, s.tls)
-		ctx, cancel := context.WithDeadline(sc.ctx, deadline)
-		err := tc.HandshakeContext(ctx)
-		cancel()
+		cr := &countingConn{Conn: sc.raw}
+		tc := tls.Server(cr, s.tls)
+		// The deadline set above bounds the handshake; sc.ctx ends it early only when the server
+		// closes. (A context deadline would close the connection as it fires, and the ERROR
+		// below could not be sent.)
+		err := tc.HandshakeContext(sc.ctx)
 		if err != nil {
-			if !sc.isClosed() {
+			var ne net.Error
+			switch {
+			case sc.isClosed():
+			case cr.n == 0 && errors.As(err, &ne) && ne.Timeout():
+				// A client without TLS waits for CHALLENGE and sends nothing. Tell it in
+				// plaintext, the only frame ever sent outside TLS here (PROTOCOL.md, section 1).
+				sc.refuse(codeTimeout, fmt.Sprintf("this server requires TLS, and the client sent nothing within the auth deadline of %v (is the client configured without TLS?)", s.cfg.AuthTimeout))
+			default:
 				s.log.Warn("tcp: closing connection: TLS handshake failed", "remote", sc.remote, "err", err)
 			}
 			sc.closeConn()
@@ -569,6 +578,11 @@ func (sc *serverConn) handshakeReadFailed(err error) error {
 	}
 	var ne net.Error
 	switch we, ok := isWire(err); {
+	case ok && sc.s.tls == nil && we.code == codeTooLarge && isTLSHandshakeRecord(sc.hdr):
+		// The "frame" is a TLS ClientHello. No ERROR: the client would not read plaintext.
+		sc.s.log.Warn("tcp: closing connection: the client speaks TLS, but this server is configured without TLS",
+			"remote", sc.remote)
+		sc.closeConn()
 	case ok:
 		sc.refuse(we.code, "malformed handshake: "+we.msg)
 	case errors.As(err, &ne) && ne.Timeout():

@@ -211,6 +211,78 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
+// dialRecording is a ClientConfig.Dial that records the local address of each connection, so
+// that a test can find the server's log line about that connection.
+func dialRecording(addrs chan<- string) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			addrs <- c.LocalAddr().String()
+		}
+		return c, err
+	}
+}
+
+// TestTLSMismatch: a client without TLS pointed at a TLS server, and a TLS client pointed at a
+// server without TLS, both fail with an error that says so, and the server logs it with the
+// client's address.
+func TestTLSMismatch(t *testing.T) {
+	ca := newCA(t, "durable test CA")
+
+	t.Run("plaintext client, TLS server", func(t *testing.T) {
+		log, sink := newLog(t)
+		// The server waits its auth deadline for a TLS handshake that never comes: the client
+		// sends nothing before CHALLENGE. The deadline is short to keep the test short; the
+		// client's handshake timeout is long, so the server's answer decides the outcome.
+		srv := startServer(t, acceptAll(), ServerConfig{
+			Logger:      log,
+			Secret:      testSecret,
+			TLS:         &tls.Config{Certificates: []tls.Certificate{ca.valid(t, "server", true)}},
+			AuthTimeout: 300 * time.Millisecond,
+		})
+		clog, _ := newLog(t)
+		local := make(chan string, 1)
+		c, err := Dial(testCtx(t), srv.addr, ClientConfig{
+			Secret: testSecret, Logger: clog, Dial: dialRecording(local), BreakerThreshold: -1,
+			DialTimeout: 30 * time.Second, HandshakeTimeout: 30 * time.Second,
+		})
+		if err == nil {
+			c.Close(context.Background())
+			t.Fatal("a client without TLS connected to a TLS server")
+		}
+		if !strings.Contains(err.Error(), "this server requires TLS") {
+			t.Errorf("client error %q does not say that the server requires TLS", err)
+		}
+		if !transport.IsRetryable(err) {
+			t.Errorf("client error %v is not retryable", err)
+		}
+		sink.waitFor(t, "closing connection: this server requires TLS", "remote="+recv(t, local, "the client's address"), "code=timeout")
+	})
+
+	t.Run("TLS client, plaintext server", func(t *testing.T) {
+		log, sink := newLog(t)
+		srv := startServer(t, acceptAll(), ServerConfig{Logger: log, Secret: testSecret})
+		clog, _ := newLog(t)
+		local := make(chan string, 1)
+		c, err := Dial(testCtx(t), srv.addr, ClientConfig{
+			Secret: testSecret, TLS: &tls.Config{RootCAs: ca.pool}, Logger: clog, Dial: dialRecording(local),
+			BreakerThreshold: -1, DialTimeout: 30 * time.Second, HandshakeTimeout: 30 * time.Second,
+		})
+		if err == nil {
+			c.Close(context.Background())
+			t.Fatal("a TLS client connected to a server without TLS")
+		}
+		if !errors.Is(err, transport.ErrProtocol) || !strings.Contains(err.Error(), "the server does not speak TLS") {
+			t.Errorf("client error %q, want an ErrProtocol saying that the server does not speak TLS", err)
+		}
+		sink.waitFor(t, "closing connection: the client speaks TLS, but this server is configured without TLS", "remote="+recv(t, local, "the client's address"))
+		if l, ok := sink.find("malformed handshake"); ok {
+			t.Errorf("server logged %q for a TLS ClientHello", l)
+		}
+	})
+}
+
 // TestNewServerRefusesClientAuthWithoutClientCAs: verifying client certificates with no
 // ClientCAs would trust every CA of the system's root store; NewServer refuses it.
 func TestNewServerRefusesClientAuthWithoutClientCAs(t *testing.T) {
