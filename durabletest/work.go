@@ -83,7 +83,9 @@ type Result struct {
 // A failed attempt is retried after ib's Config.Backoff (by default 2 s,
 // doubling), so to run a failing handler to its dead letter in a test, give
 // the inbox a short Backoff and a small MaxAttempts; a snoozed message
-// (inbox.Retry) waits for its delay likewise. When ctx has no
+// (inbox.Retry) waits for its delay likewise, and a message whose topic has
+// no handler is retried for ib's Config.NoHandlerGrace (5 minutes by
+// default; set it negative to see it dead-lettered at once). When ctx has no
 // deadline, DefaultTimeout bounds the wait. Work fails t when a message is
 // rejected by Deliver, when ib cannot run (its schema is missing), or when
 // the wait ends first: the failure says where each unfinished message is

@@ -75,7 +75,7 @@ func requireStopped[TTx any](t *testing.T, ib *inbox.Inbox[TTx]) {
 
 func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
 	ctx := ctxFor(t)
-	ib := newInbox(t, f, inbox.Config{})
+	ib := newInbox(t, f, inbox.Config{NoHandlerGrace: -1})
 	res := durabletest.Work(ctx, t, ib,
 		&inbox.Message{ID: "m-ok", Topic: "ok"},
 		&inbox.Message{Topic: "flaky"},

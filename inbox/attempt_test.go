@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -207,4 +208,55 @@ func testFailureWithoutTx[TTx any](t *testing.T, f *fixture[TTx]) {
 			}
 		}
 	}
+}
+
+// TestNoHandlerGrace: a message whose topic has no handler is retried,
+// without counting attempts, while NoHandlerGrace lasts, and handled once
+// a handler is registered (a rolling deploy); once the grace is over, such
+// a message goes to the dead letters (reason no_handler) with every
+// retry's error in its history.
+func TestNoHandlerGrace(t *testing.T) {
+	each(t, testNoHandlerGrace[pgx.Tx], testNoHandlerGrace[*sql.Tx])
+}
+
+func testNoHandlerGrace[TTx any](t *testing.T, f *fixture[TTx]) {
+	t.Run("deployed in time", func(t *testing.T) {
+		cfg := fastConfig(t)
+		cfg.NoHandlerGrace = time.Hour
+		ib := newInbox(t, f, cfg)
+		e := envelope(1, "refund.issued")
+		deliver(t, ib, batch("grace-a", e))
+		start(t, ib)
+		waitFor(t, "the message to fail for want of a handler", 60*time.Second, func() bool {
+			r := row(t, ib, "grace-a", e.ID)
+			return len(r.Errors) > 0
+		})
+		r := row(t, ib, "grace-a", e.ID)
+		if r.State != dialects.InboxStateReady || r.Attempts != 0 || !strings.Contains(r.LastError, `no handler for topic "refund.issued"`) {
+			t.Fatalf("row after a try without a handler: state %s, attempts %d, last error %q; want ready, no attempt counted, the no-handler error", r.State, r.Attempts, r.LastError)
+		}
+		if n := len(deadLetters(t, ib, DeadLetterFilter{Source: "grace-a"})); n != 0 {
+			t.Fatalf("%d dead letters within the grace, want 0", n)
+		}
+		ib.HandleFunc("refund.issued", effect(f))
+		waitFor(t, "the message to be handled once its handler exists", 60*time.Second, func() bool {
+			return row(t, ib, "grace-a", e.ID).State == dialects.InboxStateHandled
+		})
+		assertEffectsOnce(t, f, []string{e.ID})
+	})
+	t.Run("grace over", func(t *testing.T) {
+		cfg := fastConfig(t)
+		cfg.NoHandlerGrace = 1500 * time.Millisecond
+		ib := newInbox(t, f, cfg)
+		e := envelope(2, "refund.issued")
+		deliver(t, ib, batch("grace-b", e))
+		start(t, ib)
+		waitFor(t, "the message to be dead-lettered after its grace", 60*time.Second, func() bool {
+			return len(deadLetters(t, ib, DeadLetterFilter{Source: "grace-b"})) == 1
+		})
+		dl := deadLetters(t, ib, DeadLetterFilter{Source: "grace-b"})[0]
+		if dl.ID != e.ID || dl.Reason != ReasonNoHandler || len(dl.Errors) < 2 {
+			t.Fatalf("dead letter %+v; want %s, no_handler, with the retries' errors (at least 2)", dl, e.ID)
+		}
+	})
 }

@@ -130,8 +130,10 @@
 // handler_error; both can be set per topic (Config.Topics). Retry(after)
 // snoozes a message without counting an attempt; Permanent(err) dead-letters
 // it at once (reason permanent); a *DecodeError (see JSON) is reason
-// decode_error; a topic without a handler is reason no_handler, replayable
-// once a handler is deployed; an expired message (ExpiresAt passed) is
+// decode_error; a topic without a handler is retried for NoHandlerGrace
+// (five minutes; a rolling deploy may bring the handler meanwhile), then
+// it is reason no_handler, replayable once a handler is deployed; an
+// expired message (ExpiresAt passed) is
 // reason expired and never handled. A panic is an error carrying its stack;
 // a handler that overruns HandlerTimeout sees its ctx end. Each attempt's
 // error, with its number and time, is appended to the message's error

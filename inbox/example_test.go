@@ -138,7 +138,13 @@ func ExampleInbox_Replay() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	ib, _ := inbox.New(d, &inbox.Config{PollInterval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	ib, _ := inbox.New(d, &inbox.Config{
+		PollInterval: 20 * time.Millisecond,
+		Logger:       slog.New(slog.DiscardHandler),
+		// A topic without a handler goes to the dead letters at once
+		// (by default it is retried for five minutes first).
+		NoHandlerGrace: -1,
+	})
 	ctx := context.Background()
 	ib.Deliver(ctx, &transport.Batch{Source: "shop", Envelopes: []transport.Envelope{{ID: "m1", Topic: "refund.issued"}}})
 

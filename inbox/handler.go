@@ -74,9 +74,10 @@ func (f HandlerFunc[TTx]) Handle(ctx context.Context, tx TTx, msg *Message) erro
 type Middleware[TTx any] func(next Handler[TTx]) Handler[TTx]
 
 // Mux routes messages to handlers by topic, like http.ServeMux by path. A
-// message whose topic has no handler fails with ErrNoHandler and goes to the
-// dead letters with reason no_handler, from where it can be replayed once a
-// handler exists. A Mux is safe for concurrent use; handlers may be added
+// message whose topic has no handler fails with ErrNoHandler: the inbox
+// retries it for Config.NoHandlerGrace, then it goes to the dead letters
+// with reason no_handler, from where it can be replayed once a handler
+// exists. A Mux is safe for concurrent use; handlers may be added
 // while workers run.
 //
 // Mux's own Handle registers a handler, so a Mux is not itself a Handler;

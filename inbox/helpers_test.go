@@ -208,6 +208,9 @@ func fastConfig(t testing.TB) *Config {
 		PollInterval: 100 * time.Millisecond,
 		Backoff:      func(int) time.Duration { return 5 * time.Millisecond },
 		Logger:       quiet(t),
+		// A topic without a handler is dead-lettered at once, as the tests
+		// expect, except those of NoHandlerGrace itself.
+		NoHandlerGrace: -1,
 	}
 }
 

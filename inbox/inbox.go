@@ -62,10 +62,15 @@ const (
 	// DefaultInlineTimeout bounds the handlers of one delivery handled
 	// inline; see Config.Inline.
 	DefaultInlineTimeout = time.Second
+	// DefaultNoHandlerGrace is how long a message whose topic has no
+	// handler is retried before it is dead-lettered; see
+	// Config.NoHandlerGrace.
+	DefaultNoHandlerGrace = 5 * time.Minute
 )
 
 // Config configures an Inbox. The zero value (or a nil *Config) gives the
-// documented defaults; negative values are invalid.
+// documented defaults; negative values are invalid unless a field says
+// otherwise.
 type Config struct {
 	// Name identifies this inbox in leases (locked_by) and logs. Empty: the
 	// host name, the process id and a random suffix.
@@ -112,6 +117,15 @@ type Config struct {
 	Backoff func(attempt int) time.Duration
 	// Topics overrides HandlerTimeout, MaxAttempts and Backoff per topic.
 	Topics map[string]TopicPolicy
+	// NoHandlerGrace is how long after it was received a message whose
+	// topic has no handler keeps being retried before it is dead-lettered
+	// (reason no_handler): during a rolling deploy a sender's new topic
+	// may reach receivers not yet updated, which then handle it once they
+	// are. Each retry waits half the time since the message was received,
+	// at least a second and at most 30 s, and counts no attempt; the error
+	// is recorded in the message's history. Zero: DefaultNoHandlerGrace;
+	// negative: dead-letter such a message at once.
+	NoHandlerGrace time.Duration
 
 	// Lease is how long a claim holds its messages; see DefaultLease. Zero:
 	// DefaultLease.
@@ -259,6 +273,7 @@ func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
 	c.Retention = orDefault(c.Retention, DefaultRetention)
 	c.CleanupInterval = orDefault(c.CleanupInterval, DefaultCleanupInterval)
 	c.InlineTimeout = orDefault(c.InlineTimeout, DefaultInlineTimeout)
+	c.NoHandlerGrace = orDefault(c.NoHandlerGrace, DefaultNoHandlerGrace)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

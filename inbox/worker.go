@@ -443,7 +443,12 @@ func (ib *Inbox[TTx]) failure(r *dialects.InboxRow, herr error) dialects.InboxOu
 	)
 	switch {
 	case errors.Is(herr, ErrNoHandler):
-		o.Kind, o.Reason = dialects.InboxDead, ReasonNoHandler
+		if wait := ib.noHandlerWait(r); wait > 0 {
+			o.Kind, o.RetryAfter, o.UndoAttempt = dialects.InboxRetry, wait, true
+			o.Error += fmt.Sprintf(" (retried until %v after it was received, in case a handler is deployed meanwhile)", ib.cfg.NoHandlerGrace)
+		} else {
+			o.Kind, o.Reason = dialects.InboxDead, ReasonNoHandler
+		}
 	case errors.As(herr, &decode):
 		o.Kind, o.Reason = dialects.InboxDead, ReasonDecodeError
 	case errors.As(herr, &perm):
@@ -459,6 +464,23 @@ func (ib *Inbox[TTx]) failure(r *dialects.InboxRow, herr error) dialects.InboxOu
 		}
 	}
 	return o
+}
+
+// noHandlerWait returns how long r, whose topic has no handler, waits
+// before it is tried again, or 0 when its grace (Config.NoHandlerGrace)
+// is over and it goes to the dead letters. The time since it was received
+// is read on the process clock (on Postgres ReceivedAt is the database's):
+// a skew between the two shifts the grace by as much.
+func (ib *Inbox[TTx]) noHandlerWait(r *dialects.InboxRow) time.Duration {
+	grace := ib.cfg.NoHandlerGrace
+	if grace <= 0 || r.ReceivedAt.IsZero() {
+		return 0
+	}
+	elapsed := time.Since(r.ReceivedAt)
+	if elapsed >= grace {
+		return 0
+	}
+	return min(max(elapsed/2, time.Second), 30*time.Second, grace-elapsed+time.Millisecond)
 }
 
 // errorText is err's message as stored: valid UTF-8 without NUL bytes

@@ -83,7 +83,8 @@ func failure(m *inbox.Message) error {
 // fastInbox is an inbox configuration that retries at once.
 func fastInbox() *inbox.Config {
 	return &inbox.Config{MaxAttempts: 2, Backoff: func(int) time.Duration { return time.Millisecond },
-		PollInterval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+		PollInterval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler),
+		NoHandlerGrace: -1} // the seeded refund.issued goes to the dead letters at once
 }
 
 // runInbox runs ib until done says so (or fails the test after a while),
