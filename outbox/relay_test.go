@@ -906,7 +906,7 @@ func TestNewRelayErrors(t *testing.T) {
 		{"bad destination", d, map[string]transport.Sender{"": nopSender{}}, nil, "invalid destination"},
 		{"negative", d, ok, &outbox.RelayConfig{BatchSize: -1}, "BatchSize is negative"},
 		{"negative duration", d, ok, &outbox.RelayConfig{PollInterval: -time.Second}, "PollInterval is negative"},
-		{"send outlives lease", d, ok, &outbox.RelayConfig{Lease: time.Second}, "shorter than Lease"},
+		{"send outlives lease", d, ok, &outbox.RelayConfig{Lease: time.Second, SendTimeout: 2 * time.Second}, "shorter than Lease"},
 		{"retry bounds", d, ok, &outbox.RelayConfig{RetryMin: time.Minute, RetryMax: time.Second}, "below RetryMin"},
 	} {
 		if _, err := outbox.NewRelay(c.d, c.senders, c.cfg); err == nil || !strings.Contains(err.Error(), c.want) {
