@@ -62,6 +62,10 @@ type openOptions struct {
 // SQLite would otherwise become a file of that name.
 func (a *app) resolveDialect() (string, error) {
 	kind := dsnKind(a.dsn)
+	if kind == kindBadPostgresURL {
+		// Read as a path it would be a SQLite file that does not exist.
+		return "", databaseErrorf(nil, "the DSN is not understood: it begins like a Postgres URL (%s) but not with postgres:// or postgresql://", badURLPrefix(a.dsn))
+	}
 	switch a.dialect {
 	case "":
 		switch kind {
@@ -92,11 +96,12 @@ func (a *app) resolveDialect() (string, error) {
 
 // Kinds of DSN, told apart by their form alone.
 const (
-	kindPath        = iota // ./app.db: SQLite
-	kindSQLiteURI          // file:app.db?...: SQLite
-	kindPostgresURL        // postgres:// or postgresql://
-	kindKeyValue           // host=db dbname=app: Postgres
-	kindOtherURL           // mysql://...: neither
+	kindPath           = iota // ./app.db: SQLite
+	kindSQLiteURI             // file:app.db?...: SQLite
+	kindPostgresURL           // postgres:// or postgresql://
+	kindKeyValue              // host=db dbname=app: Postgres
+	kindOtherURL              // mysql://...: neither
+	kindBadPostgresURL        // postgres//..., postgres:/...: a typo, not a path
 )
 
 func dsnKind(dsn string) int {
@@ -106,6 +111,8 @@ func dsnKind(dsn string) int {
 		return kindPostgresURL
 	case strings.HasPrefix(lower, "file:"):
 		return kindSQLiteURI
+	case looksLikeBadPostgresURL(lower):
+		return kindBadPostgresURL
 	case strings.Contains(dsn, "://"):
 		return kindOtherURL
 	case isKeyValue(dsn):
@@ -138,6 +145,32 @@ func isLibpqKeyValue(dsn string) bool {
 		return true
 	}
 	return false
+}
+
+// looksLikeBadPostgresURL reports whether lower (a lower-cased DSN) starts
+// with a Postgres scheme name followed by ':' or '/' but not by "://": a
+// mistyped URL such as postgres//host/db or postgres:/host/db.
+func looksLikeBadPostgresURL(lower string) bool {
+	for _, scheme := range []string{"postgresql", "postgres"} {
+		if rest, ok := strings.CutPrefix(lower, scheme); ok {
+			return rest != "" && (rest[0] == ':' || rest[0] == '/') && !strings.HasPrefix(rest, "://")
+		}
+	}
+	return false
+}
+
+// badURLPrefix is the beginning of a mistyped Postgres URL, up to its third
+// character after the scheme name, without what follows (a password may).
+func badURLPrefix(dsn string) string {
+	n := len("postgres")
+	if strings.HasPrefix(strings.ToLower(dsn), "postgresql") {
+		n = len("postgresql")
+	}
+	end := n
+	for end < len(dsn) && end < n+3 && (dsn[end] == ':' || dsn[end] == '/') {
+		end++
+	}
+	return dsn[:end] + "..."
 }
 
 func schemeOf(dsn string) string {
