@@ -377,7 +377,7 @@ func (sc *serverConn) serve() {
 	if sc.s.isClosing() {
 		sc.shutdown()
 	}
-	log.Debug("tcp: client connected", "remote", sc.remote, "node", sc.source)
+	log.Debug("tcp: client connected", "remote", sc.remote, "peer", sc.source)
 	sc.loop()
 }
 
@@ -454,7 +454,7 @@ func (sc *serverConn) refuse(code uint16, reason string, attrs ...any) {
 	if sc.isClosed() {
 		return
 	}
-	sc.s.log.Warn("tcp: closing connection: "+reason, append([]any{"remote", sc.remote, "node", sc.source, "code", codeName(code)}, attrs...)...)
+	sc.s.log.Warn("tcp: closing connection: "+reason, append([]any{"remote", sc.remote, "peer", sc.source, "code", codeName(code)}, attrs...)...)
 	sc.wmu.Lock()
 	sc.wbuf = appendError(sc.wbuf[:0], code, reason)
 	sc.nc.SetWriteDeadline(time.Now().Add(time.Second))
@@ -646,7 +646,7 @@ func (sc *serverConn) authenticate(h *helloMsg) error {
 	}
 	if sc.secret > 0 {
 		s.log.Info("tcp: peer authenticated with an older secret of AcceptSecrets; move it to Secret",
-			"remote", sc.remote, "node", h.nodeID, "accept_secret", sc.secret-1)
+			"remote", sc.remote, "peer", h.nodeID, "accept_secret", sc.secret-1)
 	}
 	return nil
 }
@@ -698,7 +698,7 @@ func (sc *serverConn) loop() {
 				sc.readFailed(err)
 				return
 			}
-			sc.s.log.Warn("tcp: client closed the connection with an error", "remote", sc.remote, "node", sc.source, "code", codeName(m.code), "reason", m.msg)
+			sc.s.log.Warn("tcp: client closed the connection with an error", "remote", sc.remote, "peer", sc.source, "code", codeName(m.code), "reason", m.msg)
 			sc.closeConn()
 			return
 		default:
@@ -721,11 +721,11 @@ func (sc *serverConn) readFailed(err error) {
 	case errors.As(err, &ne) && ne.Timeout():
 		sc.refuse(codeTimeout, fmt.Sprintf("no frame for %v", sc.s.cfg.IdleTimeout))
 	case errors.Is(err, io.EOF):
-		sc.s.log.Debug("tcp: client disconnected", "remote", sc.remote, "node", sc.source)
+		sc.s.log.Debug("tcp: client disconnected", "remote", sc.remote, "peer", sc.source)
 		sc.cancel(errPeerGone)
 		sc.closeConn()
 	default:
-		sc.s.log.Info("tcp: connection lost", "remote", sc.remote, "node", sc.source, "err", err)
+		sc.s.log.Info("tcp: connection lost", "remote", sc.remote, "peer", sc.source, "err", err)
 		sc.cancel(fmt.Errorf("%w: %w", errPeerGone, err))
 		sc.closeConn()
 	}
@@ -763,7 +763,7 @@ func (sc *serverConn) deliver(id uint64, b *transport.Batch) {
 	res, err := sc.callHandler(b)
 	if err == nil && len(res.Outcomes) != 0 && len(res.Outcomes) != len(b.Envelopes) {
 		err = fmt.Errorf("handler returned %d outcomes for %d envelopes", len(res.Outcomes), len(b.Envelopes))
-		sc.s.log.Error("tcp: handler broke its contract; batch not acknowledged", "node", sc.source, "err", err)
+		sc.s.log.Error("tcp: handler broke its contract; batch not acknowledged", "peer", sc.source, "err", err)
 	}
 	// The connection's context ends only with the connection (or the server): then nobody is
 	// left to answer, and Deliver most likely failed because its context was canceled.
@@ -776,10 +776,10 @@ func (sc *serverConn) deliver(id uint64, b *transport.Batch) {
 		if errors.Is(cause, errPeerGone) {
 			msg = "tcp: the client went away while its batch was being stored; batch not acknowledged, nobody to send a NACK to (the client sends it again)"
 		}
-		sc.s.log.Info(msg, "remote", sc.remote, "node", sc.source,
+		sc.s.log.Info(msg, "remote", sc.remote, "peer", sc.source,
 			"batch", id, "envelopes", len(b.Envelopes), "cause", cause, "err", err)
 	default:
-		sc.s.log.Warn("tcp: Deliver failed to store the batch; sending NACK", "remote", sc.remote, "node", sc.source,
+		sc.s.log.Warn("tcp: Deliver failed to store the batch; sending NACK", "remote", sc.remote, "peer", sc.source,
 			"batch", id, "envelopes", len(b.Envelopes), "permanent", transport.IsPermanent(err), "err", err)
 	}
 	// Release the in-flight slot before the answer is written: the client may send its next
@@ -812,7 +812,7 @@ func (sc *serverConn) callHandler(b *transport.Batch) (res transport.Result, err
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			sc.s.log.Error("tcp: handler panicked", "node", sc.source, "panic", p, "stack", string(debug.Stack()))
+			sc.s.log.Error("tcp: handler panicked", "peer", sc.source, "panic", p, "stack", string(debug.Stack()))
 			res, err = transport.Result{}, fmt.Errorf("handler panicked: %v", p)
 		}
 	}()

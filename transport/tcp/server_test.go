@@ -227,7 +227,8 @@ func TestDeliverFailureLogged(t *testing.T) {
 			return transport.Result{}, ctx.Err()
 		})
 		log, sink := newLog(t)
-		srv := startServer(t, h, ServerConfig{Logger: log})
+		// As a Node logs: its own name under "node"; the client's is "peer".
+		srv := startServer(t, h, ServerConfig{Logger: log.With("node", "receiver")})
 		r := dialRaw(t, srv.addr)
 		r.handshake()
 		f, _ := appendBatch(nil, 7, oneBatch("a", "b").Envelopes, DefaultMaxFrameSize)
@@ -239,10 +240,13 @@ func TestDeliverFailureLogged(t *testing.T) {
 			t.Errorf("Deliver's context ended with cause %v, want %v", cause, errPeerGone)
 		}
 		line := sink.waitFor(t, "batch=7")
-		for _, want := range []string{"INFO tcp: the client went away while its batch was being stored", "nobody to send a NACK to", "remote=" + r.c.LocalAddr().String(), "node=raw", "batch=7", "envelopes=2", "cause=tcp: the client went away", "err=context canceled"} {
+		for _, want := range []string{"INFO tcp: the client went away while its batch was being stored", "nobody to send a NACK to", "remote=" + r.c.LocalAddr().String(), "node=receiver", "peer=raw", "batch=7", "envelopes=2", "cause=tcp: the client went away", "err=context canceled"} {
 			if !strings.Contains(line, want) {
 				t.Errorf("log line %q lacks %q", line, want)
 			}
+		}
+		if n := strings.Count(line, "node="); n != 1 {
+			t.Errorf("log line %q has %d node attributes, want 1 (the server's own)", line, n)
 		}
 		if l, ok := sink.find("sending NACK"); ok {
 			t.Errorf("logged %q for a batch whose client is gone", l)
