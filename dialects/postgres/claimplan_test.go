@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -77,4 +78,82 @@ func TestClaimPlanAfterEmptyStart(t *testing.T) {
 		t.Fatalf("a %d-row claim read %d index entries of durable_outbox with %d rows waiting; want at most %d: the plan walks the backlog", limit, read, backlog, 10*limit)
 	}
 	t.Logf("a %d-row claim read %d index entries with %d rows waiting", limit, read, backlog)
+}
+
+// TestInsertInboxPlanAfterEmptyStart: InsertInbox is prepared once per
+// connection, and its first deliveries meet an empty inbox. A plan made
+// then must not read the whole inbox at every later delivery: the key
+// check of a row asked to be stored handled was a NOT EXISTS that a plan
+// made on the small table hashed, reading every row of the inbox (four
+// times) for a one-row batch. On one connection, after deliveries to the
+// empty inbox, one keyed row delivered with 20,000 handled rows of its key
+// stored must read (almost) no row sequentially.
+func TestInsertInboxPlanAfterEmptyStart(t *testing.T) {
+	const handled = 20_000
+	ctx := ctxFor(t)
+	_, schema := testdb.PostgresPool(t, true)
+	cfg, err := pgxpool.ParseConfig(testdb.WithSearchPath(t, testdb.PostgresURL(t), schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1 // one backend: the statement's cached plan and the statistics read below
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	d := postgres.New(pool)
+	// deliver stores n rows asked to be stored handled, the first under
+	// the key "hot", in one transaction.
+	deliver := func(id string, n int) {
+		t.Helper()
+		tx, err := d.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = d.Rollback(ctx, tx) }()
+		rows := make([]dialects.InboxRow, n)
+		for i := range rows {
+			rows[i] = dialects.InboxRow{Source: "orders", ID: fmt.Sprintf("%s-%d", id, i), Topic: "t", Key: fmt.Sprintf("k-%s-%d", id, i),
+				Payload: []byte("x"), State: dialects.InboxStateHandled, LeaseToken: "tok"}
+		}
+		rows[0].Key = "hot"
+		stored, err := d.InsertInbox(ctx, tx, rows)
+		if err != nil || len(stored) != n || !stored[0] {
+			t.Fatalf("InsertInbox %s = %v, %v", id, stored, err)
+		}
+		if err := d.Commit(ctx, tx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Batches of 100, as a busy sender sends them: their custom plans cost
+	// more than the generic plan (which guesses 10 rows), so after five
+	// executions Postgres keeps the generic one.
+	for i := range 8 {
+		deliver(fmt.Sprintf("warm%d", i), 100)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO durable_inbox (source, id, topic, key, payload, created_at, state, attempts, handled_at)
+		SELECT 'orders', 'old-' || g, 't', 'hot', '\x00', now(), 'handled', 1, now() FROM generate_series(1, $1::int) g`, handled); err != nil {
+		t.Fatal(err)
+	}
+	seqReads := func() int64 {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pool.Exec(ctx, `SELECT pg_stat_clear_snapshot()`); err != nil {
+			t.Fatal(err)
+		}
+		var n int64
+		if err := pool.QueryRow(ctx, `SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables
+			WHERE relid = 'durable_inbox'::regclass`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := seqReads()
+	deliver("new", 1)
+	if read := seqReads() - before; read > handled/10 {
+		t.Fatalf("delivering one keyed row read %d rows of durable_inbox sequentially with %d stored: the key check scans the inbox", read, handled)
+	}
 }

@@ -13,7 +13,15 @@ const (
 	// letters. A row asked to be stored handled ($10, for a caller that
 	// handles it in this transaction) is, when it is due, not expired and no
 	// other unfinished row of its (source, key) is in the inbox
-	// (durable_inbox_key_idx); otherwise it is stored ready. A row stored
+	// (durable_inbox_key_idx); otherwise it is stored ready. That check is
+	// a LIMIT 1 probe of the index, not NOT EXISTS: as an expression,
+	// NOT EXISTS may be planned as a hashed subplan, which reads the whole
+	// inbox to build its table, and a plan made while the inbox was small
+	// (a generic plan of the prepared statement, kept for the connection's
+	// life) did so at every delivery: 20 ms per one-row batch with 20,000
+	// handled rows, the hot-key drain's bottleneck. OFFSET 0 evaluates the
+	// check once per row; otherwise each CASE below inlined it again
+	// (TestInsertInboxPlanAfterEmptyStart). A row stored
 	// handled keeps the caller's token ($11) as its lease_token, so that
 	// FinishInbox can settle it otherwise in the same transaction.
 	sqlInsertInbox = `INSERT INTO {schema}durable_inbox
@@ -30,8 +38,10 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::byte
 CROSS JOIN LATERAL (SELECT r.handle
 	AND coalesce(r.run_at, now()) <= now()
 	AND (r.expires_at IS NULL OR r.expires_at > now())
-	AND (r.key = '' OR NOT EXISTS (SELECT 1 FROM {schema}durable_inbox p
-		WHERE p.source = r.source AND p.key = r.key AND p.key <> '' AND p.state <> 'handled')) AS ok) h
+	AND (r.key = '' OR (SELECT p.seq FROM {schema}durable_inbox p
+		WHERE p.source = r.source AND p.key = r.key AND p.key <> '' AND p.state <> 'handled'
+		ORDER BY p.source, p.key, p.seq LIMIT 1) IS NULL) AS ok
+	OFFSET 0) h
 WHERE NOT EXISTS (SELECT 1 FROM {schema}durable_dead_letters d
 	WHERE d.side = 'inbox' AND d.source = r.source AND d.destination = '' AND d.id = r.id)
 ORDER BY r.ord
