@@ -421,9 +421,28 @@ func TestNodeInlineByDefault(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			billing.Inbox().HandleFunc("warm.up", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error { return nil })
 			runNode(t, billing)
 			runNode(t, orders)
 			ctx := context.Background()
+			// A first message, handled before the others are sent: the
+			// inbox turns inline handling on when its Run starts, after the
+			// server may already take deliveries; once a message is handled,
+			// Run is past that point.
+			wtx, err := ordersDB.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := orders.Enqueue(ctx, wtx, &outbox.Message{Destination: "billing", Topic: "warm.up"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := wtx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the warm-up message handled", func() (bool, error) {
+				s, err := billing.Inbox().Stats(ctx)
+				return s.Handled == 1, err
+			})
 			tx, err := ordersDB.BeginTx(ctx, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -438,7 +457,7 @@ func TestNodeInlineByDefault(t *testing.T) {
 			}
 			waitFor(t, "every message handled", func() (bool, error) {
 				s, err := billing.Inbox().Stats(ctx)
-				return s.Handled == n, err
+				return s.Handled == n+1, err
 			})
 			mu.Lock()
 			for i := range n {
@@ -454,14 +473,17 @@ func TestNodeInlineByDefault(t *testing.T) {
 			var m map[string]metricdata.Aggregation
 			waitFor(t, "the handled messages in the metrics", func() (bool, error) {
 				m = metricsOf(t, reader)
-				return sumOf(m, "durable.inbox.handled") == n+1, nil
+				return sumOf(m, "durable.inbox.handled") == n+2, nil // the warm-up, n, and message 7's first attempt
 			})
 			inline, workers := histCount(m, "durable.inbox.batch.size", "durable.queue", "inline"), histCount(m, "durable.inbox.batch.size", "durable.queue", "default")
-			if disable && (inline != 0 || workers != n+1) {
-				t.Errorf("with DisableInline: %d messages handled inline, %d by workers; want 0 and %d", inline, workers, n+1)
+			if disable && (inline != 0 || workers != n+2) {
+				t.Errorf("with DisableInline: %d messages handled inline, %d by workers; want 0 and %d", inline, workers, n+2)
 			}
-			if !disable && (inline == 0 || inline+workers != n+1) {
-				t.Errorf("by default: %d messages handled inline, %d by workers; want most inline, %d in all", inline, workers, n+1)
+			// The n messages sent after the warm-up are handled inline (one
+			// of them fails there and is retried by a worker); the warm-up
+			// may have come before inline handling was on.
+			if !disable && (inline < n || inline+workers != n+2) {
+				t.Errorf("by default: %d messages handled inline, %d by workers; want at least %d inline, %d in all", inline, workers, n, n+2)
 			}
 		})
 	}
