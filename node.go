@@ -1,6 +1,7 @@
 package durable
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -85,10 +86,11 @@ type Config[TTx any] struct {
 	// Peers, unless it is already set or AllowUnknownDestinations is true.
 	Outbox outbox.Config
 	// Relay configures the relay. The Node sets Outbox (in-process wake-ups)
-	// and Logger when they are unset.
+	// and Logger when they are unset, and Incarnation (see Heartbeat).
 	Relay outbox.RelayConfig
 	// Inbox configures the workers. The Node sets Name and Logger when they
-	// are unset, and turns Inline on unless DisableInline is set.
+	// are unset, turns Inline on unless DisableInline is set, and sets
+	// Incarnation (see Heartbeat).
 	Inbox inbox.Config
 	// DisableInline keeps the inbox from handling delivered messages in the
 	// delivery's own transaction (inbox.Config.Inline, which a Node turns on
@@ -121,6 +123,29 @@ type Config[TTx any] struct {
 	// that is an error — the schema missing or older, a failed
 	// authentication, an unknown database — ends Run at once.
 	StartTimeout time.Duration
+
+	// Heartbeat is how often the node records in durable_nodes that it
+	// runs. Every run of a Node (an incarnation) has a row there, and its
+	// ID in every lease token its relay and inbox workers take, so that
+	// when a process is gone its claims are released at once instead of
+	// when their leases run out: at the start of the next Node on the same
+	// host (which sees that the process no longer runs), by any Node of
+	// the database within a Heartbeat of that (same host), or after
+	// NodeTimeout of silence (other hosts, where a process cannot be
+	// checked). Default DefaultHeartbeat (1s).
+	//
+	// Several processes may run under one Name (replicas of a service):
+	// each claims under its own incarnation, and a Node that starts while
+	// another process of its name runs on the same host logs a warning.
+	// The leases stay the bound for a process that runs but is stuck.
+	Heartbeat time.Duration
+	// NodeTimeout is how long an incarnation may go without a heartbeat
+	// before the other nodes release its claims. It must be at least twice
+	// Heartbeat. A process that was only paused for longer (a stop signal,
+	// a VM migration) then finds its claims gone: what it sends is
+	// deduplicated by the peer's inbox, and its workers can no longer
+	// settle the messages they held. Default DefaultNodeTimeout (5s).
+	NodeTimeout time.Duration
 
 	// Logger receives every part's logs, with a "node" attribute. Nil:
 	// slog.Default().
@@ -176,6 +201,7 @@ type Node[TTx any] struct {
 	server  *tcp.Server // nil when the node does not listen
 	clients map[string]*tcp.Client
 	noPeers bool // no Peers and no way to name a destination: Enqueue fails
+	inc     *incarnation
 
 	mu      sync.Mutex
 	addr    net.Addr
@@ -198,12 +224,18 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	cfg.Heartbeat = cmp.Or(cfg.Heartbeat, DefaultHeartbeat)
+	cfg.NodeTimeout = cmp.Or(cfg.NodeTimeout, DefaultNodeTimeout)
+	if cfg.Heartbeat < 0 || cfg.NodeTimeout < 2*cfg.Heartbeat {
+		return nil, fmt.Errorf("durable: Config.NodeTimeout (%v) must be at least twice Config.Heartbeat (%v), both positive", cfg.NodeTimeout, cfg.Heartbeat)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	log = log.With("node", cfg.Name)
-	n := &Node[TTx]{cfg: cfg, log: log, d: d, clients: make(map[string]*tcp.Client, len(cfg.Peers))}
+	n := &Node[TTx]{cfg: cfg, log: log, d: d, clients: make(map[string]*tcp.Client, len(cfg.Peers)),
+		inc: newIncarnation(cfg.Name, cfg.Heartbeat, cfg.NodeTimeout)}
 
 	obCfg := cfg.Outbox
 	obCfg.MeterProvider = orValue(obCfg.MeterProvider, cfg.MeterProvider)
@@ -263,6 +295,7 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 		rc.DrainTimeout = cfg.ShutdownTimeout
 	}
 	rc.MeterProvider = orValue(rc.MeterProvider, cfg.MeterProvider)
+	rc.Incarnation = n.inc.self.ID
 	if len(senders) > 0 {
 		if n.relay, err = outbox.NewRelay(d, senders, &rc); err != nil {
 			n.closeClients()
@@ -272,6 +305,7 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 
 	ic := cfg.Inbox
 	ic.Inline = !cfg.DisableInline
+	ic.Incarnation = n.inc.self.ID
 	if ic.Name == "" {
 		ic.Name = cfg.Name
 	}
@@ -426,6 +460,14 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 		return err
 	}
 
+	if err := n.register(ctx); err != nil {
+		if n.cfg.Listener != nil {
+			_ = n.cfg.Listener.Close()
+		}
+		return err
+	}
+	defer n.unregister()
+
 	var ln net.Listener
 	if n.server != nil {
 		ln = n.cfg.Listener
@@ -443,6 +485,7 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 
 	errs := make(chan error, 3)
 	var wg sync.WaitGroup
+	wg.Go(func() { n.heartbeat(runCtx) })
 	part := func(name string, run func() error) {
 		wg.Go(func() {
 			err := run()

@@ -51,10 +51,10 @@ import (
 // by a migration of a later release, once no build in use needs it. So a
 // rolling deploy runs the migrations first, then replaces the nodes one at
 // a time, old and new builds working side by side on the same database.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // Migrations lists the migration names, index i holding version i+1.
-var Migrations = []string{"0001_init", "0002_outbox_claim"}
+var Migrations = []string{"0001_init", "0002_outbox_claim", "0003_nodes"}
 
 // Dialect is the storage contract of durable for one database driver, with
 // TTx the driver's transaction type.
@@ -100,6 +100,10 @@ type Dialect[TTx any] interface {
 	// Leaser holds the named leases that let one process at a time do work
 	// such as the housekeeping (see dialects.Leaser).
 	Leaser
+
+	// Registry holds the running incarnations (durable_nodes) and
+	// releases the claims of those that are gone (see durable.Node).
+	Registry
 
 	// ListDeadLetters returns the dead letters of either side matching q,
 	// in the order they were first recorded (seq), for inspection, tools

@@ -76,6 +76,15 @@ type Config struct {
 	// host name, the process id and a random suffix.
 	Name string
 
+	// Incarnation, when set, starts every lease token the workers take
+	// (durable_inbox.lease_token is Incarnation/random). A durable.Node
+	// sets it to the ID of its row in durable_nodes, so that the messages
+	// a process that died had claimed can be made ready at once
+	// (dialects.Registry.ReleaseIncarnation) rather than when their leases
+	// run out. It must be unique to this run of the process and hold no
+	// '/' or '%'.
+	Incarnation string
+
 	// Concurrency is the number of workers of the default queue, which
 	// handles every topic that no Queue lists, unknown topics included.
 	// Each worker handles one batch at a time, in a transaction of its own
@@ -380,6 +389,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("durable/inbox: Config.Topics[%q]: values must not be negative", t)
 		}
 	}
+	if strings.ContainsAny(c.Incarnation, "/%") {
+		return fmt.Errorf("durable/inbox: Config.Incarnation %q holds '/' or '%%'", c.Incarnation)
+	}
 	return nil
 }
 
@@ -555,6 +567,12 @@ func checkText(s string) string {
 	}
 	return ""
 }
+
+// Wake makes an idle worker of every queue look for ready messages now:
+// for messages that became ready by other means than this inbox, such as
+// the claims of a stopped process released by a durable.Node. It may be
+// called any time.
+func (ib *Inbox[TTx]) Wake() { ib.wakeAll() }
 
 // wakeAll wakes an idle worker of every queue.
 func (ib *Inbox[TTx]) wakeAll() {

@@ -127,12 +127,21 @@ func jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
 }
 
+// newToken returns a new lease token: random, after the incarnation when
+// one is set (see Config.Incarnation).
+func (ib *Inbox[TTx]) newToken() string {
+	if ib.cfg.Incarnation != "" {
+		return ib.cfg.Incarnation + "/" + rand.Text()
+	}
+	return rand.Text()
+}
+
 // claim leases a batch for worker under a new token. A shutdown may
 // interrupt it: the claim then rolls back, or, if it committed unseen,
 // its lease expires and it is rescued. There is no timeout: on SQLite a
 // claim waits, legitimately, for the batch that holds the only connection.
 func (ib *Inbox[TTx]) claim(ctx context.Context, q *queue, worker string) (string, []dialects.InboxRow, error) {
-	token := rand.Text()
+	token := ib.newToken()
 	rows, err := ib.store.ClaimInbox(ctx, dialects.InboxClaim{
 		Token:         token,
 		Worker:        worker,

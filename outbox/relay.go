@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +85,14 @@ type RelayConfig struct {
 	// share a lease token. Default: host name, process id and a random
 	// suffix.
 	ID string
+
+	// Incarnation, when set, takes the place of the random nonce in the
+	// lease tokens (ID/Incarnation/n). A durable.Node sets it to the ID of
+	// its row in durable_nodes, so that the claims of a process that died
+	// can be released at once (dialects.Registry.ReleaseIncarnation)
+	// rather than when their leases run out. It must be unique to this
+	// run of the process and hold no '/' or '%'.
+	Incarnation string
 
 	// PollInterval is how often an idle destination is checked for due
 	// rows without a wake-up. Default DefaultPollInterval (1s).
@@ -161,6 +171,9 @@ func (c RelayConfig) resolve() (RelayConfig, error) {
 	}
 	if c.ID == "" {
 		c.ID = defaultRelayID()
+	}
+	if strings.ContainsAny(c.Incarnation, "/%") {
+		return c, fmt.Errorf("durable/outbox: RelayConfig.Incarnation %q holds '/' or '%%'", c.Incarnation)
 	}
 	for _, f := range []struct {
 		name string
@@ -353,7 +366,7 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 		mx:      mx,
 		lanes:   make(map[string]*lane, len(senders)),
 		unknown: make(map[string]time.Time),
-		nonce:   rand.Text()[:8],
+		nonce:   cmp.Or(c.Incarnation, rand.Text()[:8]),
 	}
 	if l, ok := d.(dialects.Listener); ok && !c.NoListen {
 		core.listener = l
@@ -440,6 +453,14 @@ type DestinationStats struct {
 // any time, also while Run is not running.
 func (r *Relay[TTx]) Stats(ctx context.Context) (RelayStats, error) {
 	return r.core.stats(ctx)
+}
+
+// Wake makes the relay look for due rows of destination now, as a commit
+// of Enqueue in this process does ("" wakes every destination): for rows
+// that became claimable by other means, such as the claims of a stopped
+// process released by a durable.Node. It may be called any time.
+func (r *Relay[TTx]) Wake(destination string) {
+	r.core.wake(destination, false)
 }
 
 // relayCore is the part of Relay that does not depend on the transaction

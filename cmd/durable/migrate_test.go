@@ -77,7 +77,7 @@ func TestMigrateCycle(t *testing.T) {
 		db := []string{"--dsn", dsn}
 		wantStatus(t, statusJSON(t, db...), "pending")
 		wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema,
-			"postgres schema is at version 0, need version 2: missing migration 0001_init")
+			"postgres schema is at version 0, need version 3: missing migration 0001_init")
 		migrateCycle(t, "postgres", db)
 		// Everything went into the test's schema, goose's table included.
 		pool := testdb.OpenPostgres(t, dsn, false)
@@ -120,21 +120,22 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 
 	r := mustSucceed(t, args("migrate", "up")...)
 	if !strings.Contains(r.stdout, "applied 0001_init (") || !strings.Contains(r.stdout, "applied 0002_outbox_claim (") ||
-		!strings.Contains(r.stdout, "durable schema at version 2 of 2: up to date") {
+		!strings.Contains(r.stdout, "applied 0003_nodes (") || !strings.Contains(r.stdout, "durable schema at version 3 of 3: up to date") {
 		t.Errorf("up printed:\n%s", r.stdout)
 	}
 	r = mustSucceed(t, args("migrate", "status")...)
 	if !regexp.MustCompile(`(?m)^1 +0001_init +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) ||
-		!regexp.MustCompile(`(?m)^2 +0002_outbox_claim +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) {
+		!regexp.MustCompile(`(?m)^2 +0002_outbox_claim +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`(?m)^3 +0003_nodes +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) {
 		t.Errorf("status after up:\n%s", r.stdout)
 	}
 	wantStatus(t, statusJSON(t, db...), "applied")
 	r = mustSucceed(t, args("migrate", "check")...)
-	if !strings.HasSuffix(r.stdout, ": durable schema at version 2, as this build needs\n") {
+	if !strings.HasSuffix(r.stdout, ": durable schema at version 3, as this build needs\n") {
 		t.Errorf("check printed %q", r.stdout)
 	}
 	var chk checkResult
-	if err := json.Unmarshal([]byte(mustSucceed(t, args("migrate", "check", "--json")...).stdout), &chk); err != nil || !chk.OK || chk.Version != 2 || chk.Dialect != dialect {
+	if err := json.Unmarshal([]byte(mustSucceed(t, args("migrate", "check", "--json")...).stdout), &chk); err != nil || !chk.OK || chk.Version != 3 || chk.Dialect != dialect {
 		t.Errorf("check --json: %+v, %v", chk, err)
 	}
 
@@ -154,19 +155,19 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 		t.Fatalf("down --json: %v\n%s", err, r.stdout)
 	}
 	// Down rolls back the latest migration only.
-	if run.Direction != "down" || len(run.Migrations) != 1 || run.Migrations[0].Name != "0002_outbox_claim" || run.Version != 1 || run.Latest != 2 {
+	if run.Direction != "down" || len(run.Migrations) != 1 || run.Migrations[0].Name != "0003_nodes" || run.Version != 2 || run.Latest != 3 {
 		t.Errorf("down --json: %+v", run)
 	}
-	if st := statusJSON(t, db...); st.Version != 1 || st.SchemaVersion != 1 || st.Pending != 1 {
-		t.Errorf("status after down: version %d, schema_version %d, pending %d; want 1, 1, 1", st.Version, st.SchemaVersion, st.Pending)
+	if st := statusJSON(t, db...); st.Version != 2 || st.SchemaVersion != 2 || st.Pending != 1 {
+		t.Errorf("status after down: version %d, schema_version %d, pending %d; want 2, 2, 1", st.Version, st.SchemaVersion, st.Pending)
 	}
-	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 1, need version 2: missing migration 0002_outbox_claim;")
-	r = mustSucceed(t, args("migrate", "down", "--yes")...)
-	if !strings.Contains(r.stdout, "rolled back 0001_init (") || !strings.Contains(r.stdout, "durable schema at version 0 of 2: 2 pending") {
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 2, need version 3: missing migration 0003_nodes;")
+	r = mustSucceed(t, args("migrate", "down", "--to", "0", "--yes")...)
+	if !strings.Contains(r.stdout, "rolled back 0001_init (") || !strings.Contains(r.stdout, "durable schema at version 0 of 3: 3 pending") {
 		t.Errorf("second down printed:\n%s", r.stdout)
 	}
 	wantStatus(t, statusJSON(t, db...), "pending")
-	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 0, need version 2: missing migration 0001_init")
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 0, need version 3: missing migration 0001_init")
 
 	// Down with nothing applied: nothing to do.
 	r = mustSucceed(t, args("migrate", "down", "--all", "--yes")...)
@@ -178,17 +179,17 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.Direction != "up" || len(run.Migrations) != 1 || run.Version != 1 {
 		t.Errorf("up --to 1 --json: %+v, %v\n%s", run, err, r.stdout)
 	}
-	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 1, need version 2")
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 1, need version 3")
 	mustSucceed(t, args("migrate", "up")...)
 	wantStatus(t, statusJSON(t, db...), "applied")
 	mustSucceed(t, args("migrate", "check")...)
 
-	wantError(t, durable(t, args("migrate", "up", "--to", "3")...), exitUsage, "--to 3: there is no migration 3; the latest is 2")
-	wantError(t, durable(t, args("migrate", "down", "--to", "3", "--yes")...), exitUsage, "--to 3: there is no migration 3; the latest is 2")
+	wantError(t, durable(t, args("migrate", "up", "--to", "4")...), exitUsage, "--to 4: there is no migration 4; the latest is 3")
+	wantError(t, durable(t, args("migrate", "down", "--to", "4", "--yes")...), exitUsage, "--to 4: there is no migration 4; the latest is 3")
 
 	r = mustSucceed(t, args("migrate", "down", "--all", "--yes")...)
 	if !strings.Contains(r.stdout, "rolled back 0002_outbox_claim (") || !strings.Contains(r.stdout, "rolled back 0001_init (") ||
-		!strings.Contains(r.stdout, "durable schema at version 0 of 2: 2 pending") {
+		!strings.Contains(r.stdout, "durable schema at version 0 of 3: 3 pending") {
 		t.Errorf("down --all printed:\n%s", r.stdout)
 	}
 	mustSucceed(t, args("migrate", "up")...)
@@ -207,15 +208,15 @@ func TestCheckNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := db.Exec(`INSERT INTO durable_schema_version (version, name) VALUES (3, '0003_future')`); err != nil {
+	if _, err := db.Exec(`INSERT INTO durable_schema_version (version, name) VALUES (99, '0099_future')`); err != nil {
 		t.Fatal(err)
 	}
 	r := mustSucceed(t, "migrate", "check", "--dsn", path)
-	if !strings.HasSuffix(r.stdout, ": durable schema at version 3, newer than this build's 2, which runs on it\n") {
+	if !strings.HasSuffix(r.stdout, ": durable schema at version 99, newer than this build's 3, which runs on it\n") {
 		t.Errorf("check printed %q", r.stdout)
 	}
 	var chk checkResult
-	if err := json.Unmarshal([]byte(mustSucceed(t, "migrate", "check", "--json", "--dsn", path).stdout), &chk); err != nil || !chk.OK || chk.Version != 3 {
+	if err := json.Unmarshal([]byte(mustSucceed(t, "migrate", "check", "--json", "--dsn", path).stdout), &chk); err != nil || !chk.OK || chk.Version != 99 {
 		t.Errorf("check --json: %+v, %v", chk, err)
 	}
 }
@@ -241,10 +242,10 @@ func TestMigrateSchemaFlag(t *testing.T) {
 	})
 	db := []string{"--dsn", base, "--schema", schema}
 
-	wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema, "postgres schema is at version 0, need version 2")
+	wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema, "postgres schema is at version 0, need version 3")
 	r := mustSucceed(t, append([]string{"migrate", "up", "--json"}, db...)...)
 	var run runResult
-	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.CreatedSchema != schema || run.Version != 2 {
+	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.CreatedSchema != schema || run.Version != 3 {
 		t.Fatalf("up --schema --json: %+v, %v\n%s", run, err, r.stdout)
 	}
 	if want := "(schema " + schema + ")"; !strings.HasSuffix(run.Database, want) {
@@ -461,7 +462,7 @@ func TestErrors(t *testing.T) {
 		{"--to and --all", nil, []string{"migrate", "down", "--to", "0", "--all", "--yes"}, exitUsage,
 			"if any flags in the group [to all] are set none of the others can be; [all to] were all set (see 'durable migrate down --help')"},
 		{"up --to beyond the latest", nil, []string{"migrate", "up", "--to", "99", "--dsn", missing}, exitUsage,
-			"--to 99: there is no migration 99; the latest is 2"},
+			"--to 99: there is no migration 99; the latest is 3"},
 		{"up --to 0", nil, []string{"migrate", "up", "--to", "0", "--dsn", missing}, exitUsage,
 			"--to 0: the first migration is 1"},
 		{"negative timeout", nil, []string{"migrate", "status", "--timeout", "-1s", "--dsn", missing}, exitUsage,
@@ -505,12 +506,12 @@ func TestForeignHistory(t *testing.T) {
 		}
 	}
 	db.Close()
-	line := "durable_schema_version records version 2 but " + migrations.GooseTable +
+	line := "durable_schema_version records version 3 but " + migrations.GooseTable +
 		" records 0: this schema was applied by another tool (golang-migrate or copied SQL); keep migrating it with that tool (see docs/migrations.md)"
 	wantError(t, durable(t, "migrate", "up", "--dsn", path), exitFailure, line)
 	wantError(t, durable(t, "migrate", "down", "--yes", "--dsn", path), exitFailure, line)
 	r := mustSucceed(t, "migrate", "status", "--dsn", path)
-	if !strings.Contains(r.stdout, "note: durable_schema_version records version 2: the schema was applied by another tool") {
+	if !strings.Contains(r.stdout, "note: durable_schema_version records version 3: the schema was applied by another tool") {
 		t.Errorf("status does not point out the other tool:\n%s", r.stdout)
 	}
 	mustSucceed(t, "migrate", "check", "--dsn", path)
@@ -545,7 +546,7 @@ func TestDownConfirmation(t *testing.T) {
 		a.isTerminal = func() bool { return true }
 		return a.execute(context.Background(), []string{"migrate", "down", "--all", "--dsn", path}), stdout.String(), stderr.String()
 	}
-	question := "This rolls back 0002_outbox_claim, 0001_init on sqlite " + path + ", dropping durable's tables and every message in them.\nType yes to continue: "
+	question := "This rolls back 0003_nodes, 0002_outbox_claim, 0001_init on sqlite " + path + ", dropping durable's tables and every message in them.\nType yes to continue: "
 	for answer, line := range map[string]string{
 		"no\n": "durable: not confirmed; nothing was rolled back\n",
 		"":     "durable: no answer on stdin; nothing was rolled back (pass --yes to skip the question)\n",

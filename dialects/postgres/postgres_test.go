@@ -459,7 +459,7 @@ func TestSchemaVersions(t *testing.T) {
 		}
 		_, err = d.AcquireLease(ctx, "x", "me", time.Minute)
 		var se *dialects.SchemaError
-		if !errors.As(err, &se) || se.Have != 99 || !strings.Contains(err.Error(), "newer than this build (version 2), and lacks a table or column") {
+		if !errors.As(err, &se) || se.Have != 99 || !strings.Contains(err.Error(), "newer than this build (version 3), and lacks a table or column") {
 			t.Fatalf("AcquireLease without its table on a newer schema = %v", err)
 		}
 	})
