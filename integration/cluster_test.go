@@ -38,6 +38,7 @@ type scenario struct {
 	dbFaults  bool          // restart and kill the Postgres servers
 	stuck     float64       // share of handler calls that hang past the inbox lease
 	windows   bool          // fail unless each window was hit exactly (full length; see crashWindows)
+	args      []string      // more arguments for every helper, before a service's own
 }
 
 // side is one service's database: the test's handle on it, and what the
@@ -128,6 +129,9 @@ type cluster struct {
 	points     pointCounts     // the library's crash points: armed, reached, missed, skipped
 	target     *service        // the receiver the proxy forwards new connections to
 
+	// hook, when set before run, sees every line the services print.
+	hook func(s *service, stream, line string)
+
 	// serial is held while the crash loop or the crash-point loop kills,
 	// stops or starts services, so that the two never act on one at once.
 	serial sync.Mutex
@@ -195,6 +199,9 @@ func (c *cluster) run() {
 // crashes at the application's crash points; on stderr, their deaths at the
 // library's (see internal/crashpoint).
 func (c *cluster) onLine(svc *service, stream, line string) {
+	if c.hook != nil {
+		c.hook(svc, stream, line)
+	}
 	if stream == "stderr" {
 		if point, ok := strings.CutPrefix(line, "CRASHPOINT "); ok {
 			c.mu.Lock()
@@ -305,7 +312,7 @@ func (s *service) startArmed(arm string) error {
 	case "receiver":
 		args = append(args, "-dsn", c.billing.dsn, "-stuck", fmt.Sprint(c.sc.stuck))
 	}
-	args = append(args, extra...)
+	args = append(append(args, c.sc.args...), extra...)
 	p := proc.Start(c.t, c.bin, proc.Options{
 		Name: fmt.Sprintf("%s#%d", s.name, n),
 		Args: args,

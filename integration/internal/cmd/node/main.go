@@ -68,6 +68,7 @@ import (
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/outbox"
+	"github.com/durable-go/durable/transport/tcp"
 )
 
 // Topic is the topic of every message.
@@ -94,6 +95,7 @@ type options struct {
 	inline                   string
 	maxAttempts, batch       int
 	verbose                  bool
+	defaults                 bool
 }
 
 func main() {
@@ -120,6 +122,7 @@ func main() {
 	flag.IntVar(&o.maxAttempts, "max-attempts", 100, "receiver: inbox MaxAttempts")
 	flag.IntVar(&o.batch, "batch", 0, "receiver: inbox BatchSize (0: the default)")
 	flag.BoolVar(&o.verbose, "v", false, "log at debug level")
+	flag.BoolVar(&o.defaults, "defaults", false, "keep the library's default timings (leases, polling, timeouts, backoff) instead of the suite's short ones")
 	flag.Parse()
 	if o.name == "" {
 		o.name = map[string]string{"sender": "orders", "receiver": "billing"}[o.role]
@@ -322,6 +325,15 @@ func serve[TTx any](ctx context.Context, o options, log *slog.Logger, d *db[TTx]
 		// faults; well under the sender's AckTimeout.
 		Inline:        o.seed%2 == 0,
 		InlineTimeout: 500 * time.Millisecond,
+	}
+	if o.defaults {
+		// Only what names the process and what the flags choose: every
+		// timing is the library's default, as in a service that sets none.
+		cfg.ShutdownTimeout = 0
+		cfg.Relay = outbox.RelayConfig{ID: cfg.Relay.ID}
+		cfg.Client = tcp.ClientConfig{}
+		cfg.Server = tcp.ServerConfig{}
+		cfg.Inbox = inbox.Config{Name: cfg.Inbox.Name, MaxAttempts: o.maxAttempts, BatchSize: o.batch, Inline: cfg.Inbox.Inline}
 	}
 	switch o.inline {
 	case "on", "off":
