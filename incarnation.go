@@ -88,8 +88,8 @@ func (n *Node[TTx]) register(ctx context.Context) error {
 
 // release releases the claims of o, which is gone.
 func (n *Node[TTx]) release(ctx context.Context, o dialects.Incarnation, why string) {
-	reason := fmt.Sprintf("node %s (pid %d on %s, incarnation %s) stopped before it finished: %s; released by %s (pid %d on %s)",
-		o.Name, o.PID, o.Host, o.ID, why, n.inc.self.Name, n.inc.self.PID, n.inc.self.Host)
+	reason := fmt.Sprintf("node %s (pid %d on %s, incarnation %s): %s; released by %s (pid %d on %s);%s",
+		o.Name, o.PID, o.Host, o.ID, why, n.inc.self.Name, n.inc.self.PID, n.inc.self.Host, dialects.ReleasedError)
 	r, err := n.d.ReleaseIncarnation(ctx, o.ID, reason)
 	if err != nil {
 		n.log.Warn("durable: releasing the claims of a stopped node failed; its leases will run out instead",
@@ -169,7 +169,7 @@ func (n *Node[TTx]) unregister() {
 	liveIncarnations.Delete(n.inc.self.ID)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := n.d.ReleaseIncarnation(ctx, n.inc.self.ID, fmt.Sprintf("node %s (pid %d on %s) stopped before it finished", n.inc.self.Name, n.inc.self.PID, n.inc.self.Host))
+	r, err := n.d.ReleaseIncarnation(ctx, n.inc.self.ID, fmt.Sprintf("node %s (pid %d on %s);%s", n.inc.self.Name, n.inc.self.PID, n.inc.self.Host, dialects.ReleasedError))
 	switch {
 	case err != nil:
 		n.log.Warn("durable: removing this node from durable_nodes failed; others release it once it has been silent for NodeTimeout",

@@ -162,7 +162,7 @@ func TestNodeTakesBackClaimsOfDeadProcess(t *testing.T) {
 	if err != nil || len(rows) != 1 {
 		t.Fatalf("ListInbox: %v, %v", rows, err)
 	}
-	if want := fmt.Sprintf("node billing (pid %d on %s, incarnation DEADBILLING) stopped before it finished: its process no longer runs; released by billing (pid %d on %s)", pid, host, os.Getpid(), host); len(rows[0].Errors) != 1 || rows[0].Errors[0].Error != want {
+	if want := fmt.Sprintf("node billing (pid %d on %s, incarnation DEADBILLING): its process no longer runs; released by billing (pid %d on %s); it stopped before it finished", pid, host, os.Getpid(), host); len(rows[0].Errors) != 1 || rows[0].Errors[0].Error != want {
 		t.Errorf("released message's errors = %+v, want one: %q", rows[0].Errors, want)
 	}
 }

@@ -49,13 +49,20 @@ type Registry interface {
 	// ReleaseIncarnation releases what the incarnation id holds, in one
 	// transaction: its outbox claims become claimable at once (locked_by
 	// and locked_until cleared) and the inbox rows its workers had leased
-	// become ready, with reason recorded as their last error, as the
-	// rescue of an expired lease does; then the row of id is deleted.
+	// become ready, with reason recorded as their last error and in their
+	// error history, as the rescue of an expired lease does (reason should
+	// end with ReleasedError, so that the workers run those messages one
+	// at a time, as they run rescued ones); then the row of id is deleted.
 	// Since the lease tokens are cleared, a process of that incarnation
 	// that still runs can no longer settle those rows. Releasing an
 	// incarnation that is not registered still releases its claims.
 	ReleaseIncarnation(ctx context.Context, id, reason string) (Released, error)
 }
+
+// ReleasedError ends the last_error of an inbox row that
+// ReleaseIncarnation made ready: like RescuedError, it marks a row whose
+// last attempt was lost with the process that ran it.
+const ReleasedError = " it stopped before it finished"
 
 // Released counts what ReleaseIncarnation released.
 type Released struct {

@@ -77,7 +77,7 @@ func (ib *Inbox[TTx]) isolate(ctx context.Context, worker, token string, rows []
 	}
 	first := -1
 	for i := range rows {
-		if strings.HasSuffix(rows[i].LastError, dialects.RescuedError) {
+		if strings.HasSuffix(rows[i].LastError, dialects.RescuedError) || strings.HasSuffix(rows[i].LastError, dialects.ReleasedError) {
 			first = i
 			break
 		}

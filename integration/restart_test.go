@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,8 +113,8 @@ func restartTest(t *testing.T, dialect string, seed uint64) {
 }
 
 // TestTwoProcessesOneName: two receiver processes run under one name on one
-// database (replicas of a service), with default timings. The second warns
-// that another process of its name runs on this host; neither takes the
+// database (replicas of a service), with default timings. The second to
+// register warns that another process of its name runs on this host; neither takes the
 // other for dead while both run. When one is killed holding claims, the
 // other releases them within a heartbeat, long before their leases (60s)
 // run out, and nothing is lost or handled twice.
@@ -155,7 +154,8 @@ func TestTwoProcessesOneName(t *testing.T) {
 	}
 	c.run()
 
-	// Both run and claim; the second started warned.
+	// Both run and claim, and the second started warned; messages flow
+	// for a while (the history check wants at least 50).
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for {
@@ -163,16 +163,25 @@ func TestTwoProcessesOneName(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n == 2 {
+		m, err := queryInt(ctx, c.orders.db, `SELECT count(*) FROM orders`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		warned := len(warnedBy)
+		mu.Unlock()
+		if n == 2 && m >= 100 && warned > 0 {
 			break
 		}
 		if !pause(ctx, 20*time.Millisecond) {
-			t.Fatal("the two receivers did not both register")
+			t.Fatalf("after a minute: %d receivers registered, %d messages committed, %d warnings about the shared name", n, m, warned)
 		}
 	}
+	// The helper prints READY before its Node registers, so either may
+	// have registered second.
 	mu.Lock()
-	if !slices.Equal(warnedBy, []string{"billing2"}) {
-		t.Errorf("warnings about the shared name came from %v, want billing2 only", warnedBy)
+	if len(warnedBy) != 1 {
+		t.Errorf("warnings about the shared name came from %v, want one, from the receiver that registered second", warnedBy)
 	}
 	mu.Unlock()
 
@@ -193,6 +202,9 @@ func TestTwoProcessesOneName(t *testing.T) {
 	mu.Lock()
 	killed[p.Pid()] = true
 	mu.Unlock()
+	// Deliveries wake the receiving process's workers: send to the armed
+	// one, so that its workers claim (the other's only poll).
+	c.aim(second)
 	select {
 	case <-p.Done():
 	case <-time.After(30 * time.Second):
