@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/durable-go/durable/transport"
 )
@@ -464,55 +465,86 @@ func setBatchID(frame []byte, id uint64) {
 // The strings are copied out of body rather than aliased to it: a receiver that keeps ids or
 // topics (a dedupe cache, say) then retains a few bytes per envelope, not the whole frame.
 func decodeBatch(body []byte) (uint64, []transport.Envelope, error) {
+	id, envs, _, err := decodeBatchSized(body)
+	return id, envs, err
+}
+
+// Approximate memory of the decoded form, besides the frame body: each envelope's struct, and
+// each header map (one group of 8 slots up to 8 headers, about 82 bytes per header beyond,
+// measured with Go 1.26's maps).
+const (
+	envelopeSize   = int64(unsafe.Sizeof(transport.Envelope{}))
+	smallMapSize   = 336
+	mapEntrySize   = 82
+	smallMapLength = 8
+)
+
+// headerMapSize returns the approximate size of a header map with nh entries.
+func headerMapSize(nh int) int64 {
+	switch {
+	case nh == 0:
+		return 0
+	case nh <= smallMapLength:
+		return smallMapSize
+	}
+	return int64(nh) * mapEntrySize
+}
+
+// decodeBatchSized is decodeBatch that also returns the approximate bytes the decoded form
+// allocated besides body: the envelope slice, the block of strings and the header maps. The
+// server charges them to its batch memory budgets.
+func decodeBatchSized(body []byte) (uint64, []transport.Envelope, int64, error) {
 	r := rd{b: body}
 	id := r.u64()
 	count := r.u32()
 	if r.bad {
-		return 0, nil, errTruncated
+		return 0, nil, 0, errTruncated
 	}
 	if uint64(count) > uint64(len(r.b)/minEnvelopeLen) {
-		return 0, nil, protoErr("BATCH declares %d envelopes in %d bytes", count, len(r.b))
+		return 0, nil, 0, protoErr("BATCH declares %d envelopes in %d bytes", count, len(r.b))
 	}
 	// Pass 1: validate everything and size the string storage.
 	strBytes := 0
+	var mapBytes int64
 	envStart := r.b
 	for i := uint32(0); i < count; i++ {
 		strBytes += len(r.str16()) + len(r.str16()) + len(r.str16())
 		created, deliver, expires := r.skipTime(), r.skipTime(), r.skipTime()
 		if !created || !deliver || !expires {
 			if r.bad {
-				return 0, nil, errTruncated
+				return 0, nil, 0, errTruncated
 			}
-			return 0, nil, protoErr("BATCH envelope %d: time out of range", i)
+			return 0, nil, 0, protoErr("BATCH envelope %d: time out of range", i)
 		}
 		r.u32() // attempt
 		nh := int(r.u16())
 		if nh > len(r.b)/minHeaderLen {
-			return 0, nil, protoErr("BATCH envelope %d declares %d headers in %d bytes", i, nh, len(r.b))
+			return 0, nil, 0, protoErr("BATCH envelope %d declares %d headers in %d bytes", i, nh, len(r.b))
 		}
+		mapBytes += headerMapSize(nh)
 		var prev []byte
 		for j := 0; j < nh; j++ {
 			k := r.str16()
 			v := r.str16()
 			if r.bad {
-				return 0, nil, errTruncated
+				return 0, nil, 0, errTruncated
 			}
 			if j > 0 && bytes.Compare(prev, k) >= 0 {
-				return 0, nil, protoErr("BATCH envelope %d: header names not in strictly increasing order", i)
+				return 0, nil, 0, protoErr("BATCH envelope %d: header names not in strictly increasing order", i)
 			}
 			prev = k
 			strBytes += len(k) + len(v)
 		}
 		r.take(int(r.u32())) // payload
 		if r.bad {
-			return 0, nil, errTruncated
+			return 0, nil, 0, errTruncated
 		}
 	}
 	if len(r.b) != 0 {
-		return 0, nil, protoErr("BATCH has %d trailing bytes", len(r.b))
+		return 0, nil, 0, protoErr("BATCH has %d trailing bytes", len(r.b))
 	}
 	if count == 0 {
-		return id, nil, nil
+		return id, nil, 0, nil
 	}
 	// Pass 2: copy every string into one buffer.
 	var sb strings.Builder
@@ -560,7 +592,7 @@ func decodeBatch(body []byte) (uint64, []transport.Envelope, error) {
 		}
 		e.Payload = r.take(int(r.u32()))
 	}
-	return id, envs, nil
+	return id, envs, int64(count)*envelopeSize + int64(strBytes) + mapBytes, nil
 }
 
 // ---- ACK / NACK ----

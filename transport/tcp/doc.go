@@ -50,6 +50,27 @@
 // The server answers each client with the proof of the secret that client sent, and a
 // [Verifier] sees which one it was in Hello.Secret.
 //
+// # Limits
+//
+// Connections that have not authenticated yet are bounded apart from authenticated ones:
+// ServerConfig.MaxHandshakes in all (default 1024) and MaxHandshakesPerAddr per remote IP
+// address (default: MaxHandshakes). A new connection is never refused for them; instead the server closes
+// the oldest handshake, of the newcomer's address or else of the address holding the most, with
+// an ERROR frame of code busy, and logs the evictions at most once a second. A peer that
+// connects and never authenticates therefore cannot lock real clients out, however fast it
+// reconnects: a client that answers CHALLENGE within a round trip is closed only if a whole
+// budget of newer connections (from its own address, when it shares one with the flood)
+// arrives during its handshake. Until it authenticated, a connection costs no read buffer.
+//
+// ServerConfig.MaxConns bounds authenticated connections (default 1024); a client that
+// authenticates beyond it is answered busy instead of WELCOME. The Client reports busy as a
+// retryable transport.ErrUnavailable and reconnects with backoff.
+//
+// MaxBatchMemory (per connection, default 64 MiB) and MaxServerBatchMemory (default 256 MiB)
+// bound the memory that batches hold from the moment their frame is read until Deliver
+// returns. While they are used up, the server reads nothing more from the connection, so TCP
+// flow control holds the client back; a batch larger than a budget is handled alone.
+//
 // # Performance
 //
 // The codec uses no reflection. Decoding a batch costs two allocations per frame (the envelope

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,8 +88,43 @@ type ServerConfig struct {
 	// server's clock. Default 2m.
 	MaxClockSkew time.Duration
 
-	// MaxConns bounds open connections; further connections are closed at once. Default 1024.
+	// MaxConns bounds the authenticated connections. A client that authenticates while
+	// MaxConns of them are open is answered with ERROR busy instead of WELCOME (the Client
+	// reports transport.ErrUnavailable and retries after a backoff). Connections that have not
+	// authenticated yet count against MaxHandshakes instead. Default 1024.
 	MaxConns int
+	// MaxHandshakes bounds the connections that have not authenticated yet (TLS handshake plus
+	// CHALLENGE/HELLO), from all addresses together. A connection that arrives when the bound is
+	// reached is not refused: the server makes room by closing the oldest handshake of the
+	// address that holds the most of them, with ERROR busy. A client that answers CHALLENGE
+	// promptly is therefore closed only if MaxHandshakes newer connections arrive during its
+	// handshake, and a flood of connections that never authenticate, redialled as fast as they
+	// are closed, cannot lock real clients out. Evictions are logged at most once a second,
+	// with their count. Default 1024.
+	MaxHandshakes int
+	// MaxHandshakesPerAddr bounds the connections that have not authenticated yet from one
+	// remote IP address (any port). A connection from an address at the bound makes room by
+	// closing that address's oldest handshake, with ERROR busy. The eviction order of
+	// MaxHandshakes already keeps one flooding address from pushing out the handshakes of
+	// others (it closes the busiest address's first); a bound below MaxHandshakes also keeps
+	// such an address from occupying the whole budget, at a price: a real client that shares
+	// the flooding address (behind the same NAT) is then protected only by that many newer
+	// connections instead of MaxHandshakes (with 256, about 12ms under a local flood on a
+	// 2-core machine, which a loaded scheduler can exceed). Default: MaxHandshakes.
+	MaxHandshakesPerAddr int
+	// MaxBatchMemory bounds the memory that one connection's batches hold from the moment
+	// their frame is read until Deliver returns: the frame body plus the decoded envelopes
+	// (their structs, a copy of every string, and the header maps, estimated from their
+	// sizes). Before reading a BATCH body the server reserves its length, first from the
+	// connection's budget and then from the server's (MaxServerBatchMemory), and while it waits
+	// for the bytes to be released it reads nothing more from the connection, so TCP flow
+	// control stops the client; the decoded size is added after decoding, before the batch is
+	// handed to Deliver. Memory a Handler keeps after Deliver returned is not counted. A batch
+	// larger than the budget is charged the whole budget, so it proceeds alone. Default 64 MiB.
+	MaxBatchMemory int
+	// MaxServerBatchMemory bounds the memory that the batches of all connections together hold,
+	// counted as for MaxBatchMemory. Default 256 MiB.
+	MaxServerBatchMemory int
 	// MaxInFlight bounds the batches one connection may have unacknowledged; it is announced
 	// in WELCOME and a client exceeding it is disconnected. Default 64, at most 65535.
 	MaxInFlight int
@@ -110,11 +147,25 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[*serverConn]struct{}
+	conns     map[*serverConn]struct{} // authenticated or not
 	closing   bool
 	noConns   chan struct{} // closed once closing and no connection remains
+	hs        handshakeSet  // connections not yet authenticated, against MaxHandshakes
+	hsSeq     uint64        // accept order, for handshakeSet
+	authed    int           // authenticated connections, against MaxConns
+	evictLog  evictLog
+
+	evictions atomic.Int64 // handshakes evicted since the server started
+	batchMem  *memBudget   // MaxServerBatchMemory
 
 	secrets [][]byte // Secret, then AcceptSecrets; nil without HMAC
+}
+
+// evictLog aggregates evictions into at most one log line a second.
+type evictLog struct {
+	pending  int        // evictions not yet logged
+	lastAddr netip.Addr // address of the latest one
+	timer    *time.Timer
 }
 
 // NewServer returns a Server that delivers batches to h.
@@ -129,6 +180,10 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, 10*time.Second)
 	cfg.MaxClockSkew = orDefault(cfg.MaxClockSkew, 2*time.Minute)
 	cfg.MaxConns = orDefault(cfg.MaxConns, 1024)
+	cfg.MaxHandshakes = orDefault(cfg.MaxHandshakes, 1024)
+	cfg.MaxHandshakesPerAddr = orDefault(cfg.MaxHandshakesPerAddr, cfg.MaxHandshakes)
+	cfg.MaxBatchMemory = orDefault(cfg.MaxBatchMemory, 64<<20)
+	cfg.MaxServerBatchMemory = orDefault(cfg.MaxServerBatchMemory, 256<<20)
 	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, 64)
 	cfg.MaxFrameSize = orDefault(cfg.MaxFrameSize, DefaultMaxFrameSize)
 	switch {
@@ -140,6 +195,14 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("tcp: NewServer: MaxFrameSize %d outside %d..%d", cfg.MaxFrameSize, MinMaxFrameSize, uint32(math.MaxUint32))
 	case cfg.MaxConns < 1:
 		return nil, fmt.Errorf("tcp: NewServer: MaxConns %d < 1", cfg.MaxConns)
+	case cfg.MaxHandshakes < 1:
+		return nil, fmt.Errorf("tcp: NewServer: MaxHandshakes %d < 1", cfg.MaxHandshakes)
+	case cfg.MaxHandshakesPerAddr < 1:
+		return nil, fmt.Errorf("tcp: NewServer: MaxHandshakesPerAddr %d < 1", cfg.MaxHandshakesPerAddr)
+	case cfg.MaxBatchMemory < 1:
+		return nil, fmt.Errorf("tcp: NewServer: MaxBatchMemory %d < 1", cfg.MaxBatchMemory)
+	case cfg.MaxServerBatchMemory < 1:
+		return nil, fmt.Errorf("tcp: NewServer: MaxServerBatchMemory %d < 1", cfg.MaxServerBatchMemory)
 	}
 	if len(cfg.AcceptSecrets) > 0 && len(cfg.Secret) == 0 {
 		return nil, errors.New("tcp: NewServer: AcceptSecrets requires Secret")
@@ -164,6 +227,7 @@ func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 		log:       cfg.Logger,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
+		batchMem:  newMemBudget(int64(cfg.MaxServerBatchMemory)),
 	}
 	if len(cfg.Secret) > 0 {
 		s.secrets = append([][]byte{cfg.Secret}, cfg.AcceptSecrets...)
@@ -225,24 +289,75 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
+		sc := s.newConn(nc)
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			nc.Close()
 			return ErrServerClosed
 		}
-		if len(s.conns) >= s.cfg.MaxConns {
-			s.mu.Unlock()
-			s.log.Warn("tcp: connection refused: connection limit reached", "remote", nc.RemoteAddr().String(), "max_conns", s.cfg.MaxConns)
-			nc.Close()
-			continue
-		}
-		sc := s.newConn(nc)
+		victim := s.admitLocked(sc)
 		s.conns[sc] = struct{}{}
 		s.mu.Unlock()
+		if victim != nil {
+			victim.evict()
+		}
 		go sc.serve()
 	}
 }
+
+// admitLocked counts a new connection against the handshake budgets. When one is full it
+// returns the handshake to evict to make room (already no longer counted): the oldest of the
+// newcomer's address if that address is at MaxHandshakesPerAddr, else the oldest of the
+// address holding the most handshakes. The newcomer is never refused, so a flood that redials
+// as fast as it is closed cannot win every race against a real client.
+func (s *Server) admitLocked(sc *serverConn) *serverConn {
+	victim := s.hs.victim(sc.ip, s.cfg.MaxHandshakes, s.cfg.MaxHandshakesPerAddr)
+	if victim != nil {
+		s.hs.remove(victim)
+		victim.evicted.Store(true)
+		s.evictions.Add(1)
+		s.noteEvictionLocked(victim.ip)
+	}
+	s.hsSeq++
+	sc.hsSeq = s.hsSeq
+	s.hs.add(sc)
+	return victim
+}
+
+// noteEvictionLocked counts an eviction for the log, which reports them at most once a second
+// so that a flood does not flood the log too.
+func (s *Server) noteEvictionLocked(addr netip.Addr) {
+	l := &s.evictLog
+	l.pending++
+	l.lastAddr = addr
+	if l.timer == nil {
+		// The first eviction after a quiet second is reported at once, later ones each second.
+		l.timer = time.AfterFunc(0, s.reportEvictions)
+	}
+}
+
+// reportEvictions logs the evictions counted since the last report, and stays armed while
+// evictions keep coming.
+func (s *Server) reportEvictions() {
+	s.mu.Lock()
+	l := &s.evictLog
+	n, addr, open := l.pending, l.lastAddr, s.hs.n
+	l.pending = 0
+	if n == 0 || s.closing {
+		l.timer = nil
+		s.mu.Unlock()
+		return
+	}
+	l.timer.Reset(evictLogInterval)
+	s.mu.Unlock()
+	s.log.Warn("tcp: too many connections are authenticating: closed the oldest with ERROR busy to make room",
+		"evicted", n, "last_addr", addr.String(), "handshakes", open,
+		"max_handshakes", s.cfg.MaxHandshakes, "max_handshakes_per_addr", s.cfg.MaxHandshakesPerAddr)
+}
+
+// evictLogInterval is the shortest interval between two log lines about evictions.
+const evictLogInterval = time.Second
 
 func isTemporaryAccept(err error) bool {
 	var ne net.Error
@@ -279,6 +394,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	conns, _ := s.beginClose()
 	s.cancel(ErrServerClosed)
+	s.mu.Lock()
+	if t := s.evictLog.timer; t != nil && t.Stop() {
+		s.evictLog.timer = nil
+	}
+	s.mu.Unlock()
 	for _, sc := range conns {
 		sc.closeConn()
 	}
@@ -309,6 +429,10 @@ func (s *Server) removeConn(sc *serverConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, sc)
+	s.hs.remove(sc) // unless it authenticated or was evicted
+	if sc.authed {
+		s.authed--
+	}
 	if s.closing && len(s.conns) == 0 {
 		select {
 		case <-s.noConns:
@@ -326,25 +450,43 @@ const (
 	stClosed
 )
 
+// A serverConn is allocated for every accepted connection, so a flood of connections that never
+// authenticate costs one each: what only an authenticated connection needs (its context, its
+// 64 KiB read buffer, its memory budget) is allocated after HELLO or WELCOME.
 type serverConn struct {
 	s      *Server
 	raw    net.Conn
 	nc     net.Conn // raw, or the TLS connection over it
 	dr     deadlineReader
-	br     *bufio.Reader
+	br     *bufio.Reader // nil until the WELCOME: the handshake is read unbuffered
+	mem    *memBudget    // MaxBatchMemory; nil until the WELCOME
 	remote string
-	source string // authenticated node id
-	secret int    // index in Server.secrets of the secret the peer proved
+	ip     netip.Addr // the remote IP address, for MaxHandshakesPerAddr
+	source string     // authenticated node id
+	secret int        // index in Server.secrets of the secret the peer proved
 	nonce  [nonceLen]byte
-	ctx    context.Context         // ends with the connection; its cause says why
-	cancel context.CancelCauseFunc // first cause wins
 	hdr    [frameHeaderLen]byte
 	rbuf   [256]byte // scratch for small frames
+
+	// Guarded by Server.mu.
+	hsList         *addrHandshakes // the list this handshake is in; nil once authenticated or evicted
+	hsPrev, hsNext *serverConn
+	hsSeq          uint64 // accept order
+	authed         bool   // counted against MaxConns
+
+	// evicted is set (under Server.mu) when the handshake was closed to make room for newer
+	// ones; the handshake then ends with ERROR busy.
+	evicted atomic.Bool
 
 	wmu  sync.Mutex
 	wbuf []byte
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// ctx ends with the connection; its cause says why (the first cause wins). Both are set by
+	// initCtx, under mu, once HELLO arrived, and nil before; the connection's goroutine and the
+	// Deliver goroutines it starts read ctx without the lock.
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
 	state    int
 	inflight int // batches counted against MaxInFlight (released before the ACK is written)
 	active   int // Deliver calls whose answer is not yet written
@@ -353,15 +495,72 @@ type serverConn struct {
 }
 
 func (s *Server) newConn(nc net.Conn) *serverConn {
-	sc := &serverConn{s: s, raw: nc, nc: nc, remote: nc.RemoteAddr().String()}
-	sc.ctx, sc.cancel = context.WithCancelCause(s.baseCtx)
-	return sc
+	ra := nc.RemoteAddr()
+	return &serverConn{s: s, raw: nc, nc: nc, remote: ra.String(), ip: remoteIP(ra)}
+}
+
+// initCtx creates the connection's context, once the handshake needs it (for a Verifier).
+func (sc *serverConn) initCtx() {
+	ctx, cancel := context.WithCancelCause(sc.s.baseCtx)
+	sc.mu.Lock()
+	sc.ctx, sc.cancel = ctx, cancel
+	closed := sc.state == stClosed
+	sc.mu.Unlock()
+	switch {
+	case closed:
+		cancel(errConnClosed)
+	case sc.evicted.Load():
+		cancel(errEvicted)
+	}
+}
+
+// end cancels the connection's context, if it has one, with cause (unless it ended already).
+func (sc *serverConn) end(cause error) {
+	sc.mu.Lock()
+	cancel := sc.cancel
+	sc.mu.Unlock()
+	if cancel != nil {
+		cancel(cause)
+	}
+}
+
+// errEvicted ends a handshake that was closed to make room for newer ones.
+var errEvicted = errors.New("tcp: handshake evicted: too many connections are authenticating")
+
+// errTooManyConns refuses a client that authenticated while MaxConns connections were open.
+var errTooManyConns = errors.New("tcp: connection limit reached")
+
+// msgEvicted is the message of the ERROR busy frame sent to an evicted handshake.
+const msgEvicted = "server busy: too many connections are authenticating; retry later"
+
+// evictWriteTimeout bounds the write of ERROR busy to an evicted handshake. The frame follows at
+// most a CHALLENGE on the connection, so it fits in the socket's buffer unless the peer shrank
+// its window to nothing.
+const evictWriteTimeout = 100 * time.Millisecond
+
+// evict ends a handshake that admitLocked chose to make room: the deadline in the past
+// interrupts whatever it is blocked in (TLS handshake, CHALLENGE write, HELLO read), and the
+// canceled context a Verifier. Its own goroutine then sends ERROR busy and closes, so the
+// accept loop never waits for a slow peer.
+func (sc *serverConn) evict() {
+	sc.raw.SetDeadline(time.Unix(1, 0))
+	sc.end(errEvicted)
+}
+
+// stopEvicted ends an evicted handshake: ERROR busy (when a frame can still be written in
+// sequence), then close. It logs nothing; reportEvictions counts the evictions.
+func (sc *serverConn) stopEvicted(canWrite bool) error {
+	if canWrite {
+		sc.sendError(codeBusy, msgEvicted, evictWriteTimeout)
+	}
+	sc.closeConn()
+	return errEvicted
 }
 
 func (sc *serverConn) serve() {
 	log := sc.s.log
 	defer func() {
-		sc.cancel(errConnClosed) // unless readFailed found that the client went away
+		sc.end(errConnClosed) // unless readFailed found that the client went away
 		sc.handlers.Wait()
 		sc.closeConn()
 		sc.mu.Lock()
@@ -387,8 +586,13 @@ func (sc *serverConn) closeConn() {
 	sc.mu.Lock()
 	already := sc.state == stClosed
 	sc.state = stClosed
+	cancel := sc.cancel
 	sc.mu.Unlock()
 	if !already {
+		// Ends a reader waiting for batch memory too.
+		if cancel != nil {
+			cancel(errConnClosed)
+		}
 		sc.raw.Close()
 	}
 }
@@ -434,7 +638,8 @@ func (sc *serverConn) write(build func([]byte) []byte) error {
 	return sc.writeLocked(build)
 }
 
-// writeLocked is write with sc.wmu held.
+// writeLocked is write with sc.wmu held. A write that times out means the client stopped
+// reading; that is logged, other failures (the connection broke or was closed) are not.
 func (sc *serverConn) writeLocked(build func([]byte) []byte) error {
 	sc.wbuf = build(sc.wbuf[:0])
 	sc.nc.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
@@ -443,6 +648,11 @@ func (sc *serverConn) writeLocked(build func([]byte) []byte) error {
 		sc.wbuf = nil
 	}
 	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && !sc.evicted.Load() && !sc.isClosed() {
+			sc.s.log.Warn(fmt.Sprintf("tcp: closing connection: the client stopped reading (write timed out after %v)", sc.s.cfg.WriteTimeout),
+				"remote", sc.remote, "peer", sc.source)
+		}
 		sc.closeConn()
 	}
 	return err
@@ -455,29 +665,47 @@ func (sc *serverConn) refuse(code uint16, reason string, attrs ...any) {
 		return
 	}
 	sc.s.log.Warn("tcp: closing connection: "+reason, append([]any{"remote", sc.remote, "peer", sc.source, "code", codeName(code)}, attrs...)...)
+	sc.sendError(code, reason, time.Second)
+	sc.closeConn()
+}
+
+// sendError writes an ERROR frame, best effort, within timeout (unless the connection is closed
+// already). The caller closes the connection.
+func (sc *serverConn) sendError(code uint16, reason string, timeout time.Duration) {
+	if sc.isClosed() {
+		return
+	}
 	sc.wmu.Lock()
 	sc.wbuf = appendError(sc.wbuf[:0], code, reason)
-	sc.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	sc.nc.SetWriteDeadline(time.Now().Add(timeout))
 	sc.nc.Write(sc.wbuf)
 	sc.wmu.Unlock()
-	sc.closeConn()
 }
 
 func (sc *serverConn) handshake() error {
 	s := sc.s
 	deadline := time.Now().Add(s.cfg.AuthTimeout)
 	sc.raw.SetDeadline(deadline)
+	if sc.evicted.Load() {
+		// Evicted before the deadline above replaced the eviction's. Nothing was sent yet.
+		return sc.stopEvicted(s.tls == nil)
+	}
 	sc.dr.c = sc.raw
 	if s.tls != nil {
 		cr := &countingConn{Conn: sc.raw}
 		tc := tls.Server(cr, s.tls)
-		// The deadline set above bounds the handshake; sc.ctx ends it early only when the server
-		// closes. (A context deadline would close the connection as it fires, and the ERROR
-		// below could not be sent.)
-		err := tc.HandshakeContext(sc.ctx)
+		// The deadline set above bounds the handshake; closing the connection (Close, Shutdown)
+		// or an eviction (a deadline in the past) ends it early. (A context deadline would close
+		// the connection as it fires, and the ERROR below could not be sent; a context that can
+		// be canceled costs a goroutine per handshake.)
+		err := tc.Handshake()
 		if err != nil {
 			var ne net.Error
 			switch {
+			case sc.evicted.Load():
+				// No ERROR: the client expects a TLS record, and would report a plaintext frame as
+				// a server without TLS.
+				return sc.stopEvicted(false)
 			case sc.isClosed():
 			case cr.n == 0 && errors.As(err, &ne) && ne.Timeout():
 				// A client without TLS waits for CHALLENGE and sends nothing. Tell it in
@@ -492,18 +720,29 @@ func (sc *serverConn) handshake() error {
 		sc.nc = tc
 		sc.dr.c = tc
 	}
-	sc.br = bufio.NewReaderSize(&sc.dr, readBufferSize)
 
 	ch := challengeMsg{minVersion: minVersion, maxVersion: maxVersion, nonce: newNonce()}
 	sc.nonce = ch.nonce
 	if err := sc.write(func(b []byte) []byte { return appendChallenge(b, &ch) }); err != nil {
-		s.log.Warn("tcp: closing connection: writing CHALLENGE failed", "remote", sc.remote, "err", err)
+		if sc.evicted.Load() {
+			// The write failed on the eviction's deadline before a byte went out, so in plaintext
+			// ERROR can still be the first frame. Over TLS a failed write spoils the connection.
+			return sc.stopEvicted(s.tls == nil)
+		}
+		var ne net.Error
+		if !sc.isClosed() && !(errors.As(err, &ne) && ne.Timeout()) { // writeLocked logged a timeout
+			s.log.Warn("tcp: closing connection: writing CHALLENGE failed", "remote", sc.remote, "err", err)
+		}
 		return err
 	}
-	t, n, err := readHeader(sc.br, &sc.hdr, preAuthMaxFrame)
+	// Until the WELCOME the connection is read without a buffer, exactly one frame: a flood of
+	// connections that never authenticate costs no read buffer, and bytes the client sends
+	// right after HELLO stay in the socket (or in the TLS connection) for the buffered reader
+	// that the WELCOME brings.
+	t, n, err := readHeader(&sc.dr, &sc.hdr, preAuthMaxFrame)
 	var body []byte
 	if err == nil {
-		body, err = readBody(sc.br, n, sc.rbuf[:])
+		body, err = readBody(&sc.dr, n, sc.rbuf[:])
 	}
 	if err != nil {
 		return sc.handshakeReadFailed(err)
@@ -532,11 +771,18 @@ func (sc *serverConn) handshake() error {
 		sc.refuse(codeVersion, msg)
 		return errors.New(msg)
 	}
+	sc.initCtx()
 	if err := sc.authenticate(&h); err != nil {
+		if sc.evicted.Load() {
+			return sc.stopEvicted(true) // the Verifier saw its context canceled
+		}
 		sc.refuse(codeAuth, "authentication failed: "+err.Error(), "claimed_node", h.nodeID)
 		return err
 	}
 	sc.source = h.nodeID
+	if err := sc.promote(); err != nil {
+		return err
+	}
 	w := welcomeMsg{
 		version:     h.version,
 		maxInFlight: uint16(s.cfg.MaxInFlight),
@@ -546,6 +792,8 @@ func (sc *serverConn) handshake() error {
 	if len(s.cfg.Secret) > 0 {
 		w.proof = welcomeProof(s.secrets[sc.secret], h.version, &ch.nonce, &h.clientNonce, s.cfg.NodeID)
 	}
+	sc.br = bufio.NewReaderSize(&sc.dr, readBufferSize)
+	sc.mem = newMemBudget(int64(s.cfg.MaxBatchMemory))
 	// The connection is open from the WELCOME on: the state changes under the write lock, so a
 	// Shutdown that starts now finds it open and its GOAWAY follows the WELCOME on the wire. (A
 	// Shutdown that saw the handshake state after the WELCOME was sent would close a connection
@@ -564,7 +812,10 @@ func (sc *serverConn) handshake() error {
 	err = sc.writeLocked(func(b []byte) []byte { return appendWelcome(b, &w) })
 	sc.wmu.Unlock()
 	if err != nil {
-		s.log.Warn("tcp: closing connection: writing WELCOME failed", "remote", sc.remote, "err", err)
+		var ne net.Error
+		if !(errors.As(err, &ne) && ne.Timeout()) { // writeLocked logged a timeout
+			s.log.Warn("tcp: closing connection: writing WELCOME failed", "remote", sc.remote, "err", err)
+		}
 		return err
 	}
 	sc.raw.SetDeadline(time.Time{})
@@ -572,7 +823,37 @@ func (sc *serverConn) handshake() error {
 	return nil
 }
 
+// promote moves an authenticated connection from the handshake budget to MaxConns. It refuses
+// the connection with ERROR busy when it was evicted meanwhile, or when MaxConns connections
+// are open.
+func (sc *serverConn) promote() error {
+	s := sc.s
+	s.mu.Lock()
+	if sc.evicted.Load() {
+		s.mu.Unlock()
+		return sc.stopEvicted(true)
+	}
+	s.hs.remove(sc)
+	full := s.authed >= s.cfg.MaxConns
+	if !full {
+		s.authed++
+		sc.authed = true
+	}
+	s.mu.Unlock()
+	if full {
+		sc.refuse(codeBusy, fmt.Sprintf("server busy: connection limit reached (max_conns %d); retry later", s.cfg.MaxConns),
+			"max_conns", s.cfg.MaxConns)
+		return errTooManyConns
+	}
+	return nil
+}
+
 func (sc *serverConn) handshakeReadFailed(err error) error {
+	if sc.evicted.Load() {
+		// The read failed on the eviction's deadline. (A timed-out read leaves a TLS connection
+		// writable.)
+		return sc.stopEvicted(true)
+	}
 	if sc.isClosed() {
 		return err
 	}
@@ -656,28 +937,21 @@ func (sc *serverConn) loop() {
 	max := sc.s.cfg.MaxFrameSize
 	for {
 		t, n, err := readHeader(sc.br, &sc.hdr, max)
+		if err == nil && t == frameBatch {
+			if !sc.readBatch(n) {
+				return
+			}
+			continue
+		}
 		var body []byte
 		if err == nil {
-			if t == frameBatch {
-				body, err = readBody(sc.br, n, nil) // owned by the Handler from now on
-			} else {
-				body, err = readBody(sc.br, n, sc.rbuf[:])
-			}
+			body, err = readBody(sc.br, n, sc.rbuf[:])
 		}
 		if err != nil {
 			sc.readFailed(err)
 			return
 		}
 		switch t {
-		case frameBatch:
-			id, envs, err := decodeBatch(body)
-			if err != nil {
-				sc.readFailed(err)
-				return
-			}
-			if !sc.startBatch(id, envs) {
-				return
-			}
 		case framePing:
 			tok, err := decodePing(body)
 			if err != nil {
@@ -731,22 +1005,73 @@ func (sc *serverConn) readFailed(err error) {
 	}
 }
 
-// startBatch hands a decoded batch to the Handler in its own goroutine. It returns false when
-// the connection must end.
-func (sc *serverConn) startBatch(id uint64, envs []transport.Envelope) bool {
+// readBatch reads, decodes and starts a BATCH frame whose n-byte body is next on the wire,
+// within the connection's and the server's batch memory budgets: it reserves n bytes before
+// reading the body, waiting without reading while they are not free (TCP flow control then
+// stops the client), and the decoded size once it is known. It returns false when the
+// connection must end, or ended while it waited.
+func (sc *serverConn) readBatch(n int) bool {
+	s := sc.s
+	done := sc.ctx.Done()
+	ch := memCharge{conn: min(int64(n), sc.mem.size), srv: min(int64(n), s.batchMem.size)}
+	if !sc.mem.acquire(ch.conn, done) {
+		return false
+	}
+	if !s.batchMem.acquire(ch.srv, done) {
+		sc.mem.release(ch.conn)
+		return false
+	}
+	body, err := readBody(sc.br, n, nil) // owned by the Handler from now on
+	var id uint64
+	var envs []transport.Envelope
+	var extra int64
+	if err == nil {
+		id, envs, extra, err = decodeBatchSized(body)
+	}
+	if err != nil {
+		sc.releaseMem(ch)
+		sc.readFailed(err)
+		return false
+	}
+	var ok bool
+	if ch.conn, ok = sc.mem.grow(ch.conn, extra, done); !ok {
+		s.batchMem.release(ch.srv)
+		return false
+	}
+	if ch.srv, ok = s.batchMem.grow(ch.srv, extra, done); !ok {
+		sc.mem.release(ch.conn)
+		return false
+	}
+	return sc.startBatch(id, envs, ch)
+}
+
+// releaseMem returns a batch's bytes to the budgets.
+func (sc *serverConn) releaseMem(ch memCharge) {
+	sc.mem.release(ch.conn)
+	sc.s.batchMem.release(ch.srv)
+}
+
+// startBatch hands a decoded batch, holding ch of the memory budgets, to the Handler in its own
+// goroutine, which releases ch when Deliver returns. It returns false when the connection must
+// end.
+func (sc *serverConn) startBatch(id uint64, envs []transport.Envelope, ch memCharge) bool {
 	if len(envs) == 0 {
+		sc.releaseMem(ch)
 		return sc.write(func(b []byte) []byte { return appendAck(b, id, nil) }) == nil
 	}
 	sc.mu.Lock()
 	switch {
 	case sc.state == stDraining:
 		sc.mu.Unlock()
+		sc.releaseMem(ch)
 		return sc.write(func(b []byte) []byte { return appendNack(b, id, false, "server shutting down (GOAWAY sent)") }) == nil
 	case sc.state != stOpen:
 		sc.mu.Unlock()
+		sc.releaseMem(ch)
 		return false
 	case sc.inflight >= sc.s.cfg.MaxInFlight:
 		sc.mu.Unlock()
+		sc.releaseMem(ch)
 		sc.refuse(codeProtocol, fmt.Sprintf("more than %d batches in flight", sc.s.cfg.MaxInFlight))
 		return false
 	}
@@ -754,13 +1079,15 @@ func (sc *serverConn) startBatch(id uint64, envs []transport.Envelope) bool {
 	sc.active++
 	sc.handlers.Add(1)
 	sc.mu.Unlock()
-	go sc.deliver(id, &transport.Batch{Source: sc.source, Envelopes: envs})
+	go sc.deliver(id, &transport.Batch{Source: sc.source, Envelopes: envs}, ch)
 	return true
 }
 
-func (sc *serverConn) deliver(id uint64, b *transport.Batch) {
+func (sc *serverConn) deliver(id uint64, b *transport.Batch, ch memCharge) {
 	defer sc.handlers.Done()
 	res, err := sc.callHandler(b)
+	// The batch is the Handler's now; what it keeps is no longer counted.
+	sc.releaseMem(ch)
 	if err == nil && len(res.Outcomes) != 0 && len(res.Outcomes) != len(b.Envelopes) {
 		err = fmt.Errorf("handler returned %d outcomes for %d envelopes", len(res.Outcomes), len(b.Envelopes))
 		sc.s.log.Error("tcp: handler broke its contract; batch not acknowledged", "peer", sc.source, "err", err)
