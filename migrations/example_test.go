@@ -104,3 +104,37 @@ func ExampleFS() {
 	// dirty: false
 	// again: no change
 }
+
+// Apply durable's schema at a service's start, without a migration tool. A second call (another
+// process starting at the same time included) finds nothing to do.
+func ExampleUp() {
+	dir, err := os.MkdirTemp("", "durable-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := sql.Open("sqlite", filepath.Join(dir, "app.db"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	ctx := context.Background()
+	st, err := migrations.Up(ctx, db, migrations.SQLite)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, m := range st.Applied {
+		fmt.Println("applied", m.Name)
+	}
+	st, err = migrations.Up(ctx, db, migrations.SQLite)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("then: %d applied, version %d of %d\n", len(st.Applied), st.Version, st.Latest)
+	// Output:
+	// applied 0001_init
+	// applied 0002_outbox_claim
+	// applied 0003_nodes
+	// then: 0 applied, version 3 of 3
+}

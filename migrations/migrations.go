@@ -29,6 +29,16 @@
 // the DSN you migrate with, and give the dialect the same schema (through
 // search_path or postgres.WithSchema).
 //
+// # Without a tool
+//
+// Up applies the migrations a database lacks, from Go, under a lock, and
+// records them in both tools' version tables as well as
+// durable_schema_version, so that either tool (or `durable migrate`) can
+// take over later; Check reports without writing; Adopt records a history
+// applied by one tool for the other.
+//
+//	st, err := migrations.Up(ctx, db, migrations.Postgres) // db: stdlib.OpenDBFromPool(pool)
+//
 // # goose, from Go
 //
 //	import (

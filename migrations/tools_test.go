@@ -160,6 +160,7 @@ type tool struct {
 	otherTable    string // the other tool's version table
 	storedVersion string // reads the applied version from table
 	up, down      func() error
+	upTo          func(v int64) error
 	version       func() (int64, error)
 }
 
@@ -198,6 +199,7 @@ func gooseTool(t *testing.T, d *database) *tool {
 		otherTable:    migrations.MigrateTable,
 		storedVersion: `SELECT coalesce(max(version_id), 0) FROM ` + migrations.GooseTable + ` WHERE is_applied`,
 		up:            func() error { _, err := p.Up(ctx); return err },
+		upTo:          func(v int64) error { _, err := p.UpTo(ctx, v); return err },
 		down:          func() error { _, err := p.DownTo(ctx, 0); return err },
 		version:       func() (int64, error) { return p.GetDBVersion(ctx) },
 	}
@@ -255,6 +257,7 @@ func migrateTool(t *testing.T, d *database) *tool {
 		storedVersion: `SELECT coalesce(max(version), 0) FROM ` + migrations.MigrateTable + ` WHERE NOT dirty`,
 		up:            m.Up,
 		down:          m.Down,
+		upTo:          func(v int64) error { return m.Migrate(uint(v)) },
 		version: func() (int64, error) {
 			v, dirty, err := m.Version()
 			switch {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io/fs"
 	"path"
 	"slices"
@@ -22,12 +21,6 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/migrations"
 )
-
-// migrateLockID is the Postgres advisory lock that makes concurrent
-// `durable migrate` runs on one database wait for each other. It is derived
-// from durable's goose table rather than goose's default, so that durable's
-// migrations never wait on an application's own goose run.
-var migrateLockID = int64(crc32.ChecksumIEEE([]byte(migrations.GooseTable)))
 
 func (a *app) migrateCommand() *cobra.Command {
 	cmd := &cobra.Command{
@@ -190,7 +183,7 @@ func (d *database) provider(locked bool) (*goose.Provider, error) {
 	if d.dialect == migrations.Postgres {
 		gd = goose.DialectPostgres
 		if locked {
-			locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrateLockID), lock.WithLockTimeout(1, 3600))
+			locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrations.LockID), lock.WithLockTimeout(1, 3600))
 			if err != nil {
 				return nil, err
 			}
@@ -210,7 +203,10 @@ type migrationState struct {
 	Version   int64      `json:"version"`
 	Name      string     `json:"name"`
 	State     string     `json:"state"`      // "applied" or "pending"
-	AppliedAt *time.Time `json:"applied_at"` // null when pending
+	AppliedAt *time.Time `json:"applied_at"` // null when pending, or applied by another tool
+	// By is "another tool" for a migration that durable_schema_version
+	// records and goose's table does not yet (see adoptForeignHistory).
+	By string `json:"by,omitempty"`
 }
 
 // migrationStates reads the state of every migration without writing: when
@@ -262,11 +258,40 @@ func latestVersion(p *goose.Provider) int64 {
 	return src[len(src)-1].Version
 }
 
-// checkForeignHistory refuses to run goose on a database whose durable
+// schemaAppliedAt reads when each version in durable_schema_version was
+// applied.
+func (d *database) schemaAppliedAt(ctx context.Context) (map[int64]time.Time, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT version, applied_at FROM durable_schema_version`)
+	if err != nil {
+		return nil, fmt.Errorf("read durable_schema_version: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[int64]time.Time)
+	for rows.Next() {
+		var v int64
+		var at any
+		if err := rows.Scan(&v, &at); err != nil {
+			return nil, fmt.Errorf("read durable_schema_version: %w", err)
+		}
+		switch at := at.(type) {
+		case time.Time:
+			out[v] = at.UTC()
+		case string:
+			if t, err := time.ParseInLocation("2006-01-02 15:04:05.999999999", at, time.UTC); err == nil {
+				out[v] = t
+			}
+		}
+	}
+	return out, rows.Err()
+}
+
+// adoptForeignHistory prepares goose's run on a database whose durable
 // schema was applied by another tool (golang-migrate, or SQL copied into the
-// application's migrations): durable_schema_version records more than goose
-// does, and goose would try to create tables that exist.
-func (d *database) checkForeignHistory(ctx context.Context) error {
+// application's migrations): when durable_schema_version records more than
+// goose's table does, migrations.Adopt records the rest there (and in
+// golang-migrate's table), so that goose does not try to create tables that
+// exist. It says so on stderr.
+func (a *app) adoptForeignHistory(ctx context.Context, d *database) error {
 	gooseV, err := d.maxVersion(ctx, migrations.GooseTable, "version_id")
 	if err != nil {
 		return err
@@ -275,10 +300,14 @@ func (d *database) checkForeignHistory(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if schemaV > gooseV {
-		return failuref("durable_schema_version records version %d but %s records %d: this schema was applied by another tool (golang-migrate or copied SQL); keep migrating it with that tool (see docs/migrations.md)",
-			schemaV, migrations.GooseTable, gooseV)
+	if schemaV <= gooseV {
+		return nil
 	}
+	if _, err := migrations.Adopt(ctx, d.db, d.dialect); err != nil {
+		return fmt.Errorf("record the history of another tool: %w", err)
+	}
+	fmt.Fprintf(a.stderr, "durable: durable_schema_version records version %d but %s recorded %d (applied by golang-migrate or copied SQL); recorded versions up to %d there\n",
+		schemaV, migrations.GooseTable, gooseV, schemaV)
 	return nil
 }
 
@@ -347,7 +376,7 @@ func (a *app) migrateUp(parent context.Context, to int64) error {
 			return failuref("%s: the search_path names no existing schema; create it, or pass --schema NAME to have migrate up create it", d.target)
 		}
 	}
-	if err := d.checkForeignHistory(ctx); err != nil {
+	if err := a.adoptForeignHistory(ctx, d); err != nil {
 		return err
 	}
 	var results []*goose.MigrationResult
@@ -449,7 +478,7 @@ func (a *app) migrateDown(parent context.Context, target int64, yes bool) error 
 	if latest := latestVersion(p); target > latest {
 		return usageErrorf("--to %d: there is no migration %d; the latest is %d", target, target, latest)
 	}
-	if err := d.checkForeignHistory(ctx); err != nil {
+	if err := a.adoptForeignHistory(ctx, d); err != nil {
 		return err
 	}
 	states, err := d.migrationStates(ctx, p)
@@ -538,6 +567,24 @@ func (a *app) migrateStatus(parent context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Migrations that another tool applied (durable_schema_version records
+	// them, goose's table does not) are applied: `migrate up` records them.
+	gooseV := currentVersion(states)
+	if schemaV > gooseV {
+		at, err := d.schemaAppliedAt(ctx)
+		if err != nil {
+			return err
+		}
+		for i := range states {
+			if states[i].Version <= schemaV && states[i].State != string(goose.StateApplied) {
+				states[i].State = string(goose.StateApplied)
+				states[i].By = "another tool"
+				if t, ok := at[states[i].Version]; ok {
+					states[i].AppliedAt = &t
+				}
+			}
+		}
+	}
 	res := statusResult{Dialect: d.dialect, Database: d.target, VersionTable: migrations.GooseTable,
 		Version: currentVersion(states), Latest: latestVersion(p), Migrations: states, SchemaVersion: schemaV}
 	for _, s := range states {
@@ -563,8 +610,9 @@ func (a *app) migrateStatus(parent context.Context) error {
 	}
 	fmt.Fprintln(a.stdout)
 	fmt.Fprintln(a.stdout, versionLine(res.Version, res.Latest))
-	if schemaV > res.Version {
-		fmt.Fprintf(a.stdout, "note: durable_schema_version records version %d: the schema was applied by another tool (golang-migrate or copied SQL)\n", schemaV)
+	if schemaV > gooseV {
+		fmt.Fprintf(a.stdout, "note: versions %d to %d were applied by another tool (golang-migrate or copied SQL) and are not in %s yet; the next `durable migrate up` records them there\n",
+			gooseV+1, schemaV, migrations.GooseTable)
 	}
 	return nil
 }

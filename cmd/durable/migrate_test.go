@@ -20,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-migrate/migrate/v4"
+	migratesqlite "github.com/golang-migrate/migrate/v4/database/sqlite"
+	"github.com/golang-migrate/migrate/v4/source/iofs"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/durable-go/durable/dialects/sqlite"
@@ -500,21 +503,85 @@ func TestForeignHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, stmt := range testdb.UpSQL(t, migrations.SQLite) {
-		if _, err := db.Exec(stmt); err != nil {
+	// Versions 1 and 2, by copied SQL: durable_schema_version knows them, goose does not.
+	fsys, err := migrations.FS(migrations.SQLite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"0001_init.up.sql", "0002_outbox_claim.up.sql"} {
+		body, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(string(body)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	db.Close()
-	line := "durable_schema_version records version 3 but " + migrations.GooseTable +
-		" records 0: this schema was applied by another tool (golang-migrate or copied SQL); keep migrating it with that tool (see docs/migrations.md)"
-	wantError(t, durable(t, "migrate", "up", "--dsn", path), exitFailure, line)
-	wantError(t, durable(t, "migrate", "down", "--yes", "--dsn", path), exitFailure, line)
+
+	// Status counts them applied, by another tool, and 0003 pending.
+	st := statusJSON(t, "--dsn", path)
+	if st.Version != 2 || st.SchemaVersion != 2 || st.Pending != 1 || len(st.Migrations) != 3 ||
+		st.Migrations[0].By != "another tool" || st.Migrations[1].By != "another tool" || st.Migrations[2].State != "pending" {
+		t.Errorf("status --json on a foreign history: %+v", st)
+	}
 	r := mustSucceed(t, "migrate", "status", "--dsn", path)
-	if !strings.Contains(r.stdout, "note: durable_schema_version records version 3: the schema was applied by another tool") {
+	if !strings.Contains(r.stdout, "note: versions 1 to 2 were applied by another tool (golang-migrate or copied SQL) and are not in "+migrations.GooseTable+" yet; the next `durable migrate up` records them there") {
 		t.Errorf("status does not point out the other tool:\n%s", r.stdout)
 	}
+
+	// Up records them for goose and applies 0003.
+	r = durable(t, "migrate", "up", "--dsn", path)
+	if r.code != exitOK || r.stderr != "durable: durable_schema_version records version 2 but "+migrations.GooseTable+" recorded 0 (applied by golang-migrate or copied SQL); recorded versions up to 2 there\n" ||
+		!strings.Contains(r.stdout, "applied 0003_nodes (") || strings.Contains(r.stdout, "applied 0001_init") {
+		t.Errorf("up on a foreign history: %v", r)
+	}
+	wantStatus(t, statusJSON(t, "--dsn", path), "applied")
 	mustSucceed(t, "migrate", "check", "--dsn", path)
+	// goose can roll it back now.
+	r = mustSucceed(t, "migrate", "down", "--all", "--yes", "--dsn", path)
+	if !strings.Contains(r.stdout, "rolled back 0001_init (") {
+		t.Errorf("down --all after the adoption printed:\n%s", r.stdout)
+	}
+	wantStatus(t, statusJSON(t, "--dsn", path), "pending")
+}
+
+// TestGolangMigrateHistory: a database migrated by golang-migrate, as docs/migrations.md shows,
+// is up to date for durable migrate status and check, and migrate up has nothing to apply.
+func TestGolangMigrateHistory(t *testing.T) {
+	path := testdb.SQLitePath(t)
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := migrations.FS(migrations.SQLite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := iofs.New(fsys, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv, err := migratesqlite.WithInstance(db, &migratesqlite.Config{MigrationsTable: migrations.MigrateTable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := migrate.NewWithInstance("iofs", src, "sqlite", drv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Up(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+
+	wantStatus(t, statusJSON(t, "--dsn", path), "applied")
+	mustSucceed(t, "migrate", "check", "--dsn", path)
+	r := durable(t, "migrate", "up", "--dsn", path)
+	if r.code != exitOK || !strings.Contains(r.stderr, "recorded versions up to 3 there") || !strings.HasPrefix(r.stdout, "nothing to do on sqlite ") {
+		t.Errorf("up on a golang-migrate history: %v", r)
+	}
+	wantStatus(t, statusJSON(t, "--dsn", path), "applied")
 }
 
 // TestHelp: every command has --help with examples.
