@@ -42,6 +42,26 @@
 // dead-lettered, stops them, and returns each message's State, attempts,
 // dead-letter reason and errors.
 //
+// # Both: two services over the network
+//
+//	p := durabletest.NewPair(t, shopDialect, billingDialect, &durabletest.PairConfig[pgx.Tx, *sql.Tx]{
+//		Sender:   durable.Config[pgx.Tx]{Name: "shop"},
+//		Receiver: durable.Config[*sql.Tx]{Name: "billing"},
+//	})
+//	registerBillingHandlers(p.Receiver.Inbox()) // the code under test, receiving side
+//	p.Start()                                   // stopped when the test ends
+//	placeOrder(ctx, shopDB, p.Sender.Outbox(), order)
+//	p.WaitSettled(ctx, t) // everything enqueued so far: handled or dead-lettered
+//	// then assert billing's effects in its database
+//
+// NewPair builds two durable.Nodes on their own databases (of any dialects),
+// the receiver listening on 127.0.0.1 and the sender pointed at it, sharing a
+// random secret; Start runs them until the test ends. WaitSettled waits until
+// every message the sender's outbox held for the receiver when it was called
+// is handled or dead-lettered on either side, and otherwise fails the test
+// with where each message is: in the sender's outbox (its attempts and last
+// error), in the receiver's inbox (its state), or sent and not received.
+//
 // # Choices, and why
 //
 // The helpers take a TB, the two methods of testing.TB they use, rather

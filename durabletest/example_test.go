@@ -15,6 +15,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"github.com/durable-go/durable"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/durabletest"
 	"github.com/durable-go/durable/inbox"
@@ -211,4 +212,62 @@ func ExampleWork() {
 	// order-2-placed: dead_lettered after 1 attempt(s), reason permanent
 	// order-3-placed: dead_lettered after 1 attempt(s), reason decode_error
 	// invoices: 1
+}
+
+// exampleT stands in for the *testing.T of a test that uses a Pair: it runs the cleanups when
+// the example ends, as the test would when it ends.
+type exampleT struct {
+	printTB
+	cleanups []func()
+}
+
+func (t *exampleT) Cleanup(f func()) { t.cleanups = append(t.cleanups, f) }
+
+func (t *exampleT) end() {
+	for i := len(t.cleanups) - 1; i >= 0; i-- {
+		t.cleanups[i]()
+	}
+}
+
+// An integration test of two services: the shop's code enqueues an order, and billing's
+// handler, reached through the real relay, TCP transport and inbox, writes the invoice.
+func ExamplePair() {
+	ctx := context.Background()
+	shopDB, shop, _, closeShop := openExample()
+	defer closeShop()
+	billingDB, billing, _, closeBilling := openExample()
+	defer closeBilling()
+	t := &exampleT{} // in a test: t, the *testing.T
+	defer t.end()
+
+	quiet := slog.New(slog.DiscardHandler)
+	p := durabletest.NewPair(t, shop, billing, &durabletest.PairConfig[*sql.Tx, *sql.Tx]{
+		Sender:   durable.Config[*sql.Tx]{Name: "shop", Logger: quiet},
+		Receiver: durable.Config[*sql.Tx]{Name: "billing", Logger: quiet},
+	})
+	p.Receiver.Inbox().Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o orderPlaced) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO invoices (order_id, total) VALUES (?, ?)`, o.Order, o.Total)
+		return err
+	}))
+	p.Start()
+
+	tx, err := shopDB.BeginTx(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := placeOrder(ctx, tx, p.Sender.Outbox(), 7, 1500); err != nil { // the code under test
+		log.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		log.Fatal(err)
+	}
+
+	p.WaitSettled(ctx, t)
+	var total int
+	if err := billingDB.QueryRowContext(ctx, `SELECT total FROM invoices WHERE order_id = 7`).Scan(&total); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("invoice total:", total)
+	// Output:
+	// invoice total: 1500
 }
