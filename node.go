@@ -424,7 +424,7 @@ func (n *Node[TTx]) Addr() net.Addr {
 // runsInbox reports whether Run starts the inbox: on a node that listens,
 // or that has handlers (see Config.Listen).
 func (n *Node[TTx]) runsInbox() bool {
-	return n.server != nil || len(n.inbox.Mux.Topics()) > 0
+	return n.server != nil || len(n.inbox.Mux.Topics()) > 0 || n.inbox.Mux.HandlesUnmatched()
 }
 
 // Run checks the schema (waiting for a database that does not answer yet;

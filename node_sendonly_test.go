@@ -169,4 +169,18 @@ func TestNodeInboxRunsWithListenerOrHandlers(t *testing.T) {
 			t.Fatalf("handled %q, want stored-1", id)
 		}
 	})
+	t.Run("only an unmatched handler, no listener", func(t *testing.T) {
+		_, d := openSQLite(t)
+		n, err := durable.NewNode(d, fastConfig(durable.Config[*sql.Tx]{Name: "billing"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, ids := handled()
+		n.Inbox().Mux.HandleUnmatchedFunc(h)
+		storeOne(t, n, "stored-2", "learned.at.runtime")
+		runNode(t, n)
+		if id := receive(t, ids, "a worker to handle the stored message"); id != "stored-2" {
+			t.Fatalf("handled %q, want stored-2", id)
+		}
+	})
 }

@@ -167,7 +167,7 @@ func (p *Pair[STx, RTx]) WaitSettled(ctx context.Context, t TB) {
 		}
 	}
 	for {
-		left, where, err := p.unsettled(ctx, ids)
+		left, _, err := p.unsettled(ctx, ids)
 		if err == nil && len(left) == 0 {
 			return
 		}
@@ -179,7 +179,7 @@ func (p *Pair[STx, RTx]) WaitSettled(ctx context.Context, t TB) {
 			// The last look may have been cut short by the deadline: look
 			// once more for the report.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultTimeout)
-			left, where, err = p.unsettled(rctx, ids)
+			left, where, err := p.unsettled(rctx, ids)
 			cancel()
 			if err != nil {
 				t.Fatalf("durabletest: WaitSettled: %v", err)

@@ -2,8 +2,10 @@ package durabletest_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -285,4 +287,35 @@ func TestWorkFailures(t *testing.T) {
 		t.Errorf("Work with a returning Fatalf = %v, failed %v; want nil and a failure", res, tb.failed)
 	}
 	requireStopped(t, ib)
+}
+
+// TestWorkUnmatched: an inbox whose Mux has only an unmatched handler handles messages of any
+// topic, inline and by its workers, instead of retrying them as without a handler.
+func TestWorkUnmatched(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
+			f := openSQLite(t, true)
+			ib, err := inbox.New(f.d, &inbox.Config{Logger: quietLogger(), Inline: inline, MaxAttempts: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var topics []string
+			ib.Mux.HandleUnmatchedFunc(func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+				topics = append(topics, m.Topic)
+				return f.effect(ctx, tx, m.ID)
+			})
+			res := durabletest.Work(context.Background(), t, ib,
+				&inbox.Message{ID: "m1", Topic: "learned.at.runtime", Payload: []byte("{}")},
+				&inbox.Message{ID: "m2", Topic: "another.one", Payload: []byte("{}")})
+			for _, r := range res {
+				if r.State != durabletest.Handled || r.Attempts != 1 || f.effects(t, r.ID) != 1 {
+					t.Errorf("%s: %s after %d attempts (%s), %d effects; want handled once", r.ID, r.State, r.Attempts, r.LastError, f.effects(t, r.ID))
+				}
+			}
+			slices.Sort(topics)
+			if !slices.Equal(topics, []string{"another.one", "learned.at.runtime"}) {
+				t.Errorf("the unmatched handler saw %v", topics)
+			}
+		})
+	}
 }

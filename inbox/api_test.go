@@ -365,3 +365,55 @@ func TestRunWaitsForDatabase(t *testing.T) {
 		t.Fatal("Run returned before its context ended")
 	}
 }
+
+// TestMuxUnmatched: the unmatched handler takes the topics without a handler of their own,
+// inside the middleware, and only those.
+func TestMuxUnmatched(t *testing.T) {
+	m := NewMux[int]()
+	var trace []string
+	m.HandleFunc("a", func(ctx context.Context, tx int, msg *Message) error {
+		trace = append(trace, "a:"+msg.Topic)
+		return nil
+	})
+	if m.HandlesUnmatched() {
+		t.Fatal("HandlesUnmatched before HandleUnmatched")
+	}
+	m.HandleUnmatchedFunc(func(ctx context.Context, tx int, msg *Message) error {
+		trace = append(trace, "unmatched:"+msg.Topic)
+		return nil
+	})
+	m.Use(func(next Handler[int]) Handler[int] { // added after: wraps it too
+		return HandlerFunc[int](func(ctx context.Context, tx int, msg *Message) error {
+			trace = append(trace, "mw")
+			return next.Handle(ctx, tx, msg)
+		})
+	})
+	for _, topic := range []string{"a", "b", "c.d"} {
+		if err := m.Dispatch(context.Background(), 1, &Message{Topic: topic}); err != nil {
+			t.Fatalf("%s: %v", topic, err)
+		}
+	}
+	if want := []string{"mw", "a:a", "mw", "unmatched:b", "mw", "unmatched:c.d"}; !slices.Equal(trace, want) {
+		t.Fatalf("trace %v, want %v", trace, want)
+	}
+	if _, ok := m.Handler("zzz"); !ok || !m.HandlesUnmatched() {
+		t.Fatal("Handler of an unknown topic: none, with an unmatched handler registered")
+	}
+	if got := m.Topics(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("Topics %v, want only the registered topic", got)
+	}
+	for name, f := range map[string]func(){
+		"second":   func() { m.HandleUnmatchedFunc(func(context.Context, int, *Message) error { return nil }) },
+		"nil":      func() { NewMux[int]().HandleUnmatched(nil) },
+		"nil func": func() { NewMux[int]().HandleUnmatchedFunc(nil) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: no panic", name)
+				}
+			}()
+			f()
+		}()
+	}
+}

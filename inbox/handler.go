@@ -80,6 +80,11 @@ type Middleware[TTx any] func(next Handler[TTx]) Handler[TTx]
 // exists. A Mux is safe for concurrent use; handlers may be added
 // while workers run.
 //
+// HandleUnmatched registers a handler for the topics that have none, as the
+// pattern "/" of an http.ServeMux takes the paths nothing else matches: a
+// service that learns its topics at run time, or forwards what it does not
+// know, takes every message with it.
+//
 // Mux's own Handle registers a handler, so a Mux is not itself a Handler;
 // Dispatch routes a message, and AsHandler returns the Mux as a Handler.
 type Mux[TTx any] struct {
@@ -87,6 +92,8 @@ type Mux[TTx any] struct {
 	raw     map[string]Handler[TTx] // as registered
 	wrapped map[string]Handler[TTx] // with the middleware applied
 	mw      []Middleware[TTx]
+	// unmatched and its wrapped form: the handler of topics without one.
+	unmatched, unmatchedWrapped Handler[TTx]
 }
 
 // NewMux returns an empty Mux.
@@ -123,6 +130,43 @@ func (m *Mux[TTx]) HandleFunc(topic string, f func(ctx context.Context, tx TTx, 
 	m.Handle(topic, HandlerFunc[TTx](f))
 }
 
+// HandleUnmatched registers h for the messages whose topic has no handler
+// of its own (Handle), with the middleware of Use around it as around the
+// others. Without it such a message fails with ErrNoHandler (and is retried
+// for Config.NoHandlerGrace, then dead-lettered). It panics if h is nil or
+// an unmatched handler is registered already.
+func (m *Mux[TTx]) HandleUnmatched(h Handler[TTx]) {
+	if h == nil {
+		panic("durable/inbox: Mux.HandleUnmatched: nil handler")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.unmatched != nil {
+		panic("durable/inbox: Mux.HandleUnmatched: multiple registrations")
+	}
+	m.unmatched, m.unmatchedWrapped = h, m.wrap(h)
+}
+
+// HandleUnmatchedFunc registers f for the topics without a handler; see
+// HandleUnmatched.
+func (m *Mux[TTx]) HandleUnmatchedFunc(f func(ctx context.Context, tx TTx, msg *Message) error) {
+	if f == nil {
+		panic("durable/inbox: Mux.HandleUnmatchedFunc: nil function")
+	}
+	m.HandleUnmatched(HandlerFunc[TTx](f))
+}
+
+// HandlesUnmatched reports whether m has a handler for the topics without
+// one (HandleUnmatched).
+func (m *Mux[TTx]) HandlesUnmatched() bool {
+	if m == nil {
+		return false
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.unmatched != nil
+}
+
 // Use adds middleware around every handler of m, those registered before
 // and after. The first middleware added is the outermost.
 func (m *Mux[TTx]) Use(mw ...Middleware[TTx]) {
@@ -137,6 +181,9 @@ func (m *Mux[TTx]) Use(mw ...Middleware[TTx]) {
 	for topic, h := range m.raw {
 		m.wrapped[topic] = m.wrap(h)
 	}
+	if m.unmatched != nil {
+		m.unmatchedWrapped = m.wrap(m.unmatched)
+	}
 }
 
 func (m *Mux[TTx]) wrap(h Handler[TTx]) Handler[TTx] {
@@ -146,19 +193,23 @@ func (m *Mux[TTx]) wrap(h Handler[TTx]) Handler[TTx] {
 	return h
 }
 
-// Handler returns the handler for topic, with the middleware applied, and
-// whether there is one.
+// Handler returns the handler for topic (its own, or else the unmatched
+// handler), with the middleware applied, and whether there is one.
 func (m *Mux[TTx]) Handler(topic string) (h Handler[TTx], ok bool) {
 	if m == nil {
 		return nil, false
 	}
 	m.mu.RLock()
 	h, ok = m.wrapped[topic]
+	if !ok && m.unmatchedWrapped != nil {
+		h, ok = m.unmatchedWrapped, true
+	}
 	m.mu.RUnlock()
 	return h, ok
 }
 
-// Topics returns the registered topics in order.
+// Topics returns the topics registered with Handle, in order (not the
+// unmatched handler's).
 func (m *Mux[TTx]) Topics() []string {
 	if m == nil {
 		return nil
