@@ -39,21 +39,23 @@ type Config[TTx any] struct {
 
 	// Listen is the TCP address the inbox accepts peers on, such as
 	// ":7400". Empty (and no Listener): the node does not receive, and Run
-	// starts the inbox (its workers and its housekeeping) only when
-	// handlers are registered on the Mux by then: such a node handles the
-	// messages that other nodes on its database receive. A node that
-	// neither listens nor has handlers only sends: it runs no inbox
-	// workers, claims nothing from the inbox, and leaves the inbox's
-	// housekeeping (rescue of expired leases, deletion of handled messages
-	// and of old dead letters) to the nodes of its database that run an
-	// inbox; messages left in its inbox wait for one. Inbox() still serves
-	// dead letters and Stats.
+	// starts the inbox (its workers and its housekeeping) only when it has
+	// a Handler: such a node handles the messages that other nodes on its
+	// database receive. A node that neither listens nor has a Handler only
+	// sends: it runs no inbox workers, claims nothing from the inbox, and
+	// leaves the inbox's housekeeping (rescue of expired leases, deletion
+	// of handled messages and of old dead letters) to the nodes of its
+	// database that run an inbox; messages left in its inbox wait for one.
+	// Inbox() still serves dead letters and Stats.
 	Listen string
 	// Listener, when set, is used instead of Listen; the Node closes it.
 	Listener net.Listener
-	// Mux routes received messages to handlers by topic. Nil: the inbox's
-	// own Mux; register handlers with Node.Inbox().HandleFunc.
-	Mux *inbox.Mux[TTx]
+	// Handler handles the received messages, usually an *inbox.Mux that
+	// routes them by topic (it may still get handlers while the node
+	// runs). Nil: no handler for any topic; a node that listens then
+	// retries every message it receives for Inbox.NoHandlerGrace and
+	// dead-letters it (reason no_handler), as with an empty Mux.
+	Handler inbox.Handler[TTx]
 
 	// Peers maps each destination name used in outbox.Message.Destination to
 	// the peer that receives it.
@@ -187,7 +189,7 @@ const DefaultShutdownTimeout = 10 * time.Second
 // Node is one service's durable messaging: an outbox to enqueue into, a
 // relay that sends what was committed to the peers, and an inbox with a TCP
 // server that receives from peers and workers that run the handlers. Create
-// it with NewNode, register handlers, then call Run.
+// it with NewNode, its Config holding the Handler, then call Run.
 //
 // The parts stay usable on their own (packages outbox, inbox and
 // transport/tcp); a Node only wires them together the usual way.
@@ -315,12 +317,9 @@ func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], err
 	ic.MeterProvider = orValue(ic.MeterProvider, cfg.MeterProvider)
 	ic.TracerProvider = orValue(ic.TracerProvider, cfg.TracerProvider)
 	ic.Propagator = orValue(ic.Propagator, cfg.Propagator)
-	if n.inbox, err = inbox.New(d, &ic); err != nil {
+	if n.inbox, err = inbox.New(d, cfg.Handler, &ic); err != nil {
 		n.closeClients()
 		return nil, err
-	}
-	if cfg.Mux != nil {
-		n.inbox.Mux = cfg.Mux
 	}
 
 	if cfg.Listen != "" || cfg.Listener != nil {
@@ -406,8 +405,7 @@ func (n *Node[TTx]) Outbox() *outbox.Outbox[TTx] { return n.outbox }
 // Relay returns the node's relay, for Stats; nil on a node without peers.
 func (n *Node[TTx]) Relay() *outbox.Relay[TTx] { return n.relay }
 
-// Inbox returns the node's inbox: register handlers on it before Run, and
-// use it for dead letters and Stats.
+// Inbox returns the node's inbox, for dead letters and Stats.
 func (n *Node[TTx]) Inbox() *inbox.Inbox[TTx] { return n.inbox }
 
 // Dialect returns the dialect the node works on.
@@ -422,15 +420,15 @@ func (n *Node[TTx]) Addr() net.Addr {
 }
 
 // runsInbox reports whether Run starts the inbox: on a node that listens,
-// or that has handlers (see Config.Listen).
+// or that has a Handler (see Config.Listen).
 func (n *Node[TTx]) runsInbox() bool {
-	return n.server != nil || len(n.inbox.Mux.Topics()) > 0 || n.inbox.Mux.HandlesUnmatched()
+	return n.server != nil || n.cfg.Handler != nil
 }
 
 // Run checks the schema (waiting for a database that does not answer yet;
 // see Config.StartTimeout), starts listening (when configured), and runs the
 // server, the relay and the inbox workers (on a node that listens or has
-// handlers; see Config.Listen) until ctx ends or one of them fails; a node
+// a Handler; see Config.Listen) until ctx ends or one of them fails; a node
 // with none of them waits for ctx. On ctx's end it stops gracefully: the
 // server refuses new batches and drains those it is storing, the relay
 // finishes or releases what it is sending, the workers finish their
@@ -521,7 +519,7 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 	case n.runsInbox():
 		part("inbox", func() error { return n.inbox.Run(runCtx) })
 	case n.server == nil && n.relay == nil:
-		// Nothing to run (no peers, no listener, no handlers): the node
+		// Nothing to run (no peers, no listener, no Handler): the node
 		// still runs, and is ready, until ctx ends.
 		<-runCtx.Done()
 	}

@@ -25,7 +25,7 @@ func TestMux(t *testing.T) {
 		return func(next Handler[int]) Handler[int] {
 			return HandlerFunc[int](func(ctx context.Context, tx int, msg *Message) error {
 				trace = append(trace, name+">")
-				err := next.Handle(ctx, tx, msg)
+				err := next.HandleMessage(ctx, tx, msg)
 				trace = append(trace, "<"+name)
 				return err
 			})
@@ -41,16 +41,20 @@ func TestMux(t *testing.T) {
 		trace = append(trace, "b")
 		return errors.New("b failed")
 	}))
-	if err := m.Dispatch(context.Background(), 1, &Message{Topic: "a"}); err != nil {
+	if err := m.HandleMessage(context.Background(), 1, &Message{Topic: "a"}); err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{"outer>", "inner>", "a", "<inner", "<outer"}; !slices.Equal(trace, want) {
 		t.Fatalf("trace %v, want %v", trace, want)
 	}
-	if err := m.AsHandler().Handle(context.Background(), 1, &Message{Topic: "b"}); err == nil || err.Error() != "b failed" {
+	// A *Mux is a Handler: mounted under a topic of another Mux, it routes
+	// what that Mux hands it.
+	outer := NewMux[int]()
+	outer.Handle("b", m)
+	if err := outer.HandleMessage(context.Background(), 1, &Message{Topic: "b"}); err == nil || err.Error() != "b failed" {
 		t.Fatalf("b = %v", err)
 	}
-	err := m.Dispatch(context.Background(), 1, &Message{Topic: "c"})
+	err := m.HandleMessage(context.Background(), 1, &Message{Topic: "c"})
 	if !errors.Is(err, ErrNoHandler) || !strings.Contains(err.Error(), `"c"`) {
 		t.Fatalf("unknown topic = %v", err)
 	}
@@ -60,11 +64,11 @@ func TestMux(t *testing.T) {
 	var zero Mux[int] // the zero Mux is ready to use
 	zero.Use(mw("z"))
 	zero.HandleFunc("q", okInt)
-	if err := zero.Dispatch(context.Background(), 1, &Message{Topic: "q"}); err != nil {
+	if err := zero.HandleMessage(context.Background(), 1, &Message{Topic: "q"}); err != nil {
 		t.Fatalf("zero Mux: %v", err)
 	}
 	var nilMux *Mux[int]
-	if err := nilMux.Dispatch(context.Background(), 1, &Message{Topic: "a"}); !errors.Is(err, ErrNoHandler) {
+	if err := nilMux.HandleMessage(context.Background(), 1, &Message{Topic: "a"}); !errors.Is(err, ErrNoHandler) {
 		t.Fatalf("nil Mux = %v", err)
 	}
 	for name, f := range map[string]func(){
@@ -95,10 +99,10 @@ func TestJSON(t *testing.T) {
 		}
 		return nil
 	})
-	if err := h.Handle(context.Background(), 0, &Message{Payload: []byte(`{"n":7}`)}); err != nil {
+	if err := h.HandleMessage(context.Background(), 0, &Message{Payload: []byte(`{"n":7}`)}); err != nil {
 		t.Fatal(err)
 	}
-	err := h.Handle(context.Background(), 0, &Message{Payload: []byte(`{`)})
+	err := h.HandleMessage(context.Background(), 0, &Message{Payload: []byte(`{`)})
 	var de *DecodeError
 	if !errors.As(err, &de) || !strings.Contains(err.Error(), "cannot decode payload") {
 		t.Fatalf("bad payload = %v", err)
@@ -142,7 +146,7 @@ func TestBackoff(t *testing.T) {
 
 func TestNewValidation(t *testing.T) {
 	f := openSQLite(t)
-	if _, err := New[*sql.Tx](nil, nil); err == nil {
+	if _, err := New[*sql.Tx](nil, nil, nil); err == nil {
 		t.Fatal("New(nil) = nil error")
 	}
 	for name, c := range map[string]Config{
@@ -156,11 +160,11 @@ func TestNewValidation(t *testing.T) {
 		"negative topic":   {Topics: map[string]TopicPolicy{"a": {MaxAttempts: -1}}},
 		"negative workers": {Queues: []Queue{{Topics: []string{"a"}, Concurrency: -1}}},
 	} {
-		if _, err := New(f.d, &c); err == nil {
+		if _, err := New(f.d, nil, &c); err == nil {
 			t.Errorf("%s: New = nil error", name)
 		}
 	}
-	ib, err := New(f.d, nil)
+	ib, err := New(f.d, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +176,7 @@ func TestNewValidation(t *testing.T) {
 	if p.maxAttempts != DefaultMaxAttempts || p.timeout != DefaultHandlerTimeout {
 		t.Fatalf("default policy %+v", p)
 	}
-	ib, err = New(f.d, &Config{MaxAttempts: 3, Topics: map[string]TopicPolicy{"x": {MaxAttempts: 7}}, Queues: []Queue{{Topics: []string{"x", "y"}, Concurrency: 2}}})
+	ib, err = New(f.d, nil, &Config{MaxAttempts: 3, Topics: map[string]TopicPolicy{"x": {MaxAttempts: 7}}, Queues: []Queue{{Topics: []string{"x", "y"}, Concurrency: 2}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +193,7 @@ func TestNewValidation(t *testing.T) {
 
 func TestRunErrors(t *testing.T) {
 	f := openSQLite(t)
-	ib := newInbox(t, f, nil)
+	ib, _ := newInbox(t, f, nil)
 	start(t, ib)
 	waitFor(t, "Run to start", 30*time.Second, ib.running.Load)
 	if err := ib.Run(context.Background()); !errors.Is(err, ErrRunning) {
@@ -198,7 +202,7 @@ func TestRunErrors(t *testing.T) {
 	// An unmigrated database: Run returns the schema error.
 	g := openSQLite(t)
 	g.db.exec(t, `DROP TABLE durable_schema_version`)
-	ib2 := newInbox(t, g, nil)
+	ib2, _ := newInbox(t, g, nil)
 	if err := ib2.Run(context.Background()); !errors.Is(err, dialects.ErrSchema) {
 		t.Fatalf("Run on an unmigrated database = %v, want ErrSchema", err)
 	}
@@ -212,10 +216,10 @@ func TestQueues(t *testing.T) {
 func testQueues[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
 	cfg.Queues = []Queue{{Name: "slow", Topics: []string{"slow"}, Concurrency: 1}}
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	release := make(chan struct{})
 	var slowRan atomic.Bool
-	ib.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
 		slowRan.Store(true)
 		select {
 		case <-release:
@@ -224,7 +228,7 @@ func testQueues[TTx any](t *testing.T, f *fixture[TTx]) {
 		}
 		return effect(f)(ctx, tx, m)
 	})
-	ib.HandleFunc("fast", effect(f))
+	mux.HandleFunc("fast", effect(f))
 	deliver(t, ib, batch("orders", envelope(1, "slow")))
 	start(t, ib)
 	waitFor(t, "the slow handler to start", 60*time.Second, slowRan.Load)
@@ -258,12 +262,12 @@ func testRetention[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
 	cfg.Retention = time.Hour
 	cfg.CleanupInterval = time.Hour // by hand below
-	ib := newInbox(t, f, cfg)
-	ib.HandleFunc("t", effect(f))
+	ib, mux := newInbox(t, f, cfg)
+	mux.HandleFunc("t", effect(f))
 	shortCfg := fastConfig(t)
 	shortCfg.Retention = time.Second
 	shortCfg.CleanupInterval = time.Hour
-	short := newInbox(t, f, shortCfg)
+	short, _ := newInbox(t, f, shortCfg)
 	deliver(t, ib, batch("orders", envelope(1, "t"), envelope(2, "t")))
 	stop := start(t, ib)
 	settled(t, ib, 60*time.Second)
@@ -306,10 +310,10 @@ func TestDeliverWakes(t *testing.T) {
 	cfg := fastConfig(t)
 	cfg.PollInterval = time.Hour
 	cfg.RescueInterval = time.Hour
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	claims := &claimCounter[*sql.Tx]{InboxStore: ib.store}
 	ib.store = claims
-	ib.HandleFunc("t", effect(f))
+	mux.HandleFunc("t", effect(f))
 	start(t, ib)
 	// The only worker found nothing and goes idle until a wake-up: the
 	// next poll is an hour away.
@@ -320,9 +324,9 @@ func TestDeliverWakes(t *testing.T) {
 
 func TestMessageFields(t *testing.T) {
 	f := openSQLite(t)
-	ib := newInbox(t, f, nil)
+	ib, mux := newInbox(t, f, nil)
 	got := make(chan Message, 2)
-	ib.HandleFunc("t", func(ctx context.Context, tx *sql.Tx, m *Message) error {
+	mux.HandleFunc("t", func(ctx context.Context, tx *sql.Tx, m *Message) error {
 		got <- *m
 		if m.Attempt == 1 {
 			return errors.New("first")
@@ -352,7 +356,7 @@ func TestMessageFields(t *testing.T) {
 // ends meanwhile is a graceful stop.
 func TestRunWaitsForDatabase(t *testing.T) {
 	pool, _ := testdb.UnreachablePostgres(t)
-	ib, err := New(postgres.New(pool), fastConfig(t))
+	ib, err := New(postgres.New(pool), nil, fastConfig(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,11 +389,11 @@ func TestMuxUnmatched(t *testing.T) {
 	m.Use(func(next Handler[int]) Handler[int] { // added after: wraps it too
 		return HandlerFunc[int](func(ctx context.Context, tx int, msg *Message) error {
 			trace = append(trace, "mw")
-			return next.Handle(ctx, tx, msg)
+			return next.HandleMessage(ctx, tx, msg)
 		})
 	})
 	for _, topic := range []string{"a", "b", "c.d"} {
-		if err := m.Dispatch(context.Background(), 1, &Message{Topic: topic}); err != nil {
+		if err := m.HandleMessage(context.Background(), 1, &Message{Topic: topic}); err != nil {
 			t.Fatalf("%s: %v", topic, err)
 		}
 	}

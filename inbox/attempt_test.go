@@ -25,7 +25,7 @@ func TestOneCallPerAttempt(t *testing.T) {
 }
 
 func testOneCallPerAttempt[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, nil)
+	ib, mux := newInbox(t, f, nil)
 	var mu sync.Mutex
 	calls := map[string]int{}
 	count := func(m *Message) {
@@ -33,14 +33,14 @@ func testOneCallPerAttempt[TTx any](t *testing.T, f *fixture[TTx]) {
 		calls[m.ID]++
 		mu.Unlock()
 	}
-	ib.HandleFunc("bad", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("bad", func(ctx context.Context, tx TTx, m *Message) error {
 		count(m)
 		if err := effect(f)(ctx, tx, m); err != nil {
 			return err
 		}
 		return errors.New("bad message")
 	})
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		count(m)
 		return effect(f)(ctx, tx, m)
 	})
@@ -73,10 +73,10 @@ func TestGoodBatch(t *testing.T) {
 }
 
 func testGoodBatch[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, nil)
+	ib, mux := newInbox(t, f, nil)
 	var mu sync.Mutex
 	calls := 0
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		mu.Lock()
 		calls++
 		mu.Unlock()
@@ -111,13 +111,13 @@ func testBrokenTxBlamed[TTx any](t *testing.T, f *fixture[TTx]) {
 	for _, tail := range []bool{false, true} {
 		f.db.exec(t, `DELETE FROM effects`)
 		f.db.exec(t, `DELETE FROM durable_inbox`)
-		ib := newInbox(t, f, nil)
-		ib.HandleFunc("breaker", func(ctx context.Context, tx TTx, m *Message) error {
+		ib, mux := newInbox(t, f, nil)
+		mux.HandleFunc("breaker", func(ctx context.Context, tx TTx, m *Message) error {
 			_ = f.txExec(ctx, tx, `SELECT 1/0`) // swallowed: tx is aborted
 			return nil
 		})
 		var okCalls calls
-		ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+		mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 			okCalls.add(m.ID)
 			return effect(f)(ctx, tx, m)
 		})
@@ -166,17 +166,17 @@ func TestFailureWithoutTx(t *testing.T) {
 }
 
 func testFailureWithoutTx[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, nil)
+	ib, mux := newInbox(t, f, nil)
 	var c calls
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		return effect(f)(ctx, tx, m)
 	})
-	ib.HandleFunc("refuse", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("refuse", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		return errors.New("refused without touching tx")
 	})
-	ib.HandleFunc("writebad", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("writebad", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		if err := effect(f)(ctx, tx, m); err != nil {
 			return err
@@ -223,7 +223,7 @@ func testNoHandlerGrace[TTx any](t *testing.T, f *fixture[TTx]) {
 	t.Run("deployed in time", func(t *testing.T) {
 		cfg := fastConfig(t)
 		cfg.NoHandlerGrace = time.Hour
-		ib := newInbox(t, f, cfg)
+		ib, mux := newInbox(t, f, cfg)
 		e := envelope(1, "refund.issued")
 		deliver(t, ib, batch("grace-a", e))
 		start(t, ib)
@@ -238,7 +238,7 @@ func testNoHandlerGrace[TTx any](t *testing.T, f *fixture[TTx]) {
 		if n := len(deadLetters(t, ib, DeadLetterFilter{Source: "grace-a"})); n != 0 {
 			t.Fatalf("%d dead letters within the grace, want 0", n)
 		}
-		ib.HandleFunc("refund.issued", effect(f))
+		mux.HandleFunc("refund.issued", effect(f))
 		waitFor(t, "the message to be handled once its handler exists", 60*time.Second, func() bool {
 			return row(t, ib, "grace-a", e.ID).State == dialects.InboxStateHandled
 		})
@@ -247,7 +247,7 @@ func testNoHandlerGrace[TTx any](t *testing.T, f *fixture[TTx]) {
 	t.Run("grace over", func(t *testing.T) {
 		cfg := fastConfig(t)
 		cfg.NoHandlerGrace = 1500 * time.Millisecond
-		ib := newInbox(t, f, cfg)
+		ib, _ := newInbox(t, f, cfg)
 		e := envelope(2, "refund.issued")
 		deliver(t, ib, batch("grace-b", e))
 		start(t, ib)

@@ -89,10 +89,10 @@ func benchInbox[TTx any](b *testing.B, f *fixture[TTx], workers int) {
 	f.db.exec(b, `DELETE FROM durable_inbox`)
 	cfg := fastConfig(b)
 	cfg.Concurrency = workers
-	ib := newInbox(b, f, cfg)
+	ib, mux := newInbox(b, f, cfg)
 	var handled atomic.Int64
 	all := make(chan struct{})
-	ib.HandleFunc("bench", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("bench", func(ctx context.Context, tx TTx, m *Message) error {
 		if handled.Add(1) == int64(b.N) {
 			close(all)
 		}

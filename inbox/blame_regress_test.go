@@ -29,9 +29,9 @@ func testHandlerEndsTxInnocentNotBlamed[TTx any](t *testing.T, f *fixture[TTx], 
 	cfg := fastConfig(t)
 	cfg.MaxAttempts = 1
 	cfg.Concurrency = 1
-	ib := newInbox(t, f, cfg)
-	ib.HandleFunc("ok", effect(f))
-	ib.HandleFunc("rogue", func(ctx context.Context, tx TTx, m *Message) error { return endTx(ctx, tx) })
+	ib, mux := newInbox(t, f, cfg)
+	mux.HandleFunc("ok", effect(f))
+	mux.HandleFunc("rogue", func(ctx context.Context, tx TTx, m *Message) error { return endTx(ctx, tx) })
 	deliver(t, ib, batch("orders", envelope(1, "rogue"), envelope(2, "ok")))
 	start(t, ib)
 	settled(t, ib, 60*time.Second)

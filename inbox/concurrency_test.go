@@ -30,14 +30,14 @@ func TestLeaseFencing(t *testing.T) {
 func testLeaseFencing[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
 	cfg.Lease = 30 * time.Millisecond
-	a := newInbox(t, f, cfg)
+	a, aMux := newInbox(t, f, cfg)
 	var aCalls atomic.Int32
-	a.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
+	aMux.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
 		aCalls.Add(1)
 		return effect(f)(ctx, tx, m)
 	})
-	b := newInbox(t, f, fastConfig(t))
-	b.HandleFunc("t", effect(f))
+	b, bMux := newInbox(t, f, fastConfig(t))
+	bMux.HandleFunc("t", effect(f))
 	deliver(t, a, batch("orders", envelope(1, "t")))
 	id := envelope(1, "").ID
 
@@ -99,15 +99,15 @@ func TestLeaseExpiresDuringHandler(t *testing.T) {
 	f := openPgx(t, "")
 	cfg := fastConfig(t)
 	cfg.Lease = 20 * time.Millisecond
-	a := newInbox(t, f, cfg)
+	a, aMux := newInbox(t, f, cfg)
 	entered, release := make(chan struct{}), make(chan struct{})
-	a.HandleFunc("t", func(ctx context.Context, tx pgx.Tx, m *Message) error {
+	aMux.HandleFunc("t", func(ctx context.Context, tx pgx.Tx, m *Message) error {
 		close(entered)
 		<-release
 		return effect(f)(ctx, tx, m)
 	})
-	b := newInbox(t, f, fastConfig(t))
-	b.HandleFunc("t", effect(f))
+	b, bMux := newInbox(t, f, fastConfig(t))
+	bMux.HandleFunc("t", effect(f))
 	deliver(t, a, batch("orders", envelope(1, "t")))
 	done := make(chan struct{})
 	go func() {
@@ -156,11 +156,12 @@ func TestThreeInstances(t *testing.T) {
 		}
 		cfg := fastConfig(t)
 		cfg.Name = fmt.Sprintf("instance-%d", i)
-		ib, err := New(postgres.New(pool), cfg)
+		mux := NewMux[pgx.Tx]()
+		ib, err := New(postgres.New(pool), mux, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ib.HandleFunc("t", func(ctx context.Context, tx pgx.Tx, m *Message) error {
+		mux.HandleFunc("t", func(ctx context.Context, tx pgx.Tx, m *Message) error {
 			calls[i].Add(1)
 			_, err := tx.Exec(ctx, `INSERT INTO effects (id) VALUES ($1)`, m.ID)
 			return err
@@ -259,14 +260,14 @@ func testPerKeyOrder[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg.Concurrency = 16
 	cfg.BatchSize = 8
 	cfg.MaxAttempts = 100
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	var (
 		mu       sync.Mutex
 		rnd      = mrand.New(mrand.NewPCG(1, 2))
 		inFlight = map[string]bool{}
 		failures atomic.Int32
 	)
-	ib.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
 		mu.Lock()
 		if inFlight[m.Key] {
 			mu.Unlock()
@@ -335,10 +336,10 @@ func TestShutdown(t *testing.T) {
 func testShutdown[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
 	cfg.Concurrency = 1
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	ib.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
 		once.Do(func() {
 			close(entered)
 			<-release
@@ -405,12 +406,12 @@ func testBrokenBatch[TTx any](t *testing.T, f *fixture[TTx], slowQuery string, e
 	// default of 30s, which a loaded machine does not reach.
 	cfg.Topics = map[string]TopicPolicy{"slow": {HandlerTimeout: 300 * time.Millisecond}}
 	cfg.Concurrency = 1
-	ib := newInbox(t, f, cfg)
-	ib.HandleFunc("ok", effect(f))
-	ib.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
+	ib, mux := newInbox(t, f, cfg)
+	mux.HandleFunc("ok", effect(f))
+	mux.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
 		return f.txExec(ctx, tx, slowQuery)
 	})
-	ib.HandleFunc("rogue", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("rogue", func(ctx context.Context, tx TTx, m *Message) error {
 		if err := effect(f)(ctx, tx, m); err != nil {
 			return err
 		}

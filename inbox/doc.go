@@ -3,12 +3,13 @@
 // that hand each message to its handler inside the transaction that marks it
 // done.
 //
-//	ib, err := inbox.New(postgres.New(pool), &inbox.Config{Concurrency: 8})
-//	...
-//	ib.HandleFunc("order.placed", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+//	mux := inbox.NewMux[pgx.Tx]()
+//	mux.HandleFunc("order.placed", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
 //		_, err := tx.Exec(ctx, `INSERT INTO invoices (order_id) VALUES ($1)`, orderID(m))
 //		return err // nil: done; an error: retried with backoff; inbox.Permanent(err): dead letter now
 //	})
+//	ib, err := inbox.New(postgres.New(pool), mux, &inbox.Config{Concurrency: 8})
+//	...
 //	srv, err := tcp.NewServer(ib, tcp.ServerConfig{...}) // the transport stores batches with ib.Deliver
 //	...
 //	err = ib.Run(ctx) // workers, until ctx ends

@@ -58,8 +58,8 @@ func TestDeliverCommitsDurably(t *testing.T) {
 	probe := &syncProbe{Dialect: f.d.(*sqlite.Dialect)}
 	f.d = probe
 	cfg := inlineConfig(t)
-	ib := newInbox(t, f, cfg)
-	ib.HandleFunc("ok", func(ctx context.Context, tx *sql.Tx, m *Message) error { return nil })
+	ib, mux := newInbox(t, f, cfg)
+	mux.HandleFunc("ok", func(ctx context.Context, tx *sql.Tx, m *Message) error { return nil })
 
 	// Not running: stored for the workers.
 	deliver(t, ib, batch("orders", envelope(0, "ok"), envelope(1, "ok")))

@@ -54,17 +54,18 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	ib, err := inbox.New(d, &inbox.Config{
+	mux := inbox.NewMux[*sql.Tx]()
+	mux.Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o orderPlaced) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO invoices (order_id, total) VALUES (?, ?)`, o.Order, o.Total)
+		return err // nil: handled; an error: retried with backoff; inbox.Permanent(err): dead letter now
+	}))
+	ib, err := inbox.New(d, mux, &inbox.Config{
 		PollInterval: 50 * time.Millisecond,
 		Logger:       slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	ib.Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o orderPlaced) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO invoices (order_id, total) VALUES (?, ?)`, o.Order, o.Total)
-		return err // nil: handled; an error: retried with backoff; inbox.Permanent(err): dead letter now
-	}))
 
 	// What a transport does on receipt: the batch is stored before it is
 	// acknowledged. A resend of the same message is acknowledged again as a
@@ -138,7 +139,8 @@ func ExampleInbox_Replay() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	ib, _ := inbox.New(d, &inbox.Config{
+	mux := inbox.NewMux[*sql.Tx]() // no handler yet
+	ib, _ := inbox.New(d, mux, &inbox.Config{
 		PollInterval: 20 * time.Millisecond,
 		Logger:       slog.New(slog.DiscardHandler),
 		// A topic without a handler goes to the dead letters at once
@@ -170,7 +172,7 @@ func ExampleInbox_Replay() {
 	dl, _ := ib.DeadLetter(ctx, "shop", "m1")
 	fmt.Println(dl.Reason, dl.Attempts, dl.LastError)
 
-	ib.HandleFunc("refund.issued", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error { return nil })
+	mux.HandleFunc("refund.issued", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error { return nil })
 	n, _ := ib.Replay(ctx, inbox.DeadLetterFilter{Reason: inbox.ReasonNoHandler})
 	fmt.Println("replayed:", n)
 	runUntil(func(s inbox.Stats) bool { return s.Handled == 1 })

@@ -43,9 +43,9 @@ type Message struct {
 
 // Handler handles messages.
 //
-// Handle runs in tx, the transaction that also marks the message done: its
-// writes in tx and the completion commit together, so they happen exactly
-// once. Writes elsewhere (HTTP calls, other databases) happen at least once:
+// HandleMessage runs in tx, the transaction that also marks the message
+// done: its writes in tx and the completion commit together, so they happen
+// exactly once. Writes elsewhere (HTTP calls, other databases) happen at least once:
 // a handler may run again after a failure or a crash, and within the same
 // attempt after another handler of its batch failed and the batch's writes
 // were rolled back.
@@ -53,19 +53,23 @@ type Message struct {
 // A nil error marks the message handled. Any other error rolls back the
 // handler's writes (the rest of the batch commits) and
 // retries the message with backoff, until MaxAttempts; Permanent, Retry and
-// DecodeError change that. Handle must honour ctx, which ends at the
+// DecodeError change that. HandleMessage must honour ctx, which ends at the
 // handler timeout, and must not commit, roll back or keep tx, nor use the
 // database outside tx (on SQLite that waits forever for the only
 // connection). It may call outbox.Enqueue with tx to send onward messages.
+//
+// The method is HandleMessage, not Handle, so that a *Mux, whose Handle
+// registers a handler, is itself a Handler, as an http.ServeMux is an
+// http.Handler through ServeHTTP.
 type Handler[TTx any] interface {
-	Handle(ctx context.Context, tx TTx, msg *Message) error
+	HandleMessage(ctx context.Context, tx TTx, msg *Message) error
 }
 
 // HandlerFunc adapts a function to Handler.
 type HandlerFunc[TTx any] func(ctx context.Context, tx TTx, msg *Message) error
 
-// Handle calls f(ctx, tx, msg).
-func (f HandlerFunc[TTx]) Handle(ctx context.Context, tx TTx, msg *Message) error {
+// HandleMessage calls f(ctx, tx, msg).
+func (f HandlerFunc[TTx]) HandleMessage(ctx context.Context, tx TTx, msg *Message) error {
 	return f(ctx, tx, msg)
 }
 
@@ -85,8 +89,8 @@ type Middleware[TTx any] func(next Handler[TTx]) Handler[TTx]
 // service that learns its topics at run time, or forwards what it does not
 // know, takes every message with it.
 //
-// Mux's own Handle registers a handler, so a Mux is not itself a Handler;
-// Dispatch routes a message, and AsHandler returns the Mux as a Handler.
+// A *Mux is itself a Handler: give it to inbox.New (or durable.Config's
+// Handler), wrap it, or mount it under a topic of another Mux.
 type Mux[TTx any] struct {
 	mu      sync.RWMutex
 	raw     map[string]Handler[TTx] // as registered
@@ -224,19 +228,18 @@ func (m *Mux[TTx]) Topics() []string {
 	return out
 }
 
-// Dispatch hands msg to the handler of its topic, or returns an error
-// matching ErrNoHandler.
-func (m *Mux[TTx]) Dispatch(ctx context.Context, tx TTx, msg *Message) error {
+// HandleMessage hands msg to the handler of its topic (or else to the
+// unmatched handler), with the middleware applied, or returns an error
+// matching ErrNoHandler when there is none.
+func (m *Mux[TTx]) HandleMessage(ctx context.Context, tx TTx, msg *Message) error {
 	h, ok := m.Handler(msg.Topic)
 	if !ok {
 		return fmt.Errorf("%w %q", ErrNoHandler, msg.Topic)
 	}
-	return h.Handle(ctx, tx, msg)
+	return h.HandleMessage(ctx, tx, msg)
 }
 
-// AsHandler returns m as a Handler that calls Dispatch, to mount one Mux
-// under another's topic or to wrap it.
-func (m *Mux[TTx]) AsHandler() Handler[TTx] { return HandlerFunc[TTx](m.Dispatch) }
+var _ Handler[any] = (*Mux[any])(nil)
 
 // JSON returns a handler that decodes the payload as JSON into a T and
 // calls fn with it. A payload that does not decode fails with a

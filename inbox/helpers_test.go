@@ -214,16 +214,19 @@ func fastConfig(t testing.TB) *Config {
 	}
 }
 
-func newInbox[TTx any](t testing.TB, f *fixture[TTx], cfg *Config) *Inbox[TTx] {
+// newInbox returns an inbox on f with cfg (nil: fastConfig) and the Mux it
+// hands messages to.
+func newInbox[TTx any](t testing.TB, f *fixture[TTx], cfg *Config) (*Inbox[TTx], *Mux[TTx]) {
 	t.Helper()
 	if cfg == nil {
 		cfg = fastConfig(t)
 	}
-	ib, err := New(f.d, cfg)
+	mux := NewMux[TTx]()
+	ib, err := New(f.d, mux, cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	return ib
+	return ib, mux
 }
 
 // start runs ib until the test ends (or stop is called) and checks that Run

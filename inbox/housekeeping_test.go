@@ -176,11 +176,11 @@ func testHousekeepingBounded[TTx any](t *testing.T, f *fixture[TTx]) {
 	fillHandled(t, f, old)
 	f.db.exec(t, `INSERT INTO durable_inbox (source, id, topic, payload, created_at, state, attempts, handled_at)
 VALUES ('recent', 'r1', 't', 'p', '2000-01-01 00:00:00.000', 'handled', 1, `+nowSQL(f)+`)`)
-	ib, err := New(f.d, &Config{Logger: quiet(t)})
+	ib, err := New(f.d, nil, &Config{Logger: quiet(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := New(f.d, &Config{Logger: quiet(t)})
+	other, err := New(f.d, nil, &Config{Logger: quiet(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_datab
 		}
 	})
 
-	ib, err := New(f.d, &Config{Logger: quiet(t)})
+	ib, err := New(f.d, nil, &Config{Logger: quiet(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,7 +339,7 @@ func testDeadLetterExpiry[TTx any](t *testing.T, f *fixture[TTx]) {
 		f.db.exec(t, `INSERT INTO durable_dead_letters (side, id, source, destination, topic, payload, created_at, reason, failed_at, first_failed_at, replayed_at)
 VALUES ('`+r.side+`', '`+r.id+`', '`+r.src+`', '`+r.dest+`', 't', 'p', `+longAgo+`, 'permanent', `+r.failed+`, `+r.failed+`, `+r.replayed+`)`)
 	}
-	keep, err := New(f.d, &Config{Logger: quiet(t)})
+	keep, err := New(f.d, nil, &Config{Logger: quiet(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +347,7 @@ VALUES ('`+r.side+`', '`+r.id+`', '`+r.src+`', '`+r.dest+`', 't', 'p', `+longAgo
 		t.Fatalf("housekeeping without DeadLetterRetention = %+v, %v; want no dead letter deleted", res, err)
 	}
 	keep.hk.Release(ctx)
-	expire, err := New(f.d, &Config{Logger: quiet(t), DeadLetterRetention: 24 * time.Hour})
+	expire, err := New(f.d, nil, &Config{Logger: quiet(t), DeadLetterRetention: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -210,12 +210,10 @@ func DefaultBackoff(attempt int) time.Duration {
 // transport.Handler) and runs workers that hand each stored message to its
 // handler. It is safe for concurrent use.
 //
-// The Inbox routes messages by topic with its Mux: register handlers with
-// Handle, HandleFunc and Use before or while Run runs. The Mux may be
-// replaced by assigning the field before Run.
+// The Inbox hands every message to the handler given to New, usually a
+// *Mux that routes by topic.
 type Inbox[TTx any] struct {
-	*Mux[TTx]
-
+	h      Handler[TTx] // nil: no handler for any topic
 	d      dialects.Dialect[TTx]
 	store  dialects.InboxStore[TTx]
 	cfg    Config // defaults applied
@@ -251,9 +249,15 @@ func (q *queue) signal() {
 	}
 }
 
-// New returns an Inbox storing and working through d. It does no I/O; Run
-// checks the schema.
-func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
+// New returns an Inbox storing and working through d and handing the
+// messages to h, usually a *Mux (which may still get handlers while the
+// inbox runs). It does no I/O; Run checks the schema.
+//
+// A nil h is no handler for any topic: every message fails with
+// ErrNoHandler, is retried for Config.NoHandlerGrace, then dead-lettered
+// (reason no_handler), as with an empty Mux. Such an inbox serves to store
+// deliveries, read Stats and work on dead letters.
+func New[TTx any](d dialects.Dialect[TTx], h Handler[TTx], cfg *Config) (*Inbox[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable/inbox: New needs a dialect")
 	}
@@ -292,7 +296,7 @@ func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
 		name = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), rand.Text()[:6])
 	}
 	ib := &Inbox[TTx]{
-		Mux:   NewMux[TTx](),
+		h:     h,
 		d:     d,
 		store: d,
 		cfg:   c,

@@ -26,8 +26,8 @@ func TestDeliverDuplicates(t *testing.T) {
 }
 
 func testDeliverDuplicates[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, nil)
-	ib.Handle("t", effect(f))
+	ib, mux := newInbox(t, f, nil)
+	mux.Handle("t", effect(f))
 	const n = 50
 	envs := make([]transport.Envelope, n)
 	var ids []string
@@ -108,7 +108,7 @@ func TestDeliverStoresEnvelope(t *testing.T) {
 }
 
 func testDeliverStoresEnvelope[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, nil)
+	ib, _ := newInbox(t, f, nil)
 	created := time.Date(2026, 3, 4, 5, 6, 7, 8_000_000, time.UTC)
 	good := transport.Envelope{ID: "a", Topic: "t", Key: "k", Headers: map[string]string{"h": "v"}, Payload: []byte{0, 1, 2},
 		CreatedAt: created, DeliverAt: time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond), ExpiresAt: time.Now().Add(2 * time.Hour).UTC().Truncate(time.Millisecond)}
@@ -149,9 +149,9 @@ func TestHandlerFailureRollsBack(t *testing.T) {
 }
 
 func testHandlerFailureRollsBack[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, nil)
+	ib, mux := newInbox(t, f, nil)
 	var attempts atomic.Int32
-	ib.HandleFunc("flaky", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("flaky", func(ctx context.Context, tx TTx, m *Message) error {
 		if err := effect(f)(ctx, tx, m); err != nil {
 			return err
 		}
@@ -160,7 +160,7 @@ func testHandlerFailureRollsBack[TTx any](t *testing.T, f *fixture[TTx]) {
 		}
 		return nil
 	})
-	ib.HandleFunc("ok", effect(f))
+	mux.HandleFunc("ok", effect(f))
 	deliver(t, ib, batch("orders", envelope(1, "ok"), envelope(2, "flaky"), envelope(3, "ok")))
 	// One pass by hand: the batch commits the good ones, not the failed one.
 	ib.processOnce(t)
@@ -203,10 +203,10 @@ func TestAlwaysFailing(t *testing.T) {
 func testAlwaysFailing[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
 	cfg.MaxAttempts = 3
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	var fixed atomic.Bool
 	var calls atomic.Int32
-	ib.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("t", func(ctx context.Context, tx TTx, m *Message) error {
 		n := calls.Add(1)
 		if err := effect(f)(ctx, tx, m); err != nil {
 			return err
@@ -325,25 +325,25 @@ func testFailureKinds[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
 	cfg.MaxAttempts = 2
 	cfg.Topics = map[string]TopicPolicy{"slow": {HandlerTimeout: 50 * time.Millisecond, MaxAttempts: 1}}
-	ib := newInbox(t, f, cfg)
-	ib.HandleFunc("panic", func(ctx context.Context, tx TTx, m *Message) error {
+	ib, mux := newInbox(t, f, cfg)
+	mux.HandleFunc("panic", func(ctx context.Context, tx TTx, m *Message) error {
 		if err := effect(f)(ctx, tx, m); err != nil {
 			return err
 		}
 		panic("handler bug")
 	})
-	ib.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
 		<-ctx.Done()
 		return ctx.Err()
 	})
-	ib.Handle("json", JSON(func(ctx context.Context, tx TTx, m *Message, o order) error {
+	mux.Handle("json", JSON(func(ctx context.Context, tx TTx, m *Message, o order) error {
 		return f.txExec(ctx, tx, `INSERT INTO effects (id, n) VALUES ($1, $2)`, m.ID, o.N)
 	}))
-	ib.HandleFunc("perm", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("perm", func(ctx context.Context, tx TTx, m *Message) error {
 		return Permanent(errors.New("not for us"))
 	})
 	var snoozed atomic.Int32
-	ib.HandleFunc("snooze", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("snooze", func(ctx context.Context, tx TTx, m *Message) error {
 		if snoozed.Add(1) <= 3 {
 			if m.Attempt != 1 {
 				return Permanent(fmt.Errorf("a snooze counted an attempt: %d", m.Attempt))
@@ -352,7 +352,7 @@ func testFailureKinds[TTx any](t *testing.T, f *fixture[TTx]) {
 		}
 		return effect(f)(ctx, tx, m)
 	})
-	ib.HandleFunc("ok", effect(f))
+	mux.HandleFunc("ok", effect(f))
 	expired := envelope(6, "ok")
 	expired.ExpiresAt = time.Now().Add(-time.Second)
 	bad := envelope(3, "json")
@@ -402,7 +402,7 @@ func testFailureKinds[TTx any](t *testing.T, f *fixture[TTx]) {
 		t.Fatalf("snoozed message: attempts %d, errors %v; want 1 and none", s.Attempts, s.Errors)
 	}
 	// Unknown topic, replayed after a handler is deployed: handled.
-	ib.HandleFunc("nobody", effect(f))
+	mux.HandleFunc("nobody", effect(f))
 	if n, err := ib.Replay(context.Background(), DeadLetterFilter{Reason: ReasonNoHandler}); err != nil || n != 1 {
 		t.Fatalf("Replay no_handler = %d, %v", n, err)
 	}

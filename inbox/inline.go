@@ -14,13 +14,23 @@ import (
 // canInline reports whether r may be handled inline: its topic has a
 // handler and belongs to no Queue (a queue exists to give its topics
 // workers and a concurrency of their own). Whether it is due, unexpired and
-// free of an unfinished row of its key, InsertInbox decides.
+// free of an unfinished row of its key, InsertInbox decides. A handler that
+// routes (a *Mux) tells whether the topic has a handler; any other handler
+// takes every topic.
 func (ib *Inbox[TTx]) canInline(r *dialects.InboxRow) bool {
-	if ib.queued[r.Topic] {
+	if ib.queued[r.Topic] || ib.h == nil {
 		return false
 	}
-	_, ok := ib.Mux.Handler(r.Topic)
-	return ok
+	if rt, ok := ib.h.(router[TTx]); ok {
+		_, ok = rt.Handler(r.Topic)
+		return ok
+	}
+	return true
+}
+
+// router is a Handler that tells which topics it handles, as Mux does.
+type router[TTx any] interface {
+	Handler(topic string) (Handler[TTx], bool)
 }
 
 // deliverInline stores rows and handles those it can in the same

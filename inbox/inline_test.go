@@ -58,9 +58,9 @@ func TestInline(t *testing.T) {
 }
 
 func testInline[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, inlineConfig(t))
+	ib, mux := newInbox(t, f, inlineConfig(t))
 	var c calls
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		if m.Attempt != 1 {
 			t.Errorf("message %s: Attempt %d, want 1", m.ID, m.Attempt)
@@ -120,13 +120,13 @@ func testInlineFailure[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := inlineConfig(t)
 	cfg.MaxAttempts = 2
 	cfg.Backoff = func(int) time.Duration { return 0 }
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	var c calls
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		return effect(f)(ctx, tx, m)
 	})
-	ib.HandleFunc("bad", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("bad", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		if err := effect(f)(ctx, tx, m); err != nil {
 			return err
@@ -178,7 +178,7 @@ func TestInlineStoresForWorkers(t *testing.T) {
 func testInlineStoresForWorkers[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := inlineConfig(t)
 	cfg.Queues = []Queue{{Topics: []string{"queued"}}}
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	var mu sync.Mutex
 	inline := map[string]bool{} // message id → handled inside Deliver
 	record := func(ctx context.Context, tx TTx, m *Message) error {
@@ -188,7 +188,7 @@ func testInlineStoresForWorkers[TTx any](t *testing.T, f *fixture[TTx]) {
 		return effect(f)(ctx, tx, m)
 	}
 	for _, topic := range []string{"ok", "queued"} {
-		ib.HandleFunc(topic, record)
+		mux.HandleFunc(topic, record)
 	}
 	dctx := context.WithValue(context.Background(), inDeliverKey{}, true)
 	deliverMark := func(envs ...transport.Envelope) {
@@ -280,9 +280,9 @@ func testInlineTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
 	// (a minute): only InlineTimeout can end its first call in time for
 	// Deliver to succeed.
 	cfg.Topics = map[string]TopicPolicy{"slow": {HandlerTimeout: 10 * time.Minute}}
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	var c calls
-	ib.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("slow", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		if c.get(m.ID) == 1 {
 			<-ctx.Done()
@@ -292,7 +292,7 @@ func testInlineTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
 	})
 	start(t, ib)
 	waitFor(t, "Run to start inline handling", 30*time.Second, ib.inline.Load)
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		c.add(m.ID)
 		return effect(f)(ctx, tx, m)
 	})
@@ -325,8 +325,8 @@ func TestInlineKeyOrderInBatch(t *testing.T) {
 }
 
 func testInlineKeyOrderInBatch[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, inlineConfig(t))
-	ib.HandleFunc("ok", effect(f))
+	ib, mux := newInbox(t, f, inlineConfig(t))
+	mux.HandleFunc("ok", effect(f))
 	start(t, ib)
 	waitFor(t, "Run to start inline handling", 30*time.Second, ib.inline.Load)
 	first := envelope(1, "ok")

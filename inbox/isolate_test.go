@@ -26,10 +26,10 @@ func testIsolateRescued[TTx any](t *testing.T, f *fixture[TTx]) {
 	cfg := fastConfig(t)
 	cfg.Concurrency = 1
 	cfg.RescueInterval = 50 * time.Millisecond
-	ib := newInbox(t, f, cfg)
+	ib, mux := newInbox(t, f, cfg)
 	var mu sync.Mutex
 	batchOf := map[string]any{} // message id → its handler's transaction
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *Message) error {
 		mu.Lock()
 		// The batch's transaction: each handler gets its own wrapper of a
 		// pgx.Tx (dialects.TxWatcher), so ask Postgres which it is.

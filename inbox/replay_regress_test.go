@@ -15,7 +15,7 @@ import (
 // second failure is not later than it, which a failure in the same millisecond also is.
 func TestReplayedFailsAgainPending(t *testing.T) {
 	f := openSQLite(t)
-	ib := newInbox(t, f, nil)
+	ib, _ := newInbox(t, f, nil)
 	ctx := context.Background()
 	deliver(t, ib, batch("orders", envelope(1, "t")))
 	id := envelope(1, "t").ID

@@ -31,10 +31,10 @@ func TestHandlerCannotEndTx(t *testing.T) {
 			cfg := fastConfig(t)
 			cfg.MaxAttempts = 2
 			cfg.Concurrency = 1
-			ib := newInbox(t, f, cfg)
-			ib.HandleFunc("ok", effect(f))
+			ib, mux := newInbox(t, f, cfg)
+			mux.HandleFunc("ok", effect(f))
 			var endErr error
-			ib.HandleFunc("rogue", func(ctx context.Context, tx pgx.Tx, m *Message) error {
+			mux.HandleFunc("rogue", func(ctx context.Context, tx pgx.Tx, m *Message) error {
 				if err := effect(f)(ctx, tx, m); err != nil {
 					return err
 				}
@@ -55,9 +55,9 @@ func TestHandlerCannotEndTx(t *testing.T) {
 			f := openPgx(t, "")
 			cfg := fastConfig(t)
 			cfg.Inline = true
-			ib := newInbox(t, f, cfg)
-			ib.HandleFunc("ok", effect(f))
-			ib.HandleFunc("rogue", func(ctx context.Context, tx pgx.Tx, m *Message) error { return end(ctx, tx) })
+			ib, mux := newInbox(t, f, cfg)
+			mux.HandleFunc("ok", effect(f))
+			mux.HandleFunc("rogue", func(ctx context.Context, tx pgx.Tx, m *Message) error { return end(ctx, tx) })
 			start(t, ib)
 			waitFor(t, "inline on", 30*time.Second, ib.inline.Load)
 			deliver(t, ib, batch("orders", envelope(1, "rogue"), envelope(2, "ok")))
@@ -76,8 +76,8 @@ func TestHandlerCannotEndTx(t *testing.T) {
 func TestHandlerEnqueuesOnGuardedTx(t *testing.T) {
 	f := openPgx(t, "")
 	d := f.d.(*postgres.Dialect)
-	ib := newInbox(t, f, fastConfig(t))
-	ib.HandleFunc("fan-out", func(ctx context.Context, tx pgx.Tx, m *Message) error {
+	ib, mux := newInbox(t, f, fastConfig(t))
+	mux.HandleFunc("fan-out", func(ctx context.Context, tx pgx.Tx, m *Message) error {
 		if _, ok := tx.(interface{ Conn() *pgx.Conn }); !ok {
 			return errors.New("no Conn")
 		}

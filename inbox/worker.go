@@ -438,8 +438,10 @@ func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r
 		end(err)
 		ib.mx.handlerDone(msg.Topic, time.Since(start), err)
 	}()
-	mux := ib.Mux
-	return mux.Dispatch(hctx, tx, msg)
+	if ib.h == nil {
+		return fmt.Errorf("%w %q", ErrNoHandler, msg.Topic)
+	}
+	return ib.h.HandleMessage(hctx, tx, msg)
 }
 
 // failure turns a handler's error into the outcome of r's attempt.
