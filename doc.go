@@ -9,15 +9,17 @@
 //
 // A Node wires the parts together for one service:
 //
-//	node, err := durable.NewNode(postgres.New(pool), durable.Config[pgx.Tx]{
-//		Name:   "orders",
-//		Listen: ":7400",
-//		Secret: secret,
-//		Peers:  map[string]durable.Peer{"billing": {Addr: "billing.internal:7400"}},
-//	})
-//	node.Inbox().HandleFunc("invoice.paid", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+//	mux := inbox.NewMux[pgx.Tx]()
+//	mux.HandleFunc("invoice.paid", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
 //		_, err := tx.Exec(ctx, `UPDATE orders SET paid = true WHERE id = $1`, orderID(m))
 //		return err
+//	})
+//	node, err := durable.NewNode(postgres.New(pool), durable.Config[pgx.Tx]{
+//		Name:    "orders",
+//		Listen:  ":7400",
+//		Secret:  secret,
+//		Peers:   map[string]durable.Peer{"billing": {Addr: "billing.internal:7400"}},
+//		Handler: mux,
 //	})
 //	go node.Run(ctx)
 //

@@ -63,12 +63,9 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	b, err := durable.NewNode(billing, durable.Config[*sql.Tx]{Name: "billing", Listener: ln, Secret: secret, Logger: quiet})
-	if err != nil {
-		log.Fatal(err)
-	}
 	invoiced := make(chan int, 1)
-	b.Inbox().Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o struct{ Order, Total int }) error {
+	mux := inbox.NewMux[*sql.Tx]()
+	mux.Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o struct{ Order, Total int }) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO invoices (order_id, total) VALUES (?, ?)`, o.Order, o.Total); err != nil {
 			return err
 		}
@@ -78,6 +75,10 @@ func Example() {
 		}
 		return nil
 	}))
+	b, err := durable.NewNode(billing, durable.Config[*sql.Tx]{Name: "billing", Listener: ln, Secret: secret, Handler: mux, Logger: quiet})
+	if err != nil {
+		log.Fatal(err)
+	}
 
 	// orders sends to billing.
 	o, err := durable.NewNode(orders, durable.Config[*sql.Tx]{

@@ -134,11 +134,12 @@ func TestNodeTakesBackClaimsOfDeadProcess(t *testing.T) {
 	slices.Sort(want)
 
 	handler, seen := collect()
-	b, err := durable.NewNode(billing, fastConfig(durable.Config[*sql.Tx]{Name: "billing", Listener: listener(t)}))
+	mux := inbox.NewMux[*sql.Tx]()
+	b, err := durable.NewNode(billing, fastConfig(durable.Config[*sql.Tx]{Handler: mux, Name: "billing", Listener: listener(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Inbox().HandleFunc("order.placed", handler)
+	mux.HandleFunc("order.placed", handler)
 	runNode(t, b)
 	waitFor(t, "billing listening", func() (bool, error) { return b.Addr() != nil, nil })
 	o, err := durable.NewNode(orders, fastConfig(durable.Config[*sql.Tx]{Name: "orders", Peers: map[string]durable.Peer{"billing": {Addr: b.Addr().String()}}}))
@@ -198,11 +199,13 @@ func TestNodeReleasesSilentIncarnation(t *testing.T) {
 
 	handler, seen := collect()
 	cfg := fastConfig(durable.Config[*sql.Tx]{Name: "billing", Heartbeat: 100 * time.Millisecond, NodeTimeout: 2 * time.Second})
+	mux := inbox.NewMux[*sql.Tx]()
+	cfg.Handler = mux
 	n, err := durable.NewNode(billing, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Inbox().HandleFunc("order.placed", handler)
+	mux.HandleFunc("order.placed", handler)
 	start := time.Now()
 	runNode(t, n)
 	waitFor(t, "the silent incarnation's messages handled", func() (bool, error) { return slices.Equal(seen(), silent), nil })
@@ -237,11 +240,13 @@ func TestNodeSameNameTwice(t *testing.T) {
 	for i := range 2 {
 		cfg := fastConfig(durable.Config[*sql.Tx]{Name: "billing", Heartbeat: 50 * time.Millisecond, NodeTimeout: time.Second})
 		cfg.Logger = slog.New(warned)
+		mux := inbox.NewMux[*sql.Tx]()
+		cfg.Handler = mux
 		n, err := durable.NewNode(billing, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		n.Inbox().HandleFunc("order.placed", handler)
+		mux.HandleFunc("order.placed", handler)
 		stops[i] = startRun(n)
 		waitFor(t, "the node registered", func() (bool, error) {
 			incs, err := billing.ListIncarnations(ctx)

@@ -66,12 +66,13 @@ func TestNodeShortLease(t *testing.T) {
 	_, billingD := openSQLite(t)
 	ordersDB, ordersD := openSQLite(t)
 	ln := listener(t)
-	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Name: "billing", Listener: ln}))
+	billingMux := inbox.NewMux[*sql.Tx]()
+	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Handler: billingMux, Name: "billing", Listener: ln}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h, ids := handled()
-	billing.Inbox().HandleFunc("order.placed", h)
+	billingMux.HandleFunc("order.placed", h)
 
 	peers := map[string]durable.Peer{"billing": {Addr: ln.Addr().String()}}
 	// fastConfig leaves the relay's Lease and SendTimeout alone once one is set.

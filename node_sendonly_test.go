@@ -11,6 +11,7 @@ import (
 
 	"github.com/durable-go/durable"
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -94,12 +95,13 @@ func TestNodeSendOnlyRunsNoInbox(t *testing.T) {
 	_, billingD := openSQLite(t)
 	ordersDB, ordersD := openSQLite(t)
 	ln := listener(t)
-	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Name: "billing", Listener: ln}))
+	billingMux := inbox.NewMux[*sql.Tx]()
+	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Handler: billingMux, Name: "billing", Listener: ln}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h, ids := handled()
-	billing.Inbox().HandleFunc("order.placed", h)
+	billingMux.HandleFunc("order.placed", h)
 	runNode(t, billing)
 
 	watch := &inboxWatch{Dialect: ordersD}
@@ -133,8 +135,8 @@ func TestNodeSendOnlyRunsNoInbox(t *testing.T) {
 
 // TestNodeInboxRunsWithListenerOrHandlers: the counterpart of
 // TestNodeSendOnlyRunsNoInbox, which also shows that inboxWatch sees a
-// running inbox. A node that listens runs its inbox without handlers; a
-// node with handlers and no listener runs its workers, which handle what
+// running inbox. A node that listens runs its inbox without a Handler; a
+// node with a Handler and no listener runs its workers, which handle what
 // is stored in its inbox.
 func TestNodeInboxRunsWithListenerOrHandlers(t *testing.T) {
 	t.Run("listener, no handlers", func(t *testing.T) {
@@ -157,12 +159,13 @@ func TestNodeInboxRunsWithListenerOrHandlers(t *testing.T) {
 	})
 	t.Run("handlers, no listener", func(t *testing.T) {
 		_, d := openSQLite(t)
-		n, err := durable.NewNode(d, fastConfig(durable.Config[*sql.Tx]{Name: "billing"}))
+		mux := inbox.NewMux[*sql.Tx]()
+		n, err := durable.NewNode(d, fastConfig(durable.Config[*sql.Tx]{Handler: mux, Name: "billing"}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		h, ids := handled()
-		n.Inbox().HandleFunc("order.placed", h)
+		mux.HandleFunc("order.placed", h)
 		storeOne(t, n, "stored-1", "order.placed")
 		runNode(t, n)
 		if id := receive(t, ids, "a worker to handle the stored message"); id != "stored-1" {
@@ -171,16 +174,30 @@ func TestNodeInboxRunsWithListenerOrHandlers(t *testing.T) {
 	})
 	t.Run("only an unmatched handler, no listener", func(t *testing.T) {
 		_, d := openSQLite(t)
-		n, err := durable.NewNode(d, fastConfig(durable.Config[*sql.Tx]{Name: "billing"}))
+		mux := inbox.NewMux[*sql.Tx]()
+		n, err := durable.NewNode(d, fastConfig(durable.Config[*sql.Tx]{Handler: mux, Name: "billing"}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		h, ids := handled()
-		n.Inbox().Mux.HandleUnmatchedFunc(h)
+		mux.HandleUnmatchedFunc(h)
 		storeOne(t, n, "stored-2", "learned.at.runtime")
 		runNode(t, n)
 		if id := receive(t, ids, "a worker to handle the stored message"); id != "stored-2" {
 			t.Fatalf("handled %q, want stored-2", id)
+		}
+	})
+	t.Run("a Handler that is not a Mux, no listener", func(t *testing.T) {
+		_, d := openSQLite(t)
+		h, ids := handled()
+		n, err := durable.NewNode(d, fastConfig(durable.Config[*sql.Tx]{Name: "billing", Handler: inbox.HandlerFunc[*sql.Tx](h)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		storeOne(t, n, "stored-3", "any.topic")
+		runNode(t, n)
+		if id := receive(t, ids, "a worker to handle the stored message"); id != "stored-3" {
+			t.Fatalf("handled %q, want stored-3", id)
 		}
 	})
 }

@@ -181,11 +181,12 @@ func TestNodeSQLite(t *testing.T) {
 		}
 	}
 	ln := listener(t)
-	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Name: "billing", Listener: ln}))
+	billingMux := inbox.NewMux[*sql.Tx]()
+	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Handler: billingMux, Name: "billing", Listener: ln}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	billing.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+	billingMux.HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 		if string(m.Payload) == "poison" {
 			return errors.New("cannot bill a poison order")
 		}
@@ -273,11 +274,12 @@ func TestNodePostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln := listener(t)
-	billing, err := durable.NewNode(postgres.New(billingPool), fastConfig(durable.Config[pgx.Tx]{Name: "billing", Listener: ln}))
+	billingMux := inbox.NewMux[pgx.Tx]()
+	billing, err := durable.NewNode(postgres.New(billingPool), fastConfig(durable.Config[pgx.Tx]{Handler: billingMux, Name: "billing", Listener: ln}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	billing.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
+	billingMux.HandleFunc("order.placed", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
 		_, err := tx.Exec(ctx, `INSERT INTO effects (message_id) VALUES ($1)`, m.ID)
 		return err
 	})

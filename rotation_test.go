@@ -71,18 +71,18 @@ func TestNodeSecretRotation(t *testing.T) {
 				t.Fatal(err)
 			}
 			cfg.Listener = ln
+			mux := inbox.NewMux[*sql.Tx]()
+			mux.HandleFunc("rotation", func(_ context.Context, _ *sql.Tx, m *inbox.Message) error {
+				handled <- string(m.Payload)
+				return nil
+			})
+			cfg.Handler = mux
 		} else {
 			cfg.Peers = map[string]durable.Peer{"billing": {Addr: addr}}
 		}
 		n, err := durable.NewNode(d, cfg)
 		if err != nil {
 			t.Fatal(err)
-		}
-		if name == "billing" {
-			n.Inbox().HandleFunc("rotation", func(_ context.Context, _ *sql.Tx, m *inbox.Message) error {
-				handled <- string(m.Payload)
-				return nil
-			})
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)

@@ -115,14 +115,15 @@ func TestMetricsSQLite(t *testing.T) {
 	})
 
 	ln := listener(t)
-	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Name: "billing", Listener: ln, MeterProvider: billingMP}))
+	billingMux := inbox.NewMux[*sql.Tx]()
+	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Handler: billingMux, Name: "billing", Listener: ln, MeterProvider: billingMP}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	billing.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+	billingMux.HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 		return nil
 	})
-	billing.Inbox().HandleFunc("order.poison", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+	billingMux.HandleFunc("order.poison", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 		return inbox.Permanent(errors.New("cannot bill this"))
 	})
 	orders, err := durable.NewNode(ordersD, fastConfig(durable.Config[*sql.Tx]{
@@ -251,7 +252,8 @@ func TestTracingSQLite(t *testing.T) {
 	})
 
 	ln := listener(t)
-	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Name: "billing", Listener: ln, TracerProvider: billingTP}))
+	billingMux := inbox.NewMux[*sql.Tx]()
+	billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{Handler: billingMux, Name: "billing", Listener: ln, TracerProvider: billingTP}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +262,7 @@ func TestTracingSQLite(t *testing.T) {
 		inCtx   = map[string]trace.SpanContext{} // message id → span context seen by the handler
 		handled = make(chan struct{}, 2)
 	)
-	billing.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+	billingMux.HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 		mu.Lock()
 		inCtx[m.ID] = trace.SpanContextFromContext(ctx)
 		mu.Unlock()
@@ -397,15 +399,16 @@ func TestNodeInlineByDefault(t *testing.T) {
 			mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 			t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
 			ln := listener(t)
+			billingMux := inbox.NewMux[*sql.Tx]()
 			billing, err := durable.NewNode(billingD, fastConfig(durable.Config[*sql.Tx]{
-				Name: "billing", Listener: ln, MeterProvider: mp, DisableInline: disable,
+				Name: "billing", Listener: ln, MeterProvider: mp, DisableInline: disable, Handler: billingMux,
 			}))
 			if err != nil {
 				t.Fatal(err)
 			}
 			var mu sync.Mutex
 			calls := map[string]int{}
-			billing.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+			billingMux.HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 				mu.Lock()
 				defer mu.Unlock()
 				calls[string(m.Payload)]++
@@ -421,7 +424,7 @@ func TestNodeInlineByDefault(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			billing.Inbox().HandleFunc("warm.up", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error { return nil })
+			billingMux.HandleFunc("warm.up", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error { return nil })
 			runNode(t, billing)
 			runNode(t, orders)
 			ctx := context.Background()
