@@ -29,8 +29,9 @@
 //
 // # Receiving: what does the handler do with a message?
 //
-//	ib, _ := inbox.New(d, &inbox.Config{Backoff: func(int) time.Duration { return 0 }, MaxAttempts: 3})
-//	registerHandlers(ib) // the code under test: the app's handlers
+//	mux := inbox.NewMux[*sql.Tx]()
+//	registerHandlers(mux) // the code under test: the app's handlers
+//	ib, _ := inbox.New(d, mux, &inbox.Config{Backoff: func(int) time.Duration { return 0 }, MaxAttempts: 3})
 //	res := durabletest.Work(ctx, t, ib, &inbox.Message{Source: "shop", Topic: "order.placed", Payload: body})
 //	if res[0].State != durabletest.Handled {
 //		t.Fatalf("order.placed: %s, %s", res[0].State, res[0].LastError)
@@ -44,12 +45,13 @@
 //
 // # Both: two services over the network
 //
+//	billing := inbox.NewMux[*sql.Tx]()
+//	registerBillingHandlers(billing) // the code under test, receiving side
 //	p := durabletest.NewPair(t, shopDialect, billingDialect, &durabletest.PairConfig[pgx.Tx, *sql.Tx]{
 //		Sender:   durable.Config[pgx.Tx]{Name: "shop"},
-//		Receiver: durable.Config[*sql.Tx]{Name: "billing"},
+//		Receiver: durable.Config[*sql.Tx]{Name: "billing", Handler: billing},
 //	})
-//	registerBillingHandlers(p.Receiver.Inbox()) // the code under test, receiving side
-//	p.Start()                                   // stopped when the test ends
+//	p.Start() // stopped when the test ends
 //	placeOrder(ctx, shopDB, p.Sender.Outbox(), order)
 //	p.WaitSettled(ctx, t) // everything enqueued so far: handled or dead-lettered
 //	// then assert billing's effects in its database

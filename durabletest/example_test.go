@@ -172,7 +172,16 @@ func ExampleWork() {
 	ctx := context.Background()
 	db, d, _, close := openExample()
 	defer close()
-	ib, err := inbox.New(d, &inbox.Config{
+	// The handler under test.
+	mux := inbox.NewMux[*sql.Tx]()
+	mux.Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o orderPlaced) error {
+		if o.Total <= 0 {
+			return inbox.Permanent(errors.New("no invoice for a free order"))
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO invoices (order_id, total) VALUES (?, ?)`, o.Order, o.Total)
+		return err
+	}))
+	ib, err := inbox.New(d, mux, &inbox.Config{
 		MaxAttempts: 3,
 		Backoff:     func(int) time.Duration { return 0 }, // retry at once in tests
 		Logger:      slog.New(slog.DiscardHandler),
@@ -180,14 +189,6 @@ func ExampleWork() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// The handler under test.
-	ib.Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o orderPlaced) error {
-		if o.Total <= 0 {
-			return inbox.Permanent(errors.New("no invoice for a free order"))
-		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO invoices (order_id, total) VALUES (?, ?)`, o.Order, o.Total)
-		return err
-	}))
 
 	var t durabletest.TB = printTB{} // in a test: t, the *testing.T
 	results := durabletest.Work(ctx, t, ib,
@@ -241,14 +242,15 @@ func ExamplePair() {
 	defer t.end()
 
 	quiet := slog.New(slog.DiscardHandler)
-	p := durabletest.NewPair(t, shop, billing, &durabletest.PairConfig[*sql.Tx, *sql.Tx]{
-		Sender:   durable.Config[*sql.Tx]{Name: "shop", Logger: quiet},
-		Receiver: durable.Config[*sql.Tx]{Name: "billing", Logger: quiet},
-	})
-	p.Receiver.Inbox().Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o orderPlaced) error {
+	mux := inbox.NewMux[*sql.Tx]() // billing's handler, the code under test
+	mux.Handle("order.placed", inbox.JSON(func(ctx context.Context, tx *sql.Tx, m *inbox.Message, o orderPlaced) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO invoices (order_id, total) VALUES (?, ?)`, o.Order, o.Total)
 		return err
 	}))
+	p := durabletest.NewPair(t, shop, billing, &durabletest.PairConfig[*sql.Tx, *sql.Tx]{
+		Sender:   durable.Config[*sql.Tx]{Name: "shop", Logger: quiet},
+		Receiver: durable.Config[*sql.Tx]{Name: "billing", Logger: quiet, Handler: mux},
+	})
 	p.Start()
 
 	tx, err := shopDB.BeginTx(ctx, nil)

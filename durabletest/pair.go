@@ -42,9 +42,9 @@ type PairConfig[STx, RTx any] struct {
 // 127.0.0.1, each on its own database, for integration tests of a flow
 // between two services: what the sender's code enqueues reaches the
 // receiver's handlers through the real relay, transport and inbox. Build it
-// with NewPair, register the receiver's handlers on Receiver.Inbox() (and
-// the sender's, if it receives too), then Start it; it stops when the test
-// ends. WaitSettled waits until what was enqueued has arrived.
+// with NewPair, the receiver's handler in PairConfig.Receiver.Handler (and
+// the sender's in Sender.Handler, if it receives too), then Start it; it
+// stops when the test ends. WaitSettled waits until what was enqueued has arrived.
 type Pair[STx, RTx any] struct {
 	Sender   *durable.Node[STx]
 	Receiver *durable.Node[RTx]

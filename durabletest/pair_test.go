@@ -39,15 +39,16 @@ func enqueuePgx(t *testing.T, f *fixture[pgx.Tx], n *durable.Node[pgx.Tx], msgs 
 func TestPair(t *testing.T) {
 	sender := openPgx(t)
 	receiver := openSQLite(t, true)
-	p := durabletest.NewPair(t, sender.d, receiver.d, &durabletest.PairConfig[pgx.Tx, *sql.Tx]{
-		Sender:   durable.Config[pgx.Tx]{Name: "shop", Logger: quietLogger()},
-		Receiver: durable.Config[*sql.Tx]{Name: "billing", Logger: quietLogger()},
-	})
-	p.Receiver.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+	mux := inbox.NewMux[*sql.Tx]()
+	mux.HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 		return receiver.effect(ctx, tx, m.ID)
 	})
-	p.Receiver.Inbox().HandleFunc("order.poison", func(context.Context, *sql.Tx, *inbox.Message) error {
+	mux.HandleFunc("order.poison", func(context.Context, *sql.Tx, *inbox.Message) error {
 		return inbox.Permanent(errors.New("cannot bill this"))
+	})
+	p := durabletest.NewPair(t, sender.d, receiver.d, &durabletest.PairConfig[pgx.Tx, *sql.Tx]{
+		Sender:   durable.Config[pgx.Tx]{Name: "shop", Logger: quietLogger()},
+		Receiver: durable.Config[*sql.Tx]{Name: "billing", Logger: quietLogger(), Handler: mux},
 	})
 	p.Start()
 

@@ -23,7 +23,9 @@ import (
 //	bad     fails for good (inbox.Permanent)
 //	broken  always fails
 //	order   decodes a JSON payload (decode_error otherwise)
-func newInbox[TTx any](t *testing.T, f *fixture[TTx], cfg inbox.Config) *inbox.Inbox[TTx] {
+//
+// and the Mux that holds them.
+func newInbox[TTx any](t *testing.T, f *fixture[TTx], cfg inbox.Config) (*inbox.Inbox[TTx], *inbox.Mux[TTx]) {
 	t.Helper()
 	cfg.Logger = quietLogger()
 	if cfg.MaxAttempts == 0 {
@@ -32,14 +34,11 @@ func newInbox[TTx any](t *testing.T, f *fixture[TTx], cfg inbox.Config) *inbox.I
 	if cfg.Backoff == nil {
 		cfg.Backoff = func(int) time.Duration { return 0 }
 	}
-	ib, err := inbox.New(f.d, &cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ib.HandleFunc("ok", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+	mux := inbox.NewMux[TTx]()
+	mux.HandleFunc("ok", func(ctx context.Context, tx TTx, m *inbox.Message) error {
 		return f.effect(ctx, tx, m.ID)
 	})
-	ib.HandleFunc("flaky", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+	mux.HandleFunc("flaky", func(ctx context.Context, tx TTx, m *inbox.Message) error {
 		if err := f.effect(ctx, tx, m.ID); err != nil {
 			return err
 		}
@@ -48,17 +47,21 @@ func newInbox[TTx any](t *testing.T, f *fixture[TTx], cfg inbox.Config) *inbox.I
 		}
 		return nil
 	})
-	ib.HandleFunc("bad", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+	mux.HandleFunc("bad", func(ctx context.Context, tx TTx, m *inbox.Message) error {
 		return inbox.Permanent(errors.New("bad order"))
 	})
-	ib.HandleFunc("broken", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+	mux.HandleFunc("broken", func(ctx context.Context, tx TTx, m *inbox.Message) error {
 		return errors.New("always broken")
 	})
 	type order struct{ ID string }
-	ib.Handle("order", inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, o order) error {
+	mux.Handle("order", inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, o order) error {
 		return f.effect(ctx, tx, o.ID)
 	}))
-	return ib
+	ib, err := inbox.New(f.d, mux, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ib, mux
 }
 
 func TestWork(t *testing.T) { each(t, testWork, testWork) }
@@ -77,7 +80,7 @@ func requireStopped[TTx any](t *testing.T, ib *inbox.Inbox[TTx]) {
 
 func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
 	ctx := ctxFor(t)
-	ib := newInbox(t, f, inbox.Config{NoHandlerGrace: -1})
+	ib, _ := newInbox(t, f, inbox.Config{NoHandlerGrace: -1})
 	res := durabletest.Work(ctx, t, ib,
 		&inbox.Message{ID: "m-ok", Topic: "ok"},
 		&inbox.Message{Topic: "flaky"},
@@ -151,7 +154,7 @@ func TestWorkTimeout(t *testing.T) { each(t, testWorkTimeout, testWorkTimeout) }
 func testWorkTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
 	// A backoff of an hour: the broken message fails exactly once, however
 	// long the test takes.
-	ib := newInbox(t, f, inbox.Config{Backoff: func(int) time.Duration { return time.Hour }, PollInterval: 50 * time.Millisecond})
+	ib, _ := newInbox(t, f, inbox.Config{Backoff: func(int) time.Duration { return time.Hour }, PollInterval: 50 * time.Millisecond})
 	// The deadline passes once the inbox got where the test needs it (m-ok
 	// handled, m-broken's first attempt failed) and Work had time to read
 	// that, rather than after a fixed time a slow machine may need more of.
@@ -223,9 +226,9 @@ func (c *expiringCtx) Err() error {
 func TestWorkRunningInbox(t *testing.T) { each(t, testWorkRunningInbox, testWorkRunningInbox) }
 
 func testWorkRunningInbox[TTx any](t *testing.T, f *fixture[TTx]) {
-	ib := newInbox(t, f, inbox.Config{Inline: true})
+	ib, mux := newInbox(t, f, inbox.Config{Inline: true})
 	ran := make(chan struct{})
-	ib.HandleFunc("probe", func(context.Context, TTx, *inbox.Message) error {
+	mux.HandleFunc("probe", func(context.Context, TTx, *inbox.Message) error {
 		close(ran)
 		return nil
 	})
@@ -258,7 +261,7 @@ func testWorkRunningInbox[TTx any](t *testing.T, f *fixture[TTx]) {
 
 func TestWorkFailures(t *testing.T) {
 	f := openSQLite(t, true)
-	ib := newInbox(t, f, inbox.Config{})
+	ib, _ := newInbox(t, f, inbox.Config{})
 	ctx := ctxFor(t)
 	msg := mustFail(t, func(tb durabletest.TB) {
 		durabletest.Work(ctx, tb, ib, &inbox.Message{ID: "m-1", Topic: "bad\xff"})
@@ -273,13 +276,13 @@ func TestWorkFailures(t *testing.T) {
 
 	// A database without durable's schema.
 	bare := openSQLite(t, false)
-	ib = newInbox(t, bare, inbox.Config{})
+	ib, _ = newInbox(t, bare, inbox.Config{})
 	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib, &inbox.Message{Topic: "ok"}) })
 	contains(t, msg, "Work: Deliver the batch of durabletest:", "schema")
 
 	// A TB whose Fatalf returns: Work returns nil after stopping the
 	// inbox (TestMain checks for leaked goroutines).
-	ib = newInbox(t, f, inbox.Config{Backoff: inbox.DefaultBackoff})
+	ib, _ = newInbox(t, f, inbox.Config{Backoff: inbox.DefaultBackoff})
 	tb := &fakeTB{returns: true}
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
@@ -295,15 +298,16 @@ func TestWorkUnmatched(t *testing.T) {
 	for _, inline := range []bool{false, true} {
 		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
 			f := openSQLite(t, true)
-			ib, err := inbox.New(f.d, &inbox.Config{Logger: quietLogger(), Inline: inline, MaxAttempts: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
 			var topics []string
-			ib.Mux.HandleUnmatchedFunc(func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+			mux := inbox.NewMux[*sql.Tx]()
+			mux.HandleUnmatchedFunc(func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 				topics = append(topics, m.Topic)
 				return f.effect(ctx, tx, m.ID)
 			})
+			ib, err := inbox.New(f.d, mux, &inbox.Config{Logger: quietLogger(), Inline: inline, MaxAttempts: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
 			res := durabletest.Work(context.Background(), t, ib,
 				&inbox.Message{ID: "m1", Topic: "learned.at.runtime", Payload: []byte("{}")},
 				&inbox.Message{ID: "m2", Topic: "another.one", Payload: []byte("{}")})

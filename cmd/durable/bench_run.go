@@ -354,19 +354,20 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 		PollInterval: benchMS(t.InboxPollMS),
 		Inline:       t.InboxInline,
 	}
-	receiver, err := node.NewNode(env.receiver, node.Config[TTx]{
-		Name: "bench-receiver", Listener: ln, Secret: secret, Inbox: icfg, DisableInline: !t.InboxInline, Logger: logger,
-	})
-	if err != nil {
-		_ = ln.Close()
-		return res, err
-	}
 	handle := func(_ context.Context, tx TTx, m *inbox.Message) error {
 		p.handle(tx, m.Headers)
 		return nil
 	}
+	mux := inbox.NewMux[TTx]()
 	for _, topic := range []string{w.topic(), "bench.warmup"} {
-		receiver.Inbox().HandleFunc(topic, handle)
+		mux.HandleFunc(topic, handle)
+	}
+	receiver, err := node.NewNode(env.receiver, node.Config[TTx]{
+		Name: "bench-receiver", Listener: ln, Secret: secret, Inbox: icfg, DisableInline: !t.InboxInline, Handler: mux, Logger: logger,
+	})
+	if err != nil {
+		_ = ln.Close()
+		return res, err
 	}
 	linger := benchMS(t.RelayLingerMS)
 	if t.RelayLingerMS < 0 {

@@ -81,7 +81,7 @@ func (d *database) durable() (*durableDB, error) {
 			opts = append(opts, postgres.WithSchema(d.schema))
 		}
 		dl := postgres.New(d.pool, opts...)
-		ib, err := inbox.New(dl, cfg)
+		ib, err := inbox.New(dl, nil, cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -96,7 +96,7 @@ func (d *database) durable() (*durableDB, error) {
 		if err != nil {
 			return nil, err
 		}
-		ib, err := inbox.New(dl, cfg)
+		ib, err := inbox.New(dl, nil, cfg)
 		if err != nil {
 			return nil, err
 		}

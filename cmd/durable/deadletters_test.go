@@ -121,11 +121,12 @@ func seedEnv[TTx any](t *testing.T, d dialects.Dialect[TTx], args []string, targ
 	exec func(ctx context.Context, tx TTx, source, id string) error, effects func(t *testing.T) map[string]int) *dlEnv {
 	t.Helper()
 	ctx := context.Background()
-	ib, err := inbox.New(d, fastInbox())
+	mux := inbox.NewMux[TTx]()
+	mux.HandleFunc("order.placed", func(_ context.Context, _ TTx, m *inbox.Message) error { return failure(m) })
+	ib, err := inbox.New(d, mux, fastInbox())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ib.HandleFunc("order.placed", func(_ context.Context, _ TTx, m *inbox.Message) error { return failure(m) })
 	for i := range seedBatches {
 		b := seedBatches[i]
 		b.Envelopes = slices.Clone(b.Envelopes)
@@ -148,13 +149,14 @@ func seedEnv[TTx any](t *testing.T, d dialects.Dialect[TTx], args []string, targ
 		effects: effects,
 		process: func(t *testing.T, want int64) {
 			t.Helper()
-			fixed, err := inbox.New(d, fastInbox())
+			fixedMux := inbox.NewMux[TTx]()
+			fixedMux.HandleFunc("order.placed", func(ctx context.Context, tx TTx, m *inbox.Message) error {
+				return exec(ctx, tx, m.Source, m.ID)
+			})
+			fixed, err := inbox.New(d, fixedMux, fastInbox())
 			if err != nil {
 				t.Fatal(err)
 			}
-			fixed.HandleFunc("order.placed", func(ctx context.Context, tx TTx, m *inbox.Message) error {
-				return exec(ctx, tx, m.Source, m.ID)
-			})
 			runInbox(t, fixed, func(s inbox.Stats) bool { return s.Handled >= want && s.Ready+s.Running+s.Retrying == 0 })
 		},
 		enqueue: func(t *testing.T, dest string, n int) {

@@ -120,10 +120,12 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 	if err != nil {
 		return nil, fmt.Errorf("listen on 127.0.0.1: %w", err)
 	}
+	mux := inbox.NewMux[TTx]()
 	billing, err := lib.NewNode(b.billing, lib.Config[TTx]{
 		Name:     "billing",
 		Listener: ln,
 		Secret:   secret,
+		Handler:  mux,
 		Inbox: inbox.Config{
 			// Handle each delivered batch in the transaction that stores
 			// it; a batch holding a poison order falls back to the workers.
@@ -143,7 +145,7 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 	}
 	insertInvoice := fmt.Sprintf(`INSERT INTO invoices (message_id, order_id, amount_cents, committed_ns, started_ns, attempt) VALUES (%s, %s, %s, %s, %s, %s)`,
 		b.placeholder(1), b.placeholder(2), b.placeholder(3), b.placeholder(4), b.placeholder(5), b.placeholder(6))
-	billing.Inbox().Handle(demoTopic, inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, ord demoOrder) error {
+	mux.Handle(demoTopic, inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, ord demoOrder) error {
 		started := time.Now().UnixNano()
 		if ord.Poison {
 			return fmt.Errorf("order %d: card declined (a poison order: it fails on every attempt)", ord.ID)

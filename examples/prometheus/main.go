@@ -101,19 +101,20 @@ func run(ctx context.Context, ln net.Listener, n int, sent chan<- struct{}) erro
 		return err
 	}
 	secret := []byte("example secret")
-	billing, err := durable.NewNode(billingD, durable.Config[*sql.Tx]{
-		Name: "billing", Listener: peer, Secret: secret, Logger: quiet,
-		MeterProvider: mp,
-	})
-	if err != nil {
-		return err
-	}
-	billing.Inbox().HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
+	mux := inbox.NewMux[*sql.Tx]()
+	mux.HandleFunc("order.placed", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error {
 		if string(m.Payload) == "poison" {
 			return inbox.Permanent(errors.New("cannot bill this order"))
 		}
 		return nil
 	})
+	billing, err := durable.NewNode(billingD, durable.Config[*sql.Tx]{
+		Name: "billing", Listener: peer, Secret: secret, Logger: quiet,
+		MeterProvider: mp, Handler: mux,
+	})
+	if err != nil {
+		return err
+	}
 	orders, err := durable.NewNode(ordersD, durable.Config[*sql.Tx]{
 		Name: "orders", Secret: secret, Logger: quiet,
 		Peers:         map[string]durable.Peer{"billing": {Addr: peer.Addr().String()}},

@@ -374,7 +374,7 @@ func serve[TTx any](ctx context.Context, o options, log *slog.Logger, d *db[TTx]
 		mux := inbox.NewMux[TTx]()
 		mux.HandleFunc(Topic, handler(o, d))
 		printLine("READY role=receiver addr=%s pid=%d", ln.Addr(), os.Getpid())
-		cfg.Mux = mux
+		cfg.Handler = mux
 		return supervise(ctx, log, cfg, d, ln, nil)
 	}
 	return fmt.Errorf("unknown role %q", o.role)
