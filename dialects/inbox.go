@@ -115,8 +115,8 @@ type InboxStore[TTx any] interface {
 	ListInbox(ctx context.Context, q InboxQuery) ([]InboxRow, error)
 
 	// InboxStats counts the inbox's rows by state, the rows handled in the
-	// last minute (through the handled_at index) and the pending dead
-	// letters. It reads the whole inbox table.
+	// last minute and the pending dead letters, in total and per topic. It
+	// reads the whole inbox table.
 	InboxStats(ctx context.Context) (InboxStats, error)
 }
 
@@ -240,8 +240,8 @@ type InboxQuery struct {
 	Limit  int // 0: no limit
 }
 
-// InboxStats counts inbox rows; the groups do not overlap.
-type InboxStats struct {
+// InboxCounts counts inbox rows; the groups do not overlap.
+type InboxCounts struct {
 	Ready    int64 // ready, never attempted
 	Retrying int64 // ready, attempted before
 	Running  int64 // leased to a worker
@@ -252,4 +252,14 @@ type InboxStats struct {
 	// than a minute ago (by the database's clock): the inbox's recent
 	// throughput. They are among Handled, not a group of their own.
 	HandledLastMinute int64
+}
+
+// InboxStats counts the inbox's rows: the embedded InboxCounts are the
+// totals, Topics the same counts per topic.
+type InboxStats struct {
+	InboxCounts
+	// Topics maps each topic with at least one inbox row or pending dead
+	// letter to its counts, which add up to the totals; nil when there is
+	// none.
+	Topics map[string]InboxCounts
 }

@@ -113,13 +113,15 @@ func Example() {
 		log.Fatal(err)
 	}
 	fmt.Println("invoice:", orderID, total)
-	s, _ := ib.Stats(ctx)
-	fmt.Printf("stats: %+v\n", s)
+	s, _ := ib.Stats(ctx) // in total, per topic and per queue
+	fmt.Printf("stats: %+v\n", s.Counts)
+	fmt.Printf("order.placed: %+v\n", s.Topics["order.placed"])
 	// Output:
 	// delivery: accepted
 	// delivery: duplicate
 	// invoice: 1 4200
 	// stats: {Ready:0 Retrying:0 Running:0 Handled:1 Dead:0 HandledLastMinute:1}
+	// order.placed: {Ready:0 Retrying:0 Running:0 Handled:1 Dead:0 HandledLastMinute:1}
 }
 
 // Dead letters are messages the inbox could not process; here one whose
@@ -177,7 +179,7 @@ func ExampleInbox_Replay() {
 	fmt.Println("replayed:", n)
 	runUntil(func(s inbox.Stats) bool { return s.Handled == 1 })
 	s, _ := ib.Stats(ctx)
-	fmt.Printf("stats: %+v\n", s)
+	fmt.Printf("stats: %+v\n", s.Counts)
 	// Output:
 	// no_handler 1 durable/inbox: no handler for topic "refund.issued"
 	// replayed: 1

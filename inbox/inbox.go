@@ -227,7 +227,9 @@ type Inbox[TTx any] struct {
 	running atomic.Bool
 	// inline is set while Run runs and Config.Inline is on.
 	inline atomic.Bool
-	queued map[string]bool // topics of the Queues: never handled inline
+	// queueOf maps each topic of the Queues to its queue's name; those
+	// topics are never handled inline.
+	queueOf map[string]string
 }
 
 // queue is a Queue, or the default queue, with its wake-up signal.
@@ -310,10 +312,14 @@ func New[TTx any](d dialects.Dialect[TTx], h Handler[TTx], cfg *Config) (*Inbox[
 	}
 	ib.hk = ib.newHousekeeper()
 	var listed []string
+	ib.queueOf = make(map[string]string)
 	for i, q := range c.Queues {
 		qn := q.Name
 		if qn == "" {
 			qn = q.Topics[0]
+		}
+		for _, topic := range q.Topics {
+			ib.queueOf[topic] = qn
 		}
 		ib.queues = append(ib.queues, &queue{
 			name:        qn,
@@ -323,10 +329,6 @@ func New[TTx any](d dialects.Dialect[TTx], h Handler[TTx], cfg *Config) (*Inbox[
 			wake:        make(chan struct{}, 1),
 		})
 		listed = append(listed, c.Queues[i].Topics...)
-	}
-	ib.queued = make(map[string]bool, len(listed))
-	for _, topic := range listed {
-		ib.queued[topic] = true
 	}
 	ib.queues = append(ib.queues, &queue{
 		name:        "default",
@@ -585,8 +587,8 @@ func (ib *Inbox[TTx]) wakeAll() {
 	}
 }
 
-// Stats counts the inbox's messages. The groups do not overlap.
-type Stats struct {
+// Counts counts messages of an inbox by state. The groups do not overlap.
+type Counts struct {
 	Ready    int64 // waiting for their first attempt
 	Retrying int64 // waiting for another attempt after a failure
 	Running  int64 // leased to a worker
@@ -598,14 +600,53 @@ type Stats struct {
 	HandledLastMinute int64
 }
 
+// Stats counts the inbox's messages: the embedded Counts are the totals,
+// Topics and Queues the same counts per topic and per queue.
+type Stats struct {
+	Counts
+	// Topics maps each topic with at least one message or pending dead
+	// letter to its counts; nil when there is none.
+	Topics map[string]Counts
+	// Queues maps the name of each queue of this inbox (Config.Queues, and
+	// "default" for the topics no Queue lists) to the counts of its
+	// topics; every queue is there, with zero counts when it has nothing.
+	// The queues are this inbox's Config: messages stored by another inbox
+	// of the database count in the queue their topic has here.
+	Queues map[string]Counts
+}
+
 // Stats counts the inbox's messages by state, those handled in the last
-// minute and its pending dead letters. It reads the whole inbox table.
+// minute and its pending dead letters, in total, per topic and per queue.
+// It reads the whole inbox table.
 func (ib *Inbox[TTx]) Stats(ctx context.Context) (Stats, error) {
 	s, err := ib.store.InboxStats(ctx)
 	if err != nil {
 		return Stats{}, err
 	}
-	return Stats(s), nil
+	out := Stats{Counts: Counts(s.InboxCounts), Queues: make(map[string]Counts, len(ib.queues))}
+	for _, q := range ib.queues {
+		out.Queues[q.name] = Counts{}
+	}
+	for topic, c := range s.Topics {
+		if out.Topics == nil {
+			out.Topics = make(map[string]Counts, len(s.Topics))
+		}
+		out.Topics[topic] = Counts(c)
+		q := ib.queueOf[topic]
+		if q == "" {
+			q = "default"
+		}
+		out.Queues[q] = out.Queues[q].add(Counts(c))
+	}
+	return out, nil
+}
+
+// add returns c + o.
+func (c Counts) add(o Counts) Counts {
+	return Counts{
+		Ready: c.Ready + o.Ready, Retrying: c.Retrying + o.Retrying, Running: c.Running + o.Running,
+		Handled: c.Handled + o.Handled, Dead: c.Dead + o.Dead, HandledLastMinute: c.HandledLastMinute + o.HandledLastMinute,
+	}
 }
 
 // Run checks the schema, then runs the workers of every queue and the

@@ -18,7 +18,7 @@ import (
 // routes (a *Mux) tells whether the topic has a handler; any other handler
 // takes every topic.
 func (ib *Inbox[TTx]) canInline(r *dialects.InboxRow) bool {
-	if ib.queued[r.Topic] || ib.h == nil {
+	if _, queued := ib.queueOf[r.Topic]; queued || ib.h == nil {
 		return false
 	}
 	if rt, ok := ib.h.(router[TTx]); ok {

@@ -855,22 +855,53 @@ func (s inboxSuite[TTx]) purge(t *testing.T) {
 func (s inboxSuite[TTx]) stats(t *testing.T) {
 	d := s.h.Open(t)
 	ctx := ctxFor(t)
-	if got, err := d.InboxStats(ctx); err != nil || got != (dialects.InboxStats{}) {
-		t.Fatalf("InboxStats of an empty inbox = %+v, %v", got, err)
+	if got, err := d.InboxStats(ctx); err != nil || got.InboxCounts != (dialects.InboxCounts{}) || got.Topics != nil {
+		t.Fatalf("InboxStats of an empty inbox = %+v, %v; want zeros and no topics", got, err)
 	}
-	var rows []dialects.InboxRow
-	for i := range 7 {
-		rows = append(rows, InboxRow(i, "orders"))
+	row := func(i int, source, topic string, runAt time.Time) dialects.InboxRow {
+		r := InboxRow(i, source)
+		r.Topic, r.RunAt = topic, runAt
+		return r
 	}
-	s.insert(t, d, rows...)
-	got := s.claimN(t, d, "tok", 4, inboxLease) // 0..3 running; 4, 5, 6 ready
-	s.settle(t, d, "tok", inboxDone(got[0]),
-		dialects.InboxOutcome{Source: "orders", ID: got[1].ID, Kind: dialects.InboxRetry, RetryAfter: time.Hour, Error: "x"},
-		dialects.InboxOutcome{Source: "orders", ID: got[2].ID, Kind: dialects.InboxDead, Reason: "permanent", Error: "x"})
+	// Two dead letters, one of them replayed later (it is then a ready row,
+	// no longer a pending dead letter); gone.away has nothing else.
+	replayed := row(6, "orders", "order.placed", time.Time{})
+	s.deadLetter(t, d, replayed, "handler_error", "x")
+	s.deadLetter(t, d, row(7, "orders", "gone.away", time.Time{}), "no_handler", "x")
+	// Four rows due now, three of order.placed from two sources and one of
+	// refund.issued, and two due in an hour.
+	later := time.Now().Add(time.Hour)
+	s.insert(t, d,
+		row(0, "orders", "order.placed", time.Time{}),
+		row(1, "orders", "order.placed", time.Time{}),
+		row(2, "shop", "order.placed", time.Time{}),
+		row(3, "orders", "refund.issued", time.Time{}),
+		row(4, "orders", "order.placed", later),
+		row(5, "orders", "invoice.paid", later))
+	got := s.claimN(t, d, "tok", 10, inboxLease)
+	ids := inboxIDs(got)
+	slices.Sort(ids)
+	inboxWant(t, "claimed", ids, inboxID(0), inboxID(1), inboxID(2), inboxID(3))
+	// 0 handled, 1 waits for a retry, 2 (shop's) stays running, 3 is dead.
+	s.settle(t, d, "tok", inboxDone(row(0, "orders", "", time.Time{})),
+		dialects.InboxOutcome{Source: "orders", ID: inboxID(1), Kind: dialects.InboxRetry, RetryAfter: time.Hour, Error: "x"},
+		dialects.InboxOutcome{Source: "orders", ID: inboxID(3), Kind: dialects.InboxDead, Reason: "permanent", Error: "x"})
+	if n, err := d.ReplayDeadLetters(ctx, dialects.DeadLetterQuery{IDs: []string{replayed.ID}}); err != nil || n != 1 {
+		t.Fatalf("ReplayDeadLetters = %d, %v; want 1", n, err)
+	}
 	// The handled row was handled just now: it is one of the last minute's.
-	want := dialects.InboxStats{Ready: 3, Retrying: 1, Running: 1, Handled: 1, Dead: 1, HandledLastMinute: 1}
-	if got, err := d.InboxStats(ctx); err != nil || got != want {
-		t.Fatalf("InboxStats = %+v, %v; want %+v", got, err, want)
+	want := dialects.InboxStats{
+		InboxCounts: dialects.InboxCounts{Ready: 3, Retrying: 1, Running: 1, Handled: 1, Dead: 2, HandledLastMinute: 1},
+		Topics: map[string]dialects.InboxCounts{
+			"order.placed":  {Ready: 2, Retrying: 1, Running: 1, Handled: 1, HandledLastMinute: 1},
+			"refund.issued": {Dead: 1},
+			"invoice.paid":  {Ready: 1},
+			"gone.away":     {Dead: 1},
+		},
+	}
+	st, err := d.InboxStats(ctx)
+	if err != nil || st.InboxCounts != want.InboxCounts || !maps.Equal(st.Topics, want.Topics) {
+		t.Fatalf("InboxStats = %+v, %v; want %+v", st, err, want)
 	}
 }
 

@@ -317,20 +317,36 @@ func (c *core) PurgeInbox(ctx context.Context, age time.Duration, limit int) (in
 }
 
 // InboxStats counts the inbox rows by state, those handled in the last
-// minute by the server's clock, and the pending inbox dead letters.
+// minute by the server's clock, and the pending inbox dead letters, in
+// total and per topic.
 func (c *core) InboxStats(ctx context.Context) (dialects.InboxStats, error) {
-	var s dialects.InboxStats
-	if c.err != nil {
-		return s, c.err
+	type topicCounts struct {
+		topic string
+		n     dialects.InboxCounts
 	}
-	rs, err := c.root.query(ctx, c.q.inboxStats)
-	if err == nil {
-		err = scanOne(rs, &s.Ready, &s.Retrying, &s.Running, &s.Handled, &s.Dead, &s.HandledLastMinute)
-	}
+	parts, err := queryAll(ctx, c, c.root, "inbox stats", c.q.inboxStats, nil, func(rs rows, t *topicCounts) error {
+		return rs.Scan(&t.topic, &t.n.Ready, &t.n.Retrying, &t.n.Running, &t.n.Handled, &t.n.Dead, &t.n.HandledLastMinute)
+	})
 	if err != nil {
-		return s, c.opError(ctx, "inbox stats", err)
+		return dialects.InboxStats{}, err
+	}
+	var s dialects.InboxStats
+	for _, p := range parts {
+		if s.Topics == nil {
+			s.Topics = make(map[string]dialects.InboxCounts)
+		}
+		s.Topics[p.topic] = addInboxCounts(s.Topics[p.topic], p.n)
+		s.InboxCounts = addInboxCounts(s.InboxCounts, p.n)
 	}
 	return s, nil
+}
+
+// addInboxCounts returns a + b.
+func addInboxCounts(a, b dialects.InboxCounts) dialects.InboxCounts {
+	return dialects.InboxCounts{
+		Ready: a.Ready + b.Ready, Retrying: a.Retrying + b.Retrying, Running: a.Running + b.Running,
+		Handled: a.Handled + b.Handled, Dead: a.Dead + b.Dead, HandledLastMinute: a.HandledLastMinute + b.HandledLastMinute,
+	}
 }
 
 // ListInbox returns the inbox rows matching q in seq order.

@@ -190,16 +190,22 @@ SELECT count(*) FROM u`
 )
 SELECT count(*) FROM d`
 
-	sqlInboxStats = `SELECT
+	// InboxStats: per topic, one row of the inbox's counts and one of its
+	// pending dead letters (a topic may have either or both).
+	sqlInboxStats = `SELECT topic,
 	count(*) FILTER (WHERE state = 'ready' AND attempts = 0),
 	count(*) FILTER (WHERE state = 'ready' AND attempts > 0),
 	count(*) FILTER (WHERE state = 'running'),
 	count(*) FILTER (WHERE state = 'handled'),
-	(SELECT count(*) FROM {schema}durable_dead_letters
-		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at)),
-	(SELECT count(*) FROM {schema}durable_inbox
-		WHERE state = 'handled' AND handled_at > now() - interval '1 minute')
-FROM {schema}durable_inbox`
+	0,
+	count(*) FILTER (WHERE state = 'handled' AND handled_at > now() - interval '1 minute')
+FROM {schema}durable_inbox
+GROUP BY topic
+UNION ALL
+SELECT topic, 0, 0, 0, 0, count(*), 0
+FROM {schema}durable_dead_letters
+WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at)
+GROUP BY topic`
 
 	// ListInbox: {where} and {limit} come from package filter.
 	sqlListInbox = `SELECT ` + inboxColumns + `, false FROM {schema}durable_inbox i

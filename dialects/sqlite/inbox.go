@@ -159,16 +159,22 @@ WHERE (source, id) IN (
 		ORDER BY handled_at LIMIT ?2)
 	AND state = 'handled'`
 
-	sqlInboxStats = `SELECT
+	// InboxStats: per topic, one row of the inbox's counts and one of its
+	// pending dead letters (a topic may have either or both).
+	sqlInboxStats = `SELECT topic,
 	count(*) FILTER (WHERE state = 'ready' AND attempts = 0),
 	count(*) FILTER (WHERE state = 'ready' AND attempts > 0),
 	count(*) FILTER (WHERE state = 'running'),
 	count(*) FILTER (WHERE state = 'handled'),
-	(SELECT count(*) FROM durable_dead_letters
-		WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at)),
-	(SELECT count(*) FROM durable_inbox INDEXED BY durable_inbox_handled_idx
-		WHERE state = 'handled' AND handled_at > ?1)
-FROM durable_inbox`
+	0,
+	count(*) FILTER (WHERE state = 'handled' AND handled_at > ?1)
+FROM durable_inbox
+GROUP BY topic
+UNION ALL
+SELECT topic, 0, 0, 0, 0, count(*), 0
+FROM durable_dead_letters
+WHERE side = 'inbox' AND (replayed_at IS NULL OR replayed_at < failed_at)
+GROUP BY topic`
 )
 
 // inboxInsertSQL returns the InsertInbox statement for n rows.
@@ -437,14 +443,35 @@ func scanInboxRow(rs *sql.Rows, r *dialects.InboxRow) error {
 }
 
 // InboxStats counts the inbox rows by state, those handled in the last
-// minute by the process clock, and the pending inbox dead letters.
+// minute by the process clock, and the pending inbox dead letters, in total
+// and per topic.
 func (d *Dialect) InboxStats(ctx context.Context) (dialects.InboxStats, error) {
-	var s dialects.InboxStats
+	type topicCounts struct {
+		topic string
+		n     dialects.InboxCounts
+	}
 	since := formatTime(time.Now().Add(-time.Minute))
-	err := d.db.QueryRowContext(ctx, sqlInboxStats, since).
-		Scan(&s.Ready, &s.Retrying, &s.Running, &s.Handled, &s.Dead, &s.HandledLastMinute)
+	parts, err := queryAll(ctx, d.db, "inbox stats", sqlInboxStats, []any{since}, func(rs *sql.Rows, t *topicCounts) error {
+		return rs.Scan(&t.topic, &t.n.Ready, &t.n.Retrying, &t.n.Running, &t.n.Handled, &t.n.Dead, &t.n.HandledLastMinute)
+	})
 	if err != nil {
-		return s, schemaError(ctx, d.db, "inbox stats", err)
+		return dialects.InboxStats{}, err
+	}
+	var s dialects.InboxStats
+	for _, p := range parts {
+		if s.Topics == nil {
+			s.Topics = make(map[string]dialects.InboxCounts)
+		}
+		s.Topics[p.topic] = addInboxCounts(s.Topics[p.topic], p.n)
+		s.InboxCounts = addInboxCounts(s.InboxCounts, p.n)
 	}
 	return s, nil
+}
+
+// addInboxCounts returns a + b.
+func addInboxCounts(a, b dialects.InboxCounts) dialects.InboxCounts {
+	return dialects.InboxCounts{
+		Ready: a.Ready + b.Ready, Retrying: a.Retrying + b.Retrying, Running: a.Running + b.Running,
+		Handled: a.Handled + b.Handled, Dead: a.Dead + b.Dead, HandledLastMinute: a.HandledLastMinute + b.HandledLastMinute,
+	}
 }
