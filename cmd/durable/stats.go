@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/inbox"
 )
 
 func (a *app) statsCommand() *cobra.Command {
@@ -23,7 +26,9 @@ func (a *app) statsCommand() *cobra.Command {
           and the totals
   inbox   messages ready (never tried), in progress (leased to a worker), retrying
           (waiting for another attempt), dead (pending dead letters), handled
-          (kept for the dedupe window), and of those, handled in the last minute
+          (kept for the dedupe window), and of those, handled in the last minute;
+          in total and per topic (the queues are the services' configuration:
+          inbox.Inbox.Stats in a service counts per queue too)
 
 The numbers are the database's, whichever node works on it; each part is one query that
 reads the whole unsent outbox and the whole inbox table, so prefer metrics for frequent
@@ -65,6 +70,18 @@ type destinationStats struct {
 }
 
 type inboxSummary struct {
+	inboxCounts
+	// Topics are the counts per topic, by name: the topics with messages
+	// or pending dead letters.
+	Topics []inboxTopicStats `json:"topics"`
+}
+
+type inboxTopicStats struct {
+	Topic string `json:"topic"`
+	inboxCounts
+}
+
+type inboxCounts struct {
 	Ready      int64 `json:"ready"`
 	InProgress int64 `json:"in_progress"`
 	Retrying   int64 `json:"retrying"`
@@ -96,8 +113,10 @@ func (a *app) stats(parent context.Context) error {
 	}
 	res := statsResult{Dialect: db.dialect, Database: db.target,
 		Outbox: outboxStats{Destinations: make([]destinationStats, 0, len(dests))},
-		Inbox: inboxSummary{Ready: is.Ready, InProgress: is.Running, Retrying: is.Retrying, Dead: is.Dead,
-			Handled: is.Handled, HandledLastMinute: is.HandledLastMinute},
+		Inbox:  inboxSummary{inboxCounts: countsOf(is.Counts), Topics: make([]inboxTopicStats, 0, len(is.Topics))},
+	}
+	for _, topic := range slices.Sorted(maps.Keys(is.Topics)) {
+		res.Inbox.Topics = append(res.Inbox.Topics, inboxTopicStats{Topic: topic, inboxCounts: countsOf(is.Topics[topic])})
 	}
 	var oldest time.Duration
 	for _, d := range dests {
@@ -114,6 +133,12 @@ func (a *app) stats(parent context.Context) error {
 		return a.printJSON(res)
 	}
 	return a.printStats(&res, dests, oldest)
+}
+
+// countsOf is c as printed.
+func countsOf(c inbox.Counts) inboxCounts {
+	return inboxCounts{Ready: c.Ready, InProgress: c.Running, Retrying: c.Retrying, Dead: c.Dead,
+		Handled: c.Handled, HandledLastMinute: c.HandledLastMinute}
 }
 
 // ageSeconds is d in seconds, to the millisecond.
@@ -168,6 +193,14 @@ func (a *app) printStats(res *statsResult, dests []dialects.OutboxStats, oldest 
 		{"last minute", in.HandledLastMinute, "handled in the last minute"},
 	} {
 		fmt.Fprintf(tw, "  %s\t%d\t%s\n", r.name, r.n, r.note)
+	}
+	if err := tw.Flush(); err != nil || len(in.Topics) == 0 {
+		return err
+	}
+	tw = tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOPIC\tREADY\tIN PROGRESS\tRETRYING\tDEAD\tHANDLED\tLAST MINUTE")
+	for _, c := range in.Topics {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\n", oneLineText(c.Topic), c.Ready, c.InProgress, c.Retrying, c.Dead, c.Handled, c.HandledLastMinute)
 	}
 	return tw.Flush()
 }

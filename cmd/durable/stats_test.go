@@ -22,7 +22,10 @@ func testStats(t *testing.T, e *dlEnv) {
 		"  retrying     0  waiting for another attempt\n"+
 		"  dead         5  pending dead letters (durable deadletters list)\n"+
 		"  handled      0  kept for the dedupe window\n"+
-		"  last minute  0  handled in the last minute\n") + "$"
+		"  last minute  0  handled in the last minute\n"+
+		"TOPIC          READY  IN PROGRESS  RETRYING  DEAD  HANDLED  LAST MINUTE\n"+
+		"order.placed   0      0            0         4     0        0\n"+
+		"refund.issued  0      0            0         1     0        0\n") + "$"
 	if r := mustSucceed(t, e.cmd("stats")...); !regexp.MustCompile(want).MatchString(r.stdout) {
 		t.Errorf("stats printed:\n%s\nwant:\n%s", r.stdout, want)
 	}
@@ -51,7 +54,10 @@ func testStats(t *testing.T, e *dlEnv) {
 			"  retrying     0  waiting for another attempt\n"+
 			"  dead         2  pending dead letters (durable deadletters list)\n"+
 			"  handled      3  kept for the dedupe window\n"+
-			"  last minute  3  handled in the last minute\n") + "$"
+			"  last minute  3  handled in the last minute\n"+
+			"TOPIC          READY  IN PROGRESS  RETRYING  DEAD  HANDLED  LAST MINUTE\n"+
+			"order.placed   0      0            0         1     3        3\n"+
+			"refund.issued  0      0            0         1     0        0\n") + "$"
 	if !regexp.MustCompile(want).MatchString(r.stdout) {
 		t.Errorf("stats printed:\n%s\nwant (regexp):\n%s", r.stdout, want)
 	}
@@ -83,7 +89,10 @@ func testStats(t *testing.T, e *dlEnv) {
 			{Destination: "billing", Unsent: 2, DeadLetters: 1}, {Destination: "crm", Unsent: 1},
 			{Destination: "erp", DeadLetters: 1},
 		}},
-		Inbox: inboxSummary{Dead: 2, Handled: 3, HandledLastMinute: 3},
+		Inbox: inboxSummary{inboxCounts: inboxCounts{Dead: 2, Handled: 3, HandledLastMinute: 3}, Topics: []inboxTopicStats{
+			{Topic: "order.placed", inboxCounts: inboxCounts{Dead: 1, Handled: 3, HandledLastMinute: 3}},
+			{Topic: "refund.issued", inboxCounts: inboxCounts{Dead: 1}},
+		}},
 	}
 	if !jsonEqual(got, wantJSON) {
 		t.Errorf("stats --json:\n got %+v\nwant %+v", got, wantJSON)
