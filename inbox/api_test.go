@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -420,4 +422,67 @@ func TestMuxUnmatched(t *testing.T) {
 			f()
 		}()
 	}
+}
+
+// TestInboxHandlers: an inbox hands every message to a Handler that is not
+// a Mux, inline too (it takes every topic); an inbox without a handler
+// dead-letters what it gets with reason no_handler.
+func TestInboxHandlers(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(fmt.Sprintf("HandlerFunc/inline=%v", inline), func(t *testing.T) {
+			f := openSQLite(t)
+			cfg := fastConfig(t)
+			cfg.Inline = inline
+			var mu sync.Mutex
+			var topics []string
+			ib, err := New(f.d, HandlerFunc[*sql.Tx](func(ctx context.Context, tx *sql.Tx, m *Message) error {
+				mu.Lock()
+				defer mu.Unlock()
+				topics = append(topics, m.Topic)
+				return nil
+			}), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start(t, ib)
+			if inline {
+				waitFor(t, "inline handling to start", 30*time.Second, ib.inline.Load)
+			}
+			a, b := envelope(1, "a"), envelope(2, "b.c")
+			deliver(t, ib, batch("orders", a, b))
+			if inline {
+				for _, id := range []string{a.ID, b.ID} {
+					if r := row(t, ib, "orders", id); r.State != dialects.InboxStateHandled {
+						t.Fatalf("%s after an inline delivery: %s, want handled", id, r.State)
+					}
+				}
+			}
+			if st := settled(t, ib, 60*time.Second); st.Handled != 2 || st.Dead != 0 {
+				t.Fatalf("stats %+v, want 2 handled", st.Counts)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			slices.Sort(topics)
+			if !slices.Equal(topics, []string{"a", "b.c"}) {
+				t.Fatalf("the handler saw %v", topics)
+			}
+		})
+	}
+	t.Run("nil", func(t *testing.T) {
+		f := openSQLite(t)
+		cfg := fastConfig(t)
+		cfg.Inline = true
+		ib, err := New(f.d, nil, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start(t, ib)
+		deliver(t, ib, batch("orders", envelope(1, "a")))
+		if st := settled(t, ib, 60*time.Second); st.Counts != (Counts{Dead: 1}) {
+			t.Fatalf("stats %+v, want 1 dead", st.Counts)
+		}
+		if dl := deadLetters(t, ib, DeadLetterFilter{}); len(dl) != 1 || dl[0].Reason != ReasonNoHandler {
+			t.Fatalf("dead letters %+v, want one no_handler", dl)
+		}
+	})
 }

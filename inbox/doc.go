@@ -91,7 +91,8 @@
 // waits for the first delivery's transaction and is then a duplicate.
 //
 // A message is stored for the workers instead, in the same transaction,
-// when its topic has no handler or a Queue of its own (a queue exists to
+// when its topic has no handler (the inbox has none, or its handler is a
+// Mux without one for the topic) or a Queue of its own (a queue exists to
 // give its topics workers and a concurrency of their own), when it is due
 // later or expired, or when another message of its ordering key is still
 // unfinished in the inbox. Each inline handler runs after a savepoint, as
