@@ -102,8 +102,9 @@ func NewPair[STx, RTx any](t CleanupTB, sender dialects.Dialect[STx], receiver d
 
 // Start runs both nodes until the test ends: t.Cleanup stops them, waits
 // for them (at most a minute) and fails the test if either Run failed.
-// Register the handlers before Start. It fails t if a node stops by itself
-// (a schema check that fails, for one) while the test runs.
+// Register the handlers on the Mux of PairConfig before Start. It fails t
+// if a node stops by itself (a schema check that fails, for one) while the
+// test runs.
 func (p *Pair[STx, RTx]) Start() {
 	p.t.Helper()
 	if p.started {
