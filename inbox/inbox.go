@@ -216,7 +216,7 @@ func DefaultBackoff(attempt int) time.Duration {
 type Inbox[TTx any] struct {
 	*Mux[TTx]
 
-	d      dialects.Dialect[TTx]
+	d      dialects.InboxDialect[TTx]
 	store  dialects.InboxStore[TTx]
 	cfg    Config // defaults applied
 	name   string
@@ -253,7 +253,7 @@ func (q *queue) signal() {
 
 // New returns an Inbox storing and working through d. It does no I/O; Run
 // checks the schema.
-func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Inbox[TTx], error) {
+func New[TTx any](d dialects.InboxDialect[TTx], cfg *Config) (*Inbox[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable/inbox: New needs a dialect")
 	}
@@ -417,8 +417,8 @@ func (ib *Inbox[TTx]) policy(topic string) policy {
 // Name returns the inbox's name, as used in leases and logs.
 func (ib *Inbox[TTx]) Name() string { return ib.name }
 
-// Dialect returns the dialect the inbox works through.
-func (ib *Inbox[TTx]) Dialect() dialects.Dialect[TTx] { return ib.d }
+// Dialect returns the dialect the inbox works through, as New took it.
+func (ib *Inbox[TTx]) Dialect() dialects.InboxDialect[TTx] { return ib.d }
 
 // CheckSchema verifies that durable's migrations ran; see
 // dialects.Dialect.CheckSchema.
