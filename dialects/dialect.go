@@ -18,13 +18,17 @@
 // the database reads off its signature and a wrapper (for tests or
 // observation) implements no more than that:
 //
-//	outbox.New        Enqueuer[TTx]      Name, CheckSchema, InsertOutbox, the dead letters
-//	outbox.NewRelay   RelayStore         CheckSchema, Relayer, Leaser, PurgeDeadLetters
-//	inbox.New         InboxDialect[TTx]  Name, CheckSchema, TxBeginner, InboxStore, Leaser, the dead letters
-//	durable.NewNode   NodeDialect[TTx]   the three above and Registry
-//	durabletest       Inspector          Name, ListOutbox, ListInbox
+//	outbox.New             Enqueuer[TTx]      Name, CheckSchema, InsertOutbox, the dead letters
+//	outbox.NewRelay        RelayStore         CheckSchema, Relayer, Leaser, PurgeDeadLetters
+//	inbox.New              InboxDialect[TTx]  Name, CheckSchema, TxBeginner, InboxStore, Leaser, the dead letters
+//	durable.NewNode        NodeDialect[TTx]   the three above and Registry
+//	durabletest.Require*   Inspector          Name, ListOutbox, ListInbox
 //
 // Inspector's listings serve tests, tools and examples, never a hot path.
+// The Tx variants of durabletest's helpers take the Enqueuer of the
+// transaction's type (and find OutboxTxLister on it), and durabletest.NewPair,
+// which runs two Nodes and inspects both sides, the whole Dialect.
+//
 // Every Dialect plays every role, so a dialect of this module fits every
 // consumer, and the transaction type is inferred from it:
 // outbox.New(d, nil) with d a *postgres.Dialect is an Outbox[pgx.Tx].
