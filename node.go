@@ -196,9 +196,9 @@ const DefaultShutdownTimeout = 10 * time.Second
 type Node[TTx any] struct {
 	cfg     Config[TTx]
 	log     *slog.Logger
-	d       dialects.Dialect[TTx]
+	d       dialects.NodeDialect[TTx]
 	outbox  *outbox.Outbox[TTx]
-	relay   *outbox.Relay[TTx]
+	relay   *outbox.Relay
 	inbox   *inbox.Inbox[TTx]
 	server  *tcp.Server // nil when the node does not listen
 	clients map[string]*tcp.Client
@@ -216,7 +216,7 @@ type Node[TTx any] struct {
 
 // NewNode builds a node on d. It validates the configuration and creates
 // every part, but does no I/O: Run checks the schema, listens and connects.
-func NewNode[TTx any](d dialects.Dialect[TTx], cfg Config[TTx]) (*Node[TTx], error) {
+func NewNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable: NewNode needs a dialect")
 	}
@@ -403,13 +403,13 @@ func (n *Node[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*outbox.Message
 func (n *Node[TTx]) Outbox() *outbox.Outbox[TTx] { return n.outbox }
 
 // Relay returns the node's relay, for Stats; nil on a node without peers.
-func (n *Node[TTx]) Relay() *outbox.Relay[TTx] { return n.relay }
+func (n *Node[TTx]) Relay() *outbox.Relay { return n.relay }
 
 // Inbox returns the node's inbox, for dead letters and Stats.
 func (n *Node[TTx]) Inbox() *inbox.Inbox[TTx] { return n.inbox }
 
-// Dialect returns the dialect the node works on.
-func (n *Node[TTx]) Dialect() dialects.Dialect[TTx] { return n.d }
+// Dialect returns the dialect the node works on, as NewNode took it.
+func (n *Node[TTx]) Dialect() dialects.NodeDialect[TTx] { return n.d }
 
 // Addr returns the address the inbox listens on, once Run is listening;
 // nil before, and on a node that does not listen.

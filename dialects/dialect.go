@@ -9,17 +9,31 @@
 //	postgres.NewSQL(db)    // Dialect[*sql.Tx]  (pgx stdlib driver)
 //	sqlite.New(db)         // Dialect[*sql.Tx]  (modernc.org/sqlite)
 //
-// # One contract
+// # Roles
 //
-// Dialect is the one interface a dialect implements: the enqueue path
-// (InsertOutbox), the relay's operations (Relayer, embedded), the inbox's
-// (InboxStore, embedded), the leases of the housekeeping (Leaser, embedded)
-// and the dead letters both sides write (ListDeadLetters,
-// ReplayDeadLetters, PurgeDeadLetters). outbox.New, outbox.NewRelay and
-// inbox.New all take a Dialect, so a dialect that lacks an operation fails
-// to compile rather than at run time. Relayer, InboxStore and Leaser are
-// named parts of Dialect, for documentation and for callers that need only
-// one of them.
+// Dialect is the implementer's checklist: everything a dialect of this
+// module implements, and what the conformance suite in package dialecttest
+// checks. Consumers do not take all of it. Each takes the role it calls,
+// composed of the named parts of Dialect, so that what a component needs of
+// the database reads off its signature and a wrapper (for tests or
+// observation) implements no more than that:
+//
+//	outbox.New             Enqueuer[TTx]      Name, CheckSchema, InsertOutbox, the dead letters
+//	outbox.NewRelay        RelayStore         CheckSchema, Relayer, Leaser, PurgeDeadLetters
+//	inbox.New              InboxDialect[TTx]  Name, CheckSchema, TxBeginner, InboxStore, Leaser, the dead letters
+//	durable.NewNode        NodeDialect[TTx]   the three above and Registry
+//	durabletest.Require*   Inspector          Name, ListOutbox, ListInbox
+//
+// Inspector's listings serve tests, tools and examples, never a hot path.
+// The Tx variants of durabletest's helpers take the Enqueuer of the
+// transaction's type (and find OutboxTxLister on it), and durabletest.NewPair,
+// which runs two Nodes and inspects both sides, the whole Dialect.
+//
+// Every Dialect plays every role, so a dialect of this module fits every
+// consumer, and the transaction type is inferred from it:
+// outbox.New(d, nil) with d a *postgres.Dialect is an Outbox[pgx.Tx].
+//
+// # Capabilities
 //
 // What not every database can do is optional, in capability interfaces that
 // callers discover by type assertion, as database/sql does with its driver
@@ -27,10 +41,20 @@
 // wake-ups), OutboxTxLister (read the outbox inside the caller's
 // transaction, for test helpers such as durabletest.RequireEnqueuedTx),
 // DurableBeginner (a transaction whose commit reaches the disk, where
-// ordinary commits may not) and TxGuard (a transaction a handler cannot
-// end). The Postgres dialects implement Notifier, Listener and
-// OutboxTxLister, the pgx one TxGuard too; SQLite OutboxTxLister and
-// DurableBeginner.
+// ordinary commits may not), TxGuard (a transaction a handler cannot end)
+// and TxWatcher (a transaction that reports its first use). The Postgres
+// dialects implement Notifier, Listener and OutboxTxLister, the pgx one
+// TxGuard and TxWatcher too; SQLite OutboxTxLister and DurableBeginner.
+//
+// # Outside implementations
+//
+// Dialect and its roles are implemented only inside this module, by the
+// dialects of packages postgres and sqlite. An implementation elsewhere is
+// possible (dialecttest is public and checks one) but is not covered by
+// durable's compatibility promise: methods may be added to Dialect and to
+// its roles, and their contracts refined, in minor releases, so an outside
+// implementation can break on upgrade. A wrapper that embeds a dialect of
+// this module and overrides some of its methods keeps compiling.
 //
 // Every dialect passes the conformance suite in package dialecttest.
 package dialects
@@ -53,11 +77,19 @@ import (
 // a time, old and new builds working side by side on the same database.
 const SchemaVersion = 3
 
-// Migrations lists the migration names, index i holding version i+1.
-var Migrations = []string{"0001_init", "0002_outbox_claim", "0003_nodes"}
+// migrationNames lists the migration names, index i holding version i+1.
+var migrationNames = []string{"0001_init", "0002_outbox_claim", "0003_nodes"}
+
+// MigrationNames returns the names of durable's migrations, index i holding
+// version i+1, up to SchemaVersion. The slice is a copy the caller may keep
+// or change.
+func MigrationNames() []string {
+	return append([]string(nil), migrationNames...)
+}
 
 // Dialect is the storage contract of durable for one database driver, with
-// TTx the driver's transaction type.
+// TTx the driver's transaction type: the implementer's checklist, composed
+// of the named parts each consumer takes (see "Roles" in the package doc).
 //
 // Methods that take a TTx run inside the caller's transaction and never
 // commit or roll it back. Methods without a TTx use their own connection or
@@ -66,28 +98,17 @@ type Dialect[TTx any] interface {
 	// Name is the dialect's name: "postgres" or "sqlite".
 	Name() string
 
-	// Begin starts a transaction on the dialect's database.
-	Begin(ctx context.Context) (TTx, error)
-	// Commit commits tx.
-	Commit(ctx context.Context, tx TTx) error
-	// Rollback rolls tx back. Rolling back a finished transaction is not an
-	// error.
-	Rollback(ctx context.Context, tx TTx) error
-
 	// CheckSchema verifies that the durable migrations ran up to
 	// SchemaVersion. It returns a *SchemaError (errors.Is ErrSchema) that
 	// names the missing migration and how to apply it.
 	CheckSchema(ctx context.Context) error
 
-	// InsertOutbox writes rows to durable_outbox in tx, all or nothing. A
-	// row whose (Destination, ID) already exists makes the whole call fail
-	// with a *DuplicateError (errors.Is ErrDuplicateID) and leaves tx usable,
-	// with nothing of the call written.
-	InsertOutbox(ctx context.Context, tx TTx, rows []OutboxRow) error
+	// TxBeginner holds the transaction lifecycle: Begin, Commit and
+	// Rollback.
+	TxBeginner[TTx]
 
-	// ListOutbox returns outbox rows in enqueue order, for inspection and
-	// tests. It is not the relay's claim path.
-	ListOutbox(ctx context.Context, q OutboxQuery) ([]OutboxRow, error)
+	// Enqueuer holds the enqueue path (InsertOutbox; see outbox.Outbox).
+	Enqueuer[TTx]
 
 	// Relayer holds the relay's operations: claiming outbox rows with a
 	// lease and settling them (see outbox.Relay).
@@ -104,6 +125,10 @@ type Dialect[TTx any] interface {
 	// Registry holds the running incarnations (durable_nodes) and
 	// releases the claims of those that are gone (see durable.Node).
 	Registry
+
+	// Inspector holds the listings of the outbox and the inbox, for
+	// inspection, tools and tests (ListOutbox, ListInbox).
+	Inspector
 
 	// ListDeadLetters returns the dead letters of either side matching q,
 	// in the order they were first recorded (seq), for inspection, tools

@@ -31,8 +31,8 @@ type SchemaError struct {
 // Missing lists the migrations that have not run.
 func (e *SchemaError) Missing() []string {
 	var out []string
-	for v := e.Have + 1; v <= e.Want && v <= len(Migrations); v++ {
-		out = append(out, Migrations[v-1])
+	for v := e.Have + 1; v <= e.Want && v <= len(migrationNames); v++ {
+		out = append(out, migrationNames[v-1])
 	}
 	return out
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/migrations"
+	"github.com/durable-go/durable/outbox"
 )
 
 // A service checks the schema at start; a database that lacks migrations gives a SchemaError
@@ -46,4 +47,71 @@ func ExampleSchemaError() {
 	// Output:
 	// missing: [0001_init 0002_outbox_claim 0003_nodes] true
 	// after migrations.Up: <nil>
+}
+
+// A consumer takes only the role it calls, so a wrapper that observes a
+// dialect implements that role and no more: here outbox.New gets an
+// Enqueuer that counts the rows it writes. The transaction type (*sql.Tx)
+// is inferred from the wrapper's methods.
+func ExampleEnqueuer() {
+	dir, err := os.MkdirTemp("", "durable-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if _, err := migrations.Up(ctx, db, migrations.SQLite); err != nil {
+		log.Fatal(err)
+	}
+	d, err := sqlite.New(db)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	counted := &countingEnqueuer{Enqueuer: d}
+	ob, err := outbox.New(counted, nil) // an *outbox.Outbox[*sql.Tx]
+	if err != nil {
+		log.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = ob.Enqueue(ctx, tx, &outbox.Message{Destination: "billing", Topic: "order.placed", Payload: []byte(`{"order":1}`)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("rows written:", counted.rows)
+	// Output: rows written: 1
+}
+
+// countingEnqueuer passes everything to the dialect it embeds and counts
+// the outbox rows InsertOutbox wrote.
+type countingEnqueuer struct {
+	dialects.Enqueuer[*sql.Tx]
+	rows int
+}
+
+func (c *countingEnqueuer) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialects.OutboxRow) error {
+	err := c.Enqueuer.InsertOutbox(ctx, tx, rows)
+	if err == nil {
+		c.rows += len(rows)
+	}
+	return err
+}
+
+// MigrationNames returns a copy: what a caller does with it changes nothing
+// else.
+func ExampleMigrationNames() {
+	names := dialects.MigrationNames()
+	fmt.Println(names[dialects.SchemaVersion-1], len(names) == dialects.SchemaVersion)
+	// Output: 0003_nodes true
 }

@@ -8,8 +8,9 @@ import (
 // InboxStore is the storage contract of the inbox (package inbox): storing
 // delivered messages keyed by (source, id), leasing them to workers, settling
 // each one in the worker's transaction, rescuing expired leases, retention,
-// statistics. It is part of Dialect, whose dead-letter methods serve the
-// inbox's dead letters too.
+// statistics. It is part of InboxDialect, the role inbox.New takes, and of
+// Dialect, whose dead-letter methods serve the inbox's dead letters too.
+// Listing the inbox's rows is Inspector's ListInbox.
 //
 // Methods that take a TTx run in the caller's transaction and never commit or
 // roll it back; the others are one statement or one transaction of their own.
@@ -109,10 +110,6 @@ type InboxStore[TTx any] interface {
 	// than age ago, oldest first, through the handled_at index, and returns
 	// how many it deleted. Callers repeat it while it returns limit.
 	PurgeInbox(ctx context.Context, age time.Duration, limit int) (int, error)
-
-	// ListInbox returns the inbox rows matching q in seq order, for
-	// inspection, tools and tests.
-	ListInbox(ctx context.Context, q InboxQuery) ([]InboxRow, error)
 
 	// InboxStats counts the inbox's rows by state, the rows handled in the
 	// last minute and the pending dead letters, in total and per topic. It

@@ -7,7 +7,8 @@ import (
 
 // Leaser keeps named leases in durable_leases (name, holder, expires_at),
 // for work that one process at a time should do, such as housekeeping. It is
-// part of Dialect.
+// part of RelayStore and InboxDialect, whose housekeeping takes leases, and
+// of Dialect.
 //
 // A lease is held by one holder, a string unique to the process (or to the
 // component in it) that takes it, until it expires. Expiry is judged by the

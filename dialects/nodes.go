@@ -31,7 +31,8 @@ type Incarnation struct {
 }
 
 // Registry keeps the running incarnations in durable_nodes and releases
-// the claims of those that are gone. It is part of Dialect.
+// the claims of those that are gone. It is part of NodeDialect, the role
+// durable.NewNode takes, and of Dialect.
 type Registry interface {
 	// RegisterIncarnation inserts inc (its ID must be new; StartedAt and
 	// Silence are ignored) and returns the other incarnations of the

@@ -7,7 +7,8 @@ import (
 
 // Relayer is the storage contract of the relay (outbox.Relay): claiming due
 // outbox rows with a lease, and settling each claimed row once the peer
-// answered. It is part of Dialect.
+// answered. It is part of RelayStore, the role outbox.NewRelay takes, and
+// of Dialect.
 //
 // # Leases
 //

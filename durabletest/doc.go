@@ -77,8 +77,10 @@
 // the payload in Go. A test's outbox holds a handful of rows, the failure
 // message needs the rows that did not match anyway, and the storage contract
 // every dialect implements stays as it was. They take the dialect, as
-// River's helpers take the driver, so that they need no Outbox: ob.Dialect()
-// or the dialect the test built.
+// River's helpers take the driver, so that they need no Outbox, and of it
+// only the role they call: dialects.Inspector (the dialect the test built),
+// and for the Tx variants dialects.Enqueuer of tx's type (ob.Dialect()
+// fits too).
 //
 // Work takes inbox.Message values, the handler's view of a message,
 // because that is what a handler's author has in mind; they carry the
@@ -88,8 +90,8 @@
 // running by the time the test looks, so only handled and dead-lettered are
 // states stable enough to assert. Retries run as the inbox is configured:
 // make them short in tests. Work needs nothing of the inbox but its public
-// API (Deliver, Run, Dialect().ListInbox, DeadLetters), so inbox is
-// unchanged.
+// API (Deliver, Run, Dialect() as a dialects.Inspector for ListInbox,
+// DeadLetters), so inbox is unchanged.
 //
 // Every helper bounds its database work by ctx, or by DefaultTimeout when
 // ctx has no deadline, and stops every goroutine it starts before it

@@ -233,7 +233,7 @@ type lister struct {
 
 // committed returns the lister of d's committed rows, or nil after
 // failing t when d is nil.
-func committed[TTx any](t TB, name string, d dialects.Dialect[TTx]) *lister {
+func committed(t TB, name string, d dialects.Inspector) *lister {
 	t.Helper()
 	if d == nil {
 		t.Fatalf("durabletest: %s: nil dialect", name)
@@ -244,7 +244,7 @@ func committed[TTx any](t TB, name string, d dialects.Dialect[TTx]) *lister {
 
 // inTx returns the lister of tx, or nil after failing t when d is nil or
 // cannot list in a transaction.
-func inTx[TTx any](t TB, name string, d dialects.Dialect[TTx], tx TTx) *lister {
+func inTx[TTx any](t TB, name string, d dialects.Enqueuer[TTx], tx TTx) *lister {
 	t.Helper()
 	if d == nil {
 		t.Fatalf("durabletest: %s: nil dialect", name)
@@ -344,7 +344,7 @@ func (l *lister) matching(ctx context.Context, t TB, m *matcher) ([]*dialects.Ou
 // acknowledged). On SQLite, whose dialect has one connection, it waits for a
 // transaction still open on the same *sql.DB: use RequireEnqueuedTx inside
 // it. When ctx has no deadline, DefaultTimeout bounds the wait.
-func RequireEnqueued[TTx any](ctx context.Context, t TB, d dialects.Dialect[TTx], want Want) *outbox.Message {
+func RequireEnqueued(ctx context.Context, t TB, d dialects.Inspector, want Want) *outbox.Message {
 	t.Helper()
 	if l := committed(t, "RequireEnqueued", d); l != nil {
 		return requireEnqueued(ctx, t, l, want)
@@ -354,10 +354,11 @@ func RequireEnqueued[TTx any](ctx context.Context, t TB, d dialects.Dialect[TTx]
 
 // RequireEnqueuedTx is RequireEnqueued inside tx, the app's transaction,
 // before it commits: it sees the messages tx enqueued and those committed
-// before. d must implement dialects.OutboxTxLister, as every dialect of
-// this module does. It neither commits nor rolls back tx; on Postgres a
+// before. d is the dialect tx belongs to (the Outbox's Dialect() fits); it
+// must implement dialects.OutboxTxLister, as every dialect of this module
+// does. It neither commits nor rolls back tx; on Postgres a
 // failed read (a missing schema) leaves tx aborted.
-func RequireEnqueuedTx[TTx any](ctx context.Context, t TB, d dialects.Dialect[TTx], tx TTx, want Want) *outbox.Message {
+func RequireEnqueuedTx[TTx any](ctx context.Context, t TB, d dialects.Enqueuer[TTx], tx TTx, want Want) *outbox.Message {
 	t.Helper()
 	if l := inTx(t, "RequireEnqueuedTx", d, tx); l != nil {
 		return requireEnqueued(ctx, t, l, want)
@@ -397,7 +398,7 @@ func requireEnqueued(ctx context.Context, t TB, l *lister, want Want) *outbox.Me
 // RequireNotEnqueued asserts that no committed outbox message matches want,
 // and otherwise fails t listing those that do. See RequireEnqueued for what
 // it reads.
-func RequireNotEnqueued[TTx any](ctx context.Context, t TB, d dialects.Dialect[TTx], want Want) {
+func RequireNotEnqueued(ctx context.Context, t TB, d dialects.Inspector, want Want) {
 	t.Helper()
 	if l := committed(t, "RequireNotEnqueued", d); l != nil {
 		requireNotEnqueued(ctx, t, l, want)
@@ -406,7 +407,7 @@ func RequireNotEnqueued[TTx any](ctx context.Context, t TB, d dialects.Dialect[T
 
 // RequireNotEnqueuedTx is RequireNotEnqueued inside tx; see
 // RequireEnqueuedTx.
-func RequireNotEnqueuedTx[TTx any](ctx context.Context, t TB, d dialects.Dialect[TTx], tx TTx, want Want) {
+func RequireNotEnqueuedTx[TTx any](ctx context.Context, t TB, d dialects.Enqueuer[TTx], tx TTx, want Want) {
 	t.Helper()
 	if l := inTx(t, "RequireNotEnqueuedTx", d, tx); l != nil {
 		requireNotEnqueued(ctx, t, l, want)
@@ -434,7 +435,7 @@ func requireNotEnqueued(ctx context.Context, t TB, l *lister, want Want) {
 // Messages that match none of wants are not considered: rule them out with
 // RequireNotEnqueued. On failure it lists the wants and the messages that
 // match any of them.
-func RequireManyEnqueued[TTx any](ctx context.Context, t TB, d dialects.Dialect[TTx], wants []Want) []*outbox.Message {
+func RequireManyEnqueued(ctx context.Context, t TB, d dialects.Inspector, wants []Want) []*outbox.Message {
 	t.Helper()
 	if l := committed(t, "RequireManyEnqueued", d); l != nil {
 		return requireManyEnqueued(ctx, t, l, wants)
@@ -444,7 +445,7 @@ func RequireManyEnqueued[TTx any](ctx context.Context, t TB, d dialects.Dialect[
 
 // RequireManyEnqueuedTx is RequireManyEnqueued inside tx; see
 // RequireEnqueuedTx.
-func RequireManyEnqueuedTx[TTx any](ctx context.Context, t TB, d dialects.Dialect[TTx], tx TTx, wants []Want) []*outbox.Message {
+func RequireManyEnqueuedTx[TTx any](ctx context.Context, t TB, d dialects.Enqueuer[TTx], tx TTx, wants []Want) []*outbox.Message {
 	t.Helper()
 	if l := inTx(t, "RequireManyEnqueuedTx", d, tx); l != nil {
 		return requireManyEnqueued(ctx, t, l, wants)

@@ -125,7 +125,7 @@ func testRequireEnqueued[TTx any](t *testing.T, f *fixture[TTx]) {
 	})
 	contains(t, msg, "Want.JSON cannot be encoded")
 	msg = mustFail(t, func(tb durabletest.TB) {
-		durabletest.RequireEnqueued[TTx](ctx, tb, nil, durabletest.Want{})
+		durabletest.RequireEnqueued(ctx, tb, nil, durabletest.Want{})
 	})
 	contains(t, msg, "RequireEnqueued: nil dialect")
 }

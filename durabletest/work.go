@@ -212,6 +212,10 @@ func hint(pending []string) string {
 // settle fills in the results of the messages that are handled or
 // dead-lettered, and describes the others, one line each.
 func settle[TTx any](ctx context.Context, ib *inbox.Inbox[TTx], results []Result) ([]string, error) {
+	insp, ok := ib.Dialect().(dialects.Inspector)
+	if !ok {
+		return nil, fmt.Errorf("the inbox's dialect (%T) cannot list the inbox: it does not implement dialects.Inspector", ib.Dialect())
+	}
 	bySource := map[string][]int{}
 	var sources []string
 	for i := range results {
@@ -231,7 +235,7 @@ func settle[TTx any](ctx context.Context, ib *inbox.Inbox[TTx], results []Result
 		for j, i := range idx {
 			ids[j] = results[i].ID
 		}
-		rows, err := ib.Dialect().ListInbox(ctx, dialects.InboxQuery{Source: src, IDs: ids})
+		rows, err := insp.ListInbox(ctx, dialects.InboxQuery{Source: src, IDs: ids})
 		if err != nil {
 			return nil, err
 		}

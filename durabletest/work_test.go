@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/durabletest"
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/transport"
@@ -279,6 +280,15 @@ func TestWorkFailures(t *testing.T) {
 	ib, _ = newInbox(t, bare, inbox.Config{})
 	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib, &inbox.Message{Topic: "ok"}) })
 	contains(t, msg, "Work: Deliver the batch of durabletest:", "schema")
+
+	// An inbox on a dialect that is no dialects.Inspector: Work cannot
+	// read what became of the messages.
+	only, err := inbox.New(struct{ dialects.InboxDialect[*sql.Tx] }{f.d}, nil, &inbox.Config{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, only, &inbox.Message{Topic: "ok"}) })
+	contains(t, msg, "Work: cannot read the inbox: the inbox's dialect (struct { dialects.InboxDialect[*database/sql.Tx] }) cannot list the inbox: it does not implement dialects.Inspector")
 
 	// A TB whose Fatalf returns: Work returns nil after stopping the
 	// inbox (TestMain checks for leaked goroutines).

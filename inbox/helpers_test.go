@@ -359,7 +359,7 @@ func settled[TTx any](t testing.TB, ib *Inbox[TTx], timeout time.Duration) Stats
 
 func rows[TTx any](t testing.TB, ib *Inbox[TTx], q dialects.InboxQuery) []dialects.InboxRow {
 	t.Helper()
-	r, err := ib.store.ListInbox(context.Background(), q)
+	r, err := ib.d.(dialects.Inspector).ListInbox(context.Background(), q)
 	if err != nil {
 		t.Fatalf("ListInbox: %v", err)
 	}

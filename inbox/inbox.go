@@ -214,7 +214,7 @@ func DefaultBackoff(attempt int) time.Duration {
 // *Mux that routes by topic.
 type Inbox[TTx any] struct {
 	h      Handler[TTx] // nil: no handler for any topic
-	d      dialects.Dialect[TTx]
+	d      dialects.InboxDialect[TTx]
 	store  dialects.InboxStore[TTx]
 	cfg    Config // defaults applied
 	name   string
@@ -259,7 +259,7 @@ func (q *queue) signal() {
 // ErrNoHandler, is retried for Config.NoHandlerGrace, then dead-lettered
 // (reason no_handler), as with an empty Mux. Such an inbox serves to store
 // deliveries, read Stats and work on dead letters.
-func New[TTx any](d dialects.Dialect[TTx], h Handler[TTx], cfg *Config) (*Inbox[TTx], error) {
+func New[TTx any](d dialects.InboxDialect[TTx], h Handler[TTx], cfg *Config) (*Inbox[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable/inbox: New needs a dialect")
 	}
@@ -423,8 +423,8 @@ func (ib *Inbox[TTx]) policy(topic string) policy {
 // Name returns the inbox's name, as used in leases and logs.
 func (ib *Inbox[TTx]) Name() string { return ib.name }
 
-// Dialect returns the dialect the inbox works through.
-func (ib *Inbox[TTx]) Dialect() dialects.Dialect[TTx] { return ib.d }
+// Dialect returns the dialect the inbox works through, as New took it.
+func (ib *Inbox[TTx]) Dialect() dialects.InboxDialect[TTx] { return ib.d }
 
 // CheckSchema verifies that durable's migrations ran; see
 // dialects.Dialect.CheckSchema.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	dialectspkg "github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/migrations"
 	"github.com/durable-go/durable/migrations/internal/goosegen"
 )
@@ -81,6 +82,9 @@ func TestDialectsPaired(t *testing.T) {
 		} else if !slices.Equal(names, ref) {
 			t.Errorf("%s migrations %v differ from %s migrations %v", d, names, goosegen.Dialects[0], ref)
 		}
+	}
+	if want := dialectspkg.MigrationNames(); !slices.Equal(ref, want) || len(want) != dialectspkg.SchemaVersion {
+		t.Errorf("migration files %v, dialects.MigrationNames() %v (SchemaVersion %d): they must agree", ref, want, dialectspkg.SchemaVersion)
 	}
 }
 

@@ -151,7 +151,7 @@ func TestWrongDSN(t *testing.T) {
 	if !errors.As(err, &ce) || errors.Is(err, outbox.ErrSchema) {
 		t.Errorf("CheckSchema with an unreachable server = %v, want a *pgconn.ConnectError", err)
 	}
-	if _, err := ob.Dialect().Begin(ctx); !errors.As(err, &ce) {
+	if _, err := ob.Dialect().(dialects.TxBeginner[pgxTx]).Begin(ctx); !errors.As(err, &ce) {
 		t.Errorf("Begin with an unreachable server = %v, want a *pgconn.ConnectError", err)
 	}
 

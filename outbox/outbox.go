@@ -50,7 +50,7 @@ type Config struct {
 // Outbox enqueues messages into durable_outbox in the caller's transactions.
 // It is safe for concurrent use.
 type Outbox[TTx any] struct {
-	d        dialects.Dialect[TTx]
+	d        dialects.Enqueuer[TTx]
 	notifier dialects.Notifier[TTx] // nil unless Config.Notify
 	lim      limits
 	newID    func() (string, error)
@@ -62,7 +62,7 @@ type Outbox[TTx any] struct {
 // New returns an Outbox writing through d. It does no I/O; call CheckSchema
 // to verify the migrations at startup (Enqueue against an unmigrated database
 // fails with ErrSchema anyway).
-func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Outbox[TTx], error) {
+func New[TTx any](d dialects.Enqueuer[TTx], cfg *Config) (*Outbox[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable/outbox: New needs a dialect")
 	}
@@ -128,8 +128,8 @@ func (o *Outbox[TTx]) CheckSchema(ctx context.Context) error {
 	return o.d.CheckSchema(ctx)
 }
 
-// Dialect returns the dialect the outbox writes through.
-func (o *Outbox[TTx]) Dialect() dialects.Dialect[TTx] { return o.d }
+// Dialect returns the dialect the outbox writes through, as New took it.
+func (o *Outbox[TTx]) Dialect() dialects.Enqueuer[TTx] { return o.d }
 
 // Enqueue writes msgs to the outbox in tx, the caller's transaction: they are
 // sent once tx commits, and never if it rolls back. Enqueue does not commit.

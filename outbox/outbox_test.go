@@ -51,7 +51,7 @@ func msg(i int) *outbox.Message {
 func enqueueTx[TTx any](t *testing.T, ob *outbox.Outbox[TTx], commit bool, msgs ...*outbox.Message) error {
 	t.Helper()
 	ctx := ctxT(t)
-	d := ob.Dialect()
+	d := ob.Dialect().(dialects.TxBeginner[TTx])
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		t.Fatalf("Begin: %v", err)

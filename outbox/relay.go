@@ -331,8 +331,8 @@ func defaultRelayID() string {
 // batches in flight finish (up to DrainTimeout), releases what it claimed
 // and did not send, and returns nil. The Senders stay open: the caller
 // closes them after Run returned.
-type Relay[TTx any] struct {
-	d       dialects.Dialect[TTx]
+type Relay struct {
+	d       dialects.RelayStore
 	core    *relayCore
 	running atomic.Bool
 }
@@ -340,7 +340,7 @@ type Relay[TTx any] struct {
 // NewRelay returns a relay for the outbox of d that sends each destination's
 // rows through senders[destination]. A nil cfg gives the defaults. NewRelay
 // does no I/O; Run checks the schema.
-func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *RelayConfig) (*Relay[TTx], error) {
+func NewRelay(d dialects.RelayStore, senders map[string]transport.Sender, cfg *RelayConfig) (*Relay, error) {
 	if d == nil {
 		return nil, errors.New("durable/outbox: NewRelay needs a dialect")
 	}
@@ -381,7 +381,7 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 		}
 		core.lanes[dest] = newLane(core, dest, s)
 	}
-	return &Relay[TTx]{d: d, core: core}, nil
+	return &Relay{d: d, core: core}, nil
 }
 
 // Run checks the schema, then relays until ctx is cancelled. It then drains
@@ -393,7 +393,7 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 // (schema missing or older, authentication failed, unknown database), or
 // the relay is running already. A relay may be run again after Run
 // returned.
-func (r *Relay[TTx]) Run(ctx context.Context) error {
+func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("durable/outbox: Relay.Run called while the relay is running")
 	}
@@ -451,7 +451,7 @@ type DestinationStats struct {
 // dead letters per destination (one query that reads every unsent row and
 // counts the outbox's dead letters). It may be called at
 // any time, also while Run is not running.
-func (r *Relay[TTx]) Stats(ctx context.Context) (RelayStats, error) {
+func (r *Relay) Stats(ctx context.Context) (RelayStats, error) {
 	return r.core.stats(ctx)
 }
 
@@ -459,7 +459,7 @@ func (r *Relay[TTx]) Stats(ctx context.Context) (RelayStats, error) {
 // of Enqueue in this process does ("" wakes every destination): for rows
 // that became claimable by other means, such as the claims of a stopped
 // process released by a durable.Node. It may be called any time.
-func (r *Relay[TTx]) Wake(destination string) {
+func (r *Relay) Wake(destination string) {
 	r.core.wake(destination, false)
 }
 

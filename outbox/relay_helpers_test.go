@@ -290,7 +290,7 @@ func countClaims[TTx any](d dialects.Dialect[TTx]) (dialects.Dialect[TTx], *atom
 	return c, &c.claims
 }
 
-func newRelay[TTx any](t testing.TB, d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *outbox.RelayConfig) *outbox.Relay[TTx] {
+func newRelay[TTx any](t testing.TB, d dialects.Dialect[TTx], senders map[string]transport.Sender, cfg *outbox.RelayConfig) *outbox.Relay {
 	t.Helper()
 	r, err := outbox.NewRelay(d, senders, cfg)
 	if err != nil {
@@ -301,7 +301,7 @@ func newRelay[TTx any](t testing.TB, d dialects.Dialect[TTx], senders map[string
 
 // start runs r until the returned stop is called (or the test ends); stop
 // waits for Run and fails the test unless it returned nil.
-func start[TTx any](t testing.TB, r *outbox.Relay[TTx]) (stop func()) {
+func start(t testing.TB, r *outbox.Relay) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -320,7 +320,7 @@ func TestRelayTwoRelays(t *testing.T) {
 	srv := startServer(t, rcv)
 	ob := newOutbox(t, d1, &outbox.Config{Notify: true})
 	var (
-		relays []*outbox.Relay[pgxTx]
+		relays []*outbox.Relay
 		stops  []func()
 	)
 	for i, d := range []*postgres.Dialect{d1, d2} {

@@ -12,6 +12,11 @@
 // The suite covers every storage operation of dialects.Dialect and is
 // extended whenever the contract grows. Harness.OpenUnmigrated is used only
 // by the subtests that check the schema errors.
+//
+// A dialect outside this module can run the suite, but passing it does not
+// bring that dialect under durable's compatibility promise: Dialect may
+// gain methods in a minor release (see "Outside implementations" in package
+// dialects).
 package dialecttest
 
 import (
