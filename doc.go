@@ -9,7 +9,7 @@
 //
 // A Node wires the parts together for one service:
 //
-//	node, err := durable.NewNode(postgres.New(pool), durable.Config[pgx.Tx]{
+//	node, err := durable.NewNode(postgres.New(pool), &durable.Config[pgx.Tx]{
 //		Name:   "orders",
 //		Listen: ":7400",
 //		Secret: secret,

@@ -31,7 +31,7 @@ func TestNodePeerAddr(t *testing.T) {
 		{"billing.invalid:7400", nil}, // NewNode does no I/O: the name is looked up when connecting
 		{"billing:http", nil},         // a service name is a port to net.Dial
 	} {
-		n, err := durable.NewNode(d, durable.Config[*sql.Tx]{
+		n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{
 			Name: "orders", Secret: secret, Peers: map[string]durable.Peer{"billing": {Addr: c.addr}},
 		})
 		if c.want == nil {

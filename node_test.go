@@ -94,7 +94,7 @@ func openSQLite(t *testing.T) (*sql.DB, *sqlite.Dialect) {
 			t.Fatal(err)
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func listener(t *testing.T) net.Listener {
 // fastConfig shortens the polling and retry intervals for tests, and lengthens the timeouts
 // of legitimate work (handshakes, sends) so that a loaded machine does not make a test's run
 // differ from the one it counts on (a send that times out is sent again, for one).
-func fastConfig[TTx any](c durable.Config[TTx]) durable.Config[TTx] {
+func fastConfig[TTx any](c durable.Config[TTx]) *durable.Config[TTx] {
 	c.Secret = secret
 	c.Relay.PollInterval = 50 * time.Millisecond
 	c.Inbox.PollInterval = 50 * time.Millisecond
@@ -128,7 +128,7 @@ func fastConfig[TTx any](c durable.Config[TTx]) durable.Config[TTx] {
 	if c.Server.AuthTimeout == 0 {
 		c.Server.AuthTimeout = time.Minute
 	}
-	return c
+	return &c
 }
 
 // runNode runs n until the test ends and fails the test if Run fails.
@@ -343,15 +343,15 @@ func TestNodeConfig(t *testing.T) {
 		{"listener without authentication", durable.Config[*sql.Tx]{Name: "a", Listen: "127.0.0.1:0"}},
 	}
 	for _, c := range cases {
-		if _, err := durable.NewNode[*sql.Tx](d, c.cfg); err == nil {
+		if _, err := durable.NewNode[*sql.Tx](d, &c.cfg); err == nil {
 			t.Errorf("%s: NewNode succeeded", c.name)
 		}
 	}
-	if _, err := durable.NewNode[*sql.Tx](nil, durable.Config[*sql.Tx]{Name: "a"}); err == nil {
+	if _, err := durable.NewNode[*sql.Tx](nil, &durable.Config[*sql.Tx]{Name: "a"}); err == nil {
 		t.Error("nil dialect accepted")
 	}
 	// A receive-only node refuses to enqueue.
-	n, err := durable.NewNode(d, durable.Config[*sql.Tx]{Name: "a"})
+	n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{Name: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,11 +368,11 @@ func TestNodeUnmigrated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := durable.NewNode(d, durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
+	n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +385,7 @@ func TestNodeUnmigrated(t *testing.T) {
 // going is a graceful stop, not an error.
 func TestNodeCancelledWhileStarting(t *testing.T) {
 	_, d := openSQLite(t)
-	n, err := durable.NewNode(d, durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
+	n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
 	if err != nil {
 		t.Fatal(err)
 	}

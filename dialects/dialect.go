@@ -7,7 +7,7 @@
 //
 //	postgres.New(pool)     // Dialect[pgx.Tx]   (pgx/v5 pool)
 //	postgres.NewSQL(db)    // Dialect[*sql.Tx]  (pgx stdlib driver)
-//	sqlite.New(db)         // Dialect[*sql.Tx]  (modernc.org/sqlite)
+//	sqlite.New(db, nil)         // Dialect[*sql.Tx]  (modernc.org/sqlite)
 //
 // # One contract
 //

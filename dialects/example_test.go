@@ -29,7 +29,7 @@ func ExampleSchemaError() {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func openSQLite(t *testing.T, migrate bool) *fixture[*sql.Tx] {
 	if _, err := db.Exec(effectsTable); err != nil {
 		t.Fatal(err)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

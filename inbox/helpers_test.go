@@ -174,7 +174,7 @@ func openSQLite(t testing.TB) *fixture[*sql.Tx] {
 		r.exec(t, stmt)
 	}
 	r.exec(t, effectsTableSQLite)
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,7 +64,7 @@ var sqliteTarget = target[sqlTx]{name: "sqlite", open: func(t *testing.T, migrat
 			}
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestWrongDSN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := sqlite.New(db); err == nil || !strings.Contains(err.Error(), "unable to open") {
+	if _, err := sqlite.New(db, nil); err == nil || !strings.Contains(err.Error(), "unable to open") {
 		t.Errorf("sqlite.New on an unopenable path = %v, want the driver's open error", err)
 	}
 	plain, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "plain.db"))
@@ -168,7 +168,7 @@ func TestWrongDSN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer plain.Close()
-	if _, err := sqlite.New(plain); !errors.Is(err, sqlite.ErrDSN) {
+	if _, err := sqlite.New(plain, nil); !errors.Is(err, sqlite.ErrDSN) {
 		t.Errorf("sqlite.New without WAL/busy_timeout/_txlock = %v, want ErrDSN", err)
 	}
 }

@@ -38,7 +38,7 @@ func ExampleOutbox_Enqueue() {
 	}
 	db.Exec(`CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)`)
 
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -83,7 +83,7 @@ func ExampleRelay() {
 		schema, _ := fs.ReadFile(up, name)
 		db.Exec(string(schema))
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -168,7 +168,7 @@ func ExampleOutbox_Replay() {
 		schema, _ := fs.ReadFile(up, name)
 		db.Exec(string(schema))
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -70,7 +70,7 @@ func relayHelper() int {
 		if err != nil {
 			return fail(err)
 		}
-		d, err := sqlite.New(db)
+		d, err := sqlite.New(db, nil)
 		if err != nil {
 			return fail(err)
 		}
@@ -105,7 +105,7 @@ func TestRelayKilled(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		d, err := sqlite.New(db)
+		d, err := sqlite.New(db, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

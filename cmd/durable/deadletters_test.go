@@ -229,7 +229,7 @@ func sqliteEnv(t *testing.T) *dlEnv {
 	if _, err := db.Exec(`CREATE TABLE cli_effects (source TEXT NOT NULL, id TEXT NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
