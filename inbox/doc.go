@@ -9,7 +9,7 @@
 //		_, err := tx.Exec(ctx, `INSERT INTO invoices (order_id) VALUES ($1)`, orderID(m))
 //		return err // nil: done; an error: retried with backoff; inbox.Permanent(err): dead letter now
 //	})
-//	srv, err := tcp.NewServer(ib, tcp.ServerConfig{...}) // the transport stores batches with ib.Deliver
+//	srv, err := tcp.NewServer(ib, &tcp.ServerConfig{...}) // the transport stores batches with ib.Deliver
 //	...
 //	err = ib.Run(ctx) // workers, until ctx ends
 //

@@ -29,7 +29,7 @@
 // that expires before it could be sent, goes to durable_dead_letters (side
 // "outbox") with the reason and the error.
 //
-//	billing, err := tcp.NewClient("billing.internal:7400", tcp.ClientConfig{NodeID: "shop", TLS: tlsConfig})
+//	billing, err := tcp.NewClient("billing.internal:7400", &tcp.ClientConfig{NodeID: "shop", TLS: tlsConfig})
 //	...
 //	relay, err := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing},
 //		&outbox.RelayConfig{Outbox: ob}) // Enqueue in this process wakes the relay

@@ -98,14 +98,14 @@ func ExampleRelay() {
 			received <- e
 		}
 		return transport.Result{}, nil // stored: acknowledge the batch
-	}), tcp.ServerConfig{Insecure: true, Logger: quiet})
+	}), &tcp.ServerConfig{Insecure: true, Logger: quiet})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	defer func() { srv.Close(); <-served }()
 
 	// The relay: one Sender per destination; Outbox wakes it on Enqueue.
-	billing, _ := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{NodeID: "shop", Logger: quiet})
+	billing, _ := tcp.NewClient(ln.Addr().String(), &tcp.ClientConfig{NodeID: "shop", Logger: quiet})
 	defer billing.Close(ctx)
 	relay, err := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing}, &outbox.RelayConfig{
 		Outbox: ob,
@@ -186,13 +186,13 @@ func ExampleOutbox_Replay() {
 		}
 		received <- b.Envelopes[0]
 		return transport.Result{}, nil
-	}), tcp.ServerConfig{Insecure: true, Logger: quiet})
+	}), &tcp.ServerConfig{Insecure: true, Logger: quiet})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	defer func() { srv.Close(); <-served }()
 
-	billing, _ := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{NodeID: "shop", Logger: quiet})
+	billing, _ := tcp.NewClient(ln.Addr().String(), &tcp.ClientConfig{NodeID: "shop", Logger: quiet})
 	defer billing.Close(ctx)
 	relay, _ := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing}, &outbox.RelayConfig{Outbox: ob, Logger: quiet})
 	runCtx, stop := context.WithCancel(ctx)

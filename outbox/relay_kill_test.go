@@ -41,7 +41,7 @@ func relayHelper() int {
 		fmt.Fprintln(os.Stderr, "relay helper:", err)
 		return 2
 	}
-	client, err := tcp.NewClient(os.Getenv(helperAddr), tcp.ClientConfig{NodeID: "killed", Logger: quiet})
+	client, err := tcp.NewClient(os.Getenv(helperAddr), &tcp.ClientConfig{NodeID: "killed", Logger: quiet})
 	if err != nil {
 		return fail(err)
 	}

@@ -589,7 +589,7 @@ func testRejections[TTx any](t *testing.T, tg target[TTx]) {
 		return res, nil
 	}
 	srv := startServer(t, rcv)
-	small, err := tcp.NewClient(srv.addr, tcp.ClientConfig{NodeID: "sender", Logger: quiet, MaxFrameSize: tcp.MinMaxFrameSize})
+	small, err := tcp.NewClient(srv.addr, &tcp.ClientConfig{NodeID: "sender", Logger: quiet, MaxFrameSize: tcp.MinMaxFrameSize})
 	if err != nil {
 		t.Fatal(err)
 	}
