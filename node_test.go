@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
 
@@ -99,6 +100,16 @@ func openSQLite(t *testing.T) (*sql.DB, *sqlite.Dialect) {
 		t.Fatal(err)
 	}
 	return db, d
+}
+
+// openPostgres is postgres.New(pool, nil), failing t on an error.
+func openPostgres(t *testing.T, pool *pgxpool.Pool) *postgres.Dialect {
+	t.Helper()
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func listener(t *testing.T) net.Listener {
@@ -273,7 +284,7 @@ func TestNodePostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln := listener(t)
-	billing, err := durable.NewNode(postgres.New(billingPool), fastConfig(durable.Config[pgx.Tx]{Name: "billing", Listener: ln}))
+	billing, err := durable.NewNode(openPostgres(t, billingPool), fastConfig(durable.Config[pgx.Tx]{Name: "billing", Listener: ln}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +297,7 @@ func TestNodePostgres(t *testing.T) {
 		Peers: map[string]durable.Peer{"billing": {Addr: ln.Addr().String()}},
 	})
 	cfg.Outbox.Notify = true
-	orders, err := durable.NewNode(postgres.New(ordersPool), cfg)
+	orders, err := durable.NewNode(openPostgres(t, ordersPool), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +471,7 @@ func TestNodeWaitsForDatabase(t *testing.T) {
 	pool := testdb.OpenPostgres(t, viaLate.String(), false)
 
 	waits := &countLog{sub: "the database does not answer"}
-	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "late", Listener: listener(t), Logger: slog.New(waits)}))
+	n, err := durable.NewNode(openPostgres(t, pool), fastConfig(durable.Config[pgx.Tx]{Name: "late", Listener: listener(t), Logger: slog.New(waits)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +511,7 @@ func TestNodeWaitsForDatabase(t *testing.T) {
 func TestNodeStartTimeout(t *testing.T) {
 	pool, _ := testdb.UnreachablePostgres(t)
 	cfg := fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), StartTimeout: 300 * time.Millisecond})
-	n, err := durable.NewNode(postgres.New(pool), cfg)
+	n, err := durable.NewNode(openPostgres(t, pool), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,7 +540,7 @@ func TestNodeWrongDatabase(t *testing.T) {
 	base.Path = "/durable_no_such_database"
 	pool := testdb.OpenPostgres(t, base.String(), false)
 	waits := &countLog{sub: "the database does not answer"}
-	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), Logger: slog.New(waits)}))
+	n, err := durable.NewNode(openPostgres(t, pool), fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), Logger: slog.New(waits)}))
 	if err != nil {
 		t.Fatal(err)
 	}

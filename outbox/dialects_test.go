@@ -31,8 +31,18 @@ type (
 
 var pgxTarget = target[pgxTx]{name: "postgres-pgx", open: func(t *testing.T, migrated bool) dialects.Dialect[pgxTx] {
 	pool, _ := testdb.PostgresPool(t, migrated)
-	return postgres.New(pool)
+	return pgDialect(t, pool)
 }}
+
+// pgDialect is postgres.New(pool, nil), failing t on an error.
+func pgDialect(t testing.TB, pool *pgxpool.Pool) *postgres.Dialect {
+	t.Helper()
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
 
 var pgSQLTarget = target[sqlTx]{name: "postgres-sql", open: func(t *testing.T, migrated bool) dialects.Dialect[sqlTx] {
 	u, _ := testdb.PostgresSchema(t)
@@ -48,7 +58,11 @@ var pgSQLTarget = target[sqlTx]{name: "postgres-sql", open: func(t *testing.T, m
 			}
 		}
 	}
-	return postgres.NewSQL(db)
+	d, err := postgres.NewSQL(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }}
 
 var sqliteTarget = target[sqlTx]{name: "sqlite", open: func(t *testing.T, migrated bool) dialects.Dialect[sqlTx] {
@@ -84,7 +98,7 @@ func TestNotifyAtCommit(t *testing.T) {
 	if _, err := conn.Exec(ctx, "LISTEN "+postgres.OutboxChannel); err != nil {
 		t.Fatal(err)
 	}
-	ob := newOutbox(t, postgres.New(pool), &outbox.Config{Notify: true})
+	ob := newOutbox(t, pgDialect(t, pool), &outbox.Config{Notify: true})
 	// The channel is shared by every schema on the server, and other tests
 	// notify too: use destination names no one else uses.
 	_, schema := testdb.PostgresSchema(t)
@@ -145,7 +159,7 @@ func TestWrongDSN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	ob := newOutbox(t, postgres.New(pool), nil)
+	ob := newOutbox(t, pgDialect(t, pool), nil)
 	err = ob.CheckSchema(ctx)
 	var ce *pgconn.ConnectError
 	if !errors.As(err, &ce) || errors.Is(err, outbox.ErrSchema) {

@@ -253,7 +253,11 @@ func postgresEnv(t *testing.T) *dlEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return seedEnv(t, postgres.New(pool), []string{"--dsn", dsn}, postgresTarget(cfg, ""),
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seedEnv(t, d, []string{"--dsn", dsn}, postgresTarget(cfg, ""),
 		func(ctx context.Context, tx pgx.Tx, source, id string) error {
 			_, err := tx.Exec(ctx, `INSERT INTO cli_effects (source, id) VALUES ($1, $2)`, source, id)
 			return err
