@@ -9,7 +9,9 @@
 //
 // A Node wires the parts together for one service:
 //
-//	node, err := durable.NewNode(postgres.New(pool), &durable.Config[pgx.Tx]{
+//	d, err := postgres.New(pool, nil) // or sqlite.New(db, nil), with *sql.Tx for pgx.Tx
+//	...
+//	node, err := durable.NewNode(d, &durable.Config[pgx.Tx]{
 //		Name:   "orders",
 //		Listen: ":7400",
 //		Secret: secret,

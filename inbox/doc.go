@@ -3,7 +3,9 @@
 // that hand each message to its handler inside the transaction that marks it
 // done.
 //
-//	ib, err := inbox.New(postgres.New(pool), &inbox.Config{Concurrency: 8})
+//	d, err := postgres.New(pool, nil)
+//	...
+//	ib, err := inbox.New(d, &inbox.Config{Concurrency: 8})
 //	...
 //	ib.HandleFunc("order.placed", func(ctx context.Context, tx pgx.Tx, m *inbox.Message) error {
 //		_, err := tx.Exec(ctx, `INSERT INTO invoices (order_id) VALUES ($1)`, orderID(m))

@@ -3,7 +3,9 @@
 // message exists if and only if that transaction commits, and a Relay sends
 // the committed messages to their destinations.
 //
-//	ob, err := outbox.New(postgres.New(pool), nil)
+//	d, err := postgres.New(pool, nil)
+//	...
+//	ob, err := outbox.New(d, nil)
 //	...
 //	tx, _ := pool.Begin(ctx)
 //	tx.Exec(ctx, `INSERT INTO orders (id, total) VALUES ($1, $2)`, id, total)
