@@ -47,9 +47,9 @@
 //
 // By default the durable tables are found through the connection's
 // search_path, exactly where the migrations created them. [Config].Schema
-// names a schema instead, and every statement then qualifies the tables with it, so
-// durable can live in its own schema without touching search_path; run the
-// migrations with that schema first on the search_path (for example
+// names a schema instead, and every statement then qualifies the tables with
+// it, so durable can live in its own schema without touching search_path; run
+// the migrations with that schema first on the search_path (for example
 // ?search_path=durable in the migration tool's DSN).
 //
 // # Errors

@@ -27,8 +27,8 @@ const name = "postgres"
 // the payload is the destination's name. Notifications are hints: a relay
 // still polls, because a notification is lost while it is disconnected and
 // does not pass through transaction-mode poolers. The channel is the same
-// whatever Config.Schema says: dialects on two schemas of one database wake each
-// other's relays, which costs a poll and nothing more.
+// whatever Config.Schema says: dialects on two schemas of one database wake
+// each other's relays, which costs a poll and nothing more.
 const OutboxChannel = "durable_outbox"
 
 // copyThreshold is the batch size from which the pgx flavour writes outbox
