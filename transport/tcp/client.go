@@ -60,7 +60,7 @@ type ClientConfig struct {
 
 	// MaxInFlight bounds the batches sent but not yet acknowledged on the connection; the
 	// server's limit from WELCOME applies too. Further Sends wait. Default
-	// DefaultClientInFlight (16).
+	// DefaultClientMaxInFlight (16).
 	MaxInFlight int
 	// MaxFrameSize is the largest frame this client sends or accepts; the server's limit from
 	// WELCOME applies too. Default DefaultMaxFrameSize (16 MiB).
@@ -131,15 +131,15 @@ func Dial(ctx context.Context, addr string, cfg *ClientConfig) (*Client, error) 
 
 // Defaults of the ClientConfig fields left zero.
 const (
-	DefaultDialTimeout      = 5 * time.Second        // ClientConfig.DialTimeout
-	DefaultHandshakeTimeout = 10 * time.Second       // ClientConfig.HandshakeTimeout
-	DefaultReadTimeout      = 45 * time.Second       // ClientConfig.ReadTimeout
-	DefaultPingInterval     = 15 * time.Second       // ClientConfig.PingInterval
-	DefaultAckTimeout       = 30 * time.Second       // ClientConfig.AckTimeout
-	DefaultClientInFlight   = 16                     // ClientConfig.MaxInFlight
-	DefaultBackoffMin       = 100 * time.Millisecond // ClientConfig.BackoffMin
-	DefaultBackoffMax       = 10 * time.Second       // ClientConfig.BackoffMax
-	DefaultBreakerThreshold = 5                      // ClientConfig.BreakerThreshold
+	DefaultDialTimeout       = 5 * time.Second        // ClientConfig.DialTimeout
+	DefaultHandshakeTimeout  = 10 * time.Second       // ClientConfig.HandshakeTimeout
+	DefaultReadTimeout       = 45 * time.Second       // ClientConfig.ReadTimeout
+	DefaultPingInterval      = 15 * time.Second       // ClientConfig.PingInterval
+	DefaultAckTimeout        = 30 * time.Second       // ClientConfig.AckTimeout
+	DefaultClientMaxInFlight = 16                     // ClientConfig.MaxInFlight
+	DefaultBackoffMin        = 100 * time.Millisecond // ClientConfig.BackoffMin
+	DefaultBackoffMax        = 10 * time.Second       // ClientConfig.BackoffMax
+	DefaultBreakerThreshold  = 5                      // ClientConfig.BreakerThreshold
 )
 
 // DefaultWriteTimeout is the default of ClientConfig.WriteTimeout and ServerConfig.WriteTimeout.
@@ -148,11 +148,14 @@ const DefaultWriteTimeout = 10 * time.Second
 // NewClient returns a Client for the server at addr ("host:port"), configured by cfg (nil:
 // every default). It validates cfg and returns an error for an invalid one; it does not keep
 // or change *cfg. It does not connect; the first Send or Ping does.
-func NewClient(addr string, config *ClientConfig) (*Client, error) {
-	var cfg ClientConfig
-	if config != nil {
-		cfg = *config
+func NewClient(addr string, cfg *ClientConfig) (*Client, error) {
+	if cfg == nil {
+		cfg = new(ClientConfig)
 	}
+	return buildClient(addr, *cfg)
+}
+
+func buildClient(addr string, cfg ClientConfig) (*Client, error) {
 	cfg.NodeID = orDefault(cfg.NodeID, hostname())
 	cfg.Logger = orDefault(cfg.Logger, slog.Default())
 	cfg.DialTimeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
@@ -161,7 +164,7 @@ func NewClient(addr string, config *ClientConfig) (*Client, error) {
 	cfg.ReadTimeout = orDefault(cfg.ReadTimeout, DefaultReadTimeout)
 	cfg.PingInterval = orDefault(cfg.PingInterval, DefaultPingInterval)
 	cfg.AckTimeout = orDefault(cfg.AckTimeout, DefaultAckTimeout)
-	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, DefaultClientInFlight)
+	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, DefaultClientMaxInFlight)
 	cfg.MaxFrameSize = orDefault(cfg.MaxFrameSize, DefaultMaxFrameSize)
 	cfg.BackoffMin = orDefault(cfg.BackoffMin, DefaultBackoffMin)
 	cfg.BackoffMax = orDefault(cfg.BackoffMax, DefaultBackoffMax)

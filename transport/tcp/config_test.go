@@ -13,7 +13,7 @@ func TestConstructorConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewClient(addr, nil) = %v", err)
 	}
-	if c.cfg.DialTimeout != DefaultDialTimeout || c.cfg.MaxInFlight != DefaultClientInFlight || c.cfg.BreakerThreshold != DefaultBreakerThreshold {
+	if c.cfg.DialTimeout != DefaultDialTimeout || c.cfg.MaxInFlight != DefaultClientMaxInFlight || c.cfg.BreakerThreshold != DefaultBreakerThreshold {
 		t.Errorf("NewClient(addr, nil): config %+v, want the defaults", c.cfg)
 	}
 	c.Close(context.Background())
@@ -36,7 +36,7 @@ func TestConstructorConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.cfg.AuthTimeout != DefaultAuthTimeout || s.cfg.MaxInFlight != DefaultServerInFlight || s.cfg.MaxBatchMemory != DefaultMaxBatchMemory {
+	if s.cfg.AuthTimeout != DefaultAuthTimeout || s.cfg.MaxInFlight != DefaultServerMaxInFlight || s.cfg.MaxBatchMemory != DefaultMaxBatchMemory {
 		t.Errorf("NewServer: config %+v, want the defaults", s.cfg)
 	}
 	s.Close()

@@ -129,7 +129,7 @@ type ServerConfig struct {
 	// DefaultMaxServerBatchMemory (256 MiB).
 	MaxServerBatchMemory int
 	// MaxInFlight bounds the batches one connection may have unacknowledged; it is announced
-	// in WELCOME and a client exceeding it is disconnected. Default DefaultServerInFlight (64), at most
+	// in WELCOME and a client exceeding it is disconnected. Default DefaultServerMaxInFlight (64), at most
 	// 65535.
 	MaxInFlight int
 	// MaxFrameSize is the largest frame accepted (value of the length field); longer frames
@@ -182,19 +182,22 @@ const (
 	DefaultMaxHandshakes        = 1024            // ServerConfig.MaxHandshakes
 	DefaultMaxBatchMemory       = 64 << 20        // ServerConfig.MaxBatchMemory: 64 MiB
 	DefaultMaxServerBatchMemory = 256 << 20       // ServerConfig.MaxServerBatchMemory: 256 MiB
-	DefaultServerInFlight       = 64              // ServerConfig.MaxInFlight
+	DefaultServerMaxInFlight    = 64              // ServerConfig.MaxInFlight
 )
 
 // NewServer returns a Server that delivers batches to h, configured by cfg (nil: every
 // default, which NewServer refuses since some authentication must be chosen). It validates
 // cfg and returns an error for an invalid one; it does not keep or change *cfg.
-func NewServer(h transport.Handler, config *ServerConfig) (*Server, error) {
+func NewServer(h transport.Handler, cfg *ServerConfig) (*Server, error) {
+	if cfg == nil {
+		cfg = new(ServerConfig)
+	}
+	return newServer(h, *cfg)
+}
+
+func newServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 	if h == nil {
 		return nil, errors.New("tcp: NewServer: nil Handler")
-	}
-	var cfg ServerConfig
-	if config != nil {
-		cfg = *config
 	}
 	cfg.NodeID = orDefault(cfg.NodeID, hostname())
 	cfg.Logger = orDefault(cfg.Logger, slog.Default())
@@ -207,7 +210,7 @@ func NewServer(h transport.Handler, config *ServerConfig) (*Server, error) {
 	cfg.MaxHandshakesPerAddr = orDefault(cfg.MaxHandshakesPerAddr, cfg.MaxHandshakes)
 	cfg.MaxBatchMemory = orDefault(cfg.MaxBatchMemory, DefaultMaxBatchMemory)
 	cfg.MaxServerBatchMemory = orDefault(cfg.MaxServerBatchMemory, DefaultMaxServerBatchMemory)
-	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, DefaultServerInFlight)
+	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, DefaultServerMaxInFlight)
 	cfg.MaxFrameSize = orDefault(cfg.MaxFrameSize, DefaultMaxFrameSize)
 	switch {
 	case len(cfg.NodeID) > maxNodeIDLen:
