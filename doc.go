@@ -14,7 +14,9 @@
 //		_, err := tx.Exec(ctx, `UPDATE orders SET paid = true WHERE id = $1`, orderID(m))
 //		return err
 //	})
-//	node, err := durable.NewNode(postgres.New(pool), durable.Config[pgx.Tx]{
+//	d, err := postgres.New(pool, nil) // or sqlite.New(db, nil), with *sql.Tx for pgx.Tx
+//	...
+//	node, err := durable.NewNode(d, &durable.Config[pgx.Tx]{
 //		Name:    "orders",
 //		Listen:  ":7400",
 //		Secret:  secret,

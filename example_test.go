@@ -33,7 +33,7 @@ func openService(ctx context.Context, dir, name, table string) (*sql.DB, *sqlite
 	if _, err := db.ExecContext(ctx, table); err != nil {
 		log.Fatal(err)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -75,13 +75,13 @@ func Example() {
 		}
 		return nil
 	}))
-	b, err := durable.NewNode(billing, durable.Config[*sql.Tx]{Name: "billing", Listener: ln, Secret: secret, Handler: mux, Logger: quiet})
+	b, err := durable.NewNode(billing, &durable.Config[*sql.Tx]{Name: "billing", Listener: ln, Secret: secret, Handler: mux, Logger: quiet})
 	if err != nil {
 		log.Fatal(err)
 	}
 
 	// orders sends to billing.
-	o, err := durable.NewNode(orders, durable.Config[*sql.Tx]{
+	o, err := durable.NewNode(orders, &durable.Config[*sql.Tx]{
 		Name:   "orders",
 		Secret: secret,
 		Peers:  map[string]durable.Peer{"billing": {Addr: ln.Addr().String()}},

@@ -18,7 +18,6 @@ import (
 
 	"github.com/durable-go/durable"
 	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/internal/testport"
@@ -162,7 +161,7 @@ func TestReadyUnmigrated(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +186,7 @@ func TestReadyUnmigrated(t *testing.T) {
 // node whose database is unreachable is not.
 func TestReadyPostgres(t *testing.T) {
 	pool, _ := testdb.PostgresPool(t, true)
-	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "health", Logger: quiet}))
+	n, err := durable.NewNode(openPostgres(t, pool), fastConfig(durable.Config[pgx.Tx]{Name: "health", Logger: quiet}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +204,7 @@ func TestReadyPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer down.Close()
-	n, err = durable.NewNode(postgres.New(down), fastConfig(durable.Config[pgx.Tx]{Name: "health", Logger: quiet}))
+	n, err = durable.NewNode(openPostgres(t, down), fastConfig(durable.Config[pgx.Tx]{Name: "health", Logger: quiet}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -214,12 +214,22 @@ type Node[TTx any] struct {
 	runDone <-chan struct{}
 }
 
-// NewNode builds a node on d. It validates the configuration and creates
-// every part, but does no I/O: Run checks the schema, listens and connects.
-func NewNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx], error) {
+// NewNode builds a node on d, configured by cfg. It validates the
+// configuration and creates every part, but does no I/O: Run checks the
+// schema, listens and connects. cfg is required (its Name is): a nil cfg is
+// an error. NewNode copies *cfg and never changes it; changing *cfg later
+// does not affect the node.
+func NewNode[TTx any](d dialects.NodeDialect[TTx], cfg *Config[TTx]) (*Node[TTx], error) {
 	if d == nil {
 		return nil, errors.New("durable: NewNode needs a dialect")
 	}
+	if cfg == nil {
+		return nil, errors.New("durable: NewNode needs a *Config: its Name is required")
+	}
+	return newNode(d, *cfg)
+}
+
+func newNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx], error) {
 	if cfg.Name == "" {
 		return nil, errors.New("durable: Config.Name is required: it identifies this service to its peers")
 	}
@@ -277,7 +287,7 @@ func NewNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx],
 		if cc.TLS == nil {
 			cc.TLS = p.TLS
 		}
-		c, err := tcp.NewClient(p.Addr, cc)
+		c, err := tcp.NewClient(p.Addr, &cc)
 		if err != nil {
 			n.closeClients()
 			return nil, fmt.Errorf("durable: peer %q: %w", name, err)
@@ -342,7 +352,7 @@ func NewNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx],
 		if sc.Logger == nil {
 			sc.Logger = log
 		}
-		if n.server, err = tcp.NewServer(n.inbox, sc); err != nil {
+		if n.server, err = tcp.NewServer(n.inbox, &sc); err != nil {
 			n.closeClients()
 			return nil, fmt.Errorf("durable: server: %w", err)
 		}

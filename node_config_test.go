@@ -31,7 +31,7 @@ func TestNodePeerAddr(t *testing.T) {
 		{"billing.invalid:7400", nil}, // NewNode does no I/O: the name is looked up when connecting
 		{"billing:http", nil},         // a service name is a port to net.Dial
 	} {
-		n, err := durable.NewNode(d, durable.Config[*sql.Tx]{
+		n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{
 			Name: "orders", Secret: secret, Peers: map[string]durable.Peer{"billing": {Addr: c.addr}},
 		})
 		if c.want == nil {
@@ -51,5 +51,23 @@ func TestNodePeerAddr(t *testing.T) {
 				t.Errorf("Addr %q: NewNode = %v, want an error containing %q", c.addr, err, w)
 			}
 		}
+	}
+}
+
+// TestNodeConfigPointer: NewNode refuses a nil *Config (Name is required), and
+// works on a copy of the one it is given: the defaults it fills in do not show
+// in the caller's Config.
+func TestNodeConfigPointer(t *testing.T) {
+	_, d := openSQLite(t)
+	if _, err := durable.NewNode[*sql.Tx](d, nil); err == nil || !strings.Contains(err.Error(), "Name is required") {
+		t.Errorf("NewNode(d, nil) = %v, want an error saying Name is required", err)
+	}
+	cfg := &durable.Config[*sql.Tx]{Name: "orders", Secret: secret, Peers: map[string]durable.Peer{"billing": {Addr: "localhost:7400"}}}
+	if _, err := durable.NewNode(d, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ShutdownTimeout != 0 || cfg.Heartbeat != 0 || cfg.NodeTimeout != 0 || cfg.Outbox.Destinations != nil ||
+		cfg.Client.NodeID != "" || cfg.Inbox.Name != "" || cfg.Relay.Outbox != nil {
+		t.Errorf("NewNode changed the caller's Config: %+v", cfg)
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/durable-go/durable"
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/internal/testdb"
 )
 
@@ -30,7 +29,7 @@ func TestNodeBadCredentials(t *testing.T) {
 	base.User = url.User("durable_no_such_role")
 	pool := testdb.OpenPostgres(t, base.String(), false)
 	waits := &countLog{sub: "the database does not answer"}
-	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), Logger: slog.New(waits)}))
+	n, err := durable.NewNode(openPostgres(t, pool), fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), Logger: slog.New(waits)}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
 
@@ -94,11 +95,21 @@ func openSQLite(t *testing.T) (*sql.DB, *sqlite.Dialect) {
 			t.Fatal(err)
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return db, d
+}
+
+// openPostgres is postgres.New(pool, nil), failing t on an error.
+func openPostgres(t *testing.T, pool *pgxpool.Pool) *postgres.Dialect {
+	t.Helper()
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func listener(t *testing.T) net.Listener {
@@ -113,7 +124,7 @@ func listener(t *testing.T) net.Listener {
 // fastConfig shortens the polling and retry intervals for tests, and lengthens the timeouts
 // of legitimate work (handshakes, sends) so that a loaded machine does not make a test's run
 // differ from the one it counts on (a send that times out is sent again, for one).
-func fastConfig[TTx any](c durable.Config[TTx]) durable.Config[TTx] {
+func fastConfig[TTx any](c durable.Config[TTx]) *durable.Config[TTx] {
 	c.Secret = secret
 	c.Relay.PollInterval = 50 * time.Millisecond
 	c.Inbox.PollInterval = 50 * time.Millisecond
@@ -128,7 +139,7 @@ func fastConfig[TTx any](c durable.Config[TTx]) durable.Config[TTx] {
 	if c.Server.AuthTimeout == 0 {
 		c.Server.AuthTimeout = time.Minute
 	}
-	return c
+	return &c
 }
 
 // runNode runs n until the test ends and fails the test if Run fails.
@@ -275,7 +286,7 @@ func TestNodePostgres(t *testing.T) {
 	}
 	ln := listener(t)
 	billingMux := inbox.NewMux[pgx.Tx]()
-	billing, err := durable.NewNode(postgres.New(billingPool), fastConfig(durable.Config[pgx.Tx]{Handler: billingMux, Name: "billing", Listener: ln}))
+	billing, err := durable.NewNode(openPostgres(t, billingPool), fastConfig(durable.Config[pgx.Tx]{Handler: billingMux, Name: "billing", Listener: ln}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +299,7 @@ func TestNodePostgres(t *testing.T) {
 		Peers: map[string]durable.Peer{"billing": {Addr: ln.Addr().String()}},
 	})
 	cfg.Outbox.Notify = true
-	orders, err := durable.NewNode(postgres.New(ordersPool), cfg)
+	orders, err := durable.NewNode(openPostgres(t, ordersPool), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,15 +356,15 @@ func TestNodeConfig(t *testing.T) {
 		{"listener without authentication", durable.Config[*sql.Tx]{Name: "a", Listen: "127.0.0.1:0"}},
 	}
 	for _, c := range cases {
-		if _, err := durable.NewNode[*sql.Tx](d, c.cfg); err == nil {
+		if _, err := durable.NewNode[*sql.Tx](d, &c.cfg); err == nil {
 			t.Errorf("%s: NewNode succeeded", c.name)
 		}
 	}
-	if _, err := durable.NewNode[*sql.Tx](nil, durable.Config[*sql.Tx]{Name: "a"}); err == nil {
+	if _, err := durable.NewNode[*sql.Tx](nil, &durable.Config[*sql.Tx]{Name: "a"}); err == nil {
 		t.Error("nil dialect accepted")
 	}
 	// A receive-only node refuses to enqueue.
-	n, err := durable.NewNode(d, durable.Config[*sql.Tx]{Name: "a"})
+	n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{Name: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,11 +381,11 @@ func TestNodeUnmigrated(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := durable.NewNode(d, durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
+	n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +398,7 @@ func TestNodeUnmigrated(t *testing.T) {
 // going is a graceful stop, not an error.
 func TestNodeCancelledWhileStarting(t *testing.T) {
 	_, d := openSQLite(t)
-	n, err := durable.NewNode(d, durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
+	n, err := durable.NewNode(d, &durable.Config[*sql.Tx]{Name: "a", Listener: listener(t), Secret: secret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,7 +473,7 @@ func TestNodeWaitsForDatabase(t *testing.T) {
 	pool := testdb.OpenPostgres(t, viaLate.String(), false)
 
 	waits := &countLog{sub: "the database does not answer"}
-	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "late", Listener: listener(t), Logger: slog.New(waits)}))
+	n, err := durable.NewNode(openPostgres(t, pool), fastConfig(durable.Config[pgx.Tx]{Name: "late", Listener: listener(t), Logger: slog.New(waits)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,7 +513,7 @@ func TestNodeWaitsForDatabase(t *testing.T) {
 func TestNodeStartTimeout(t *testing.T) {
 	pool, _ := testdb.UnreachablePostgres(t)
 	cfg := fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), StartTimeout: 300 * time.Millisecond})
-	n, err := durable.NewNode(postgres.New(pool), cfg)
+	n, err := durable.NewNode(openPostgres(t, pool), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,7 +542,7 @@ func TestNodeWrongDatabase(t *testing.T) {
 	base.Path = "/durable_no_such_database"
 	pool := testdb.OpenPostgres(t, base.String(), false)
 	waits := &countLog{sub: "the database does not answer"}
-	n, err := durable.NewNode(postgres.New(pool), fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), Logger: slog.New(waits)}))
+	n, err := durable.NewNode(openPostgres(t, pool), fastConfig(durable.Config[pgx.Tx]{Name: "a", Listener: listener(t), Logger: slog.New(waits)}))
 	if err != nil {
 		t.Fatal(err)
 	}

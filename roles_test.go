@@ -50,9 +50,9 @@ func _() {
 
 	var n1 *durable.Node[pgx.Tx]
 	var n2, n3 *durable.Node[*sql.Tx]
-	n1, _ = durable.NewNode(pgxD, durable.Config[pgx.Tx]{})
-	n2, _ = durable.NewNode(stdD, durable.Config[*sql.Tx]{})
-	n3, _ = durable.NewNode(liteD, durable.Config[*sql.Tx]{})
+	n1, _ = durable.NewNode(pgxD, &durable.Config[pgx.Tx]{})
+	n2, _ = durable.NewNode(stdD, &durable.Config[*sql.Tx]{})
+	n3, _ = durable.NewNode(liteD, &durable.Config[*sql.Tx]{})
 	_, _, _, _, _, _, _, _, _, _, _, _ = r1, r2, r3, ob1, ob2, ob3, ib1, ib2, ib3, n1, n2, n3
 
 	durabletest.RequireEnqueued(ctx, tb, pgxD, want)

@@ -60,7 +60,7 @@ func TestNodeSecretRotation(t *testing.T) {
 		var cfg durable.Config[*sql.Tx]
 		cfg.Name = name
 		cfg.Logger = slog.New(log)
-		cfg = fastConfig(cfg)
+		cfg = *fastConfig(cfg)
 		cfg.Secret, cfg.AcceptSecrets = secret, accept
 		cfg.Client.BreakerThreshold = -1
 		d := ordersD
@@ -80,7 +80,7 @@ func TestNodeSecretRotation(t *testing.T) {
 		} else {
 			cfg.Peers = map[string]durable.Peer{"billing": {Addr: addr}}
 		}
-		n, err := durable.NewNode(d, cfg)
+		n, err := durable.NewNode(d, &cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

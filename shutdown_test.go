@@ -29,7 +29,7 @@ func TestNodeShutdownTimeoutBoundsRelayDrain(t *testing.T) {
 		case <-ctx.Done():
 		}
 		return transport.Result{}, errors.New("never stored")
-	}), tcp.ServerConfig{Secret: secret, Logger: quiet})
+	}), &tcp.ServerConfig{Secret: secret, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,9 +5,9 @@
 // outbox.Enqueue and inbox handlers take exactly the user's transaction type,
 // checked by the compiler:
 //
-//	postgres.New(pool)     // Dialect[pgx.Tx]   (pgx/v5 pool)
-//	postgres.NewSQL(db)    // Dialect[*sql.Tx]  (pgx stdlib driver)
-//	sqlite.New(db)         // Dialect[*sql.Tx]  (modernc.org/sqlite)
+//	postgres.New(pool, nil)  // Dialect[pgx.Tx]   (pgx/v5 pool)
+//	postgres.NewSQL(db, nil) // Dialect[*sql.Tx]  (pgx stdlib driver)
+//	sqlite.New(db, nil)      // Dialect[*sql.Tx]  (modernc.org/sqlite)
 //
 // # Roles
 //

@@ -30,7 +30,7 @@ func ExampleSchemaError() {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func ExampleEnqueuer() {
 	if _, err := migrations.Up(ctx, db, migrations.SQLite); err != nil {
 		log.Fatal(err)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

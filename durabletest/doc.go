@@ -6,7 +6,7 @@
 //
 // # Sending: what did the app enqueue?
 //
-//	d, _ := sqlite.New(db) // or postgres.New(pool): any dialect
+//	d, _ := sqlite.New(db, nil) // or postgres.New(pool, nil): any dialect
 //	ob, _ := outbox.New(d, nil)
 //	placeOrder(ctx, db, ob, order) // the code under test: business rows + ob.Enqueue in one transaction
 //	m := durabletest.RequireEnqueued(ctx, t, d, durabletest.Want{

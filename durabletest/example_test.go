@@ -60,7 +60,7 @@ func openExample() (db *sql.DB, d *sqlite.Dialect, ob *outbox.Outbox[*sql.Tx], c
 			log.Fatal(err)
 		}
 	}
-	if d, err = sqlite.New(db); err != nil {
+	if d, err = sqlite.New(db, nil); err != nil {
 		log.Fatal(err)
 	}
 	if ob, err = outbox.New(d, nil); err != nil {

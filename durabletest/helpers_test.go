@@ -68,7 +68,7 @@ func openSQLite(t *testing.T, migrate bool) *fixture[*sql.Tx] {
 	if _, err := db.Exec(effectsTable); err != nil {
 		t.Fatal(err)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,8 +82,12 @@ func openPgx(t *testing.T) *fixture[pgx.Tx] {
 	if _, err := pool.Exec(context.Background(), effectsTable); err != nil {
 		t.Fatal(err)
 	}
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &fixture[pgx.Tx]{
-		d: postgres.New(pool),
+		d: d,
 		effect: func(ctx context.Context, tx pgx.Tx, id string) error {
 			_, err := tx.Exec(ctx, `INSERT INTO effects (id) VALUES ($1)`, id)
 			return err
@@ -111,7 +115,11 @@ func openPgSQL(t *testing.T) *fixture[*sql.Tx] {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	return &fixture[*sql.Tx]{d: postgres.NewSQL(db), effect: sqlEffect("$1"), effects: sqlEffects(db, "$1")}
+	d, err := postgres.NewSQL(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture[*sql.Tx]{d: d, effect: sqlEffect("$1"), effects: sqlEffects(db, "$1")}
 }
 
 func sqlEffect(param string) func(ctx context.Context, tx *sql.Tx, id string) error {

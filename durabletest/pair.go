@@ -87,12 +87,12 @@ func NewPair[STx, RTx any](t CleanupTB, sender dialects.Dialect[STx], receiver d
 	c.Receiver.Listener = ln
 	c.Sender.Peers = map[string]durable.Peer{c.Destination: {Addr: ln.Addr().String()}}
 	p := &Pair[STx, RTx]{t: t, sd: sender, rd: receiver, source: c.Sender.Name, destination: c.Destination}
-	if p.Receiver, err = durable.NewNode(receiver, c.Receiver); err != nil {
+	if p.Receiver, err = durable.NewNode(receiver, &c.Receiver); err != nil {
 		ln.Close()
 		t.Fatalf("durabletest: NewPair: receiver: %v", err)
 		return nil
 	}
-	if p.Sender, err = durable.NewNode(sender, c.Sender); err != nil {
+	if p.Sender, err = durable.NewNode(sender, &c.Sender); err != nil {
 		ln.Close()
 		t.Fatalf("durabletest: NewPair: sender: %v", err)
 		return nil

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/transport"
 )
@@ -358,7 +357,7 @@ func TestMessageFields(t *testing.T) {
 // ends meanwhile is a graceful stop.
 func TestRunWaitsForDatabase(t *testing.T) {
 	pool, _ := testdb.UnreachablePostgres(t)
-	ib, err := New(postgres.New(pool), nil, fastConfig(t))
+	ib, err := New(pgDialect(t, pool), nil, fastConfig(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/transport"
 )
@@ -152,12 +151,12 @@ func TestThreeInstances(t *testing.T) {
 		if i == 0 {
 			db := pgxRaw{pool}
 			db.exec(t, effectsTable)
-			f = &fixture[pgx.Tx]{d: postgres.New(pool), db: db, txExec: pgxExec}
+			f = &fixture[pgx.Tx]{d: pgDialect(t, pool), db: db, txExec: pgxExec}
 		}
 		cfg := fastConfig(t)
 		cfg.Name = fmt.Sprintf("instance-%d", i)
 		mux := NewMux[pgx.Tx]()
-		ib, err := New(postgres.New(pool), mux, cfg)
+		ib, err := New(pgDialect(t, pool), mux, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,9 +8,11 @@
 //		_, err := tx.Exec(ctx, `INSERT INTO invoices (order_id) VALUES ($1)`, orderID(m))
 //		return err // nil: done; an error: retried with backoff; inbox.Permanent(err): dead letter now
 //	})
-//	ib, err := inbox.New(postgres.New(pool), mux, &inbox.Config{Concurrency: 8})
+//	d, err := postgres.New(pool, nil)
 //	...
-//	srv, err := tcp.NewServer(ib, tcp.ServerConfig{...}) // the transport stores batches with ib.Deliver
+//	ib, err := inbox.New(d, mux, &inbox.Config{Concurrency: 8})
+//	...
+//	srv, err := tcp.NewServer(ib, &tcp.ServerConfig{...}) // the transport stores batches with ib.Deliver
 //	...
 //	err = ib.Run(ctx) // workers, until ctx ends
 //

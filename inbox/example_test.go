@@ -49,7 +49,7 @@ func Example() {
 	if _, err := db.Exec(`CREATE TABLE invoices (order_id INTEGER PRIMARY KEY, total INTEGER NOT NULL)`); err != nil {
 		log.Fatal(err)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func ExampleInbox_Replay() {
 		up, _ := fs.ReadFile(fsys, name)
 		db.Exec(string(up))
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -145,7 +145,17 @@ func openPgx(t testing.TB, params string) *fixture[pgx.Tx] {
 	pool := testdb.OpenPostgres(t, u+params, true)
 	db := pgxRaw{pool}
 	db.exec(t, effectsTable)
-	return &fixture[pgx.Tx]{name: "postgres-pgx", d: postgres.New(pool), db: db, txExec: pgxExec}
+	return &fixture[pgx.Tx]{name: "postgres-pgx", d: pgDialect(t, pool), db: db, txExec: pgxExec}
+}
+
+// pgDialect is postgres.New(pool, nil), failing t on an error.
+func pgDialect(t testing.TB, pool *pgxpool.Pool) *postgres.Dialect {
+	t.Helper()
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func openPgSQL(t testing.TB) *fixture[*sql.Tx] {
@@ -160,7 +170,11 @@ func openPgSQL(t testing.TB) *fixture[*sql.Tx] {
 		r.exec(t, stmt)
 	}
 	r.exec(t, effectsTable)
-	return &fixture[*sql.Tx]{name: "postgres-sql", d: postgres.NewSQL(db), db: r, txExec: sqlExec}
+	d, err := postgres.NewSQL(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture[*sql.Tx]{name: "postgres-sql", d: d, db: r, txExec: sqlExec}
 }
 
 func openSQLite(t testing.TB) *fixture[*sql.Tx] {
@@ -174,7 +188,7 @@ func openSQLite(t testing.TB) *fixture[*sql.Tx] {
 		r.exec(t, stmt)
 	}
 	r.exec(t, effectsTableSQLite)
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

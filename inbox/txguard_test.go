@@ -11,6 +11,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/postgres"
+	"github.com/durable-go/durable/internal/pgcopy"
 )
 
 // TestHandlerCannotEndTx (pgx, found in review): a handler's Commit and Rollback of the
@@ -72,7 +73,7 @@ func TestHandlerCannotEndTx(t *testing.T) {
 
 // TestHandlerEnqueuesOnGuardedTx: a handler given the guarded pgx transaction still enqueues
 // onward messages in it, by a plain insert and by COPY inside a savepoint (from
-// postgres.CopyThreshold rows on), and they commit with the message's completion.
+// pgcopy.Threshold rows on), and they commit with the message's completion.
 func TestHandlerEnqueuesOnGuardedTx(t *testing.T) {
 	f := openPgx(t, "")
 	d := f.d.(*postgres.Dialect)
@@ -81,7 +82,7 @@ func TestHandlerEnqueuesOnGuardedTx(t *testing.T) {
 		if _, ok := tx.(interface{ Conn() *pgx.Conn }); !ok {
 			return errors.New("no Conn")
 		}
-		rows := make([]dialects.OutboxRow, postgres.CopyThreshold)
+		rows := make([]dialects.OutboxRow, pgcopy.Threshold)
 		for i := range rows {
 			rows[i] = dialects.OutboxRow{ID: fmt.Sprintf("%s-%d", m.ID, i), Destination: "next", Topic: "t", Payload: []byte("x")}
 		}
@@ -95,7 +96,7 @@ func TestHandlerEnqueuesOnGuardedTx(t *testing.T) {
 	if st := settled(t, ib, 60*time.Second); st.Handled != 1 {
 		t.Fatalf("stats %+v, want 1 handled", st)
 	}
-	if n := f.db.int(t, `SELECT count(*) FROM durable_outbox WHERE destination = 'next'`); n != int64(postgres.CopyThreshold) {
-		t.Fatalf("%d onward messages committed, want %d", n, postgres.CopyThreshold)
+	if n := f.db.int(t, `SELECT count(*) FROM durable_outbox WHERE destination = 'next'`); n != int64(pgcopy.Threshold) {
+		t.Fatalf("%d onward messages committed, want %d", n, pgcopy.Threshold)
 	}
 }

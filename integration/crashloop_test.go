@@ -42,7 +42,7 @@ func TestKillingHandler(t *testing.T) {
 
 	// The messages, committed before anything runs: normal ones and one
 	// killer, in one transaction, so that they travel in one batch.
-	d, err := sqlite.New(orders.db)
+	d, err := sqlite.New(orders.db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

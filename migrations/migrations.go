@@ -27,7 +27,7 @@
 // the connection's current schema, the first of its search_path. To keep
 // durable in a schema of its own, create the schema, add search_path=name to
 // the DSN you migrate with, and give the dialect the same schema (through
-// search_path or postgres.WithSchema).
+// search_path or postgres.Config.Schema).
 //
 // # Without a tool
 //

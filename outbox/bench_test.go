@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/outbox"
 )
@@ -43,7 +42,7 @@ func BenchmarkEnqueuePostgres16(b *testing.B) {
 		})
 	})
 	b.Run("enqueue-commit", func(b *testing.B) {
-		ob, err := outbox.New(postgres.New(pool), nil)
+		ob, err := outbox.New(pgDialect(b, pool), nil)
 		if err != nil {
 			b.Fatal(err)
 		}

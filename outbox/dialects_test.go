@@ -31,8 +31,18 @@ type (
 
 var pgxTarget = target[pgxTx]{name: "postgres-pgx", open: func(t *testing.T, migrated bool) dialects.Dialect[pgxTx] {
 	pool, _ := testdb.PostgresPool(t, migrated)
-	return postgres.New(pool)
+	return pgDialect(t, pool)
 }}
+
+// pgDialect is postgres.New(pool, nil), failing t on an error.
+func pgDialect(t testing.TB, pool *pgxpool.Pool) *postgres.Dialect {
+	t.Helper()
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
 
 var pgSQLTarget = target[sqlTx]{name: "postgres-sql", open: func(t *testing.T, migrated bool) dialects.Dialect[sqlTx] {
 	u, _ := testdb.PostgresSchema(t)
@@ -48,7 +58,11 @@ var pgSQLTarget = target[sqlTx]{name: "postgres-sql", open: func(t *testing.T, m
 			}
 		}
 	}
-	return postgres.NewSQL(db)
+	d, err := postgres.NewSQL(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }}
 
 var sqliteTarget = target[sqlTx]{name: "sqlite", open: func(t *testing.T, migrated bool) dialects.Dialect[sqlTx] {
@@ -64,7 +78,7 @@ var sqliteTarget = target[sqlTx]{name: "sqlite", open: func(t *testing.T, migrat
 			}
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +98,7 @@ func TestNotifyAtCommit(t *testing.T) {
 	if _, err := conn.Exec(ctx, "LISTEN "+postgres.OutboxChannel); err != nil {
 		t.Fatal(err)
 	}
-	ob := newOutbox(t, postgres.New(pool), &outbox.Config{Notify: true})
+	ob := newOutbox(t, pgDialect(t, pool), &outbox.Config{Notify: true})
 	// The channel is shared by every schema on the server, and other tests
 	// notify too: use destination names no one else uses.
 	_, schema := testdb.PostgresSchema(t)
@@ -145,7 +159,7 @@ func TestWrongDSN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	ob := newOutbox(t, postgres.New(pool), nil)
+	ob := newOutbox(t, pgDialect(t, pool), nil)
 	err = ob.CheckSchema(ctx)
 	var ce *pgconn.ConnectError
 	if !errors.As(err, &ce) || errors.Is(err, outbox.ErrSchema) {
@@ -160,7 +174,7 @@ func TestWrongDSN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := sqlite.New(db); err == nil || !strings.Contains(err.Error(), "unable to open") {
+	if _, err := sqlite.New(db, nil); err == nil || !strings.Contains(err.Error(), "unable to open") {
 		t.Errorf("sqlite.New on an unopenable path = %v, want the driver's open error", err)
 	}
 	plain, err := sql.Open("sqlite", filepath.Join(t.TempDir(), "plain.db"))
@@ -168,7 +182,7 @@ func TestWrongDSN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer plain.Close()
-	if _, err := sqlite.New(plain); !errors.Is(err, sqlite.ErrDSN) {
+	if _, err := sqlite.New(plain, nil); !errors.Is(err, sqlite.ErrDSN) {
 		t.Errorf("sqlite.New without WAL/busy_timeout/_txlock = %v, want ErrDSN", err)
 	}
 }

@@ -3,7 +3,9 @@
 // message exists if and only if that transaction commits, and a Relay sends
 // the committed messages to their destinations.
 //
-//	ob, err := outbox.New(postgres.New(pool), nil)
+//	d, err := postgres.New(pool, nil)
+//	...
+//	ob, err := outbox.New(d, nil)
 //	...
 //	tx, _ := pool.Begin(ctx)
 //	tx.Exec(ctx, `INSERT INTO orders (id, total) VALUES ($1, $2)`, id, total)
@@ -29,7 +31,7 @@
 // that expires before it could be sent, goes to durable_dead_letters (side
 // "outbox") with the reason and the error.
 //
-//	billing, err := tcp.NewClient("billing.internal:7400", tcp.ClientConfig{NodeID: "shop", TLS: tlsConfig})
+//	billing, err := tcp.NewClient("billing.internal:7400", &tcp.ClientConfig{NodeID: "shop", TLS: tlsConfig})
 //	...
 //	relay, err := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing},
 //		&outbox.RelayConfig{Outbox: ob}) // Enqueue in this process wakes the relay

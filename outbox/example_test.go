@@ -38,7 +38,7 @@ func ExampleOutbox_Enqueue() {
 	}
 	db.Exec(`CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)`)
 
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -83,7 +83,7 @@ func ExampleRelay() {
 		schema, _ := fs.ReadFile(up, name)
 		db.Exec(string(schema))
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -98,14 +98,14 @@ func ExampleRelay() {
 			received <- e
 		}
 		return transport.Result{}, nil // stored: acknowledge the batch
-	}), tcp.ServerConfig{Insecure: true, Logger: quiet})
+	}), &tcp.ServerConfig{Insecure: true, Logger: quiet})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	defer func() { srv.Close(); <-served }()
 
 	// The relay: one Sender per destination; Outbox wakes it on Enqueue.
-	billing, _ := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{NodeID: "shop", Logger: quiet})
+	billing, _ := tcp.NewClient(ln.Addr().String(), &tcp.ClientConfig{NodeID: "shop", Logger: quiet})
 	defer billing.Close(ctx)
 	relay, err := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing}, &outbox.RelayConfig{
 		Outbox: ob,
@@ -168,7 +168,7 @@ func ExampleOutbox_Replay() {
 		schema, _ := fs.ReadFile(up, name)
 		db.Exec(string(schema))
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -186,13 +186,13 @@ func ExampleOutbox_Replay() {
 		}
 		received <- b.Envelopes[0]
 		return transport.Result{}, nil
-	}), tcp.ServerConfig{Insecure: true, Logger: quiet})
+	}), &tcp.ServerConfig{Insecure: true, Logger: quiet})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	defer func() { srv.Close(); <-served }()
 
-	billing, _ := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{NodeID: "shop", Logger: quiet})
+	billing, _ := tcp.NewClient(ln.Addr().String(), &tcp.ClientConfig{NodeID: "shop", Logger: quiet})
 	defer billing.Close(ctx)
 	relay, _ := outbox.NewRelay(d, map[string]transport.Sender{"billing": billing}, &outbox.RelayConfig{Outbox: ob, Logger: quiet})
 	runCtx, stop := context.WithCancel(ctx)

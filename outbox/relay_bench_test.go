@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/migrations"
@@ -58,7 +57,7 @@ func BenchmarkRelayLatency(b *testing.B) {
 	for _, mode := range []string{"notify", "in-process"} {
 		b.Run(mode, func(b *testing.B) {
 			pool, _ := testdb.PostgresPool(b, true)
-			d := postgres.New(pool)
+			d := pgDialect(b, pool)
 			ob, err := outbox.New(d, &outbox.Config{Notify: mode == "notify"})
 			if err != nil {
 				b.Fatal(err)
@@ -120,7 +119,7 @@ func BenchmarkRelayLatency(b *testing.B) {
 func BenchmarkRelayThroughput(b *testing.B) {
 	b.Run("postgres", func(b *testing.B) {
 		u, _ := testdb.PostgresSchema(b)
-		benchThroughput(b, dialects.Dialect[pgxTx](postgres.New(testdb.OpenPostgres(b, u+"&pool_max_conns=8", true))))
+		benchThroughput(b, dialects.Dialect[pgxTx](pgDialect(b, testdb.OpenPostgres(b, u+"&pool_max_conns=8", true))))
 	})
 	b.Run("sqlite", func(b *testing.B) {
 		db, err := sql.Open("sqlite", sqlite.DSN(testdb.SQLitePath(b)))
@@ -133,7 +132,7 @@ func BenchmarkRelayThroughput(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		d, err := sqlite.New(db)
+		d, err := sqlite.New(db, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

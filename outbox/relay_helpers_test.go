@@ -187,7 +187,7 @@ func startServer(t testing.TB, h transport.Handler) *server {
 
 func serveOn(t testing.TB, ln net.Listener, h transport.Handler) *server {
 	t.Helper()
-	srv, err := tcp.NewServer(h, tcp.ServerConfig{NodeID: "receiver", Insecure: true, Logger: quiet})
+	srv, err := tcp.NewServer(h, &tcp.ServerConfig{NodeID: "receiver", Insecure: true, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func (s *server) close() {
 // newClient returns a tcp.Client with fast reconnects, closed at cleanup.
 func newClient(t testing.TB, addr string) *tcp.Client {
 	t.Helper()
-	c, err := tcp.NewClient(addr, tcp.ClientConfig{
+	c, err := tcp.NewClient(addr, &tcp.ClientConfig{
 		NodeID: "sender", Logger: quiet, BackoffMin: 5 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 	})
 	if err != nil {

@@ -41,7 +41,7 @@ func relayHelper() int {
 		fmt.Fprintln(os.Stderr, "relay helper:", err)
 		return 2
 	}
-	client, err := tcp.NewClient(os.Getenv(helperAddr), tcp.ClientConfig{NodeID: "killed", Logger: quiet})
+	client, err := tcp.NewClient(os.Getenv(helperAddr), &tcp.ClientConfig{NodeID: "killed", Logger: quiet})
 	if err != nil {
 		return fail(err)
 	}
@@ -60,7 +60,11 @@ func relayHelper() int {
 		if err != nil {
 			return fail(err)
 		}
-		r, err := outbox.NewRelay(postgres.New(pool), senders, cfg)
+		d, err := postgres.New(pool, nil)
+		if err != nil {
+			return fail(err)
+		}
+		r, err := outbox.NewRelay(d, senders, cfg)
 		if err != nil {
 			return fail(err)
 		}
@@ -70,7 +74,7 @@ func relayHelper() int {
 		if err != nil {
 			return fail(err)
 		}
-		d, err := sqlite.New(db)
+		d, err := sqlite.New(db, nil)
 		if err != nil {
 			return fail(err)
 		}
@@ -90,7 +94,7 @@ func relayHelper() int {
 func TestRelayKilled(t *testing.T) {
 	t.Run("postgres", func(t *testing.T) {
 		u, _ := testdb.PostgresSchema(t)
-		d := postgres.New(testdb.OpenPostgres(t, u, true))
+		d := pgDialect(t, testdb.OpenPostgres(t, u, true))
 		testKilled(t, dialects.Dialect[pgxTx](d), "postgres", u)
 	})
 	t.Run("sqlite", func(t *testing.T) {
@@ -105,7 +109,7 @@ func TestRelayKilled(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		d, err := sqlite.New(db)
+		d, err := sqlite.New(db, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

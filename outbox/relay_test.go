@@ -26,7 +26,7 @@ import (
 // transactions and the relay at once.
 var pgxWide = target[pgxTx]{name: "postgres", open: func(t *testing.T, migrated bool) dialects.Dialect[pgxTx] {
 	u, _ := testdb.PostgresSchema(t)
-	return postgres.New(testdb.OpenPostgres(t, u+"&pool_max_conns=24", migrated))
+	return pgDialect(t, testdb.OpenPostgres(t, u+"&pool_max_conns=24", migrated))
 }}
 
 // runRelayTargets runs a relay test on Postgres (pgx) and SQLite.
@@ -315,7 +315,7 @@ func TestRelayTwoRelays(t *testing.T) {
 	u, _ := testdb.PostgresSchema(t)
 	pool1 := testdb.OpenPostgres(t, u+"&pool_max_conns=12", true)
 	pool2 := testdb.OpenPostgres(t, u+"&pool_max_conns=4", false)
-	d1, d2 := postgres.New(pool1), postgres.New(pool2)
+	d1, d2 := pgDialect(t, pool1), pgDialect(t, pool2)
 	rcv := newReceiver()
 	srv := startServer(t, rcv)
 	ob := newOutbox(t, d1, &outbox.Config{Notify: true})
@@ -589,7 +589,7 @@ func testRejections[TTx any](t *testing.T, tg target[TTx]) {
 		return res, nil
 	}
 	srv := startServer(t, rcv)
-	small, err := tcp.NewClient(srv.addr, tcp.ClientConfig{NodeID: "sender", Logger: quiet, MaxFrameSize: tcp.MinMaxFrameSize})
+	small, err := tcp.NewClient(srv.addr, &tcp.ClientConfig{NodeID: "sender", Logger: quiet, MaxFrameSize: tcp.MinMaxFrameSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -955,7 +955,7 @@ func (s signalSender) Send(context.Context, *transport.Batch) (transport.Result,
 func TestRelayWaitsForDatabase(t *testing.T) {
 	pool, _ := testdb.UnreachablePostgres(t)
 	sent := make(chan struct{}, 1)
-	r := newRelay(t, postgres.New(pool), map[string]transport.Sender{"billing": signalSender(sent)}, fastRelay(nil))
+	r := newRelay(t, pgDialect(t, pool), map[string]transport.Sender{"billing": signalSender(sent)}, fastRelay(nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
 	defer cancel()
 	start := time.Now()

@@ -226,9 +226,19 @@ func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, t ben
 		cleanup()
 		return nil, err
 	}
+	sd, err := postgres.New(sp, &postgres.Config{Schema: sName})
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	rd, err := postgres.New(rp, &postgres.Config{Schema: rName})
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
 	e := &benchEnv[pgx.Tx]{
-		sender:   &benchPGDialect{Dialect: postgres.New(sp, postgres.WithSchema(sName)), p: p},
-		receiver: &benchPGDialect{Dialect: postgres.New(rp, postgres.WithSchema(rName)), p: p},
+		sender:   &benchPGDialect{Dialect: sd, p: p},
+		receiver: &benchPGDialect{Dialect: rd, p: p},
 		begin:    func(ctx context.Context) (pgx.Tx, error) { return ap.Begin(ctx) },
 		commit:   func(ctx context.Context, tx pgx.Tx) error { return tx.Commit(ctx) },
 		rollback: func(ctx context.Context, tx pgx.Tx) { _ = tx.Rollback(ctx) },
@@ -311,7 +321,7 @@ func (s *benchSQLite) database(ctx context.Context, name string) (*sql.DB, *sqli
 			return nil, nil, fmt.Errorf("migrate %s: %w", path, err)
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		_ = db.Close()
 		return nil, nil, err

@@ -362,7 +362,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 	for _, topic := range []string{w.topic(), "bench.warmup"} {
 		mux.HandleFunc(topic, handle)
 	}
-	receiver, err := node.NewNode(env.receiver, node.Config[TTx]{
+	receiver, err := node.NewNode(env.receiver, &node.Config[TTx]{
 		Name: "bench-receiver", Listener: ln, Secret: secret, Inbox: icfg, DisableInline: !t.InboxInline, Handler: mux, Logger: logger,
 	})
 	if err != nil {
@@ -373,7 +373,7 @@ func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *bench
 	if t.RelayLingerMS < 0 {
 		linger = -1
 	}
-	sender, err := node.NewNode(env.sender, node.Config[TTx]{
+	sender, err := node.NewNode(env.sender, &node.Config[TTx]{
 		Name:   "bench-sender",
 		Peers:  map[string]node.Peer{"receiver": {Addr: ln.Addr().String()}},
 		Secret: secret,

@@ -385,13 +385,13 @@ func sqlitePath(dsn string) (path string, memory, own bool) {
 func (d *database) checkSchema(ctx context.Context) error {
 	switch d.dialect {
 	case migrations.Postgres:
-		var opts []postgres.Option
-		if d.schema != "" {
-			opts = append(opts, postgres.WithSchema(d.schema))
+		dl, err := postgres.New(d.pool, &postgres.Config{Schema: d.schema})
+		if err != nil {
+			return err
 		}
-		return postgres.New(d.pool, opts...).CheckSchema(ctx)
+		return dl.CheckSchema(ctx)
 	default:
-		dl, err := sqlite.New(d.db)
+		dl, err := sqlite.New(d.db, nil)
 		if err != nil {
 			return err
 		}

@@ -76,11 +76,10 @@ func (d *database) durable() (*durableDB, error) {
 	out := &durableDB{database: d}
 	switch d.dialect {
 	case migrations.Postgres:
-		var opts []postgres.Option
-		if d.schema != "" {
-			opts = append(opts, postgres.WithSchema(d.schema))
+		dl, err := postgres.New(d.pool, &postgres.Config{Schema: d.schema})
+		if err != nil {
+			return nil, err
 		}
-		dl := postgres.New(d.pool, opts...)
 		ib, err := inbox.New(dl, nil, cfg)
 		if err != nil {
 			return nil, err
@@ -92,7 +91,7 @@ func (d *database) durable() (*durableDB, error) {
 		out.inbox, out.outbox = ib, ob
 		out.relayer, _ = any(dl).(dialects.Relayer)
 	default:
-		dl, err := sqlite.New(d.db)
+		dl, err := sqlite.New(d.db, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -231,7 +231,7 @@ func sqliteEnv(t *testing.T) *dlEnv {
 	if _, err := db.Exec(`CREATE TABLE cli_effects (source TEXT NOT NULL, id TEXT NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +255,11 @@ func postgresEnv(t *testing.T) *dlEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return seedEnv(t, postgres.New(pool), []string{"--dsn", dsn}, postgresTarget(cfg, ""),
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seedEnv(t, d, []string{"--dsn", dsn}, postgresTarget(cfg, ""),
 		func(ctx context.Context, tx pgx.Tx, source, id string) error {
 			_, err := tx.Exec(ctx, `INSERT INTO cli_effects (source, id) VALUES ($1, $2)`, source, id)
 			return err

@@ -183,7 +183,7 @@ func (a *app) demoSQLite(ctx context.Context, o *demoOptions, p *progress) (*dem
 			return nil, err
 		}
 		dbs[i] = d
-		if dls[i], err = sqlite.New(d.db); err != nil {
+		if dls[i], err = sqlite.New(d.db, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -265,10 +265,16 @@ func (a *app) demoPostgres(ctx context.Context, o *demoOptions, p *progress) (_ 
 	}
 	where := fmt.Sprintf("Postgres %s, schemas %s and %s", strings.TrimPrefix(dbs[0].target, "postgres "), schemas[0], schemas[1])
 	where = strings.Replace(where, " (schema "+schemas[0]+")", "", 1)
+	var dls [2]*postgres.Dialect
+	for i, pool := range pools {
+		if dls[i], err = postgres.New(pool, nil); err != nil {
+			return nil, err
+		}
+	}
 	b := &demoBackend[pgx.Tx]{
 		kind:    migrations.Postgres,
-		orders:  postgres.New(pools[0]),
-		billing: postgres.New(pools[1]),
+		orders:  dls[0],
+		billing: dls[1],
 		reads:   [2]*sql.DB{stdlib.OpenDBFromPool(pools[0]), stdlib.OpenDBFromPool(pools[1])},
 		exec: func(ctx context.Context, tx pgx.Tx, q string, args ...any) error {
 			_, err := tx.Exec(ctx, q, args...)

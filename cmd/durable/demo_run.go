@@ -121,7 +121,7 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		return nil, fmt.Errorf("listen on 127.0.0.1: %w", err)
 	}
 	mux := inbox.NewMux[TTx]()
-	billing, err := lib.NewNode(b.billing, lib.Config[TTx]{
+	billing, err := lib.NewNode(b.billing, &lib.Config[TTx]{
 		Name:     "billing",
 		Listener: ln,
 		Secret:   secret,
@@ -153,7 +153,7 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		committed, _ := strconv.ParseInt(m.Headers[demoCommitHeader], 10, 64)
 		return b.exec(ctx, tx, insertInvoice, m.ID, ord.ID, ord.AmountCents, committed, started, m.Attempt)
 	}))
-	orders, err := lib.NewNode(b.orders, lib.Config[TTx]{
+	orders, err := lib.NewNode(b.orders, &lib.Config[TTx]{
 		Name:   "orders",
 		Peers:  map[string]lib.Peer{"billing": {Addr: ln.Addr().String()}},
 		Secret: secret,

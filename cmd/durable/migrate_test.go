@@ -108,7 +108,7 @@ func TestMigrateCycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		d, err := sqlite.New(db)
+		d, err := sqlite.New(db, nil)
 		if err != nil {
 			t.Fatalf("sqlite.New on the migrated file: %v", err)
 		}

@@ -28,7 +28,7 @@ func Example() {
 				t.Fatal(err)
 			}
 		}
-		d, err := sqlite.New(db)
+		d, err := sqlite.New(db, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/internal/testdb"
 )
 
@@ -34,7 +33,7 @@ func TestClaimPlanAfterEmptyStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	d := postgres.New(pool)
+	d := newPgx(t, pool, nil)
 	claim := func() []dialects.ClaimedRow {
 		t.Helper()
 		rows, err := d.ClaimOutbox(ctx, dialects.OutboxClaim{Destination: "billing", Token: "relay-a", Limit: limit, Lease: time.Minute})
@@ -102,7 +101,7 @@ func TestInsertInboxPlanAfterEmptyStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	d := postgres.New(pool)
+	d := newPgx(t, pool, nil)
 	// deliver stores n rows asked to be stored handled, the first under
 	// the key "hot", in one transaction.
 	deliver := func(id string, n int) {

@@ -17,7 +17,10 @@
 //	if err != nil {
 //		return err // a malformed DSN is reported here, by pgxpool
 //	}
-//	d := postgres.New(pool)
+//	d, err := postgres.New(pool, nil) // or &postgres.Config{Schema: "durable"}
+//	if err != nil {
+//		return err // a nil pool or an invalid Config.Schema
+//	}
 //	if err := d.CheckSchema(ctx); err != nil {
 //		return err // *dialects.SchemaError: names the missing migration
 //	}
@@ -43,13 +46,16 @@
 // # Schema
 //
 // By default the durable tables are found through the connection's
-// search_path, exactly where the migrations created them. [WithSchema] names
-// a schema instead, and every statement then qualifies the tables with it, so
-// durable can live in its own schema without touching search_path; run the
-// migrations with that schema first on the search_path (for example
+// search_path, exactly where the migrations created them. [Config].Schema
+// names a schema instead, and every statement then qualifies the tables with
+// it, so durable can live in its own schema without touching search_path; run
+// the migrations with that schema first on the search_path (for example
 // ?search_path=durable in the migration tool's DSN).
 //
 // # Errors
+//
+// New and NewSQL validate their [Config] up front: a Schema that is not a
+// valid Postgres identifier is an error matching [ErrSchemaName].
 //
 // A database where the migrations did not run (or an older one) yields a
 // *dialects.SchemaError, from [Dialect.CheckSchema] and from any statement
@@ -69,5 +75,5 @@
 // No operation issues a statement per row. InsertOutbox writes a batch with
 // one INSERT … SELECT FROM unnest(…) statement (arrays as parameters, so no
 // 65,535-parameter limit and no chunking); on the pgx flavour batches of
-// [CopyThreshold] rows or more use COPY inside a savepoint.
+// 500 rows or more use COPY inside a savepoint.
 package postgres

@@ -26,7 +26,10 @@ func ExampleNew() {
 	}
 	defer pool.Close()
 
-	d := postgres.New(pool)
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
 	if err := d.CheckSchema(ctx); err != nil {
 		log.Fatal(err) // unreachable server (pgx's error) or *dialects.SchemaError
 	}
@@ -66,7 +69,10 @@ func ExampleNewSQL() {
 	}
 	defer db.Close()
 
-	d := postgres.NewSQL(db)
+	d, err := postgres.NewSQL(db, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
 	tx, err := d.Begin(ctx)
 	if err != nil {
 		log.Fatal(err)
@@ -86,7 +92,7 @@ func ExampleNewSQL() {
 // Durable's tables in a schema of their own: the migrations ran with
 // search_path=durable, the application's connections keep their own
 // search_path.
-func ExampleWithSchema() {
+func ExampleConfig() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
@@ -94,7 +100,10 @@ func ExampleWithSchema() {
 	}
 	defer pool.Close()
 
-	d := postgres.New(pool, postgres.WithSchema("durable"))
+	d, err := postgres.New(pool, &postgres.Config{Schema: "durable"})
+	if err != nil {
+		log.Fatal(err) // an invalid schema name: errors.Is(err, postgres.ErrSchemaName)
+	}
 	if err := d.CheckSchema(ctx); err != nil {
 		var se *dialects.SchemaError
 		if errors.As(err, &se) {

@@ -23,9 +23,6 @@ import (
 // flavour calls with its transaction. See dialects.InboxStore.
 
 func (c *core) insertInbox(ctx context.Context, q querier, rows []dialects.InboxRow) ([]bool, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
 	stored := make([]bool, len(rows))
 	if len(rows) == 0 {
 		return stored, nil
@@ -142,9 +139,6 @@ func (c *core) inOwnTxBegun(ctx context.Context, begin string, fn func(q querier
 // claim an ordered index scan on stale statistics (see sqlInboxOwnTx); see
 // dialects.InboxStore.
 func (c *core) ClaimInbox(ctx context.Context, cl dialects.InboxClaim) ([]dialects.InboxRow, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
 	if cl.Token == "" || cl.Limit <= 0 || cl.Lease <= 0 {
 		return nil, errors.New("durable: postgres: claim inbox: Token, a positive Limit and a positive Lease are required")
 	}
@@ -200,9 +194,6 @@ func inboxLiteral(s string) string {
 }
 
 func (c *core) lockInbox(ctx context.Context, q querier, token string, keys []dialects.InboxKey) ([]dialects.InboxKey, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -258,9 +249,6 @@ func inboxOutcomeKind(k dialects.InboxOutcomeKind) (string, error) {
 }
 
 func (c *core) finishInbox(ctx context.Context, q querier, token string, outs []dialects.InboxOutcome) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
 	if len(outs) == 0 {
 		return 0, nil
 	}
@@ -296,9 +284,6 @@ func (c *core) RescueInbox(ctx context.Context, limit int) (int, error) {
 // PurgeInbox deletes handled rows older than age, up to limit, in a short
 // transaction with the claim's planner settings; see dialects.InboxStore.
 func (c *core) PurgeInbox(ctx context.Context, age time.Duration, limit int) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
 	if limit <= 0 {
 		return 0, errors.New("durable: postgres: purge inbox: limit must be positive")
 	}

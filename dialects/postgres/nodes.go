@@ -60,9 +60,6 @@ func (c *core) nodeStmt(stmt string) string {
 // RegisterIncarnation inserts inc into durable_nodes and returns the other
 // incarnations; see dialects.Registry.
 func (c *core) RegisterIncarnation(ctx context.Context, inc dialects.Incarnation) ([]dialects.Incarnation, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
 	if inc.ID == "" || inc.Name == "" {
 		return nil, errors.New("durable: postgres: register incarnation: ID and Name are required")
 	}
@@ -85,9 +82,6 @@ func (c *core) RegisterIncarnation(ctx context.Context, inc dialects.Incarnation
 // ListIncarnations returns the rows of durable_nodes; see
 // dialects.Registry.
 func (c *core) ListIncarnations(ctx context.Context) ([]dialects.Incarnation, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
 	rs, err := c.root.query(ctx, c.nodeStmt(sqlListIncarnations))
 	if err != nil {
 		return nil, c.opError(ctx, "list incarnations", err)
@@ -121,9 +115,6 @@ func (c *core) Heartbeat(ctx context.Context, id string) (bool, error) {
 // dialects.Registry.
 func (c *core) ReleaseIncarnation(ctx context.Context, id, reason string) (dialects.Released, error) {
 	var r dialects.Released
-	if c.err != nil {
-		return r, c.err
-	}
 	if id == "" || strings.ContainsAny(id, "/%") {
 		return r, errors.New("durable: postgres: release incarnation: the id must be non-empty, without '/' or '%'")
 	}

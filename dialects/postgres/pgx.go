@@ -15,6 +15,10 @@ import (
 
 // Dialect is the Postgres dialect over a pgx/v5 pool, with pgx.Tx as the
 // transaction type. Build it with New; it is safe for concurrent use.
+//
+// Its exported methods implement dialects.Dialect (and the optional
+// interfaces of package dialects) for durable's own packages (outbox, inbox,
+// durable.Node, migrations); they are not meant to be called directly.
 type Dialect struct {
 	pool *pgxpool.Pool
 	core
@@ -130,11 +134,20 @@ type failedRow struct{ err error }
 
 func (r failedRow) Scan(...any) error { return r.err }
 
-// New returns the dialect for pool. The pool's own configuration (DSN,
-// search_path, pool size) is used as is; see WithSchema to name the schema of
-// the durable tables instead of relying on search_path.
-func New(pool *pgxpool.Pool, opts ...Option) *Dialect {
-	return &Dialect{pool: pool, core: newCore(pgxQuerier{pool}, pgxConn(pool), opts)}
+// New returns the dialect for pool, configured by cfg (nil: the defaults).
+// The pool's own configuration (DSN, search_path, pool size) is used as is;
+// Config.Schema names the schema of the durable tables instead of relying on
+// search_path. New does no I/O; it returns an error for a nil pool and one
+// matching ErrSchemaName for an invalid Config.Schema. It does not keep cfg.
+func New(pool *pgxpool.Pool, cfg *Config) (*Dialect, error) {
+	if pool == nil {
+		return nil, errors.New("durable: postgres: New: nil pool")
+	}
+	c, err := newCore(pgxQuerier{pool}, pgxConn(pool), cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Dialect{pool: pool, core: c}, nil
 }
 
 // Begin starts a transaction on the pool.
@@ -157,7 +170,7 @@ func (d *Dialect) Rollback(ctx context.Context, tx pgx.Tx) error {
 }
 
 // InsertOutbox writes rows to durable_outbox in tx, all or nothing, in one
-// statement, or from CopyThreshold rows on with COPY inside a savepoint (one
+// statement, or from 500 rows on with COPY inside a savepoint (one
 // subtransaction per such call). A (destination, id)
 // that is already stored or repeats within rows fails the call with a
 // *dialects.DuplicateError naming the first such row; tx then holds nothing
@@ -165,13 +178,10 @@ func (d *Dialect) Rollback(ctx context.Context, tx pgx.Tx) error {
 // transaction's start), zero ExpiresAt never, nil Headers none. The delivery
 // state fields (Seq, Attempts, Locked*, LastError, SentAt) are not written.
 func (d *Dialect) InsertOutbox(ctx context.Context, tx pgx.Tx, rows []dialects.OutboxRow) error {
-	if d.err != nil {
-		return d.err
-	}
 	switch {
 	case len(rows) == 0:
 		return nil
-	case len(rows) >= CopyThreshold:
+	case len(rows) >= copyThreshold:
 		return d.copyOutbox(ctx, tx, rows)
 	default:
 		return d.insertUnnest(ctx, pgxQuerier{tx}, rows)

@@ -17,6 +17,7 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/internal/filter"
 	"github.com/durable-go/durable/dialects/internal/keyscan"
+	"github.com/durable-go/durable/internal/pgcopy"
 )
 
 // name is what Name returns and what errors report as the dialect.
@@ -26,43 +27,37 @@ const name = "postgres"
 // the payload is the destination's name. Notifications are hints: a relay
 // still polls, because a notification is lost while it is disconnected and
 // does not pass through transaction-mode poolers. The channel is the same
-// whatever WithSchema says: dialects on two schemas of one database wake each
-// other's relays, which costs a poll and nothing more.
+// whatever Config.Schema says: dialects on two schemas of one database wake
+// each other's relays, which costs a poll and nothing more.
 const OutboxChannel = "durable_outbox"
 
-// CopyThreshold is the batch size from which the pgx flavour writes outbox
-// rows with COPY instead of one INSERT … FROM unnest statement. COPY costs
-// three more round trips (savepoint, describe, release) and a subtransaction,
-// so small batches are faster as one statement; per row it is cheaper (no ON
-// CONFLICT probe, binary rows, no RETURNING). Measured on the project's
-// 2-core machine (BenchmarkInsertOutbox, and both paths interleaved, 200-byte
-// payloads), the two cross between 100 and 250 rows and COPY is about 1.4
-// times faster from 500 rows on, 1.6 times at 2,000. The threshold sits at
-// 500 rather than at the crossing so that the subtransaction, which Postgres
-// tracks per transaction, is spent only on true bulk writes.
-const CopyThreshold = 500
+// copyThreshold is the batch size from which the pgx flavour writes outbox
+// rows with COPY instead of one INSERT … FROM unnest statement; see
+// pgcopy.Threshold for how it was chosen.
+const copyThreshold = pgcopy.Threshold
 
 // maxIdentifierLen is Postgres's NAMEDATALEN-1: longer names are silently
 // truncated by the server, so they are refused instead.
 const maxIdentifierLen = 63
 
-// Option configures a dialect built by New or NewSQL.
-type Option func(*config)
-
-type config struct {
-	schema    string
-	schemaSet bool
+// Config configures a dialect built by New or NewSQL. A nil *Config, like
+// the zero Config, finds the durable tables through the connection's
+// search_path.
+type Config struct {
+	// Schema, when set, makes the dialect use the durable tables of this
+	// schema instead of finding them through the connection's search_path:
+	// every statement then qualifies the tables with it. The name is used
+	// as a quoted identifier, so it is case-sensitive and may hold any
+	// character: "Durable" is the schema created with CREATE SCHEMA
+	// "Durable". A name longer than 63 bytes or holding a NUL byte is
+	// refused by New and NewSQL with an error matching ErrSchemaName.
+	// Empty: search_path.
+	Schema string
 }
 
-// WithSchema makes the dialect use the durable tables of schema name instead
-// of finding them through the connection's search_path. The name is used as
-// a quoted identifier, so it is case-sensitive and may hold any character:
-// WithSchema("Durable") is the schema created with CREATE SCHEMA "Durable".
-// An empty name, one longer than 63 bytes or one holding a NUL byte is
-// invalid, and every operation of the dialect then returns an error saying so.
-func WithSchema(name string) Option {
-	return func(c *config) { c.schema, c.schemaSet = name, true }
-}
+// ErrSchemaName is matched (errors.Is) by the error New and NewSQL return
+// for a Config.Schema that is not a valid Postgres identifier.
+var ErrSchemaName = errors.New("durable: postgres: invalid Config.Schema")
 
 // core is the part shared by both flavours: the statements, with the schema
 // substituted, and the code that builds their arguments and reads their rows.
@@ -74,34 +69,35 @@ type core struct {
 	conn  ownConn          // lends a connection of the pool or database
 	q     *queries         // every statement, with the schema substituted
 	table pgx.Identifier   // durable_outbox, qualified when a schema was given
-	err   error            // an invalid option; returned by every operation
 	keys  *keyscan.Cursors // where each destination's next claim visits keys
 }
 
-func newCore(root querier, conn ownConn, opts []Option) core {
-	var cfg config
-	for _, o := range opts {
-		o(&cfg)
+// newCore returns the core for root and conn with the tables of schema
+// (search_path when empty), or an error matching ErrSchemaName.
+func newCore(root querier, conn ownConn, cfg *Config) (core, error) {
+	var schema string
+	if cfg != nil {
+		schema = cfg.Schema
 	}
 	c := core{root: root, conn: conn, table: pgx.Identifier{"durable_outbox"}, keys: new(keyscan.Cursors)}
 	qualifier := ""
-	if cfg.schemaSet {
-		c.err = validSchema(cfg.schema)
-		qualifier = pgx.Identifier{cfg.schema}.Sanitize() + "."
-		c.table = pgx.Identifier{cfg.schema, "durable_outbox"}
+	if schema != "" {
+		if err := validSchema(schema); err != nil {
+			return core{}, err
+		}
+		qualifier = pgx.Identifier{schema}.Sanitize() + "."
+		c.table = pgx.Identifier{schema, "durable_outbox"}
 	}
 	c.q = newQueries(qualifier)
-	return c
+	return c, nil
 }
 
 func validSchema(s string) error {
 	switch {
-	case s == "":
-		return errors.New("durable: postgres: WithSchema: empty schema name")
 	case len(s) > maxIdentifierLen:
-		return fmt.Errorf("durable: postgres: WithSchema: schema name %q is longer than %d bytes", s, maxIdentifierLen)
+		return fmt.Errorf("%w: %q is longer than %d bytes", ErrSchemaName, s, maxIdentifierLen)
 	case strings.IndexByte(s, 0) >= 0:
-		return fmt.Errorf("durable: postgres: WithSchema: schema name %q holds a NUL byte", s)
+		return fmt.Errorf("%w: %q holds a NUL byte", ErrSchemaName, s)
 	}
 	return nil
 }
@@ -177,9 +173,6 @@ func (c *core) Name() string { return name }
 // missing migration otherwise. A newer schema is accepted (see
 // dialects.SchemaVersion, "Compatibility promise").
 func (c *core) CheckSchema(ctx context.Context) error {
-	if c.err != nil {
-		return c.err
-	}
 	have, err := c.version(ctx)
 	if err != nil {
 		if isSchemaCode(err) {
@@ -238,9 +231,6 @@ func scanAll[T any](rs rows, scan func(rs rows, v *T) error) ([]T, error) {
 
 // queryAll runs stmt through q and reads every row with scan; errors name op.
 func queryAll[T any](ctx context.Context, c *core, q querier, op, stmt string, args []any, scan func(rs rows, v *T) error) ([]T, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
 	rs, err := q.query(ctx, stmt, args...)
 	if err != nil {
 		return nil, c.opError(ctx, op, err)
@@ -257,9 +247,6 @@ func scanValue[T any](rs rows, v *T) error { return rs.Scan(v) }
 
 // count runs through q a statement whose single result row is a count.
 func (c *core) count(ctx context.Context, q querier, op, stmt string, args ...any) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
 	var n int64
 	rs, err := q.query(ctx, stmt, args...)
 	if err == nil {

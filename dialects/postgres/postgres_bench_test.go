@@ -11,7 +11,8 @@ import (
 )
 
 // BenchmarkInsertOutbox compares the two write paths of the pgx flavour at
-// several batch sizes; CopyThreshold is chosen from its results:
+// several batch sizes; copyThreshold (pgcopy.Threshold) is chosen from its
+// results:
 //
 //	go test -run '^$' -bench InsertOutbox -benchtime 20x ./dialects/postgres/
 //
@@ -19,7 +20,10 @@ import (
 // commit costs the same on both paths and is left out.
 func BenchmarkInsertOutbox(b *testing.B) {
 	pool, _ := testdb.PostgresPool(b, true)
-	d := New(pool)
+	d, err := New(pool, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
 	ctx := context.Background()
 	base := time.Now()
 	round := 0

@@ -18,20 +18,41 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/dialecttest"
 	"github.com/durable-go/durable/dialects/postgres"
+	"github.com/durable-go/durable/internal/pgcopy"
 	"github.com/durable-go/durable/internal/testdb"
 )
 
 // openPgx returns the pgx flavour on a fresh schema.
-func openPgx(t *testing.T, migrate bool, opts ...postgres.Option) *postgres.Dialect {
+func openPgx(t *testing.T, migrate bool) *postgres.Dialect {
 	pool, _ := testdb.PostgresPool(t, migrate)
-	return postgres.New(pool, opts...)
+	return newPgx(t, pool, nil)
 }
 
 // openSQL returns the database/sql flavour on a fresh schema, migrated
 // through a pgx pool by the harness.
-func openSQL(t *testing.T, migrate bool, opts ...postgres.Option) *postgres.SQLDialect {
+func openSQL(t *testing.T, migrate bool) *postgres.SQLDialect {
 	_, schema := testdb.PostgresPool(t, migrate)
-	return postgres.NewSQL(sqlDB(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema)), opts...)
+	return newSQL(t, sqlDB(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema)), nil)
+}
+
+// newPgx is postgres.New, failing t on an error.
+func newPgx(t testing.TB, pool *pgxpool.Pool, cfg *postgres.Config) *postgres.Dialect {
+	t.Helper()
+	d, err := postgres.New(pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// newSQL is postgres.NewSQL, failing t on an error.
+func newSQL(t testing.TB, db *sql.DB, cfg *postgres.Config) *postgres.SQLDialect {
+	t.Helper()
+	d, err := postgres.NewSQL(db, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func sqlDB(t *testing.T, url string) *sql.DB {
@@ -91,7 +112,7 @@ func TestDuplicates(t *testing.T) {
 func testDuplicates[TTx any](t *testing.T, d dialects.Dialect[TTx]) {
 	ctx := ctxFor(t)
 	// Large batches take the COPY path on the pgx flavour.
-	sizes := map[string]int{"small": 10, "large": postgres.CopyThreshold + 10}
+	sizes := map[string]int{"small": 10, "large": pgcopy.Threshold + 10}
 	for path, n := range sizes {
 		for _, kind := range []string{"committed", "within"} {
 			t.Run(path+"/"+kind, func(t *testing.T) {
@@ -277,10 +298,10 @@ func testNotify[TTx any](t *testing.T, d dialects.Dialect[TTx]) {
 	}
 }
 
-// TestWithSchema keeps durable in a schema of its own, with an awkward
+// TestSchema keeps durable in a schema of its own, with an awkward
 // name, and reaches it from connections whose search_path does not include
 // it.
-func TestWithSchema(t *testing.T) {
+func TestSchema(t *testing.T) {
 	base := testdb.PostgresURL(t)
 	schema := `Durable "Q" ` + randomName("")
 	ctx := ctxFor(t)
@@ -324,19 +345,19 @@ func TestWithSchema(t *testing.T) {
 	db := sqlDB(t, url)
 
 	t.Run("pgx", func(t *testing.T) {
-		if err := postgres.New(pool).CheckSchema(ctx); !errors.Is(err, dialects.ErrSchema) {
-			t.Fatalf("without WithSchema: CheckSchema = %v, want ErrSchema", err)
+		if err := newPgx(t, pool, nil).CheckSchema(ctx); !errors.Is(err, dialects.ErrSchema) {
+			t.Fatalf("without Config.Schema: CheckSchema = %v, want ErrSchema", err)
 		}
-		testSchemaRoundTrip(t, postgres.New(pool, postgres.WithSchema(schema)), "pgx", postgres.CopyThreshold)
+		testSchemaRoundTrip(t, newPgx(t, pool, &postgres.Config{Schema: schema}), "pgx", pgcopy.Threshold)
 	})
 	t.Run("sql", func(t *testing.T) {
-		if err := postgres.NewSQL(db).CheckSchema(ctx); !errors.Is(err, dialects.ErrSchema) {
-			t.Fatalf("without WithSchema: CheckSchema = %v, want ErrSchema", err)
+		if err := newSQL(t, db, nil).CheckSchema(ctx); !errors.Is(err, dialects.ErrSchema) {
+			t.Fatalf("without Config.Schema: CheckSchema = %v, want ErrSchema", err)
 		}
-		testSchemaRoundTrip(t, postgres.NewSQL(db, postgres.WithSchema(schema)), "sql", 3)
+		testSchemaRoundTrip(t, newSQL(t, db, &postgres.Config{Schema: schema}), "sql", 3)
 	})
 	t.Run("missing", func(t *testing.T) {
-		d := postgres.New(pool, postgres.WithSchema(randomName("nosuch_")))
+		d := newPgx(t, pool, &postgres.Config{Schema: randomName("nosuch_")})
 		if err := d.CheckSchema(ctx); !errors.Is(err, dialects.ErrSchema) {
 			t.Fatalf("CheckSchema on a schema that does not exist = %v, want ErrSchema", err)
 		}
@@ -350,15 +371,27 @@ func TestWithSchema(t *testing.T) {
 		}
 	})
 	t.Run("invalid", func(t *testing.T) {
-		for _, name := range []string{"", strings.Repeat("s", 64), "a\x00b"} {
-			d := postgres.New(pool, postgres.WithSchema(name))
-			err := d.CheckSchema(ctx)
-			if err == nil || !strings.Contains(err.Error(), "WithSchema") {
-				t.Errorf("WithSchema(%q): CheckSchema = %v, want an error about the name", name, err)
+		for _, name := range []string{strings.Repeat("s", 64), "a\x00b"} {
+			cfg := &postgres.Config{Schema: name}
+			if d, err := postgres.New(pool, cfg); !errors.Is(err, postgres.ErrSchemaName) || d != nil {
+				t.Errorf("New with Schema %q = %v, %v; want nil, ErrSchemaName", name, d, err)
 			}
-			if _, err := d.ListOutbox(ctx, dialects.OutboxQuery{}); err == nil {
-				t.Errorf("WithSchema(%q): ListOutbox succeeded", name)
+			if d, err := postgres.NewSQL(db, cfg); !errors.Is(err, postgres.ErrSchemaName) || d != nil {
+				t.Errorf("NewSQL with Schema %q = %v, %v; want nil, ErrSchemaName", name, d, err)
 			}
+			if cfg.Schema != name {
+				t.Errorf("New changed Config.Schema from %q to %q", name, cfg.Schema)
+			}
+		}
+		// 63 bytes is Postgres's limit, and allowed.
+		newPgx(t, pool, &postgres.Config{Schema: strings.Repeat("s", 63)})
+	})
+	t.Run("nil", func(t *testing.T) {
+		if _, err := postgres.New(nil, nil); err == nil {
+			t.Error("New(nil, nil) succeeded")
+		}
+		if _, err := postgres.NewSQL(nil, nil); err == nil {
+			t.Error("NewSQL(nil, nil) succeeded")
 		}
 	})
 }
@@ -403,7 +436,7 @@ func TestSchemaVersions(t *testing.T) {
 		for op, err := range map[string]error{
 			"CheckSchema":        d.CheckSchema(ctx),
 			"ListOutbox":         listErr,
-			"InsertOutbox(copy)": d.InsertOutbox(ctx, tx, rows("x", 0, postgres.CopyThreshold)),
+			"InsertOutbox(copy)": d.InsertOutbox(ctx, tx, rows("x", 0, pgcopy.Threshold)),
 		} {
 			var se *dialects.SchemaError
 			if !errors.As(err, &se) || se.Have != 0 || se.Want != dialects.SchemaVersion {
@@ -420,7 +453,7 @@ func TestSchemaVersions(t *testing.T) {
 		if _, err := pool.Exec(ctx, "DELETE FROM durable_schema_version"); err != nil {
 			t.Fatal(err)
 		}
-		err := postgres.New(pool).CheckSchema(ctx)
+		err := newPgx(t, pool, nil).CheckSchema(ctx)
 		var se *dialects.SchemaError
 		if !errors.As(err, &se) || se.Have != 0 {
 			t.Fatalf("CheckSchema = %v, want a SchemaError with Have 0", err)
@@ -433,12 +466,12 @@ func TestSchemaVersions(t *testing.T) {
 		if _, err := pool.Exec(ctx, "INSERT INTO durable_schema_version (version, name) VALUES (99, '0099_future')"); err != nil {
 			t.Fatal(err)
 		}
-		for _, d := range []interface{ CheckSchema(context.Context) error }{postgres.New(pool), postgres.NewSQL(stdlib.OpenDBFromPool(pool))} {
+		for _, d := range []interface{ CheckSchema(context.Context) error }{newPgx(t, pool, nil), newSQL(t, stdlib.OpenDBFromPool(pool), nil)} {
 			if err := d.CheckSchema(ctx); err != nil {
 				t.Fatalf("CheckSchema on a newer schema = %v, want nil", err)
 			}
 		}
-		d := postgres.New(pool)
+		d := newPgx(t, pool, nil)
 		tx, err := d.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -472,9 +505,9 @@ func TestDamagedSchema(t *testing.T) {
 	if _, err := pool.Exec(ctxFor(t), "ALTER TABLE durable_outbox DROP COLUMN key"); err != nil {
 		t.Fatal(err)
 	}
-	t.Run("pgx", func(t *testing.T) { testDamagedSchema(t, postgres.New(pool)) })
+	t.Run("pgx", func(t *testing.T) { testDamagedSchema(t, newPgx(t, pool, nil)) })
 	db := sqlDB(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema))
-	t.Run("sql", func(t *testing.T) { testDamagedSchema(t, postgres.NewSQL(db)) })
+	t.Run("sql", func(t *testing.T) { testDamagedSchema(t, newSQL(t, db, nil)) })
 }
 
 func testDamagedSchema[TTx any](t *testing.T, d dialects.Dialect[TTx]) {
@@ -482,7 +515,7 @@ func testDamagedSchema[TTx any](t *testing.T, d dialects.Dialect[TTx]) {
 	if err := d.CheckSchema(ctx); err != nil {
 		t.Fatalf("CheckSchema only reads the version, yet: %v", err)
 	}
-	for _, n := range []int{1, postgres.CopyThreshold} {
+	for _, n := range []int{1, pgcopy.Threshold} {
 		tx, err := d.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -520,13 +553,13 @@ func TestBadDSN(t *testing.T) {
 	if err := pool.Ping(ctx); !errors.As(err, &ce) {
 		t.Fatalf("Ping of an unreachable server = %v, want a *pgconn.ConnectError", err)
 	}
-	if err := postgres.New(pool).CheckSchema(ctx); !errors.As(err, &ce) || errors.Is(err, dialects.ErrSchema) {
+	if err := newPgx(t, pool, nil).CheckSchema(ctx); !errors.As(err, &ce) || errors.Is(err, dialects.ErrSchema) {
 		t.Fatalf("CheckSchema on an unreachable server = %v, want pgx's *pgconn.ConnectError", err)
 	} else {
 		t.Logf("unreachable server: %v", err)
 	}
 	db := sqlDB(t, unreachable)
-	if err := postgres.NewSQL(db).CheckSchema(ctx); err == nil || errors.Is(err, dialects.ErrSchema) {
+	if err := newSQL(t, db, nil).CheckSchema(ctx); err == nil || errors.Is(err, dialects.ErrSchema) {
 		t.Fatalf("CheckSchema through database/sql on an unreachable server = %v", err)
 	}
 }

@@ -48,9 +48,6 @@ import (
 // latency path; a lost dead-letter move would make the row's failure
 // history disappear from durable_dead_letters after it was reported.
 func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dialects.ClaimedRow, error) {
-	if c.err != nil {
-		return nil, c.err
-	}
 	switch {
 	case cl.Token == "":
 		return nil, errors.New("durable: postgres: claim outbox: empty token")
@@ -128,8 +125,8 @@ func scanOutbox(rs rows, r *dialects.OutboxRow, extra ...any) error {
 // AckOutbox deletes (or, with retain, stamps sent_at on) the rows leased to
 // token; see dialects.Relayer.
 func (c *core) AckOutbox(ctx context.Context, token string, seqs []int64, retain bool) (int, error) {
-	if c.err != nil || len(seqs) == 0 {
-		return 0, c.err
+	if len(seqs) == 0 {
+		return 0, nil
 	}
 	stmt := c.q.ackDelete
 	if retain {
@@ -141,8 +138,8 @@ func (c *core) AckOutbox(ctx context.Context, token string, seqs []int64, retain
 // ReleaseOutbox ends the lease of rows leased to token; see
 // dialects.Relayer.
 func (c *core) ReleaseOutbox(ctx context.Context, token string, seqs []int64, r dialects.OutboxRelease) (int, error) {
-	if c.err != nil || len(seqs) == 0 {
-		return 0, c.err
+	if len(seqs) == 0 {
+		return 0, nil
 	}
 	if r.RetryAfter < 0 {
 		return 0, fmt.Errorf("durable: postgres: release outbox: negative delay %v", r.RetryAfter)
@@ -157,8 +154,8 @@ func (c *core) ReleaseOutbox(ctx context.Context, token string, seqs []int64, r 
 // DeadLetterOutbox moves rows leased to token to durable_dead_letters in one
 // statement; see dialects.Relayer.
 func (c *core) DeadLetterOutbox(ctx context.Context, token string, letters []dialects.OutboxDeadLetter) (int, error) {
-	if c.err != nil || len(letters) == 0 {
-		return 0, c.err
+	if len(letters) == 0 {
+		return 0, nil
 	}
 	seqs, reasons, errs := make([]int64, len(letters)), make([]string, len(letters)), make([]string, len(letters))
 	for i, l := range letters {
@@ -191,9 +188,6 @@ func (c *core) OutboxDestinations(ctx context.Context) ([]string, error) {
 // PurgeOutbox deletes up to limit retained sent rows older than age; see
 // dialects.Relayer.
 func (c *core) PurgeOutbox(ctx context.Context, age time.Duration, limit int) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
 	if limit <= 0 || age < 0 {
 		return 0, fmt.Errorf("durable: postgres: purge outbox: age %v and limit %d, want age ≥ 0 and limit > 0", age, limit)
 	}

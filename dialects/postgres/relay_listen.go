@@ -24,9 +24,6 @@ const (
 // work through a transaction-mode pooler such as PgBouncer, which does not
 // pass notifications: relays then rely on polling.
 func (d *Dialect) ListenOutbox(ctx context.Context, wake func(string), report func(error)) error {
-	if d.err != nil {
-		return d.err
-	}
 	cfg := d.pool.Config().ConnConfig
 	return listenLoop(ctx, report, func(ctx context.Context, listening func()) error {
 		conn, err := pgx.ConnectConfig(ctx, cfg.Copy())
@@ -43,9 +40,6 @@ func (d *Dialect) ListenOutbox(ctx context.Context, wake func(string), report fu
 // connection outside it), and discarded afterwards; see dialects.Listener.
 // Raise the pool's limit by one for it.
 func (d *SQLDialect) ListenOutbox(ctx context.Context, wake func(string), report func(error)) error {
-	if d.err != nil {
-		return d.err
-	}
 	return listenLoop(ctx, report, func(ctx context.Context, listening func()) error {
 		conn, err := d.db.Conn(ctx)
 		if err != nil {

@@ -46,7 +46,7 @@ func relayRow(i int, key string) dialects.OutboxRow {
 // does not take the later row of a key whose first row is locked.
 func TestClaimSkipsLockedRows(t *testing.T) {
 	pool, _ := testdb.PostgresPool(t, true)
-	d := postgres.New(pool)
+	d := newPgx(t, pool, nil)
 	insertRows(t, pool, d, relayRow(1, "k"), relayRow(2, "k"), relayRow(3, ""), relayRow(4, ""))
 	ctx := ctxFor(t)
 
@@ -103,12 +103,12 @@ func TestClaimSkipsLockedRows(t *testing.T) {
 	}
 }
 
-// TestRelayerWithSchema: the relay, inbox and dead-letter statements honour
-// WithSchema.
-func TestRelayerWithSchema(t *testing.T) {
+// TestRelayerSchema: the relay, inbox and dead-letter statements honour
+// Config.Schema.
+func TestRelayerSchema(t *testing.T) {
 	_, schema := testdb.PostgresPool(t, true)
 	pool := testdb.OpenPostgres(t, testdb.PostgresURL(t), false) // search_path without the schema
-	d := postgres.New(pool, postgres.WithSchema(schema))
+	d := newPgx(t, pool, &postgres.Config{Schema: schema})
 	insertRows(t, pool, d, relayRow(1, ""))
 	ctx := ctxFor(t)
 	got, err := d.ClaimOutbox(ctx, dialects.OutboxClaim{Destination: "billing", Token: "t", Limit: 5, Lease: time.Minute})
@@ -140,7 +140,7 @@ func TestRelayerWithSchema(t *testing.T) {
 	if n, err := d.PurgeDeadLetters(ctx, dialects.DeadLetterQuery{}); err != nil || n != 1 {
 		t.Fatalf("purge: %d, %v", n, err)
 	}
-	if _, err := postgres.New(pool).ClaimOutbox(ctx, dialects.OutboxClaim{Destination: "billing", Token: "t", Limit: 5, Lease: time.Minute}); !errors.Is(err, dialects.ErrSchema) {
+	if _, err := newPgx(t, pool, nil).ClaimOutbox(ctx, dialects.OutboxClaim{Destination: "billing", Token: "t", Limit: 5, Lease: time.Minute}); !errors.Is(err, dialects.ErrSchema) {
 		t.Fatalf("claim without the schema on the search path = %v, want ErrSchema", err)
 	}
 }
@@ -195,7 +195,7 @@ func TestListenOutbox(t *testing.T) {
 			var l dialects.Listener
 			notify := func(commit bool, dest string) {
 				t.Helper()
-				d := postgres.New(pool)
+				d := newPgx(t, pool, nil)
 				ctx := ctxFor(t)
 				tx, err := pool.Begin(ctx)
 				if err != nil {
@@ -214,9 +214,9 @@ func TestListenOutbox(t *testing.T) {
 				}
 			}
 			if flavour == "pgx" {
-				l = postgres.New(pool)
+				l = newPgx(t, pool, nil)
 			} else {
-				l = postgres.NewSQL(sqlDB(t, withAppName(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema), app)))
+				l = newSQL(t, sqlDB(t, withAppName(t, testdb.WithSearchPath(t, testdb.PostgresURL(t), schema), app)), nil)
 			}
 			w := newWakeLog()
 			ctx, cancel := context.WithCancel(ctxFor(t))

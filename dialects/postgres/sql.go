@@ -16,6 +16,10 @@ import (
 // It runs the same statements as Dialect, except that every batch is
 // written with INSERT … FROM unnest: database/sql offers no COPY, and a
 // *sql.Tx does not expose its connection.
+//
+// Like Dialect's, its exported methods implement dialects.Dialect (and the
+// optional interfaces of package dialects) for durable's own packages; they
+// are not meant to be called directly.
 type SQLDialect struct {
 	db *sql.DB
 	core
@@ -37,8 +41,19 @@ var (
 //
 // Other Postgres drivers are not supported: the dialect passes Go slices as
 // Postgres arrays, which pgx's driver encodes natively.
-func NewSQL(db *sql.DB, opts ...Option) *SQLDialect {
-	return &SQLDialect{db: db, core: newCore(sqlQuerier{db}, sqlConn(db), opts)}
+//
+// cfg configures the dialect as for New (nil: the defaults). NewSQL does no
+// I/O; it returns an error for a nil db and one matching ErrSchemaName for
+// an invalid Config.Schema. It does not keep cfg.
+func NewSQL(db *sql.DB, cfg *Config) (*SQLDialect, error) {
+	if db == nil {
+		return nil, errors.New("durable: postgres: NewSQL: nil db")
+	}
+	c, err := newCore(sqlQuerier{db}, sqlConn(db), cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &SQLDialect{db: db, core: c}, nil
 }
 
 // Begin starts a transaction on db with the default isolation level.
@@ -66,9 +81,6 @@ func (d *SQLDialect) Rollback(_ context.Context, tx *sql.Tx) error {
 // *dialects.DuplicateError naming the first such row; tx then holds nothing
 // of the call and stays usable. Defaults are those of Dialect.InsertOutbox.
 func (d *SQLDialect) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []dialects.OutboxRow) error {
-	if d.err != nil {
-		return d.err
-	}
 	if len(rows) == 0 {
 		return nil
 	}

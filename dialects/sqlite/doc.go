@@ -16,7 +16,7 @@
 //
 //	db, err := sql.Open("sqlite", sqlite.DSN("/var/lib/app/app.db"))
 //	if err != nil { ... }
-//	d, err := sqlite.New(db) // checks the DSN; the pool now has one connection
+//	d, err := sqlite.New(db, nil) // checks the DSN; the pool now has one connection
 //	if err != nil { ... }
 //	tx, err := d.Begin(ctx)
 //	if err != nil { ... }

@@ -10,18 +10,21 @@ import (
 	"strings"
 )
 
-// DSNParams is the query string DSN appends to a path: the connection
+// dsnParams is the query string DSN appends to a path: the connection
 // settings durable needs on every pooled connection, in the syntax of
 // modernc.org/sqlite (each _pragma value runs as "PRAGMA <value>" when the
 // driver opens a connection; _txlock sets the mode of BEGIN).
-const DSNParams = "_pragma=busy_timeout(5000)" +
+const dsnParams = "_pragma=busy_timeout(5000)" +
 	"&_pragma=journal_mode(WAL)" +
 	"&_pragma=synchronous(NORMAL)" +
 	"&_pragma=foreign_keys(1)" +
 	"&_txlock=immediate"
 
 // DSN returns the recommended modernc.org/sqlite data source name for the
-// database file at path: a file: URI carrying DSNParams.
+// database file at path: a file: URI carrying the connection settings
+// durable needs, in the syntax of modernc.org/sqlite:
+//
+//	_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate
 //
 // The path is escaped for a SQLite URI ('%', '?' and '#' are
 // percent-encoded), so any file name works, and an absolute path gets an
@@ -35,7 +38,7 @@ func DSN(path string) string {
 		p = "/" + p
 	}
 	var b strings.Builder
-	b.Grow(len("file://") + len(p) + 8 + 1 + len(DSNParams))
+	b.Grow(len("file://") + len(p) + 8 + 1 + len(dsnParams))
 	b.WriteString("file:")
 	if strings.HasPrefix(p, "/") {
 		b.WriteString("//")
@@ -52,7 +55,7 @@ func DSN(path string) string {
 		}
 	}
 	b.WriteByte('?')
-	b.WriteString(DSNParams)
+	b.WriteString(dsnParams)
 	return b.String()
 }
 

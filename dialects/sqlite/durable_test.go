@@ -83,7 +83,7 @@ func TestBeginDurable(t *testing.T) {
 
 	// A DSN asking for FULL keeps it.
 	full := openDB(t, strings.Replace(sqlite.DSN(testdb.SQLitePath(t)), "synchronous(NORMAL)", "synchronous(FULL)", 1))
-	fd, err := sqlite.New(full)
+	fd, err := sqlite.New(full, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func Example() {
 		}
 	}
 
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -15,19 +15,19 @@ import (
 
 // The inbox takes its instants from the process clock, which on an embedded
 // database is the database's clock, formatted as every stored time
-// (TimeLayout, UTC). Error-history entries carry RFC 3339 times, which both
+// (timeLayout, UTC). Error-history entries carry RFC 3339 times, which both
 // Go and SQLite's date functions read.
 const inboxErrorTimeLayout = "2006-01-02T15:04:05.000Z07:00"
 
 // inboxInsertColumns is the number of parameters per row of InsertInbox.
 const inboxInsertColumns = 11
 
-// InboxChunkRows is how many rows one INSERT statement of InsertInbox
+// maxInboxChunkRows is how many rows one INSERT statement of InsertInbox
 // carries; larger batches are split into statements of this size.
-const InboxChunkRows = maxParams / inboxInsertColumns
+const maxInboxChunkRows = maxParams / inboxInsertColumns
 
-// inboxChunkRows is InboxChunkRows; tests lower it.
-var inboxChunkRows = InboxChunkRows
+// inboxChunkRows is maxInboxChunkRows; tests lower it.
+var inboxChunkRows = maxInboxChunkRows
 
 const (
 	// column10 is the stored form of now for a row asked to be stored
@@ -189,7 +189,7 @@ func inboxNow() (stored, errorTime string, now time.Time) {
 }
 
 // InsertInbox stores rows in tx with multi-row INSERT … SELECT … FROM
-// (VALUES …) … ON CONFLICT DO NOTHING statements of up to InboxChunkRows rows
+// (VALUES …) … ON CONFLICT DO NOTHING statements of up to 2,978 rows
 // each, and reports which were stored; see dialects.InboxStore. Each chunk
 // is one statement that also skips messages already in the dead letters; tx
 // holds SQLite's write lock, so no other writer can interleave.

@@ -7,7 +7,7 @@ import (
 )
 
 // Lease statements. Times are the process clock's (the database's, for an
-// embedded database), in TimeLayout, which compares as text. The upsert
+// embedded database), in timeLayout, which compares as text. The upsert
 // changes no row when the lease is held by another holder and not expired.
 const (
 	sqlAcquireLease = `INSERT INTO durable_leases (name, holder, expires_at) VALUES (?1, ?2, ?3)

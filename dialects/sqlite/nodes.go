@@ -11,7 +11,7 @@ import (
 )
 
 // Statements of the incarnation registry. Times are the process clock's,
-// in TimeLayout, as everywhere in this dialect.
+// in timeLayout, as everywhere in this dialect.
 const (
 	sqlRegisterIncarnation = `INSERT INTO durable_nodes (id, name, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)`
 

@@ -19,12 +19,15 @@ import (
 	"github.com/durable-go/durable/dialects/internal/keyscan"
 )
 
-// Name is the dialect's name, as returned by Dialect.Name.
-const Name = "sqlite"
+// name is the dialect's name, as returned by Dialect.Name.
+const name = "sqlite"
 
-// Dialect is durable's storage on SQLite through database/sql. It implements
-// dialects.Dialect[*sql.Tx]. Create it with New; it is safe for concurrent
-// use.
+// Dialect is durable's storage on SQLite through database/sql. Create it
+// with New; it is safe for concurrent use.
+//
+// Its exported methods implement dialects.Dialect[*sql.Tx] (and the optional
+// interfaces of package dialects) for durable's own packages (outbox, inbox,
+// durable.Node, migrations); they are not meant to be called directly.
 type Dialect struct {
 	db      *sql.DB
 	stmts   sync.Map        // statement text → *sql.Stmt prepared on db (see stmt)
@@ -38,19 +41,14 @@ var (
 	_ dialects.DurableBeginner[*sql.Tx] = (*Dialect)(nil)
 )
 
-// Option configures New.
-type Option func(*config)
-
-type config struct {
-	skipDSNCheck bool
-}
-
-// SkipDSNCheck makes New accept a database without checking its connection
-// settings (WAL, busy timeout, immediate transactions). Use it only where
-// those cannot apply, such as an in-memory database in a test; without them,
-// writers in other processes fail with SQLITE_BUSY.
-func SkipDSNCheck() Option {
-	return func(c *config) { c.skipDSNCheck = true }
+// Config configures New. A nil *Config, like the zero Config, checks the
+// connection settings.
+type Config struct {
+	// SkipDSNCheck makes New accept a database without checking its
+	// connection settings (WAL, busy timeout, immediate transactions). Use
+	// it only where those cannot apply, such as an in-memory database in a
+	// test; without them, writers in other processes fail with SQLITE_BUSY.
+	SkipDSNCheck bool
 }
 
 // newTimeout bounds the connection check New runs.
@@ -64,7 +62,8 @@ const newTimeout = 30 * time.Second
 // connection settings durable relies on: it opens connections and returns a
 // *DSNError (errors.Is ErrDSN) naming the missing DSN parameter when the
 // journal is not WAL, no busy timeout is set, or BEGIN does not take the
-// write lock (_txlock=immediate). See SkipDSNCheck.
+// write lock (_txlock=immediate). See Config.SkipDSNCheck. A nil cfg means
+// the defaults; New does not keep cfg.
 //
 // New sets db.SetMaxOpenConns(1): SQLite has one writer, and a single
 // connection makes writers in this process queue in database/sql instead of
@@ -73,15 +72,11 @@ const newTimeout = 30 * time.Second
 // Do not raise the limit afterwards.
 //
 // New does not check the schema; call CheckSchema once the migrations ran.
-func New(db *sql.DB, opts ...Option) (*Dialect, error) {
+func New(db *sql.DB, cfg *Config) (*Dialect, error) {
 	if db == nil {
 		return nil, errors.New("durable/sqlite: New: nil *sql.DB")
 	}
-	var cfg config
-	for _, o := range opts {
-		o(&cfg)
-	}
-	if !cfg.skipDSNCheck {
+	if cfg == nil || !cfg.SkipDSNCheck {
 		ctx, cancel := context.WithTimeout(context.Background(), newTimeout)
 		err := checkDSN(ctx, db)
 		cancel()
@@ -94,11 +89,8 @@ func New(db *sql.DB, opts ...Option) (*Dialect, error) {
 	return &Dialect{db: db}, nil
 }
 
-// DB returns the database the dialect works on.
-func (d *Dialect) DB() *sql.DB { return d.db }
-
 // Name returns "sqlite".
-func (d *Dialect) Name() string { return Name }
+func (d *Dialect) Name() string { return name }
 
 // Begin starts a transaction. With the DSN's _txlock=immediate it holds the
 // write lock from the start, and, as the pool has one connection, it waits
@@ -223,7 +215,7 @@ func (d *Dialect) CheckSchema(ctx context.Context) error {
 		return fmt.Errorf("durable/sqlite: check schema: %w", err)
 	}
 	if have < dialects.SchemaVersion {
-		return &dialects.SchemaError{Dialect: Name, Have: have, Want: dialects.SchemaVersion, Err: err}
+		return &dialects.SchemaError{Dialect: name, Have: have, Want: dialects.SchemaVersion, Err: err}
 	}
 	d.prepare(ctx)
 	return nil
@@ -264,14 +256,14 @@ func schemaError(ctx context.Context, q querier, op string, err error) error {
 	if verr != nil {
 		have = 0
 	}
-	return &dialects.SchemaError{Dialect: Name, Have: have, Want: dialects.SchemaVersion, Err: err}
+	return &dialects.SchemaError{Dialect: name, Have: have, Want: dialects.SchemaVersion, Err: err}
 }
 
-// TimeLayout is the layout of every time durable stores in SQLite, always in
+// timeLayout is the layout of every time durable stores in SQLite, always in
 // UTC: the text SQLite's strftime('%Y-%m-%d %H:%M:%f') produces.
-const TimeLayout = "2006-01-02 15:04:05.000"
+const timeLayout = "2006-01-02 15:04:05.000"
 
-func formatTime(t time.Time) string { return t.UTC().Format(TimeLayout) }
+func formatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
 
 // parseTime reads a stored time. It accepts any number of fractional digits
 // and, for values written by hand, an RFC 3339 form.
@@ -281,7 +273,7 @@ func parseTime(s string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("durable/sqlite: cannot parse stored time %q (want %q, UTC)", s, TimeLayout)
+	return time.Time{}, fmt.Errorf("durable/sqlite: cannot parse stored time %q (want %q, UTC)", s, timeLayout)
 }
 
 func parseNullTime(s sql.NullString) (time.Time, error) {
@@ -426,9 +418,9 @@ func valuesSQL(head, row, tail string, n int) string {
 const (
 	maxParams     = 32766
 	outboxColumns = 9
-	// ChunkRows is how many outbox rows one INSERT statement carries;
+	// maxChunkRows is how many outbox rows one INSERT statement carries;
 	// InsertOutbox splits larger calls into statements of this size.
-	ChunkRows = maxParams / outboxColumns
+	maxChunkRows = maxParams / outboxColumns
 
 	insertHead = "INSERT INTO durable_outbox (id, destination, topic, key, headers, payload, created_at, deliver_at, expires_at) VALUES "
 	insertRow  = "(?,?,?,?,?,?,?,?,?)"
@@ -436,8 +428,8 @@ const (
 	savepoint = "durable_insert_outbox"
 )
 
-// chunkRows is ChunkRows; tests lower it to exercise chunking cheaply.
-var chunkRows = ChunkRows
+// chunkRows is maxChunkRows; tests lower it to exercise chunking cheaply.
+var chunkRows = maxChunkRows
 
 func insertSQL(n int) string { return valuesSQL(insertHead, insertRow, "", n) }
 
@@ -453,7 +445,7 @@ func isDuplicate(err error) bool {
 
 // InsertOutbox writes rows to durable_outbox in tx, all or nothing.
 //
-// Rows go in as multi-row INSERT statements of up to ChunkRows rows each (one
+// Rows go in as multi-row INSERT statements of up to 3,640 rows each (one
 // prepared statement serves all full-size chunks). A (destination, id) that
 // already exists, or appears twice in rows, violates the table's unique key:
 // SQLite then undoes the failing statement, and InsertOutbox returns a

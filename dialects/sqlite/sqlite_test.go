@@ -49,7 +49,7 @@ func open(t *testing.T, migrated bool) (*sqlite.Dialect, string) {
 	if migrated {
 		migrate(t, db)
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -121,7 +121,7 @@ func TestDSNOddPath(t *testing.T) {
 	}
 	db := openDB(t, sqlite.DSN(path))
 	migrate(t, db)
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestNewRejectsDSN(t *testing.T) {
 			path := testdb.SQLitePath(t)
 			db := openDB(t, "file:"+path+c.params)
 			migrate(t, db)
-			_, err := sqlite.New(db)
+			_, err := sqlite.New(db, nil)
 			var de *sqlite.DSNError
 			if !errors.Is(err, sqlite.ErrDSN) || !errors.As(err, &de) {
 				t.Fatalf("New = %v, want a *DSNError", err)
@@ -159,7 +159,7 @@ func TestNewRejectsDSN(t *testing.T) {
 				t.Fatalf("MaxOpenConnections = %d after a failed New, want 1", got)
 			}
 			// SkipDSNCheck accepts it.
-			d, err := sqlite.New(db, sqlite.SkipDSNCheck())
+			d, err := sqlite.New(db, &sqlite.Config{SkipDSNCheck: true})
 			if err != nil {
 				t.Fatalf("New with SkipDSNCheck: %v", err)
 			}
@@ -182,7 +182,7 @@ func TestNewBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := openDB(t, "file:"+path+"?_pragma=busy_timeout(100)&_pragma=journal_mode(WAL)&_txlock=immediate")
-	_, err = sqlite.New(db)
+	_, err = sqlite.New(db, nil)
 	if err == nil || !strings.Contains(err.Error(), "held the database's write lock for longer than busy_timeout (100 ms)") {
 		t.Fatalf("New while the write lock is held = %v, want the busy explanation", err)
 	}
@@ -192,7 +192,7 @@ func TestNewBusy(t *testing.T) {
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sqlite.New(db); err != nil {
+	if _, err := sqlite.New(db, nil); err != nil {
 		t.Fatalf("New once the lock is free: %v", err)
 	}
 }
@@ -203,7 +203,7 @@ func TestNewPool(t *testing.T) {
 	path := testdb.SQLitePath(t)
 	db := openDB(t, sqlite.DSN(path))
 	db.SetMaxOpenConns(1) // as a user following the docs might
-	if _, err := sqlite.New(db); err != nil {
+	if _, err := sqlite.New(db, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := db.Stats().MaxOpenConnections; got != 1 {
@@ -393,7 +393,7 @@ func TestConcurrentWriters(t *testing.T) {
 func TestTwoPools(t *testing.T) {
 	const writers, perWriter = 8, 150
 	d1, path := open(t, true)
-	d2, err := sqlite.New(openDB(t, sqlite.DSN(path)))
+	d2, err := sqlite.New(openDB(t, sqlite.DSN(path)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -411,7 +411,7 @@ func TestTwoPools(t *testing.T) {
 // another pool, must not fail: BEGIN IMMEDIATE took the lock up front.
 func TestReadThenWrite(t *testing.T) {
 	d1, path := open(t, true)
-	d2, err := sqlite.New(openDB(t, sqlite.DSN(path)))
+	d2, err := sqlite.New(openDB(t, sqlite.DSN(path)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,7 +494,7 @@ func TestNilTx(t *testing.T) {
 	if err := d.Rollback(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sqlite.New(nil); err == nil {
+	if _, err := sqlite.New(nil, nil); err == nil {
 		t.Fatal("New(nil) succeeded")
 	}
 }
@@ -520,7 +520,7 @@ func benchInsertOne(b *testing.B, prepared bool) {
 			b.Fatal(err)
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

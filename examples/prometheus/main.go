@@ -108,14 +108,14 @@ func run(ctx context.Context, ln net.Listener, n int, sent chan<- struct{}) erro
 		}
 		return nil
 	})
-	billing, err := durable.NewNode(billingD, durable.Config[*sql.Tx]{
+	billing, err := durable.NewNode(billingD, &durable.Config[*sql.Tx]{
 		Name: "billing", Listener: peer, Secret: secret, Logger: quiet,
 		MeterProvider: mp, Handler: mux,
 	})
 	if err != nil {
 		return err
 	}
-	orders, err := durable.NewNode(ordersD, durable.Config[*sql.Tx]{
+	orders, err := durable.NewNode(ordersD, &durable.Config[*sql.Tx]{
 		Name: "orders", Secret: secret, Logger: quiet,
 		Peers:         map[string]durable.Peer{"billing": {Addr: peer.Addr().String()}},
 		MeterProvider: mp,
@@ -196,7 +196,7 @@ func open(path string) (*sql.DB, *sqlite.Dialect, error) {
 			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		_ = db.Close()
 		return nil, nil, err

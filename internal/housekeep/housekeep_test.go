@@ -60,7 +60,7 @@ func sqliteLeaser(t *testing.T) dialects.Leaser {
 			t.Fatal(err)
 		}
 	}
-	d, err := sqlite.New(db)
+	d, err := sqlite.New(db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

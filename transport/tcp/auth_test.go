@@ -172,16 +172,16 @@ func TestVerifierAndToken(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
-	if _, err := NewServer(acceptAll(), ServerConfig{}); err == nil || !strings.Contains(err.Error(), "no authentication") {
+	if _, err := NewServer(acceptAll(), &ServerConfig{}); err == nil || !strings.Contains(err.Error(), "no authentication") {
 		t.Fatalf("NewServer without auth: %v", err)
 	}
-	if _, err := NewServer(nil, ServerConfig{Insecure: true}); err == nil {
+	if _, err := NewServer(nil, &ServerConfig{Insecure: true}); err == nil {
 		t.Fatal("NewServer(nil) succeeded")
 	}
-	if _, err := NewClient("x:1", ClientConfig{Secret: []byte("a"), Token: []byte("b")}); err == nil {
+	if _, err := NewClient("x:1", &ClientConfig{Secret: []byte("a"), Token: []byte("b")}); err == nil {
 		t.Fatal("Secret and Token together accepted")
 	}
-	if _, err := NewClient("", ClientConfig{}); err == nil {
+	if _, err := NewClient("", &ClientConfig{}); err == nil {
 		t.Fatal("empty address accepted")
 	}
 }
@@ -242,10 +242,10 @@ func TestSecretRotation(t *testing.T) {
 }
 
 func TestAcceptSecretsValidation(t *testing.T) {
-	if _, err := NewServer(acceptAll(), ServerConfig{Insecure: true, AcceptSecrets: [][]byte{[]byte("a")}}); err == nil || !strings.Contains(err.Error(), "AcceptSecrets requires Secret") {
+	if _, err := NewServer(acceptAll(), &ServerConfig{Insecure: true, AcceptSecrets: [][]byte{[]byte("a")}}); err == nil || !strings.Contains(err.Error(), "AcceptSecrets requires Secret") {
 		t.Fatalf("AcceptSecrets without Secret: %v", err)
 	}
-	if _, err := NewServer(acceptAll(), ServerConfig{Secret: []byte("a"), AcceptSecrets: [][]byte{nil}}); err == nil || !strings.Contains(err.Error(), "AcceptSecrets[0] is empty") {
+	if _, err := NewServer(acceptAll(), &ServerConfig{Secret: []byte("a"), AcceptSecrets: [][]byte{nil}}); err == nil || !strings.Contains(err.Error(), "AcceptSecrets[0] is empty") {
 		t.Fatalf("empty accepted secret: %v", err)
 	}
 }

@@ -18,7 +18,8 @@ import (
 	"github.com/durable-go/durable/transport"
 )
 
-// ClientConfig configures a [Client]. The zero value of every field is a documented default.
+// ClientConfig configures a [Client]. The zero value of every field is a documented default,
+// and a nil *ClientConfig means the zero value.
 type ClientConfig struct {
 	// NodeID names this node in HELLO; the server hands it to its Handler as Batch.Source.
 	// Default: the host name.
@@ -38,36 +39,42 @@ type ClientConfig struct {
 	// Dial opens the TCP connection. Default: a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	// DialTimeout bounds the TCP connect. Default 5s.
+	// DialTimeout bounds the TCP connect. Default DefaultDialTimeout (5s).
 	DialTimeout time.Duration
-	// HandshakeTimeout bounds the TLS handshake plus CHALLENGE/HELLO/WELCOME. Default 10s.
+	// HandshakeTimeout bounds the TLS handshake plus CHALLENGE/HELLO/WELCOME. Default
+	// DefaultHandshakeTimeout (10s).
 	HandshakeTimeout time.Duration
-	// WriteTimeout bounds each frame written. Default 10s.
+	// WriteTimeout bounds each frame written. Default DefaultWriteTimeout (10s).
 	WriteTimeout time.Duration
 	// ReadTimeout is the longest silence tolerated from the server on an open connection
-	// before it is considered dead; keep it above PingInterval. Default 45s.
+	// before it is considered dead; keep it above PingInterval. Default
+	// DefaultReadTimeout (45s).
 	ReadTimeout time.Duration
 	// PingInterval is how often an open connection sends PING to keep it alive and detect a
-	// dead peer. Default 15s; negative disables pings, in which case the server closes a
-	// connection that stays silent for its IdleTimeout, even with a batch in flight.
+	// dead peer. Default DefaultPingInterval (15s); negative disables pings, in which case the
+	// server closes a connection that stays silent for its IdleTimeout, even with a batch in
+	// flight.
 	PingInterval time.Duration
-	// AckTimeout bounds the wait for the ACK of one batch. Default 30s.
+	// AckTimeout bounds the wait for the ACK of one batch. Default DefaultAckTimeout (30s).
 	AckTimeout time.Duration
 
 	// MaxInFlight bounds the batches sent but not yet acknowledged on the connection; the
-	// server's limit from WELCOME applies too. Further Sends wait. Default 16.
+	// server's limit from WELCOME applies too. Further Sends wait. Default
+	// DefaultClientMaxInFlight (16).
 	MaxInFlight int
 	// MaxFrameSize is the largest frame this client sends or accepts; the server's limit from
 	// WELCOME applies too. Default DefaultMaxFrameSize (16 MiB).
 	MaxFrameSize int
 
 	// BackoffMin and BackoffMax bound the exponential backoff, with jitter, between
-	// reconnection attempts and circuit probes. Defaults 100ms and 10s.
+	// reconnection attempts and circuit probes. Defaults DefaultBackoffMin (100ms) and
+	// DefaultBackoffMax (10s).
 	BackoffMin, BackoffMax time.Duration
 	// BreakerThreshold is the number of consecutive failures (failed connects, connections lost
 	// with batches in flight, ack timeouts) after which the circuit opens: Send then fails at
 	// once with transport.ErrCircuitOpen while a background probe reconnects and PINGs with
-	// backoff; the first successful PING closes the circuit. Default 5; negative disables it.
+	// backoff; the first successful PING closes the circuit. Default DefaultBreakerThreshold (5);
+	// negative disables it.
 	BreakerThreshold int
 }
 
@@ -109,8 +116,8 @@ type dialCall struct {
 }
 
 // Dial returns a Client for the server at addr after connecting to it once, so that an
-// unreachable server or a refused handshake is reported at once.
-func Dial(ctx context.Context, addr string, cfg ClientConfig) (*Client, error) {
+// unreachable server or a refused handshake is reported at once. cfg is as for [NewClient].
+func Dial(ctx context.Context, addr string, cfg *ClientConfig) (*Client, error) {
 	c, err := NewClient(addr, cfg)
 	if err != nil {
 		return nil, err
@@ -122,22 +129,46 @@ func Dial(ctx context.Context, addr string, cfg ClientConfig) (*Client, error) {
 	return c, nil
 }
 
-// NewClient returns a Client for the server at addr ("host:port"). It does not connect; the
-// first Send or Ping does.
-func NewClient(addr string, cfg ClientConfig) (*Client, error) {
+// Defaults of the ClientConfig fields left zero.
+const (
+	DefaultDialTimeout       = 5 * time.Second        // ClientConfig.DialTimeout
+	DefaultHandshakeTimeout  = 10 * time.Second       // ClientConfig.HandshakeTimeout
+	DefaultReadTimeout       = 45 * time.Second       // ClientConfig.ReadTimeout
+	DefaultPingInterval      = 15 * time.Second       // ClientConfig.PingInterval
+	DefaultAckTimeout        = 30 * time.Second       // ClientConfig.AckTimeout
+	DefaultClientMaxInFlight = 16                     // ClientConfig.MaxInFlight
+	DefaultBackoffMin        = 100 * time.Millisecond // ClientConfig.BackoffMin
+	DefaultBackoffMax        = 10 * time.Second       // ClientConfig.BackoffMax
+	DefaultBreakerThreshold  = 5                      // ClientConfig.BreakerThreshold
+)
+
+// DefaultWriteTimeout is the default of ClientConfig.WriteTimeout and ServerConfig.WriteTimeout.
+const DefaultWriteTimeout = 10 * time.Second
+
+// NewClient returns a Client for the server at addr ("host:port"), configured by cfg (nil:
+// every default). It validates cfg and returns an error for an invalid one; it does not keep
+// or change *cfg. It does not connect; the first Send or Ping does.
+func NewClient(addr string, cfg *ClientConfig) (*Client, error) {
+	if cfg == nil {
+		cfg = new(ClientConfig)
+	}
+	return buildClient(addr, *cfg)
+}
+
+func buildClient(addr string, cfg ClientConfig) (*Client, error) {
 	cfg.NodeID = orDefault(cfg.NodeID, hostname())
 	cfg.Logger = orDefault(cfg.Logger, slog.Default())
-	cfg.DialTimeout = orDefault(cfg.DialTimeout, 5*time.Second)
-	cfg.HandshakeTimeout = orDefault(cfg.HandshakeTimeout, 10*time.Second)
-	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, 10*time.Second)
-	cfg.ReadTimeout = orDefault(cfg.ReadTimeout, 45*time.Second)
-	cfg.PingInterval = orDefault(cfg.PingInterval, 15*time.Second)
-	cfg.AckTimeout = orDefault(cfg.AckTimeout, 30*time.Second)
-	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, 16)
+	cfg.DialTimeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
+	cfg.HandshakeTimeout = orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, DefaultWriteTimeout)
+	cfg.ReadTimeout = orDefault(cfg.ReadTimeout, DefaultReadTimeout)
+	cfg.PingInterval = orDefault(cfg.PingInterval, DefaultPingInterval)
+	cfg.AckTimeout = orDefault(cfg.AckTimeout, DefaultAckTimeout)
+	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, DefaultClientMaxInFlight)
 	cfg.MaxFrameSize = orDefault(cfg.MaxFrameSize, DefaultMaxFrameSize)
-	cfg.BackoffMin = orDefault(cfg.BackoffMin, 100*time.Millisecond)
-	cfg.BackoffMax = orDefault(cfg.BackoffMax, 10*time.Second)
-	cfg.BreakerThreshold = orDefault(cfg.BreakerThreshold, 5)
+	cfg.BackoffMin = orDefault(cfg.BackoffMin, DefaultBackoffMin)
+	cfg.BackoffMax = orDefault(cfg.BackoffMax, DefaultBackoffMax)
+	cfg.BreakerThreshold = orDefault(cfg.BreakerThreshold, DefaultBreakerThreshold)
 	if cfg.Dial == nil {
 		var d net.Dialer
 		cfg.Dial = d.DialContext

@@ -372,7 +372,7 @@ func TestClientCloseWaitsForInFlight(t *testing.T) {
 func TestPingAndDial(t *testing.T) {
 	srv := startServer(t, acceptAll(), ServerConfig{NodeID: "srv-1"})
 	log, _ := newLog(t)
-	c, err := Dial(testCtx(t), srv.addr, ClientConfig{Secret: testSecret, Logger: log})
+	c, err := Dial(testCtx(t), srv.addr, &ClientConfig{Secret: testSecret, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,13 +380,13 @@ func TestPingAndDial(t *testing.T) {
 	if err := c.Ping(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Dial(testCtx(t), "127.0.0.1:1", ClientConfig{Secret: testSecret, Logger: log}); !errors.Is(err, transport.ErrUnavailable) {
+	if _, err := Dial(testCtx(t), "127.0.0.1:1", &ClientConfig{Secret: testSecret, Logger: log}); !errors.Is(err, transport.ErrUnavailable) {
 		t.Fatalf("dial to a closed port: %v", err)
 	}
 }
 
 func TestBackoff(t *testing.T) {
-	c, err := NewClient("127.0.0.1:1", ClientConfig{BackoffMin: 10 * time.Millisecond, BackoffMax: time.Second})
+	c, err := NewClient("127.0.0.1:1", &ClientConfig{BackoffMin: 10 * time.Millisecond, BackoffMax: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

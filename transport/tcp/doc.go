@@ -4,7 +4,7 @@
 //
 // # Server
 //
-//	srv, err := tcp.NewServer(inbox, tcp.ServerConfig{Secret: secret, Logger: logger})
+//	srv, err := tcp.NewServer(inbox, &tcp.ServerConfig{Secret: secret, Logger: logger})
 //	if err != nil { ... }
 //	go srv.ListenAndServe(":7400")
 //	...
@@ -16,7 +16,7 @@
 //
 // # Client
 //
-//	c, err := tcp.NewClient("billing.internal:7400", tcp.ClientConfig{Secret: secret, NodeID: "orders-1"})
+//	c, err := tcp.NewClient("billing.internal:7400", &tcp.ClientConfig{Secret: secret, NodeID: "orders-1"})
 //	if err != nil { ... }
 //	defer c.Close(ctx)
 //	res, err := c.Send(ctx, &transport.Batch{Envelopes: envs})

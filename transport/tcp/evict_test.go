@@ -354,7 +354,7 @@ func TestMaxConnsAnswersBusy(t *testing.T) {
 
 // TestLimitDefaultsAndValidation: the new limits default as documented and refuse values below 1.
 func TestLimitDefaultsAndValidation(t *testing.T) {
-	s, err := NewServer(acceptAll(), ServerConfig{Secret: testSecret})
+	s, err := NewServer(acceptAll(), &ServerConfig{Secret: testSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,7 +372,7 @@ func TestLimitDefaultsAndValidation(t *testing.T) {
 		{ServerConfig{MaxServerBatchMemory: -4}, "tcp: NewServer: MaxServerBatchMemory -4 < 1"},
 	} {
 		tc.cfg.Secret = testSecret
-		if _, err := NewServer(acceptAll(), tc.cfg); err == nil || err.Error() != tc.want {
+		if _, err := NewServer(acceptAll(), &tc.cfg); err == nil || err.Error() != tc.want {
 			t.Errorf("got %v, want %q", err, tc.want)
 		}
 	}

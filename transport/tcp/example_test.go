@@ -23,7 +23,7 @@ func Example() {
 		}
 		return transport.Result{}, nil
 	})
-	srv, err := tcp.NewServer(inbox, tcp.ServerConfig{Secret: secret, Logger: quiet})
+	srv, err := tcp.NewServer(inbox, &tcp.ServerConfig{Secret: secret, Logger: quiet})
 	if err != nil {
 		panic(err)
 	}
@@ -34,7 +34,7 @@ func Example() {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
-	c, err := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{Secret: secret, NodeID: "orders-1", Logger: quiet})
+	c, err := tcp.NewClient(ln.Addr().String(), &tcp.ClientConfig{Secret: secret, NodeID: "orders-1", Logger: quiet})
 	if err != nil {
 		panic(err)
 	}
@@ -63,12 +63,12 @@ func ExampleClient_Send_nack() {
 		}
 		return transport.Result{}, errors.New("database unavailable")
 	})
-	srv, _ := tcp.NewServer(h, tcp.ServerConfig{Insecure: true, Logger: quiet})
+	srv, _ := tcp.NewServer(h, &tcp.ServerConfig{Insecure: true, Logger: quiet})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	go srv.Serve(ln)
 	defer srv.Close()
 
-	c, _ := tcp.NewClient(ln.Addr().String(), tcp.ClientConfig{Logger: quiet})
+	c, _ := tcp.NewClient(ln.Addr().String(), &tcp.ClientConfig{Logger: quiet})
 	defer c.Close(context.Background())
 	for _, topic := range []string{"order.placed", "unknown"} {
 		_, err := c.Send(context.Background(), &transport.Batch{Envelopes: []transport.Envelope{{ID: "1", Topic: topic}}})

@@ -199,7 +199,7 @@ func testHandshakeFlood(t *testing.T, from []string) {
 		start := time.Now()
 		fb := &firstByteConn{start: start}
 		var dialer net.Dialer
-		c, err := NewClient(srv.addr, ClientConfig{Secret: testSecret, NodeID: "real", Logger: clog,
+		c, err := NewClient(srv.addr, &ClientConfig{Secret: testSecret, NodeID: "real", Logger: clog,
 			HandshakeTimeout: 2 * time.Second, BreakerThreshold: -1,
 			Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				nc, err := dialer.DialContext(ctx, network, addr)

@@ -205,7 +205,7 @@ func serveOn(t testing.TB, ln net.Listener, h transport.Handler, cfg ServerConfi
 	// prove a timeout fires set theirs explicitly.
 	cfg.AuthTimeout = orDefault(cfg.AuthTimeout, 30*time.Second)
 	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, time.Minute)
-	s, err := NewServer(h, cfg)
+	s, err := NewServer(h, &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +231,7 @@ func newClient(t testing.TB, addr string, cfg ClientConfig) *Client {
 	cfg.DialTimeout = orDefault(cfg.DialTimeout, 30*time.Second)
 	cfg.HandshakeTimeout = orDefault(cfg.HandshakeTimeout, 30*time.Second)
 	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, time.Minute)
-	c, err := NewClient(addr, cfg)
+	c, err := NewClient(addr, &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,23 +75,24 @@ type ServerConfig struct {
 	Logger *slog.Logger
 
 	// AuthTimeout bounds the TLS handshake plus CHALLENGE/HELLO/WELCOME; a peer that has not
-	// authenticated by then is closed. Default 5s.
+	// authenticated by then is closed. Default DefaultAuthTimeout (5s).
 	AuthTimeout time.Duration
 	// IdleTimeout is the longest silence tolerated from an authenticated client (clients ping
-	// while idle). Default 2m.
+	// while idle). Default DefaultIdleTimeout (2m).
 	IdleTimeout time.Duration
-	// WriteTimeout bounds each frame written. Default 10s.
+	// WriteTimeout bounds each frame written. Default DefaultWriteTimeout (10s).
 	WriteTimeout time.Duration
 	// HandlerTimeout bounds each Deliver call through its context. Default: none.
 	HandlerTimeout time.Duration
 	// MaxClockSkew is the largest difference accepted between a HELLO's timestamp and the
-	// server's clock. Default 2m.
+	// server's clock. Default DefaultMaxClockSkew (2m).
 	MaxClockSkew time.Duration
 
 	// MaxConns bounds the authenticated connections. A client that authenticates while
 	// MaxConns of them are open is answered with ERROR busy instead of WELCOME (the Client
 	// reports transport.ErrUnavailable and retries after a backoff). Connections that have not
-	// authenticated yet count against MaxHandshakes instead. Default 1024.
+	// authenticated yet count against MaxHandshakes instead. Default DefaultMaxConns
+	// (1024).
 	MaxConns int
 	// MaxHandshakes bounds the connections that have not authenticated yet (TLS handshake plus
 	// CHALLENGE/HELLO), from all addresses together. A connection that arrives when the bound is
@@ -100,7 +101,7 @@ type ServerConfig struct {
 	// promptly is therefore closed only if MaxHandshakes newer connections arrive during its
 	// handshake, and a flood of connections that never authenticate, redialled as fast as they
 	// are closed, cannot lock real clients out. Evictions are logged at most once a second,
-	// with their count. Default 1024.
+	// with their count. Default DefaultMaxHandshakes (1024).
 	MaxHandshakes int
 	// MaxHandshakesPerAddr bounds the connections that have not authenticated yet from one
 	// remote IP address (any port). A connection from an address at the bound makes room by
@@ -120,13 +121,16 @@ type ServerConfig struct {
 	// for the bytes to be released it reads nothing more from the connection, so TCP flow
 	// control stops the client; the decoded size is added after decoding, before the batch is
 	// handed to Deliver. Memory a Handler keeps after Deliver returned is not counted. A batch
-	// larger than the budget is charged the whole budget, so it proceeds alone. Default 64 MiB.
+	// larger than the budget is charged the whole budget, so it proceeds alone. Default
+	// DefaultMaxBatchMemory (64 MiB).
 	MaxBatchMemory int
 	// MaxServerBatchMemory bounds the memory that the batches of all connections together hold,
-	// counted as for MaxBatchMemory. Default 256 MiB.
+	// counted as for MaxBatchMemory. Default
+	// DefaultMaxServerBatchMemory (256 MiB).
 	MaxServerBatchMemory int
 	// MaxInFlight bounds the batches one connection may have unacknowledged; it is announced
-	// in WELCOME and a client exceeding it is disconnected. Default 64, at most 65535.
+	// in WELCOME and a client exceeding it is disconnected. Default DefaultServerMaxInFlight (64), at most
+	// 65535.
 	MaxInFlight int
 	// MaxFrameSize is the largest frame accepted (value of the length field); longer frames
 	// are refused before any allocation. Default DefaultMaxFrameSize (16 MiB).
@@ -168,23 +172,45 @@ type evictLog struct {
 	timer    *time.Timer
 }
 
-// NewServer returns a Server that delivers batches to h.
-func NewServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
+// Defaults of the ServerConfig fields left zero (WriteTimeout's is DefaultWriteTimeout, and
+// MaxFrameSize's DefaultMaxFrameSize).
+const (
+	DefaultAuthTimeout          = 5 * time.Second // ServerConfig.AuthTimeout
+	DefaultIdleTimeout          = 2 * time.Minute // ServerConfig.IdleTimeout
+	DefaultMaxClockSkew         = 2 * time.Minute // ServerConfig.MaxClockSkew
+	DefaultMaxConns             = 1024            // ServerConfig.MaxConns
+	DefaultMaxHandshakes        = 1024            // ServerConfig.MaxHandshakes
+	DefaultMaxBatchMemory       = 64 << 20        // ServerConfig.MaxBatchMemory: 64 MiB
+	DefaultMaxServerBatchMemory = 256 << 20       // ServerConfig.MaxServerBatchMemory: 256 MiB
+	DefaultServerMaxInFlight    = 64              // ServerConfig.MaxInFlight
+)
+
+// NewServer returns a Server that delivers batches to h, configured by cfg (nil: every
+// default, which NewServer refuses since some authentication must be chosen). It validates
+// cfg and returns an error for an invalid one; it does not keep or change *cfg.
+func NewServer(h transport.Handler, cfg *ServerConfig) (*Server, error) {
+	if cfg == nil {
+		cfg = new(ServerConfig)
+	}
+	return newServer(h, *cfg)
+}
+
+func newServer(h transport.Handler, cfg ServerConfig) (*Server, error) {
 	if h == nil {
 		return nil, errors.New("tcp: NewServer: nil Handler")
 	}
 	cfg.NodeID = orDefault(cfg.NodeID, hostname())
 	cfg.Logger = orDefault(cfg.Logger, slog.Default())
-	cfg.AuthTimeout = orDefault(cfg.AuthTimeout, 5*time.Second)
-	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, 2*time.Minute)
-	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, 10*time.Second)
-	cfg.MaxClockSkew = orDefault(cfg.MaxClockSkew, 2*time.Minute)
-	cfg.MaxConns = orDefault(cfg.MaxConns, 1024)
-	cfg.MaxHandshakes = orDefault(cfg.MaxHandshakes, 1024)
+	cfg.AuthTimeout = orDefault(cfg.AuthTimeout, DefaultAuthTimeout)
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, DefaultWriteTimeout)
+	cfg.MaxClockSkew = orDefault(cfg.MaxClockSkew, DefaultMaxClockSkew)
+	cfg.MaxConns = orDefault(cfg.MaxConns, DefaultMaxConns)
+	cfg.MaxHandshakes = orDefault(cfg.MaxHandshakes, DefaultMaxHandshakes)
 	cfg.MaxHandshakesPerAddr = orDefault(cfg.MaxHandshakesPerAddr, cfg.MaxHandshakes)
-	cfg.MaxBatchMemory = orDefault(cfg.MaxBatchMemory, 64<<20)
-	cfg.MaxServerBatchMemory = orDefault(cfg.MaxServerBatchMemory, 256<<20)
-	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, 64)
+	cfg.MaxBatchMemory = orDefault(cfg.MaxBatchMemory, DefaultMaxBatchMemory)
+	cfg.MaxServerBatchMemory = orDefault(cfg.MaxServerBatchMemory, DefaultMaxServerBatchMemory)
+	cfg.MaxInFlight = orDefault(cfg.MaxInFlight, DefaultServerMaxInFlight)
 	cfg.MaxFrameSize = orDefault(cfg.MaxFrameSize, DefaultMaxFrameSize)
 	switch {
 	case len(cfg.NodeID) > maxNodeIDLen:

@@ -243,7 +243,7 @@ func TestTLSMismatch(t *testing.T) {
 		})
 		clog, _ := newLog(t)
 		local := make(chan string, 1)
-		c, err := Dial(testCtx(t), srv.addr, ClientConfig{
+		c, err := Dial(testCtx(t), srv.addr, &ClientConfig{
 			Secret: testSecret, Logger: clog, Dial: dialRecording(local), BreakerThreshold: -1,
 			DialTimeout: 30 * time.Second, HandshakeTimeout: 30 * time.Second,
 		})
@@ -265,7 +265,7 @@ func TestTLSMismatch(t *testing.T) {
 		srv := startServer(t, acceptAll(), ServerConfig{Logger: log, Secret: testSecret})
 		clog, _ := newLog(t)
 		local := make(chan string, 1)
-		c, err := Dial(testCtx(t), srv.addr, ClientConfig{
+		c, err := Dial(testCtx(t), srv.addr, &ClientConfig{
 			Secret: testSecret, TLS: &tls.Config{RootCAs: ca.pool}, Logger: clog, Dial: dialRecording(local),
 			BreakerThreshold: -1, DialTimeout: 30 * time.Second, HandshakeTimeout: 30 * time.Second,
 		})
@@ -289,7 +289,7 @@ func TestNewServerRefusesClientAuthWithoutClientCAs(t *testing.T) {
 	ca := newCA(t, "durable test CA")
 	cert := ca.valid(t, "server", true)
 	for _, auth := range []tls.ClientAuthType{tls.RequireAndVerifyClientCert, tls.VerifyClientCertIfGiven} {
-		_, err := NewServer(acceptAll(), ServerConfig{Secret: testSecret, TLS: &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: auth}})
+		_, err := NewServer(acceptAll(), &ServerConfig{Secret: testSecret, TLS: &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: auth}})
 		if !errors.Is(err, errNoClientCAs) || !strings.Contains(err.Error(), "ClientCAs") {
 			t.Errorf("ClientAuth %v without ClientCAs: NewServer returned %v, want %v", auth, err, errNoClientCAs)
 		}
@@ -303,7 +303,7 @@ func TestNewServerRefusesClientAuthWithoutClientCAs(t *testing.T) {
 		{ClientAuth: tls.RequireAndVerifyClientCert, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return nil, nil }},
 	}
 	for i, cfg := range ok {
-		if _, err := NewServer(acceptAll(), ServerConfig{Secret: testSecret, TLS: cfg}); err != nil {
+		if _, err := NewServer(acceptAll(), &ServerConfig{Secret: testSecret, TLS: cfg}); err != nil {
 			t.Errorf("config %d: %v", i, err)
 		}
 	}

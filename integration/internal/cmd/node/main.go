@@ -183,7 +183,7 @@ func openSQLite(path string) (*db[*sql.Tx], error) {
 	// restarting the service would.
 	var d *sqlite.Dialect
 	for start := time.Now(); ; {
-		if d, err = sqlite.New(sdb); err == nil {
+		if d, err = sqlite.New(sdb, nil); err == nil {
 			break
 		}
 		if time.Since(start) > time.Minute {
@@ -224,8 +224,12 @@ func openPostgres(ctx context.Context, url string) (*db[pgx.Tx], error) {
 	if err != nil {
 		return nil, err
 	}
+	d, err := postgres.New(pool, nil)
+	if err != nil {
+		return nil, err
+	}
 	return &db[pgx.Tx]{
-		d: postgres.New(pool),
+		d: d,
 		exec: func(ctx context.Context, tx pgx.Tx, q string, args ...any) error {
 			_, err := tx.Exec(ctx, q, args...)
 			return err
@@ -400,7 +404,7 @@ func supervise[TTx any](ctx context.Context, log *slog.Logger, cfg durable.Confi
 		}
 		c := cfg
 		c.Listener = ln
-		n, err := durable.NewNode(d.d, c)
+		n, err := durable.NewNode(d.d, &c)
 		if err != nil {
 			return err
 		}
