@@ -41,16 +41,16 @@ func TestMux(t *testing.T) {
 		trace = append(trace, "b")
 		return errors.New("b failed")
 	}))
-	if err := m.Dispatch(context.Background(), 1, &Message{Topic: "a"}); err != nil {
+	if err := m.Dispatch(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "a"}}); err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{"outer>", "inner>", "a", "<inner", "<outer"}; !slices.Equal(trace, want) {
 		t.Fatalf("trace %v, want %v", trace, want)
 	}
-	if err := m.AsHandler().Handle(context.Background(), 1, &Message{Topic: "b"}); err == nil || err.Error() != "b failed" {
+	if err := m.AsHandler().Handle(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "b"}}); err == nil || err.Error() != "b failed" {
 		t.Fatalf("b = %v", err)
 	}
-	err := m.Dispatch(context.Background(), 1, &Message{Topic: "c"})
+	err := m.Dispatch(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "c"}})
 	if !errors.Is(err, ErrNoHandler) || !strings.Contains(err.Error(), `"c"`) {
 		t.Fatalf("unknown topic = %v", err)
 	}
@@ -60,11 +60,11 @@ func TestMux(t *testing.T) {
 	var zero Mux[int] // the zero Mux is ready to use
 	zero.Use(mw("z"))
 	zero.HandleFunc("q", okInt)
-	if err := zero.Dispatch(context.Background(), 1, &Message{Topic: "q"}); err != nil {
+	if err := zero.Dispatch(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "q"}}); err != nil {
 		t.Fatalf("zero Mux: %v", err)
 	}
 	var nilMux *Mux[int]
-	if err := nilMux.Dispatch(context.Background(), 1, &Message{Topic: "a"}); !errors.Is(err, ErrNoHandler) {
+	if err := nilMux.Dispatch(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "a"}}); !errors.Is(err, ErrNoHandler) {
 		t.Fatalf("nil Mux = %v", err)
 	}
 	for name, f := range map[string]func(){
@@ -95,10 +95,10 @@ func TestJSON(t *testing.T) {
 		}
 		return nil
 	})
-	if err := h.Handle(context.Background(), 0, &Message{Payload: []byte(`{"n":7}`)}); err != nil {
+	if err := h.Handle(context.Background(), 0, &Message{Envelope: transport.Envelope{Payload: []byte(`{"n":7}`)}}); err != nil {
 		t.Fatal(err)
 	}
-	err := h.Handle(context.Background(), 0, &Message{Payload: []byte(`{`)})
+	err := h.Handle(context.Background(), 0, &Message{Envelope: transport.Envelope{Payload: []byte(`{`)}})
 	var de *DecodeError
 	if !errors.As(err, &de) || !strings.Contains(err.Error(), "cannot decode payload") {
 		t.Fatalf("bad payload = %v", err)
@@ -389,7 +389,7 @@ func TestMuxUnmatched(t *testing.T) {
 		})
 	})
 	for _, topic := range []string{"a", "b", "c.d"} {
-		if err := m.Dispatch(context.Background(), 1, &Message{Topic: topic}); err != nil {
+		if err := m.Dispatch(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: topic}}); err != nil {
 			t.Fatalf("%s: %v", topic, err)
 		}
 	}

@@ -33,7 +33,7 @@ func testDeliverDuplicates[TTx any](t *testing.T, f *fixture[TTx]) {
 	var ids []string
 	for i := range envs {
 		envs[i] = envelope(i, "t")
-		envs[i].Attempt = 3 // the sender's count is not the inbox's
+		envs[i].SendAttempt = 3 // the sender's count is not the inbox's
 		ids = append(ids, envs[i].ID)
 	}
 	for round := range 3 {

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
 )
 
 // Config configures an Outbox. The zero value (or a nil *Config) gives the
@@ -90,7 +91,7 @@ func New[TTx any](d dialects.Dialect[TTx], cfg *Config) (*Outbox[TTx], error) {
 	if len(c.Destinations) > 0 {
 		o.lim.destinations = make(map[string]bool, len(c.Destinations))
 		for _, dest := range c.Destinations {
-			if dest == "" || checkName(dest) != "" {
+			if dest == "" || transport.CheckName(dest) != "" {
 				return nil, fmt.Errorf("durable/outbox: invalid destination name %q in Config.Destinations", dest)
 			}
 			o.lim.destinations[dest] = true
@@ -153,32 +154,24 @@ func (o *Outbox[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*Message) (er
 	if len(msgs) == 0 {
 		return nil
 	}
-	for i, m := range msgs {
-		if err := o.lim.validate(i, m); err != nil {
-			return err
-		}
-	}
 	rows := make([]dialects.OutboxRow, len(msgs))
 	for i, m := range msgs {
+		if err := o.lim.check(i, m); err != nil {
+			return err
+		}
 		id := m.ID
 		if id == "" {
 			var err error
 			if id, err = o.newID(); err != nil {
 				return err
 			}
-			if id == "" || checkName(id) != "" {
+			if id == "" || transport.CheckName(id) != "" {
 				return fmt.Errorf("durable/outbox: Config.NewID returned an invalid id %q", id)
 			}
 		}
-		rows[i] = dialects.OutboxRow{
-			ID:          id,
-			Destination: m.Destination,
-			Topic:       m.Topic,
-			Key:         m.Key,
-			Headers:     m.Headers,
-			Payload:     m.Payload,
-			DeliverAt:   m.DeliverAt,
-			ExpiresAt:   m.ExpiresAt,
+		rows[i] = dialects.OutboxRow{Envelope: m.envelope(id), Destination: m.Destination}
+		if err := o.lim.validate(i, m, &rows[i].Envelope); err != nil {
+			return err
 		}
 	}
 	ctx, end := o.tr.start(ctx, rows)

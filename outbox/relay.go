@@ -373,7 +373,7 @@ func NewRelay[TTx any](d dialects.Dialect[TTx], senders map[string]transport.Sen
 	}
 	core.hk = newHousekeeper(d, core)
 	for dest, s := range senders {
-		if dest == "" || checkName(dest) != "" {
+		if dest == "" || transport.CheckName(dest) != "" {
 			return nil, fmt.Errorf("durable/outbox: invalid destination name %q in the senders", dest)
 		}
 		if s == nil {

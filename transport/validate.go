@@ -58,7 +58,7 @@ func (e *Envelope) Validate() error {
 		return bad("ID", "is empty")
 	}
 	for _, f := range [...]struct{ name, v string }{{"ID", e.ID}, {"Topic", e.Topic}, {"Key", e.Key}} {
-		if r := checkName(f.v); r != "" {
+		if r := CheckName(f.v); r != "" {
 			return bad(f.name, r)
 		}
 	}
@@ -66,7 +66,7 @@ func (e *Envelope) Validate() error {
 		if k == "" {
 			return bad("Headers", "has an empty name")
 		}
-		if r := checkName(k); r != "" {
+		if r := CheckName(k); r != "" {
 			return bad("Headers", fmt.Sprintf("name %q %s", truncate(k), r))
 		}
 		if r := checkText(v); r != "" {
@@ -90,8 +90,11 @@ func (e *Envelope) Validate() error {
 	return nil
 }
 
-// checkName returns why s is not a valid name (at most MaxNameBytes of valid text), or "".
-func checkName(s string) string {
+// CheckName returns why s is not a valid name, or "" if it is one: at most MaxNameBytes long,
+// valid UTF-8, without a NUL byte. It is the rule of Validate for an envelope's ID, Topic, Key
+// and header names, and durable applies it also to the names around an envelope: destinations
+// and sources. The empty string passes; callers that require a name check for it.
+func CheckName(s string) string {
 	if len(s) > MaxNameBytes {
 		return tooLong
 	}
