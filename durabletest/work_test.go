@@ -263,7 +263,7 @@ func TestWorkFailures(t *testing.T) {
 	msg := mustFail(t, func(tb durabletest.TB) {
 		durabletest.Work(ctx, tb, ib, &inbox.Message{Envelope: transport.Envelope{ID: "m-1", Topic: "bad\xff"}})
 	})
-	contains(t, msg, `Work: Deliver rejected message 0 (source "durabletest", id "m-1"): topic is not valid UTF-8`)
+	contains(t, msg, `Work: Deliver rejected message 0 (source "durabletest", id "m-1"): Topic is not valid UTF-8`)
 	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib) })
 	contains(t, msg, "Work: no message to deliver")
 	msg = mustFail(t, func(tb durabletest.TB) {
