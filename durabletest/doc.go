@@ -31,7 +31,8 @@
 //
 //	ib, _ := inbox.New(d, &inbox.Config{Backoff: func(int) time.Duration { return 0 }, MaxAttempts: 3})
 //	registerHandlers(ib) // the code under test: the app's handlers
-//	res := durabletest.Work(ctx, t, ib, &inbox.Message{Envelope: transport.Envelope{Topic: "order.placed", Payload: body}, Source: "shop"})
+//	msg := &inbox.Message{Source: "shop", Envelope: transport.Envelope{Topic: "order.placed", Payload: body}}
+//	res := durabletest.Work(ctx, t, ib, msg)
 //	if res[0].State != durabletest.Handled {
 //		t.Fatalf("order.placed: %s, %s", res[0].State, res[0].LastError)
 //	}
