@@ -227,7 +227,8 @@ type DurableBeginner[TTx any] interface {
 // outbox keeps besides.
 //
 // Of the envelope, InsertOutbox stores everything but SendAttempt (a new row
-// has made no attempt) and sets CreatedAt to the database's now when zero.
+// has made no attempt); a zero CreatedAt or DeliverAt is stored as the
+// database's now.
 // SendAttempt is the attempts column: the number of the latest send
 // attempt, 0 before the first; ClaimOutbox counts the claim's attempt, so
 // a claimed row's Envelope is ready to send as it is.
