@@ -81,7 +81,7 @@ var (
 type ValidationError struct {
 	Index  int    // position of the message in the Enqueue call
 	ID     string // the message's ID, if it had one
-	Field  string // "ID", "Destination", "Topic", "Key", "Headers", "Payload", "ExpiresAt"
+	Field  string // "Message" (nil), "Destination", or a field of the envelope: "ID", "Topic", "Key", "Headers", "Payload", "DeliverAt", "ExpiresAt"
 	Reason string
 	kind   error // ErrTooLarge, ErrUnknownDestination or nil
 }

@@ -135,8 +135,10 @@ func (o *Outbox[TTx]) Dialect() dialects.Dialect[TTx] { return o.d }
 // Enqueue writes msgs to the outbox in tx, the caller's transaction: they are
 // sent once tx commits, and never if it rolls back. Enqueue does not commit.
 //
-// All messages are validated first; if any is invalid, Enqueue returns a
-// *ValidationError (errors.Is ErrInvalidMessage) and writes nothing. A
+// All messages are validated first (a destination, a topic, the rules of
+// transport.Envelope.Validate, the size limits of Config); if any is
+// invalid, Enqueue returns a *ValidationError (errors.Is ErrInvalidMessage)
+// and writes nothing. A
 // message whose ID is already in the outbox for its destination makes the
 // whole call fail with ErrDuplicateID, again writing nothing of the call and
 // leaving tx usable. Messages without an ID get a UUIDv7, written back into
