@@ -33,6 +33,9 @@ func (e *EnvelopeError) Is(target error) bool {
 	return target == ErrInvalid || target == ErrTooLarge && strings.HasSuffix(e.Reason, tooLong)
 }
 
+// Retryable reports false: the same envelope is invalid every time ([IsRetryable]).
+func (e *EnvelopeError) Retryable() bool { return false }
+
 const tooLong = "is longer than 255 bytes"
 
 // Validate reports whether e is a message durable can store and send, returning nil or an

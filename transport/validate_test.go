@@ -58,6 +58,9 @@ func TestEnvelopeValidate(t *testing.T) {
 		if !errors.Is(err, ErrInvalid) || errors.Is(err, ErrTooLarge) != c.tooLarge {
 			t.Errorf("%s: errors.Is(ErrInvalid) %v, (ErrTooLarge) %v; want true, %v", c.name, errors.Is(err, ErrInvalid), errors.Is(err, ErrTooLarge), c.tooLarge)
 		}
+		if IsRetryable(err) {
+			t.Errorf("%s: IsRetryable = true, want false", c.name)
+		}
 		if want := "transport: invalid envelope: " + c.field + " " + c.reason; err.Error() != want {
 			t.Errorf("%s: Error() = %q, want %q", c.name, err.Error(), want)
 		}
