@@ -17,6 +17,7 @@ import (
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/outbox"
+	"github.com/durable-go/durable/transport"
 )
 
 // deadPID returns the pid of a process that ran and was reaped.
@@ -48,7 +49,7 @@ func claimInbox(t *testing.T, d *sqlite.Dialect, source, prefix string, n int, t
 	for i := range n {
 		id := fmt.Sprintf("%s-%d", prefix, i)
 		ids = append(ids, id)
-		rows = append(rows, dialects.InboxRow{Source: source, ID: id, Topic: "order.placed", Payload: []byte("1"), CreatedAt: time.Now()})
+		rows = append(rows, dialects.InboxRow{Envelope: transport.Envelope{ID: id, Topic: "order.placed", Payload: []byte("1"), CreatedAt: time.Now()}, Source: source})
 	}
 	tx, err := d.Begin(ctx)
 	if err != nil {
@@ -272,7 +273,7 @@ func TestNodeSameNameTwice(t *testing.T) {
 	for i := range 20 {
 		id := fmt.Sprintf("m-%02d", i)
 		want = append(want, id)
-		rows = append(rows, dialects.InboxRow{Source: "orders", ID: id, Topic: "order.placed", Payload: []byte("1"), CreatedAt: time.Now()})
+		rows = append(rows, dialects.InboxRow{Envelope: transport.Envelope{ID: id, Topic: "order.placed", Payload: []byte("1"), CreatedAt: time.Now()}, Source: "orders"})
 	}
 	if _, err := billing.InsertInbox(ctx, tx, rows); err != nil {
 		t.Fatal(err)

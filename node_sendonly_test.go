@@ -79,7 +79,7 @@ func startRun(n *durable.Node[*sql.Tx]) (stop func() error) {
 func storeOne(t *testing.T, n *durable.Node[*sql.Tx], id, topic string) {
 	t.Helper()
 	res, err := n.Inbox().Deliver(context.Background(), &transport.Batch{Source: "orders", Envelopes: []transport.Envelope{
-		{ID: id, Topic: topic, Payload: []byte("1"), CreatedAt: time.Now(), Attempt: 1},
+		{ID: id, Topic: topic, Payload: []byte("1"), CreatedAt: time.Now(), SendAttempt: 1},
 	}})
 	if err != nil || res.Outcome(0).Status != transport.Accepted {
 		t.Fatalf("Deliver = %+v, %v; want the message stored", res, err)

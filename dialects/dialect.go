@@ -62,6 +62,8 @@ package dialects
 import (
 	"context"
 	"time"
+
+	"github.com/durable-go/durable/transport"
 )
 
 // SchemaVersion is the migration version this build of durable needs. A
@@ -245,20 +247,24 @@ type DurableBeginner[TTx any] interface {
 	BeginDurable(ctx context.Context) (TTx, error)
 }
 
-// OutboxRow is one message for one destination, as stored in durable_outbox.
+// OutboxRow is one message for one destination, as stored in durable_outbox:
+// the envelope the relay sends (transport.Envelope, embedded), and what the
+// outbox keeps besides.
+//
+// Of the envelope, InsertOutbox stores everything but SendAttempt (a new row
+// has made no attempt); a zero CreatedAt or DeliverAt is stored as the
+// database's now.
+// SendAttempt is the attempts column: the number of the latest send
+// attempt, 0 before the first; ClaimOutbox counts the claim's attempt, so
+// a claimed row's Envelope is ready to send as it is.
 type OutboxRow struct {
+	transport.Envelope
 	Seq         int64 // assigned by the database; enqueue order
-	ID          string
 	Destination string
-	Topic       string
-	Key         string
-	Headers     map[string]string
-	Payload     []byte
-	CreatedAt   time.Time
-	DeliverAt   time.Time // zero: now
-	ExpiresAt   time.Time // zero: never
-	Attempts    int
-	LockedBy    string
+	// LeaseToken is the token of the relay claim that leases the row
+	// (OutboxClaim.Token), "" when not leased. Its column is named
+	// locked_by, for compatibility with the schema's first version.
+	LeaseToken  string
 	LockedUntil time.Time
 	LastError   string
 	SentAt      time.Time

@@ -3,6 +3,8 @@ package dialects
 import (
 	"context"
 	"time"
+
+	"github.com/durable-go/durable/transport"
 )
 
 // InboxStore is the storage contract of the inbox (package inbox): storing
@@ -124,23 +126,28 @@ const (
 	InboxStateHandled = "handled" // done; kept for the dedupe window
 )
 
-// InboxRow is a row of durable_inbox.
+// InboxRow is a row of durable_inbox: the envelope as delivered
+// (transport.Envelope, embedded), and what the inbox keeps besides.
+//
+// Two envelope fields are the sender's and are not stored: DeliverAt
+// becomes the first RunAt (Inbox.Deliver sets it so), and SendAttempt is
+// dropped, the inbox counting its own Attempts. Rows read back have both
+// zero.
 type InboxRow struct {
-	Seq         int64 // assigned by the database; arrival order
-	Source      string
-	ID          string
-	Topic       string
-	Key         string
-	Headers     map[string]string
-	Payload     []byte
-	CreatedAt   time.Time // at the sender
-	ReceivedAt  time.Time
-	ExpiresAt   time.Time // zero: never
-	State       string    // InboxStateReady, InboxStateRunning or InboxStateHandled
-	Attempts    int
-	RunAt       time.Time // earliest next attempt; for InsertInbox, zero is now
-	LeaseToken  string
-	LockedBy    string
+	transport.Envelope
+	Seq        int64 // assigned by the database; arrival order
+	Source     string
+	ReceivedAt time.Time
+	State      string // InboxStateReady, InboxStateRunning or InboxStateHandled
+	// Attempts counts the handler attempts at the receiver (not the
+	// sender's SendAttempt).
+	Attempts int
+	// RunAt is the receiver's own schedule: the earliest next handler
+	// attempt (the run_at column). The sender's DeliverAt is the first
+	// one; retries and snoozes move it. For InsertInbox, zero is now.
+	RunAt       time.Time
+	LeaseToken  string // the claim's token (InboxClaim.Token)
+	LockedBy    string // the claiming worker's name (InboxClaim.Worker)
 	LockedUntil time.Time
 	LastError   string
 	Errors      []AttemptError

@@ -66,7 +66,7 @@ type Relayer interface {
 	// when another claim of the destination moved it meanwhile. An
 	// ExpiredOnly claim visits no keys and leaves it alone.
 	//
-	// Claiming counts an attempt (Attempts+1) and clears nothing else. A row
+	// Claiming counts an attempt (SendAttempt+1) and clears nothing else. A row
 	// whose ExpiresAt has passed is claimed too, with Expired set and its
 	// attempts unchanged: the caller must not send it, and moves it to the
 	// dead letters with DeadLetterOutbox (reason "expired").

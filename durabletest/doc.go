@@ -32,7 +32,8 @@
 //	mux := inbox.NewMux[*sql.Tx]()
 //	registerHandlers(mux) // the code under test: the app's handlers
 //	ib, _ := inbox.New(d, mux, &inbox.Config{Backoff: func(int) time.Duration { return 0 }, MaxAttempts: 3})
-//	res := durabletest.Work(ctx, t, ib, &inbox.Message{Source: "shop", Topic: "order.placed", Payload: body})
+//	msg := &inbox.Message{Source: "shop", Envelope: transport.Envelope{Topic: "order.placed", Payload: body}}
+//	res := durabletest.Work(ctx, t, ib, msg)
 //	if res[0].State != durabletest.Handled {
 //		t.Fatalf("order.placed: %s, %s", res[0].State, res[0].LastError)
 //	}

@@ -21,6 +21,7 @@ import (
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/migrations"
 	"github.com/durable-go/durable/outbox"
+	"github.com/durable-go/durable/transport"
 )
 
 // openExample opens a migrated SQLite database in a temporary folder, with
@@ -192,9 +193,9 @@ func ExampleWork() {
 
 	var t durabletest.TB = printTB{} // in a test: t, the *testing.T
 	results := durabletest.Work(ctx, t, ib,
-		&inbox.Message{ID: "order-1-placed", Source: "shop", Topic: "order.placed", Payload: []byte(`{"order":1,"total":4200}`)},
-		&inbox.Message{ID: "order-2-placed", Source: "shop", Topic: "order.placed", Payload: []byte(`{"order":2,"total":0}`)},
-		&inbox.Message{ID: "order-3-placed", Source: "shop", Topic: "order.placed", Payload: []byte(`{"order":`)},
+		&inbox.Message{Envelope: transport.Envelope{ID: "order-1-placed", Topic: "order.placed", Payload: []byte(`{"order":1,"total":4200}`)}, Source: "shop"},
+		&inbox.Message{Envelope: transport.Envelope{ID: "order-2-placed", Topic: "order.placed", Payload: []byte(`{"order":2,"total":0}`)}, Source: "shop"},
+		&inbox.Message{Envelope: transport.Envelope{ID: "order-3-placed", Topic: "order.placed", Payload: []byte(`{"order":`)}, Source: "shop"},
 	)
 	for _, r := range results {
 		fmt.Printf("%s: %s after %d attempt(s)", r.ID, r.State, r.Attempts)

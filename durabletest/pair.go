@@ -209,7 +209,7 @@ func (p *Pair[STx, RTx]) unsettled(ctx context.Context, ids []string) ([]string,
 	}
 	for _, r := range rows {
 		if r.SentAt.IsZero() {
-			where[r.ID] = fmt.Sprintf("%s: in the sender's outbox, unsent after %d attempts%s", r.ID, r.Attempts, lastErr(r.LastError))
+			where[r.ID] = fmt.Sprintf("%s: in the sender's outbox, unsent after %d attempts%s", r.ID, r.SendAttempt, lastErr(r.LastError))
 		}
 	}
 	dead, err := p.sd.ListDeadLetters(ctx, dialects.DeadLetterQuery{Side: dialects.SideOutbox, Destination: p.destination, IDs: ids})

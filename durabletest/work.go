@@ -71,9 +71,9 @@ type Result struct {
 // Config (retries, backoff, timeouts, middleware). Their effects in the
 // database are committed when Work returns, ready to be asserted.
 //
-// A message is what a handler would receive; Work uses its ID (empty: a
-// random one), Source (empty: DefaultSource), Topic, Key, Headers, Payload,
-// CreatedAt and ExpiresAt, and ignores the fields the inbox sets (Attempt,
+// A message is what a handler would receive; Work delivers its Envelope
+// (ID empty: a random one; SendAttempt zero: 1) from its Source (empty:
+// DefaultSource), and ignores the fields the inbox sets (Attempt,
 // ReceivedAt, LastError, ReplayedAt).
 //
 // Work starts ib.Run and, before it returns, ends it and waits for it to
@@ -126,10 +126,12 @@ func Work[TTx any](ctx context.Context, t TB, ib *inbox.Inbox[TTx], msgs ...*inb
 			batches[src] = b
 			sources = append(sources, src)
 		}
-		b.Envelopes = append(b.Envelopes, transport.Envelope{
-			ID: id, Topic: m.Topic, Key: m.Key, Headers: m.Headers, Payload: m.Payload,
-			CreatedAt: m.CreatedAt, ExpiresAt: m.ExpiresAt, Attempt: 1,
-		})
+		e := m.Envelope
+		e.ID = id
+		if e.SendAttempt == 0 {
+			e.SendAttempt = 1
+		}
+		b.Envelopes = append(b.Envelopes, e)
 		index[src] = append(index[src], i)
 	}
 	for _, src := range sources {

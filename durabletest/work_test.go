@@ -83,15 +83,15 @@ func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
 	ctx := ctxFor(t)
 	ib, _ := newInbox(t, f, inbox.Config{NoHandlerGrace: -1})
 	res := durabletest.Work(ctx, t, ib,
-		&inbox.Message{ID: "m-ok", Topic: "ok"},
-		&inbox.Message{Topic: "flaky"},
-		&inbox.Message{ID: "m-bad", Topic: "bad"},
-		&inbox.Message{ID: "m-broken", Topic: "broken"},
-		&inbox.Message{ID: "m-nobody", Topic: "nobody"},
-		&inbox.Message{ID: "m-ok", Source: "elsewhere", Topic: "ok"},
-		&inbox.Message{ID: "m-expired", Topic: "ok", ExpiresAt: time.Now().Add(-time.Minute)},
-		&inbox.Message{ID: "m-order", Topic: "order", Payload: []byte(`{"ID":"order-9"}`)},
-		&inbox.Message{ID: "m-garbled", Topic: "order", Payload: []byte(`{"ID":`)},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-ok", Topic: "ok"}},
+		&inbox.Message{Envelope: transport.Envelope{Topic: "flaky"}},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-bad", Topic: "bad"}},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-broken", Topic: "broken"}},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-nobody", Topic: "nobody"}},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-ok", Topic: "ok"}, Source: "elsewhere"},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-expired", Topic: "ok", ExpiresAt: time.Now().Add(-time.Minute)}},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-order", Topic: "order", Payload: []byte(`{"ID":"order-9"}`)}},
+		&inbox.Message{Envelope: transport.Envelope{ID: "m-garbled", Topic: "order", Payload: []byte(`{"ID":`)}},
 	)
 	requireStopped(t, ib)
 	if len(res) != 9 {
@@ -139,7 +139,7 @@ func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
 
 	// A resend is a duplicate: reported with the outcome of the first
 	// delivery, and not handled again.
-	res = durabletest.Work(ctx, t, ib, &inbox.Message{ID: "m-ok", Topic: "ok"}, &inbox.Message{ID: "m-bad", Topic: "bad"})
+	res = durabletest.Work(ctx, t, ib, &inbox.Message{Envelope: transport.Envelope{ID: "m-ok", Topic: "ok"}}, &inbox.Message{Envelope: transport.Envelope{ID: "m-bad", Topic: "bad"}})
 	if !res[0].Duplicate || res[0].State != durabletest.Handled || !res[1].Duplicate || res[1].State != durabletest.DeadLettered {
 		t.Errorf("Work of resent messages = %+v, want duplicates, handled and dead-lettered", res)
 	}
@@ -175,7 +175,7 @@ func testWorkTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
 		t.Errorf("after a minute the inbox had not handled m-ok and failed m-broken once")
 	}()
 	msg := mustFail(t, func(tb durabletest.TB) {
-		durabletest.Work(ctx, tb, ib, &inbox.Message{ID: "m-ok", Topic: "ok"}, &inbox.Message{ID: "m-broken", Topic: "broken"})
+		durabletest.Work(ctx, tb, ib, &inbox.Message{Envelope: transport.Envelope{ID: "m-ok", Topic: "ok"}}, &inbox.Message{Envelope: transport.Envelope{ID: "m-broken", Topic: "broken"}})
 	})
 	<-watched
 	contains(t, msg, "durabletest: Work: context deadline exceeded while waiting; not yet handled or dead-lettered:",
@@ -190,7 +190,7 @@ func testWorkTimeout[TTx any](t *testing.T, f *fixture[TTx]) {
 		t.Errorf("Work took %v to give up after its deadline", d)
 	}
 	// The inbox was stopped: it can run again.
-	res := durabletest.Work(ctxFor(t), t, ib, &inbox.Message{ID: "m-later", Topic: "ok"})
+	res := durabletest.Work(ctxFor(t), t, ib, &inbox.Message{Envelope: transport.Envelope{ID: "m-later", Topic: "ok"}})
 	if res[0].State != durabletest.Handled {
 		t.Errorf("Work after a timeout = %+v, want handled", res[0])
 	}
@@ -251,7 +251,7 @@ func testWorkRunningInbox[TTx any](t *testing.T, f *fixture[TTx]) {
 	case <-ctx.Done():
 		t.Fatal("the inbox did not handle the probe")
 	}
-	res := durabletest.Work(ctxFor(t), t, ib, &inbox.Message{ID: "m-1", Topic: "ok"}, &inbox.Message{ID: "m-2", Topic: "flaky"})
+	res := durabletest.Work(ctxFor(t), t, ib, &inbox.Message{Envelope: transport.Envelope{ID: "m-1", Topic: "ok"}}, &inbox.Message{Envelope: transport.Envelope{ID: "m-2", Topic: "flaky"}})
 	if res[0].State != durabletest.Handled || res[1].State != durabletest.Handled || res[1].Attempts != 3 {
 		t.Errorf("Work on a running inbox = %+v, want both handled, the flaky one in 3 attempts", res)
 	}
@@ -265,20 +265,26 @@ func TestWorkFailures(t *testing.T) {
 	ib, _ := newInbox(t, f, inbox.Config{})
 	ctx := ctxFor(t)
 	msg := mustFail(t, func(tb durabletest.TB) {
-		durabletest.Work(ctx, tb, ib, &inbox.Message{ID: "m-1", Topic: "bad\xff"})
+		durabletest.Work(ctx, tb, ib, &inbox.Message{Envelope: transport.Envelope{ID: "m-1", Topic: "bad\xff"}})
 	})
-	contains(t, msg, `Work: Deliver rejected message 0 (source "durabletest", id "m-1"): topic is not valid UTF-8`)
+	contains(t, msg, `Work: Deliver rejected message 0 (source "durabletest", id "m-1"): Topic is not valid UTF-8`)
 	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib) })
 	contains(t, msg, "Work: no message to deliver")
-	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib, &inbox.Message{Topic: "ok"}, nil) })
+	msg = mustFail(t, func(tb durabletest.TB) {
+		durabletest.Work(ctx, tb, ib, &inbox.Message{Envelope: transport.Envelope{Topic: "ok"}}, nil)
+	})
 	contains(t, msg, "Work: message 1 is nil")
-	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work[int](ctx, tb, nil, &inbox.Message{Topic: "ok"}) })
+	msg = mustFail(t, func(tb durabletest.TB) {
+		durabletest.Work[int](ctx, tb, nil, &inbox.Message{Envelope: transport.Envelope{Topic: "ok"}})
+	})
 	contains(t, msg, "Work: nil inbox")
 
 	// A database without durable's schema.
 	bare := openSQLite(t, false)
 	ib, _ = newInbox(t, bare, inbox.Config{})
-	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, ib, &inbox.Message{Topic: "ok"}) })
+	msg = mustFail(t, func(tb durabletest.TB) {
+		durabletest.Work(ctx, tb, ib, &inbox.Message{Envelope: transport.Envelope{Topic: "ok"}})
+	})
 	contains(t, msg, "Work: Deliver the batch of durabletest:", "schema")
 
 	// An inbox on a dialect that is no dialects.Inspector: Work cannot
@@ -287,7 +293,7 @@ func TestWorkFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, only, &inbox.Message{Topic: "ok"}) })
+	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, only, &inbox.Message{Envelope: transport.Envelope{Topic: "ok"}}) })
 	contains(t, msg, "Work: cannot read the inbox: the inbox's dialect (struct { dialects.InboxDialect[*database/sql.Tx] }) cannot list the inbox: it does not implement dialects.Inspector")
 
 	// A TB whose Fatalf returns: Work returns nil after stopping the
@@ -296,7 +302,7 @@ func TestWorkFailures(t *testing.T) {
 	tb := &fakeTB{returns: true}
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if res := durabletest.Work(short, tb, ib, &inbox.Message{Topic: "broken"}); res != nil || !tb.failed {
+	if res := durabletest.Work(short, tb, ib, &inbox.Message{Envelope: transport.Envelope{Topic: "broken"}}); res != nil || !tb.failed {
 		t.Errorf("Work with a returning Fatalf = %v, failed %v; want nil and a failure", res, tb.failed)
 	}
 	requireStopped(t, ib)
@@ -319,8 +325,8 @@ func TestWorkUnmatched(t *testing.T) {
 				t.Fatal(err)
 			}
 			res := durabletest.Work(context.Background(), t, ib,
-				&inbox.Message{ID: "m1", Topic: "learned.at.runtime", Payload: []byte("{}")},
-				&inbox.Message{ID: "m2", Topic: "another.one", Payload: []byte("{}")})
+				&inbox.Message{Envelope: transport.Envelope{ID: "m1", Topic: "learned.at.runtime", Payload: []byte("{}")}},
+				&inbox.Message{Envelope: transport.Envelope{ID: "m2", Topic: "another.one", Payload: []byte("{}")}})
 			for _, r := range res {
 				if r.State != durabletest.Handled || r.Attempts != 1 || f.effects(t, r.ID) != 1 {
 					t.Errorf("%s: %s after %d attempts (%s), %d effects; want handled once", r.ID, r.State, r.Attempts, r.LastError, f.effects(t, r.ID))

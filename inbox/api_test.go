@@ -42,7 +42,7 @@ func TestMux(t *testing.T) {
 		trace = append(trace, "b")
 		return errors.New("b failed")
 	}))
-	if err := m.HandleMessage(context.Background(), 1, &Message{Topic: "a"}); err != nil {
+	if err := m.HandleMessage(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "a"}}); err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{"outer>", "inner>", "a", "<inner", "<outer"}; !slices.Equal(trace, want) {
@@ -52,10 +52,10 @@ func TestMux(t *testing.T) {
 	// what that Mux hands it.
 	outer := NewMux[int]()
 	outer.Handle("b", m)
-	if err := outer.HandleMessage(context.Background(), 1, &Message{Topic: "b"}); err == nil || err.Error() != "b failed" {
+	if err := outer.HandleMessage(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "b"}}); err == nil || err.Error() != "b failed" {
 		t.Fatalf("b = %v", err)
 	}
-	err := m.HandleMessage(context.Background(), 1, &Message{Topic: "c"})
+	err := m.HandleMessage(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "c"}})
 	if !errors.Is(err, ErrNoHandler) || !strings.Contains(err.Error(), `"c"`) {
 		t.Fatalf("unknown topic = %v", err)
 	}
@@ -65,11 +65,11 @@ func TestMux(t *testing.T) {
 	var zero Mux[int] // the zero Mux is ready to use
 	zero.Use(mw("z"))
 	zero.HandleFunc("q", okInt)
-	if err := zero.HandleMessage(context.Background(), 1, &Message{Topic: "q"}); err != nil {
+	if err := zero.HandleMessage(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "q"}}); err != nil {
 		t.Fatalf("zero Mux: %v", err)
 	}
 	var nilMux *Mux[int]
-	if err := nilMux.HandleMessage(context.Background(), 1, &Message{Topic: "a"}); !errors.Is(err, ErrNoHandler) {
+	if err := nilMux.HandleMessage(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: "a"}}); !errors.Is(err, ErrNoHandler) {
 		t.Fatalf("nil Mux = %v", err)
 	}
 	for name, f := range map[string]func(){
@@ -100,10 +100,10 @@ func TestJSON(t *testing.T) {
 		}
 		return nil
 	})
-	if err := h.HandleMessage(context.Background(), 0, &Message{Payload: []byte(`{"n":7}`)}); err != nil {
+	if err := h.HandleMessage(context.Background(), 0, &Message{Envelope: transport.Envelope{Payload: []byte(`{"n":7}`)}}); err != nil {
 		t.Fatal(err)
 	}
-	err := h.HandleMessage(context.Background(), 0, &Message{Payload: []byte(`{`)})
+	err := h.HandleMessage(context.Background(), 0, &Message{Envelope: transport.Envelope{Payload: []byte(`{`)}})
 	var de *DecodeError
 	if !errors.As(err, &de) || !strings.Contains(err.Error(), "cannot decode payload") {
 		t.Fatalf("bad payload = %v", err)
@@ -394,7 +394,7 @@ func TestMuxUnmatched(t *testing.T) {
 		})
 	})
 	for _, topic := range []string{"a", "b", "c.d"} {
-		if err := m.HandleMessage(context.Background(), 1, &Message{Topic: topic}); err != nil {
+		if err := m.HandleMessage(context.Background(), 1, &Message{Envelope: transport.Envelope{Topic: topic}}); err != nil {
 			t.Fatalf("%s: %v", topic, err)
 		}
 	}

@@ -7,38 +7,52 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
 )
 
-// Message is a received message as a handler sees it.
+// Message is a received message as a handler sees it: the envelope the
+// sender sent (transport.Envelope, embedded: ID, Topic, Key, Headers,
+// Payload, CreatedAt, ExpiresAt) and what the inbox adds.
+//
+// ID is unique per Source. Messages of one Source with the same Key are
+// handled one at a time, in the order they arrived. Headers is never nil.
+// CreatedAt is when the sender enqueued the message (its clock). An
+// expired message (ExpiresAt passed) goes to the dead letters unhandled.
+//
+// Two envelope fields are the sender's and are not kept by the inbox, so a
+// handler sees them zero: DeliverAt (the inbox schedules by its own run
+// time, which starts at the sender's DeliverAt) and SendAttempt (Attempt
+// counts the handler's attempts instead).
 type Message struct {
-	// ID identifies the message; it is unique per Source.
-	ID string
+	transport.Envelope
 	// Source is the sending node.
 	Source string
-	// Topic routed the message to its handler.
-	Topic string
-	// Key is the ordering key, "" for none. Messages of one Source with the
-	// same Key are handled one at a time, in the order they arrived.
-	Key string
-	// Headers are the sender's headers; never nil.
-	Headers map[string]string
-	// Payload is the message body.
-	Payload []byte
-	// CreatedAt is when the sender enqueued the message (its clock).
-	CreatedAt time.Time
 	// ReceivedAt is when the inbox stored the message.
 	ReceivedAt time.Time
-	// ExpiresAt is when the message stops being worth handling; zero:
-	// never. An expired message goes to the dead letters unhandled.
-	ExpiresAt time.Time
-	// Attempt is the number of this attempt, from 1. A retry after a
-	// failure counts; a snooze (Retry) does not.
+	// Attempt is the number of this handler attempt, from 1. A retry after
+	// a failure counts; a snooze (Retry) does not.
 	Attempt int
 	// LastError is the error of the previous attempt, if any.
 	LastError string
 	// ReplayedAt is when the message was replayed from the dead letters;
 	// zero if it never was.
 	ReplayedAt time.Time
+}
+
+// message returns the Message a handler gets for r: the one place the
+// inbox builds it.
+func message(r *dialects.InboxRow) *Message {
+	m := &Message{
+		Envelope: r.Envelope, Source: r.Source, ReceivedAt: r.ReceivedAt,
+		Attempt: r.Attempts, LastError: r.LastError, ReplayedAt: r.ReplayedAt,
+	}
+	m.DeliverAt, m.SendAttempt = time.Time{}, 0 // the sender's, not kept
+	if m.Headers == nil {
+		m.Headers = map[string]string{}
+	}
+	return m
 }
 
 // Handler handles messages.

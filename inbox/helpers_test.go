@@ -270,12 +270,12 @@ func start[TTx any](t testing.TB, ib *Inbox[TTx]) (stop func()) {
 
 func envelope(i int, topic string) transport.Envelope {
 	return transport.Envelope{
-		ID:        fmt.Sprintf("m-%06d", i),
-		Topic:     topic,
-		Headers:   map[string]string{"n": fmt.Sprint(i)},
-		Payload:   fmt.Appendf(nil, `{"n":%d}`, i),
-		CreatedAt: time.Now().UTC(),
-		Attempt:   1,
+		ID:          fmt.Sprintf("m-%06d", i),
+		Topic:       topic,
+		Headers:     map[string]string{"n": fmt.Sprint(i)},
+		Payload:     fmt.Appendf(nil, `{"n":%d}`, i),
+		CreatedAt:   time.Now().UTC(),
+		SendAttempt: 1,
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/housekeep"
 	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/transport"
 )
 
 // fillHandled inserts n handled rows of source "old", handled eight days
@@ -102,7 +103,7 @@ func runLive[TTx any](ctx context.Context, t testing.TB, ib *Inbox[TTx], writers
 			for i := 0; !stopped(); i++ {
 				rows := make([]dialects.InboxRow, 10)
 				for j := range rows {
-					rows[j] = dialects.InboxRow{Source: "live", ID: fmt.Sprintf("w%d-%d-%d", w, i, j), Topic: "order.placed", Payload: []byte("live")}
+					rows[j] = dialects.InboxRow{Envelope: transport.Envelope{ID: fmt.Sprintf("w%d-%d-%d", w, i, j), Topic: "order.placed", Payload: []byte("live")}, Source: "live"}
 				}
 				start := time.Now()
 				stored, err := ib.insert(ctx, rows)

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -441,20 +440,23 @@ var _ transport.Handler = (*Inbox[any])(nil)
 // once. Duplicates are recognised while the original is kept: handled
 // messages for Config.Retention, dead letters until purged.
 //
-// An envelope that cannot be stored (an empty ID, text that is not valid
-// UTF-8 or holds a NUL byte) is answered Rejected with the reason, and the
-// others are stored. An invalid source fails the whole batch permanently.
+// An envelope that cannot be stored (transport.Envelope.Validate: an empty
+// ID, a name over 255 bytes, text that is not valid UTF-8 or holds a NUL
+// byte, ...) is answered Rejected with the reason, and the others are
+// stored. An invalid source fails the whole batch permanently.
 // A database error fails it retryably: the sender sends it again. (Two
 // deliveries of overlapping ids in different orders at the same moment can
 // deadlock on Postgres, which then fails one of them: retryably too.) The
-// envelope's Attempt (the sender's) is not kept; the inbox counts its own.
+// envelope's SendAttempt (the sender's) is not kept; the inbox counts its
+// own handler attempts. Its DeliverAt becomes the row's first RunAt, the
+// receiver's own schedule, which retries and snoozes then move.
 //
 // Storing wakes idle workers of this Inbox.
 func (ib *Inbox[TTx]) Deliver(ctx context.Context, b *transport.Batch) (transport.Result, error) {
 	if b == nil || len(b.Envelopes) == 0 {
 		return transport.Result{}, nil
 	}
-	if reason := checkText(b.Source); reason != "" {
+	if reason := transport.CheckName(b.Source); reason != "" {
 		return transport.Result{}, transport.Permanent(fmt.Errorf("durable/inbox: batch source %s", reason))
 	}
 	outcomes := make([]transport.Outcome, len(b.Envelopes))
@@ -463,23 +465,14 @@ func (ib *Inbox[TTx]) Deliver(ctx context.Context, b *transport.Batch) (transpor
 	var resent []bool // per row: sent before (see deliverInline)
 	for i := range b.Envelopes {
 		e := &b.Envelopes[i]
-		if reason := checkEnvelope(e); reason != "" {
-			outcomes[i] = transport.Outcome{Status: transport.Rejected, Reason: reason}
+		if err := e.Validate(); err != nil {
+			outcomes[i] = transport.Outcome{Status: transport.Rejected, Reason: rejectReason(err)}
 			continue
 		}
-		rows = append(rows, dialects.InboxRow{
-			Source:    b.Source,
-			ID:        e.ID,
-			Topic:     e.Topic,
-			Key:       e.Key,
-			Headers:   e.Headers,
-			Payload:   e.Payload,
-			CreatedAt: e.CreatedAt,
-			ExpiresAt: e.ExpiresAt,
-			RunAt:     e.DeliverAt,
-		})
+		// The sender's schedule is the first of the receiver's own.
+		rows = append(rows, dialects.InboxRow{Envelope: *e, Source: b.Source, RunAt: e.DeliverAt})
 		index = append(index, i)
-		resent = append(resent, e.Attempt > 1)
+		resent = append(resent, e.SendAttempt > 1)
 	}
 	if len(rows) == 0 {
 		return transport.Result{Outcomes: outcomes}, nil
@@ -541,37 +534,14 @@ func (ib *Inbox[TTx]) insert(ctx context.Context, rows []dialects.InboxRow) ([]b
 	return stored, nil
 }
 
-// checkEnvelope returns why e cannot be stored, or "".
-func checkEnvelope(e *transport.Envelope) string {
-	if e.ID == "" {
-		return "empty message id"
+// rejectReason is the reason of a Rejected outcome for the error of
+// transport.Envelope.Validate: the field and what is wrong with it.
+func rejectReason(err error) string {
+	var ee *transport.EnvelopeError
+	if errors.As(err, &ee) {
+		return ee.Field + " " + ee.Reason
 	}
-	for _, f := range []struct{ name, v string }{{"id", e.ID}, {"topic", e.Topic}, {"key", e.Key}} {
-		if r := checkText(f.v); r != "" {
-			return f.name + " " + r
-		}
-	}
-	for k, v := range e.Headers {
-		if r := checkText(k); r != "" {
-			return "header name " + r
-		}
-		if r := checkText(v); r != "" {
-			return "header " + k + " " + r
-		}
-	}
-	return ""
-}
-
-// checkText returns why s cannot be stored as text (Postgres refuses NUL
-// and invalid UTF-8), or "".
-func checkText(s string) string {
-	if !utf8.ValidString(s) {
-		return "is not valid UTF-8"
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return "contains a NUL byte"
-	}
-	return ""
+	return err.Error()
 }
 
 // Wake makes an idle worker of every queue look for ready messages now:

@@ -33,7 +33,7 @@ func testDeliverDuplicates[TTx any](t *testing.T, f *fixture[TTx]) {
 	var ids []string
 	for i := range envs {
 		envs[i] = envelope(i, "t")
-		envs[i].Attempt = 3 // the sender's count is not the inbox's
+		envs[i].SendAttempt = 3 // the sender's count is not the inbox's
 		ids = append(ids, envs[i].ID)
 	}
 	for round := range 3 {
@@ -119,12 +119,16 @@ func testDeliverStoresEnvelope[TTx any](t *testing.T, f *fixture[TTx]) {
 		transport.Envelope{ID: "c", Topic: "t", Headers: map[string]string{"h": "\xff"}},
 		transport.Envelope{ID: "a", Topic: "t"},
 		transport.Envelope{ID: "d"},
+		transport.Envelope{ID: strings.Repeat("x", transport.MaxNameBytes+1), Topic: "t"},
 	))
-	want := []transport.Status{transport.Accepted, transport.Rejected, transport.Rejected, transport.Rejected, transport.Duplicate, transport.Accepted}
+	want := []transport.Status{transport.Accepted, transport.Rejected, transport.Rejected, transport.Rejected, transport.Duplicate, transport.Accepted, transport.Rejected}
 	if got := statuses(res, len(want)); !slices.Equal(got, want) {
 		t.Fatalf("statuses %v, want %v", got, want)
 	}
-	if r := res.Outcome(2).Reason; !strings.Contains(r, "NUL") {
+	if r := res.Outcome(2).Reason; r != "Topic contains a NUL byte" {
+		t.Fatalf("reject reason %q", r)
+	}
+	if r := res.Outcome(6).Reason; r != "ID is longer than 255 bytes" {
 		t.Fatalf("reject reason %q", r)
 	}
 	r := row(t, ib, "orders", "a")

@@ -222,7 +222,7 @@ func testInlineStoresForWorkers[TTx any](t *testing.T, f *fixture[TTx]) {
 	expired.ExpiresAt = time.Now().Add(-time.Minute)
 	plain := envelope(8, "ok")
 	resent := envelope(10, "ok") // sent before: its first delivery may have killed the process
-	resent.Attempt = 2
+	resent.SendAttempt = 2
 	deliverMark(behind, free, noHandler, queued, later, expired, plain, resent)
 	for _, id := range []string{free.ID, plain.ID} {
 		if r := row(t, ib, "orders", id); r.State != dialects.InboxStateHandled {

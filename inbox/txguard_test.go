@@ -12,6 +12,7 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/internal/pgcopy"
+	"github.com/durable-go/durable/transport"
 )
 
 // TestHandlerCannotEndTx (pgx, found in review): a handler's Commit and Rollback of the
@@ -84,7 +85,7 @@ func TestHandlerEnqueuesOnGuardedTx(t *testing.T) {
 		}
 		rows := make([]dialects.OutboxRow, pgcopy.Threshold)
 		for i := range rows {
-			rows[i] = dialects.OutboxRow{ID: fmt.Sprintf("%s-%d", m.ID, i), Destination: "next", Topic: "t", Payload: []byte("x")}
+			rows[i] = dialects.OutboxRow{Envelope: transport.Envelope{ID: fmt.Sprintf("%s-%d", m.ID, i), Topic: "t", Payload: []byte("x")}, Destination: "next"}
 		}
 		if err := d.InsertOutbox(ctx, tx, rows[:1]); err != nil {
 			return err

@@ -412,15 +412,7 @@ func (ib *Inbox[TTx]) wakeForRetries(signal func(), outcomes []dialects.InboxOut
 func (ib *Inbox[TTx]) call(ctx context.Context, timeout time.Duration, tx TTx, r *dialects.InboxRow, first func(context.Context) error) (err error) {
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	headers := r.Headers
-	if headers == nil {
-		headers = map[string]string{}
-	}
-	msg := &Message{
-		ID: r.ID, Source: r.Source, Topic: r.Topic, Key: r.Key, Headers: headers, Payload: r.Payload,
-		CreatedAt: r.CreatedAt, ReceivedAt: r.ReceivedAt, ExpiresAt: r.ExpiresAt,
-		Attempt: r.Attempts, LastError: r.LastError, ReplayedAt: r.ReplayedAt,
-	}
+	msg := message(r)
 	if w, ok := ib.d.(dialects.TxWatcher[TTx]); ok && first != nil {
 		tx = w.WatchTx(tx, first)
 	} else if g, ok := ib.d.(dialects.TxGuard[TTx]); ok {

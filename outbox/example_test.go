@@ -141,7 +141,7 @@ func ExampleRelay() {
 		<-done
 		return
 	}
-	fmt.Println("received:", e.ID, e.Topic, string(e.Payload), "attempt", e.Attempt)
+	fmt.Println("received:", e.ID, e.Topic, string(e.Payload), "attempt", e.SendAttempt)
 
 	stop() // graceful: the batch in flight is acknowledged first
 	fmt.Println("Run returned:", <-done)

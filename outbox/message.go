@@ -4,12 +4,19 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
 )
 
-// Message is one message to send to one destination.
+// Message is one message to send to one destination: what an application
+// gives Enqueue. Enqueue turns it into the transport.Envelope that is stored,
+// sent and handed to the receiver's handler (adding CreatedAt and, per send,
+// SendAttempt), next to the Destination, which does not travel.
+//
+// Message is a struct of its own rather than an embedded transport.Envelope
+// so that a call site names only what the application sets, in one flat
+// literal, and does not show fields Enqueue would ignore.
 type Message struct {
 	// ID identifies the message. Empty: Enqueue assigns a UUIDv7 (time
 	// ordered) and writes it back into the Message. A caller-chosen ID makes
@@ -45,8 +52,9 @@ const (
 	// DefaultMaxHeaderBytes bounds the sum of the lengths of all header
 	// names and values of one message.
 	DefaultMaxHeaderBytes = 16 << 10 // 16 KiB
-	// MaxNameBytes bounds ID, Destination, Topic, Key and each header name.
-	MaxNameBytes = 255
+	// MaxNameBytes bounds ID, Destination, Topic, Key and each header name
+	// (transport.MaxNameBytes).
+	MaxNameBytes = transport.MaxNameBytes
 )
 
 var (
@@ -73,7 +81,7 @@ var (
 type ValidationError struct {
 	Index  int    // position of the message in the Enqueue call
 	ID     string // the message's ID, if it had one
-	Field  string // "ID", "Destination", "Topic", "Key", "Headers", "Payload", "ExpiresAt"
+	Field  string // "Message" (nil), "Destination", or a field of the envelope: "ID", "Topic", "Key", "Headers", "Payload", "DeliverAt", "ExpiresAt"
 	Reason string
 	kind   error // ErrTooLarge, ErrUnknownDestination or nil
 }
@@ -99,24 +107,25 @@ type limits struct {
 	destinations map[string]bool // nil: any destination
 }
 
-// validate checks m against l; i is its index in the Enqueue call.
-func (l *limits) validate(i int, m *Message) error {
-	bad := func(field, reason string, kind error) error {
-		return &ValidationError{Index: i, ID: m.ID, Field: field, Reason: reason, kind: kind}
-	}
+// check checks what Enqueue needs of m before it can assign an ID: that m
+// is there and has a valid destination and a topic. i is m's index in the
+// Enqueue call.
+func (l *limits) check(i int, m *Message) error {
 	if m == nil {
 		return &ValidationError{Index: i, Field: "Message", Reason: "is nil"}
 	}
-	if m.ID != "" {
-		if err := checkName(m.ID); err != "" {
-			return bad("ID", err, kindOf(err))
-		}
+	bad := func(field, reason string, kind error) error {
+		return &ValidationError{Index: i, ID: m.ID, Field: field, Reason: reason, kind: kind}
 	}
 	if m.Destination == "" {
 		return bad("Destination", "is empty", nil)
 	}
-	if err := checkName(m.Destination); err != "" {
-		return bad("Destination", err, kindOf(err))
+	if r := transport.CheckName(m.Destination); r != "" {
+		var kind error
+		if len(m.Destination) > MaxNameBytes {
+			kind = ErrTooLarge
+		}
+		return bad("Destination", r, kind)
 	}
 	if l.destinations != nil && !l.destinations[m.Destination] {
 		return bad("Destination", fmt.Sprintf("%q is not one of the configured destinations", m.Destination), ErrUnknownDestination)
@@ -124,72 +133,44 @@ func (l *limits) validate(i int, m *Message) error {
 	if m.Topic == "" {
 		return bad("Topic", "is empty", nil)
 	}
-	if err := checkName(m.Topic); err != "" {
-		return bad("Topic", err, kindOf(err))
+	return nil
+}
+
+// validate checks the envelope e made of m (transport.Envelope.Validate)
+// and its sizes against l; i is m's index in the Enqueue call.
+func (l *limits) validate(i int, m *Message, e *transport.Envelope) error {
+	bad := func(field, reason string, kind error) error {
+		return &ValidationError{Index: i, ID: m.ID, Field: field, Reason: reason, kind: kind}
 	}
-	if m.Key != "" {
-		if err := checkName(m.Key); err != "" {
-			return bad("Key", err, kindOf(err))
+	if err := e.Validate(); err != nil {
+		var ee *transport.EnvelopeError
+		if !errors.As(err, &ee) {
+			return err
 		}
+		var kind error
+		if errors.Is(ee, transport.ErrTooLarge) {
+			kind = ErrTooLarge
+		}
+		return bad(ee.Field, ee.Reason, kind)
 	}
 	size := 0
-	for k, v := range m.Headers {
-		if k == "" {
-			return bad("Headers", "has an empty name", nil)
-		}
-		if err := checkName(k); err != "" {
-			return bad("Headers", fmt.Sprintf("name %q %s", truncate(k), err), kindOf(err))
-		}
-		if err := checkText(v); err != "" {
-			return bad("Headers", fmt.Sprintf("value of %q %s", k, err), nil)
-		}
+	for k, v := range e.Headers {
 		size += len(k) + len(v)
 	}
 	if size > l.maxHeaders {
 		return bad("Headers", fmt.Sprintf("total %d bytes, over the limit of %d", size, l.maxHeaders), ErrTooLarge)
 	}
-	if len(m.Payload) > l.maxPayload {
-		return bad("Payload", fmt.Sprintf("is %d bytes, over the limit of %d", len(m.Payload), l.maxPayload), ErrTooLarge)
-	}
-	if !m.ExpiresAt.IsZero() && !m.DeliverAt.IsZero() && !m.ExpiresAt.After(m.DeliverAt) {
-		return bad("ExpiresAt", fmt.Sprintf("%s is not after DeliverAt %s", m.ExpiresAt.Format(time.RFC3339Nano), m.DeliverAt.Format(time.RFC3339Nano)), nil)
+	if len(e.Payload) > l.maxPayload {
+		return bad("Payload", fmt.Sprintf("is %d bytes, over the limit of %d", len(e.Payload), l.maxPayload), ErrTooLarge)
 	}
 	return nil
 }
 
-const tooLong = "is longer than 255 bytes"
-
-func kindOf(reason string) error {
-	if reason == tooLong {
-		return ErrTooLarge
+// envelope returns the envelope of m under id: the one copy of an
+// application's fields into the shape that is stored, sent and handled.
+func (m *Message) envelope(id string) transport.Envelope {
+	return transport.Envelope{
+		ID: id, Topic: m.Topic, Key: m.Key, Headers: m.Headers, Payload: m.Payload,
+		DeliverAt: m.DeliverAt, ExpiresAt: m.ExpiresAt,
 	}
-	return nil
-}
-
-// checkName validates an identifier-like string: at most MaxNameBytes,
-// valid UTF-8, no NUL (which Postgres text cannot store).
-func checkName(s string) string {
-	if len(s) > MaxNameBytes {
-		return tooLong
-	}
-	return checkText(s)
-}
-
-func checkText(s string) string {
-	if !utf8.ValidString(s) {
-		return "is not valid UTF-8"
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return "contains a NUL byte"
-		}
-	}
-	return ""
-}
-
-func truncate(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "…"
-	}
-	return s
 }

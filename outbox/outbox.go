@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
 )
 
 // Config configures an Outbox. The zero value (or a nil *Config) gives the
@@ -90,7 +91,7 @@ func New[TTx any](d dialects.Enqueuer[TTx], cfg *Config) (*Outbox[TTx], error) {
 	if len(c.Destinations) > 0 {
 		o.lim.destinations = make(map[string]bool, len(c.Destinations))
 		for _, dest := range c.Destinations {
-			if dest == "" || checkName(dest) != "" {
+			if dest == "" || transport.CheckName(dest) != "" {
 				return nil, fmt.Errorf("durable/outbox: invalid destination name %q in Config.Destinations", dest)
 			}
 			o.lim.destinations[dest] = true
@@ -134,8 +135,10 @@ func (o *Outbox[TTx]) Dialect() dialects.Enqueuer[TTx] { return o.d }
 // Enqueue writes msgs to the outbox in tx, the caller's transaction: they are
 // sent once tx commits, and never if it rolls back. Enqueue does not commit.
 //
-// All messages are validated first; if any is invalid, Enqueue returns a
-// *ValidationError (errors.Is ErrInvalidMessage) and writes nothing. A
+// All messages are validated first (a destination, a topic, the rules of
+// transport.Envelope.Validate, the size limits of Config); if any is
+// invalid, Enqueue returns a *ValidationError (errors.Is ErrInvalidMessage)
+// and writes nothing. A
 // message whose ID is already in the outbox for its destination makes the
 // whole call fail with ErrDuplicateID, again writing nothing of the call and
 // leaving tx usable. Messages without an ID get a UUIDv7, written back into
@@ -153,32 +156,24 @@ func (o *Outbox[TTx]) Enqueue(ctx context.Context, tx TTx, msgs ...*Message) (er
 	if len(msgs) == 0 {
 		return nil
 	}
-	for i, m := range msgs {
-		if err := o.lim.validate(i, m); err != nil {
-			return err
-		}
-	}
 	rows := make([]dialects.OutboxRow, len(msgs))
 	for i, m := range msgs {
+		if err := o.lim.check(i, m); err != nil {
+			return err
+		}
 		id := m.ID
 		if id == "" {
 			var err error
 			if id, err = o.newID(); err != nil {
 				return err
 			}
-			if id == "" || checkName(id) != "" {
+			if id == "" || transport.CheckName(id) != "" {
 				return fmt.Errorf("durable/outbox: Config.NewID returned an invalid id %q", id)
 			}
 		}
-		rows[i] = dialects.OutboxRow{
-			ID:          id,
-			Destination: m.Destination,
-			Topic:       m.Topic,
-			Key:         m.Key,
-			Headers:     m.Headers,
-			Payload:     m.Payload,
-			DeliverAt:   m.DeliverAt,
-			ExpiresAt:   m.ExpiresAt,
+		rows[i] = dialects.OutboxRow{Envelope: m.envelope(id), Destination: m.Destination}
+		if err := o.lim.validate(i, m, &rows[i].Envelope); err != nil {
+			return err
 		}
 	}
 	ctx, end := o.tr.start(ctx, rows)

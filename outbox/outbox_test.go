@@ -177,6 +177,8 @@ func testBadInput[TTx any](t *testing.T, tg target[TTx]) {
 			m.DeliverAt = time.Now().Add(time.Hour)
 			m.ExpiresAt = time.Now()
 		}, outbox.ErrInvalidMessage, "ExpiresAt"},
+		{"deliver in year 10000", func(m *outbox.Message) { m.DeliverAt = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, outbox.ErrInvalidMessage, "DeliverAt"},
+		{"NUL in header value", func(m *outbox.Message) { m.Headers = map[string]string{"h": "\x00"} }, outbox.ErrInvalidMessage, "Headers"},
 	}
 	for _, c := range cases {
 		good, bad := msg(1), msg(2)

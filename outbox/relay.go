@@ -373,7 +373,7 @@ func NewRelay(d dialects.RelayStore, senders map[string]transport.Sender, cfg *R
 	}
 	core.hk = newHousekeeper(d, core)
 	for dest, s := range senders {
-		if dest == "" || checkName(dest) != "" {
+		if dest == "" || transport.CheckName(dest) != "" {
 			return nil, fmt.Errorf("durable/outbox: invalid destination name %q in the senders", dest)
 		}
 		if s == nil {

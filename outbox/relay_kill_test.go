@@ -189,7 +189,7 @@ func testKilled[TTx any](t *testing.T, d dialects.Dialect[TTx], dialect, dsn str
 	}
 	leased := map[string]bool{}
 	for _, r := range rows {
-		if strings.HasPrefix(r.LockedBy, helperID+"/") {
+		if strings.HasPrefix(r.LeaseToken, helperID+"/") {
 			leased[r.ID] = true
 		}
 	}
@@ -216,7 +216,7 @@ func testKilled[TTx any](t *testing.T, d dialects.Dialect[TTx], dialect, dsn str
 		t.Fatalf("%d deliveries of %d ids, want %d of %d", len(got), len(counts), total+len(firstIDs), total)
 	}
 	for _, g := range got {
-		if leased[g.env.ID] && counts[g.env.ID] == 2 && g.env.Attempt == 2 {
+		if leased[g.env.ID] && counts[g.env.ID] == 2 && g.env.SendAttempt == 2 {
 			return // the resend carries its attempt number
 		}
 	}

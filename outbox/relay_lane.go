@@ -354,11 +354,7 @@ func (l *lane) deliver(ctx, sendCtx context.Context, token string, claimed time.
 func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, rows []dialects.ClaimedRow) *retry {
 	env := make([]transport.Envelope, len(rows))
 	for i := range rows {
-		r := &rows[i]
-		env[i] = transport.Envelope{
-			ID: r.ID, Topic: r.Topic, Key: r.Key, Headers: r.Headers, Payload: r.Payload,
-			CreatedAt: r.CreatedAt, DeliverAt: r.DeliverAt, ExpiresAt: r.ExpiresAt, Attempt: r.Attempts,
-		}
+		env[i] = rows[i].Envelope // SendAttempt counted by the claim
 	}
 	sctx, cancel := context.WithTimeout(sendCtx, l.c.cfg.SendTimeout)
 	sctx, cancel2 := context.WithDeadline(sctx, deadline)

@@ -101,7 +101,7 @@ func testSameID(t *testing.T, id1, id2 string) {
 	if len(rows) != 1 {
 		t.Fatalf("rows %+v", rows)
 	}
-	t.Logf("row leased by relay 2 with token %q", rows[0].LockedBy)
+	t.Logf("row leased by relay 2 with token %q", rows[0].LeaseToken)
 	s1once.Do(func() { close(s1go) })
 	within(t, s1returned, "relay 1's late send to return")
 	// Relay 1 now releases "its" row with the token it claimed it with,
@@ -114,7 +114,7 @@ func testSameID(t *testing.T, id1, id2 string) {
 		return st.Retried > 0
 	})
 	rows = rowsOf(t, d)
-	if len(rows) != 1 || rows[0].LockedBy == "" {
+	if len(rows) != 1 || rows[0].LeaseToken == "" {
 		t.Fatalf("while relay 2 is still sending the row, it is no longer leased to it: %+v\n"+
 			"(relay 1, whose lease had expired, released it with the token both relays used)", rows)
 	}

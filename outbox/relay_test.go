@@ -129,7 +129,7 @@ func testDeliversAll[TTx any](t *testing.T, tg target[TTx]) {
 		}
 	}
 	for _, g := range got[:10] {
-		if g.env.Attempt != 1 || g.env.Topic != "test.relay" || !strings.HasPrefix(string(g.env.Payload), "payload ") || g.env.CreatedAt.IsZero() {
+		if g.env.SendAttempt != 1 || g.env.Topic != "test.relay" || !strings.HasPrefix(string(g.env.Payload), "payload ") || g.env.CreatedAt.IsZero() {
 			t.Fatalf("envelope %+v", g.env)
 		}
 	}
@@ -494,7 +494,7 @@ func testExpiredScheduled[TTx any](t *testing.T, tg target[TTx]) {
 	}
 	waitUntil(t, "the plain message's ack and the expired one's dead letter", 30*time.Second, func() bool { return unsent(t, d) == 1 })
 	rows := rowsOf(t, d)
-	if len(rows) != 1 || rows[0].ID != far.ID || rows[0].Attempts != 0 {
+	if len(rows) != 1 || rows[0].ID != far.ID || rows[0].SendAttempt != 0 {
 		t.Fatalf("outbox before DeliverAt: %+v, want only the scheduled row, never attempted", rows)
 	}
 	dl := deadLettersOf(t, d)
@@ -529,7 +529,7 @@ func testExpiredScheduled[TTx any](t *testing.T, tg target[TTx]) {
 				got = &rows[i]
 			}
 		}
-		if got == nil || got.Attempts != 0 || got.LockedBy != "" {
+		if got == nil || got.SendAttempt != 0 || got.LeaseToken != "" {
 			t.Fatalf("scheduled row before its DeliverAt: %+v, want it in the outbox, never attempted nor leased", got)
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -554,7 +554,7 @@ func testExpiredScheduled[TTx any](t *testing.T, tg target[TTx]) {
 	if !s.env.DeliverAt.Equal(sched.DeliverAt) || !s.env.ExpiresAt.Equal(sched.ExpiresAt) {
 		t.Fatalf("envelope DeliverAt %v ExpiresAt %v, want %v %v", s.env.DeliverAt, s.env.ExpiresAt, sched.DeliverAt, sched.ExpiresAt)
 	}
-	if rows := rowsOf(t, d); len(rows) != 1 || rows[0].ID != far.ID || rows[0].Attempts != 0 {
+	if rows := rowsOf(t, d); len(rows) != 1 || rows[0].ID != far.ID || rows[0].SendAttempt != 0 {
 		t.Fatalf("rows left: %+v, want only the one due in an hour, never attempted", rows)
 	}
 	st, err := relay.Stats(ctxT(t))
@@ -717,7 +717,7 @@ func TestRelayUnknownDestination(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	rows := rowsOf(t, d)
-	if len(rows) != 2 || rows[0].Destination != "nowhere" || rows[0].Attempts != 0 {
+	if len(rows) != 2 || rows[0].Destination != "nowhere" || rows[0].SendAttempt != 0 {
 		t.Fatalf("outbox %+v, want the two rows for nowhere, untouched", rows)
 	}
 	if n := rcv.distinct(); n != 1 {
@@ -792,7 +792,7 @@ func TestRelayDrain(t *testing.T) {
 	}
 	blockOnce.Do(func() { close(block) })
 	rows := rowsOf(t, d)
-	if len(rows) != 1 || rows[0].LockedBy != "" || !rows[0].LockedUntil.IsZero() || rows[0].Attempts != 1 {
+	if len(rows) != 1 || rows[0].LeaseToken != "" || !rows[0].LockedUntil.IsZero() || rows[0].SendAttempt != 1 {
 		t.Fatalf("row after an abandoned batch: %+v, want released at once with its attempt counted", rows)
 	}
 	// The next relay sends it at once.

@@ -37,7 +37,8 @@ var (
 	// retryable as is; split the batch or shrink the message.
 	ErrTooLarge = errors.New("transport: too large")
 	// ErrInvalid: an envelope cannot be encoded (for example a time outside years 1-9999 or a
-	// negative attempt). Not retryable.
+	// negative SendAttempt), or is not one durable stores (an [EnvelopeError] from
+	// [Envelope.Validate]). Not retryable.
 	ErrInvalid = errors.New("transport: invalid envelope")
 )
 

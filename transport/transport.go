@@ -6,11 +6,17 @@ import (
 	"time"
 )
 
-// Envelope is the wire form of one message.
+// Envelope is one message as it travels: the one shape every stage of durable carries, from
+// the outbox's row to the handler. dialects.OutboxRow and dialects.InboxRow embed it, and so
+// does the handler's inbox.Message; each adds only what belongs to its stage (the destination,
+// the source, leases, the handler's attempts).
 //
 // Times travel with nanosecond precision and arrive in UTC without a monotonic clock reading;
 // compare them with [time.Time.Equal]. A nil and an empty Headers map, and a nil and an empty
 // Payload, are not distinguished on the wire.
+//
+// [Envelope.Validate] states what durable stores; the wire itself carries any bytes (see the
+// tcp package's PROTOCOL.md), so a receiver checks what it is sent.
 type Envelope struct {
 	ID        string            // message id (UUIDv7 text by default, or caller-chosen), unique per source
 	Topic     string            // routes the message to a handler at the receiver
@@ -18,9 +24,13 @@ type Envelope struct {
 	Headers   map[string]string // may be nil
 	Payload   []byte            // opaque body
 	CreatedAt time.Time         // enqueue time at the sender
-	DeliverAt time.Time         // zero = immediately
+	DeliverAt time.Time         // the sender's schedule: not sent before this time; zero = immediately
 	ExpiresAt time.Time         // zero = never
-	Attempt   int               // send attempt number, 1-based
+
+	// SendAttempt is the sender's attempt number: 1 for the first send, counting every send of
+	// the message (0 = unknown). The receiver's own count of handler attempts is a different
+	// number (inbox.Message.Attempt). On the wire it is the envelope's "attempt" field.
+	SendAttempt int
 }
 
 // Batch is what a Sender sends and a Handler receives.

@@ -584,14 +584,14 @@ func checkShow(t *testing.T, e *dlEnv) {
 // first.
 var (
 	billingDead = []outboxDead{
-		{row: dialects.OutboxRow{ID: "inv-1", Topic: "invoice.created", Key: "cust-7",
-			Headers: map[string]string{"content-type": "application/json"}, Payload: []byte(`{"invoice":1}`)},
+		{row: dialects.OutboxRow{Envelope: transport.Envelope{ID: "inv-1", Topic: "invoice.created", Key: "cust-7",
+			Headers: map[string]string{"content-type": "application/json"}, Payload: []byte(`{"invoice":1}`)}},
 			reason: dialects.ReasonRejected, err: "billing rejected the message: unknown customer cust-7"},
-		{row: dialects.OutboxRow{ID: "inv-2", Topic: "invoice.created", Payload: []byte(`{"invoice":2}`)},
+		{row: dialects.OutboxRow{Envelope: transport.Envelope{ID: "inv-2", Topic: "invoice.created", Payload: []byte(`{"invoice":2}`)}},
 			reason: dialects.ReasonExpired, err: "expired before billing acknowledged it"},
 	}
 	crmDead = []outboxDead{
-		{row: dialects.OutboxRow{ID: "inv-1", Topic: "customer.updated", Payload: []byte(`{"customer":7}`)},
+		{row: dialects.OutboxRow{Envelope: transport.Envelope{ID: "inv-1", Topic: "customer.updated", Payload: []byte(`{"customer":7}`)}},
 			reason: dialects.ReasonRejected, err: "crm: permanent send error: 400 Bad Request from the peer\nbody: topic not accepted"},
 	}
 )
@@ -734,7 +734,7 @@ func testDeadLettersOutbox(t *testing.T, e *dlEnv) {
 		}
 		got, seed := rows[0], billingDead[0].row
 		if got.ID != "inv-1" || got.Topic != seed.Topic || got.Key != seed.Key || !reflect.DeepEqual(got.Headers, seed.Headers) ||
-			string(got.Payload) != string(seed.Payload) || got.Attempts != 0 || !got.ExpiresAt.IsZero() || got.LockedBy != "" ||
+			string(got.Payload) != string(seed.Payload) || got.SendAttempt != 0 || !got.ExpiresAt.IsZero() || got.LeaseToken != "" ||
 			!got.SentAt.IsZero() || !got.CreatedAt.Equal(all[0].CreatedAt) || got.DeliverAt.After(time.Now().Add(time.Minute)) {
 			t.Errorf("%s: outbox row %+v", when, got)
 		}

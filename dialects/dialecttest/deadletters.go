@@ -137,7 +137,7 @@ func (s deadLetterSuite[TTx]) replayOutboxSide(t *testing.T) {
 	wantIDs(t, "outbox after the replay", ids(list(t, d, dialects.OutboxQuery{})), idOf(2)+"@billing", idOf(1)+"@billing")
 	r := byID(t, d, idOf(1))
 	if r.Destination != "billing" || r.Topic != orig.Topic || r.Key != orig.Key || !r.CreatedAt.Equal(orig.CreatedAt) ||
-		r.Attempts != 0 || r.LockedBy != "" || !r.LockedUntil.IsZero() || !r.ExpiresAt.IsZero() || !r.SentAt.IsZero() ||
+		r.SendAttempt != 0 || r.LeaseToken != "" || !r.LockedUntil.IsZero() || !r.ExpiresAt.IsZero() || !r.SentAt.IsZero() ||
 		string(r.Payload) != string(orig.Payload) || r.Headers["trace"] != orig.Headers["trace"] || r.Headers["ünïcode"] != orig.Headers["ünïcode"] {
 		t.Fatalf("replayed row = %+v, want the message fresh (from %+v)", r, orig)
 	}

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
 )
 
 // Harness opens databases of the dialect under test.
@@ -111,15 +112,17 @@ func list[TTx any](t *testing.T, d dialects.Dialect[TTx], q dialects.OutboxQuery
 func Row(i int, destination string) dialects.OutboxRow {
 	base := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	return dialects.OutboxRow{
-		ID:          fmt.Sprintf("msg-%06d", i),
+		Envelope: transport.Envelope{
+			ID:        fmt.Sprintf("msg-%06d", i),
+			Topic:     "topic.created",
+			Key:       fmt.Sprintf("key-%d", i%7),
+			Headers:   map[string]string{"trace": fmt.Sprintf("t-%d", i), "ünïcode": "✓ \"quoted\" \\ slash"},
+			Payload:   []byte{0, 1, 2, 0xff, byte(i), byte(i >> 8), 0, '\'', '"', '\\'},
+			CreatedAt: base.Add(time.Duration(i) * time.Millisecond),
+			DeliverAt: base.Add(time.Duration(i)*time.Millisecond + time.Second),
+			ExpiresAt: base.Add(24 * time.Hour),
+		},
 		Destination: destination,
-		Topic:       "topic.created",
-		Key:         fmt.Sprintf("key-%d", i%7),
-		Headers:     map[string]string{"trace": fmt.Sprintf("t-%d", i), "ünïcode": "✓ \"quoted\" \\ slash"},
-		Payload:     []byte{0, 1, 2, 0xff, byte(i), byte(i >> 8), 0, '\'', '"', '\\'},
-		CreatedAt:   base.Add(time.Duration(i) * time.Millisecond),
-		DeliverAt:   base.Add(time.Duration(i)*time.Millisecond + time.Second),
-		ExpiresAt:   base.Add(24 * time.Hour),
 	}
 }
 
@@ -223,7 +226,7 @@ func Equal(got, want dialects.OutboxRow) error {
 			return fmt.Errorf("%s: %s %v, want %v", want.ID, c.name, c.got, c.want)
 		}
 	}
-	if got.Attempts != 0 || got.LockedBy != "" || !got.LockedUntil.IsZero() || !got.SentAt.IsZero() || got.LastError != "" {
+	if got.SendAttempt != 0 || got.LeaseToken != "" || !got.LockedUntil.IsZero() || !got.SentAt.IsZero() || got.LastError != "" {
 		return fmt.Errorf("%s: a new row has delivery state %+v", want.ID, got)
 	}
 	if got.Seq <= 0 {
@@ -275,7 +278,7 @@ func (s suite[TTx]) insertRollback(t *testing.T) {
 func (s suite[TTx]) insertDefaults(t *testing.T) {
 	d := s.h.Open(t)
 	before := time.Now().Add(-2 * time.Second)
-	insert(t, d, dialects.OutboxRow{ID: "a", Destination: "billing", Topic: "t", Payload: []byte("x")})
+	insert(t, d, dialects.OutboxRow{Envelope: transport.Envelope{ID: "a", Topic: "t", Payload: []byte("x")}, Destination: "billing"})
 	after := time.Now().Add(2 * time.Second)
 	got := list(t, d, dialects.OutboxQuery{})
 	if len(got) != 1 {

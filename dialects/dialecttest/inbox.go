@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
 )
 
 // run runs the conformance suite of the inbox's operations
@@ -52,12 +53,14 @@ const inboxLease = time.Minute
 func InboxRow(i int, source string) dialects.InboxRow {
 	base := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	return dialects.InboxRow{
-		Source:    source,
-		ID:        fmt.Sprintf("in-%06d", i),
-		Topic:     "topic.created",
-		Headers:   map[string]string{"trace": fmt.Sprintf("t-%d", i), "ünïcode": "✓ \"quoted\" \\ slash"},
-		Payload:   []byte{0, 1, 2, 0xff, byte(i), byte(i >> 8), 0, '\'', '"', '\\'},
-		CreatedAt: base.Add(time.Duration(i) * time.Millisecond),
+		Envelope: transport.Envelope{
+			ID:        fmt.Sprintf("in-%06d", i),
+			Topic:     "topic.created",
+			Headers:   map[string]string{"trace": fmt.Sprintf("t-%d", i), "ünïcode": "✓ \"quoted\" \\ slash"},
+			Payload:   []byte{0, 1, 2, 0xff, byte(i), byte(i >> 8), 0, '\'', '"', '\\'},
+			CreatedAt: base.Add(time.Duration(i) * time.Millisecond),
+		},
+		Source: source,
 	}
 }
 

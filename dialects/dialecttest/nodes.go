@@ -120,8 +120,8 @@ func (s nodeSuite[TTx]) releaseClaims(t *testing.T) {
 	}
 	for _, row := range list(t, d, dialects.OutboxQuery{}) {
 		want := map[string]string{idOf(1): "", idOf(2): "", idOf(3): "relay/LIVE/1", idOf(4): "DEADBEEF/x/1"}[row.ID]
-		if row.LockedBy != want || (want == "") != row.LockedUntil.IsZero() {
-			t.Errorf("outbox %s after the release: locked_by %q until %v, want %q", row.ID, row.LockedBy, row.LockedUntil, want)
+		if row.LeaseToken != want || (want == "") != row.LockedUntil.IsZero() {
+			t.Errorf("outbox %s after the release: locked_by %q until %v, want %q", row.ID, row.LeaseToken, row.LockedUntil, want)
 		}
 	}
 	// The released rows can be claimed at once.

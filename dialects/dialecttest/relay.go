@@ -154,9 +154,9 @@ func (s relaySuite[TTx]) claimOrder(t *testing.T) {
 		if !maps.Equal(g.Headers, w.Headers) && !(len(g.Headers) == 0 && len(w.Headers) == 0) {
 			t.Fatalf("claimed row %d: headers %v, want %v", i, g.Headers, w.Headers)
 		}
-		if g.Attempts != 1 || g.LockedBy != "tok-1" || g.Expired || !g.SentAt.IsZero() {
+		if g.SendAttempt != 1 || g.LeaseToken != "tok-1" || g.Expired || !g.SentAt.IsZero() {
 			t.Fatalf("claimed row %d: attempts %d, locked_by %q, expired %v, sent %v; want 1, tok-1, false, zero",
-				i, g.Attempts, g.LockedBy, g.Expired, g.SentAt)
+				i, g.SendAttempt, g.LeaseToken, g.Expired, g.SentAt)
 		}
 		near(t, "locked_until", g.LockedUntil, before.Add(lease), 5*time.Second)
 		near(t, "deliver_at", g.DeliverAt, w.DeliverAt, 5*time.Millisecond)
@@ -166,12 +166,12 @@ func (s relaySuite[TTx]) claimOrder(t *testing.T) {
 	}
 	// The lease is stored.
 	stored := byID(t, d, want[0].ID)
-	if stored.LockedBy != "tok-1" || stored.Attempts != 1 {
-		t.Fatalf("stored row after claim: locked_by %q attempts %d", stored.LockedBy, stored.Attempts)
+	if stored.LeaseToken != "tok-1" || stored.SendAttempt != 1 {
+		t.Fatalf("stored row after claim: locked_by %q attempts %d", stored.LeaseToken, stored.SendAttempt)
 	}
 	// Other destinations are untouched.
 	for _, row := range list(t, d, dialects.OutboxQuery{Destination: "shipping"}) {
-		if row.LockedBy != "" || row.Attempts != 0 {
+		if row.LeaseToken != "" || row.SendAttempt != 0 {
 			t.Fatalf("shipping row %s touched by a billing claim: %+v", row.ID, row)
 		}
 	}
@@ -188,8 +188,8 @@ func (s relaySuite[TTx]) leaseExclusion(t *testing.T) {
 	wantIDs(t, "claim 2", claimedIDs(claim(t, d, "billing", "tok-2", 3, lease)), idOf(3), idOf(4))
 	wantIDs(t, "claim 3", claimedIDs(claim(t, d, "billing", "tok-3", 3, lease)))
 	for _, row := range list(t, d, dialects.OutboxQuery{}) {
-		if row.Attempts != 1 {
-			t.Fatalf("row %s has %d attempts after one claim", row.ID, row.Attempts)
+		if row.SendAttempt != 1 {
+			t.Fatalf("row %s has %d attempts after one claim", row.ID, row.SendAttempt)
 		}
 	}
 }
@@ -287,8 +287,8 @@ func (s relaySuite[TTx]) expiredLease(t *testing.T) {
 	}
 	wantIDs(t, "claim after the lease expired", claimedIDs(again), idOf(1), idOf(2))
 	for _, g := range again {
-		if g.Attempts != 2 || g.LockedBy != token {
-			t.Fatalf("reclaimed row: attempts %d locked_by %q, want 2, %s", g.Attempts, g.LockedBy, token)
+		if g.SendAttempt != 2 || g.LeaseToken != token {
+			t.Fatalf("reclaimed row: attempts %d locked_by %q, want 2, %s", g.SendAttempt, g.LeaseToken, token)
 		}
 	}
 	// The stale token changes nothing.
@@ -302,7 +302,7 @@ func (s relaySuite[TTx]) expiredLease(t *testing.T) {
 	n, err = d.DeadLetterOutbox(ctx, "old", []dialects.OutboxDeadLetter{{Seq: first[0].Seq, Reason: dialects.ReasonRejected, Error: "stale"}})
 	count(t, "DeadLetterOutbox with a stale token", n, err, 0)
 	for _, row := range list(t, d, dialects.OutboxQuery{}) {
-		if row.LockedBy != token || row.LastError != "" || !row.SentAt.IsZero() || row.Attempts != 2 {
+		if row.LeaseToken != token || row.LastError != "" || !row.SentAt.IsZero() || row.SendAttempt != 2 {
 			t.Fatalf("row %s changed by a stale token: %+v", row.ID, row)
 		}
 	}
@@ -402,7 +402,7 @@ func (s relaySuite[TTx]) ack(t *testing.T) {
 	n, err = d.AckOutbox(ctx, "t1", nil, false)
 	count(t, "empty AckOutbox", n, err, 0)
 	left := list(t, d, dialects.OutboxQuery{})
-	if len(left) != 1 || left[0].ID != idOf(3) || left[0].LockedBy != "t1" {
+	if len(left) != 1 || left[0].ID != idOf(3) || left[0].LeaseToken != "t1" {
 		t.Fatalf("after acking two of three: %v", ids(left))
 	}
 }
@@ -454,13 +454,13 @@ func (s relaySuite[TTx]) release(t *testing.T) {
 	n, err := d.ReleaseOutbox(ctx, "t1", seqs(got[:1]), dialects.OutboxRelease{Unsent: true})
 	count(t, "ReleaseOutbox(unsent)", n, err, 1)
 	row := byID(t, d, idOf(1))
-	if row.Attempts != 0 || row.LockedBy != "" || !row.LockedUntil.IsZero() || row.LastError != "" {
+	if row.SendAttempt != 0 || row.LeaseToken != "" || !row.LockedUntil.IsZero() || row.LastError != "" {
 		t.Fatalf("after an unsent release: %+v", row)
 	}
 	got2 := claim(t, d, "billing", "t2", 10, lease)
 	wantIDs(t, "claim after the release", claimedIDs(got2), idOf(1))
-	if got2[0].Attempts != 1 {
-		t.Fatalf("attempts %d, want 1", got2[0].Attempts)
+	if got2[0].SendAttempt != 1 {
+		t.Fatalf("attempts %d, want 1", got2[0].SendAttempt)
 	}
 	// Failed send: released with a delay and the error.
 	const retryAfter = 300 * time.Millisecond
@@ -469,7 +469,7 @@ func (s relaySuite[TTx]) release(t *testing.T) {
 	released := time.Now()
 	count(t, "ReleaseOutbox(delay)", n, err, 1)
 	row = byID(t, d, idOf(1))
-	if row.Attempts != 1 || row.LockedBy != "" || row.LastError != "peer down" {
+	if row.SendAttempt != 1 || row.LeaseToken != "" || row.LastError != "peer down" {
 		t.Fatalf("after a delayed release: %+v", row)
 	}
 	near(t, "locked_until of a row waiting for a retry", row.LockedUntil, before.Add(retryAfter), 5*time.Second)
@@ -493,8 +493,8 @@ func (s relaySuite[TTx]) release(t *testing.T) {
 		}
 	}
 	wantIDs(t, "claim after the delay", claimedIDs(got4), idOf(1))
-	if got4[0].Attempts != 2 || got4[0].LastError != "peer down" {
-		t.Fatalf("reclaimed: attempts %d last_error %q", got4[0].Attempts, got4[0].LastError)
+	if got4[0].SendAttempt != 2 || got4[0].LastError != "peer down" {
+		t.Fatalf("reclaimed: attempts %d last_error %q", got4[0].SendAttempt, got4[0].LastError)
 	}
 	// An empty error keeps the last one.
 	n, err = d.ReleaseOutbox(ctx, token4, seqs(got4), dialects.OutboxRelease{})
@@ -503,7 +503,7 @@ func (s relaySuite[TTx]) release(t *testing.T) {
 		t.Fatalf("last_error %q after a release without error", row.LastError)
 	}
 	// Row 2, still leased to t1, was not touched by any of this.
-	if row := byID(t, d, idOf(2)); row.LockedBy != "t1" || row.Attempts != 1 {
+	if row := byID(t, d, idOf(2)); row.LeaseToken != "t1" || row.SendAttempt != 1 {
 		t.Fatalf("row 2: %+v", row)
 	}
 }
@@ -593,7 +593,7 @@ func (s relaySuite[TTx]) deadLetterAgain(t *testing.T) {
 	n, err = d.ReleaseOutbox(ctx, "t2", seqs(got), dialects.OutboxRelease{Error: "timeout"})
 	count(t, "ReleaseOutbox", n, err, 1)
 	got = claim(t, d, "billing", "t3", 10, lease)
-	if len(got) != 1 || got[0].Attempts != 2 {
+	if len(got) != 1 || got[0].SendAttempt != 2 {
 		t.Fatalf("claim: %+v", got)
 	}
 	n, err = d.DeadLetterOutbox(ctx, "t3", []dialects.OutboxDeadLetter{{Seq: got[0].Seq, Reason: dialects.ReasonExpired, Error: "second"}})
@@ -626,12 +626,12 @@ func (s relaySuite[TTx]) expiry(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	got := claim(t, d, "billing", "t1", 10, lease)
 	wantIDs(t, "claim", claimedIDs(got), idOf(1), idOf(2), idOf(3))
-	if !got[0].Expired || got[0].Attempts != 0 {
-		t.Fatalf("expired row: Expired %v attempts %d, want true, 0", got[0].Expired, got[0].Attempts)
+	if !got[0].Expired || got[0].SendAttempt != 0 {
+		t.Fatalf("expired row: Expired %v attempts %d, want true, 0", got[0].Expired, got[0].SendAttempt)
 	}
 	for _, g := range got[1:] {
-		if g.Expired || g.Attempts != 1 {
-			t.Fatalf("row %s: Expired %v attempts %d, want false, 1", g.ID, g.Expired, g.Attempts)
+		if g.Expired || g.SendAttempt != 1 {
+			t.Fatalf("row %s: Expired %v attempts %d, want false, 1", g.ID, g.Expired, g.SendAttempt)
 		}
 	}
 	n, err := d.DeadLetterOutbox(ctxFor(t), "t1", []dialects.OutboxDeadLetter{{Seq: got[0].Seq, Reason: dialects.ReasonExpired, Error: "expired before it could be sent"}})
@@ -676,15 +676,15 @@ func (s relaySuite[TTx]) claimExpiredOnly(t *testing.T) {
 	}
 	wantIDs(t, "ExpiredOnly claim", claimedIDs(got), idOf(3), idOf(4), idOf(7))
 	for _, g := range got {
-		if !g.Expired || g.Attempts != 0 || g.LockedBy != "t" {
-			t.Fatalf("row %s: Expired %v, attempts %d, locked_by %q; want true, 0, t", g.ID, g.Expired, g.Attempts, g.LockedBy)
+		if !g.Expired || g.SendAttempt != 0 || g.LeaseToken != "t" {
+			t.Fatalf("row %s: Expired %v, attempts %d, locked_by %q; want true, 0, t", g.ID, g.Expired, g.SendAttempt, g.LeaseToken)
 		}
 	}
 	// Nothing left to claim expired; a plain claim still finds the live rows.
 	again := claim(t, d, "gone", "t2", 10, lease)
 	wantIDs(t, "plain claim after", claimedIDs(again), idOf(1), idOf(5))
-	if b := byID(t, d, idOf(2)); b.Attempts != 0 || b.LockedBy != "" {
-		t.Fatalf("row waiting for a retry: attempts %d, locked_by %q", b.Attempts, b.LockedBy)
+	if b := byID(t, d, idOf(2)); b.SendAttempt != 0 || b.LeaseToken != "" {
+		t.Fatalf("row waiting for a retry: attempts %d, locked_by %q", b.SendAttempt, b.LeaseToken)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/transport"
 )
 
 // TestClaimPlanAfterEmptyStart: a relay starts on an empty outbox, and its
@@ -113,8 +114,17 @@ func TestInsertInboxPlanAfterEmptyStart(t *testing.T) {
 		defer func() { _ = d.Rollback(ctx, tx) }()
 		rows := make([]dialects.InboxRow, n)
 		for i := range rows {
-			rows[i] = dialects.InboxRow{Source: "orders", ID: fmt.Sprintf("%s-%d", id, i), Topic: "t", Key: fmt.Sprintf("k-%s-%d", id, i),
-				Payload: []byte("x"), State: dialects.InboxStateHandled, LeaseToken: "tok"}
+			rows[i] = dialects.InboxRow{
+				Envelope: transport.Envelope{
+					ID:      fmt.Sprintf("%s-%d", id, i),
+					Topic:   "t",
+					Key:     fmt.Sprintf("k-%s-%d", id, i),
+					Payload: []byte("x"),
+				},
+				Source:     "orders",
+				State:      dialects.InboxStateHandled,
+				LeaseToken: "tok",
+			}
 		}
 		rows[0].Key = "hot"
 		stored, err := d.InsertInbox(ctx, tx, rows)

@@ -30,7 +30,8 @@
 //	}
 //	defer d.Rollback(ctx, tx)
 //	err = d.InsertOutbox(ctx, tx, []dialects.OutboxRow{{
-//		ID: "order-42", Destination: "billing", Topic: "order.placed", Payload: body,
+//		Envelope:    transport.Envelope{ID: "order-42", Topic: "order.placed", Payload: body},
+//		Destination: "billing",
 //	}})
 //	if err != nil {
 //		return err // errors.Is(err, dialects.ErrDuplicateID) for a reused id

@@ -13,6 +13,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/postgres"
+	"github.com/durable-go/durable/transport"
 )
 
 // The examples need a migrated database; they have no Output comment, so
@@ -45,7 +46,12 @@ func ExampleNew() {
 		log.Fatal(err)
 	}
 	err = d.InsertOutbox(ctx, tx, []dialects.OutboxRow{{
-		ID: "order-42", Destination: "billing", Topic: "order.placed", Payload: []byte(`{"order":42}`),
+		Envelope: transport.Envelope{
+			ID:      "order-42",
+			Topic:   "order.placed",
+			Payload: []byte(`{"order":42}`),
+		},
+		Destination: "billing",
 	}})
 	if errors.Is(err, dialects.ErrDuplicateID) {
 		fmt.Println("order-42 was already enqueued for billing")
@@ -79,7 +85,12 @@ func ExampleNewSQL() {
 	}
 	defer d.Rollback(ctx, tx)
 	err = d.InsertOutbox(ctx, tx, []dialects.OutboxRow{{
-		ID: "order-42", Destination: "billing", Topic: "order.placed", Payload: []byte(`{"order":42}`),
+		Envelope: transport.Envelope{
+			ID:      "order-42",
+			Topic:   "order.placed",
+			Payload: []byte(`{"order":42}`),
+		},
+		Destination: "billing",
 	}})
 	if err != nil {
 		log.Fatal(err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/transport"
 )
 
 // BenchmarkInsertOutbox compares the two write paths of the pgx flavour at
@@ -31,13 +32,15 @@ func BenchmarkInsertOutbox(b *testing.B) {
 		rows := make([]dialects.OutboxRow, n)
 		for i := range rows {
 			rows[i] = dialects.OutboxRow{
+				Envelope: transport.Envelope{
+					Topic:     "order.placed",
+					Key:       fmt.Sprintf("customer-%d", i%100),
+					Headers:   map[string]string{"trace": fmt.Sprintf("%032x", i)},
+					Payload:   make([]byte, 200),
+					CreatedAt: base,
+					DeliverAt: base,
+				},
 				Destination: "billing",
-				Topic:       "order.placed",
-				Key:         fmt.Sprintf("customer-%d", i%100),
-				Headers:     map[string]string{"trace": fmt.Sprintf("%032x", i)},
-				Payload:     make([]byte, 200),
-				CreatedAt:   base,
-				DeliverAt:   base,
 			}
 		}
 		for _, path := range []string{"unnest", "copy"} {

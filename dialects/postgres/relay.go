@@ -110,7 +110,7 @@ func scanOutbox(rs rows, r *dialects.OutboxRow, extra ...any) error {
 		buf                          [16]any
 	)
 	dest := append(append(buf[:0], &r.Seq, &r.ID, &r.Destination, &r.Topic, &r.Key, &headers, &r.Payload,
-		&r.CreatedAt, &r.DeliverAt, &expires, &r.Attempts, &lockedBy, &lockedUntil, &lastError, &sentAt), extra...)
+		&r.CreatedAt, &r.DeliverAt, &expires, &r.SendAttempt, &lockedBy, &lockedUntil, &lastError, &sentAt), extra...)
 	if err := rs.Scan(dest...); err != nil {
 		return err
 	}
@@ -118,7 +118,7 @@ func scanOutbox(rs rows, r *dialects.OutboxRow, extra ...any) error {
 		return err
 	}
 	r.ExpiresAt, r.LockedUntil, r.SentAt = expires.Time, lockedUntil.Time, sentAt.Time
-	r.LockedBy, r.LastError = lockedBy.String, lastError.String
+	r.LeaseToken, r.LastError = lockedBy.String, lastError.String
 	return nil
 }
 

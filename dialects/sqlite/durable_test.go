@@ -10,6 +10,7 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/transport"
 )
 
 func synchronous(t *testing.T, q interface {
@@ -114,8 +115,8 @@ func TestClaimSyncs(t *testing.T) {
 	}
 	expired := time.Now().Add(-time.Minute)
 	err = d.InsertOutbox(ctx, tx, []dialects.OutboxRow{
-		{ID: "a", Destination: "billing", Topic: "t", Payload: []byte("x")},
-		{ID: "b", Destination: "billing", Topic: "t", Payload: []byte("x"), ExpiresAt: expired},
+		{Envelope: transport.Envelope{ID: "a", Topic: "t", Payload: []byte("x")}, Destination: "billing"},
+		{Envelope: transport.Envelope{ID: "b", Topic: "t", Payload: []byte("x"), ExpiresAt: expired}, Destination: "billing"},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/migrations"
+	"github.com/durable-go/durable/transport"
 )
 
 func Example() {
@@ -62,10 +63,12 @@ func Example() {
 		log.Fatal(err)
 	}
 	err = d.InsertOutbox(ctx, tx, []dialects.OutboxRow{{
-		ID:          "msg-1",
+		Envelope: transport.Envelope{
+			ID:      "msg-1",
+			Topic:   "order.placed",
+			Payload: []byte(`{"order":"o-1"}`),
+		},
 		Destination: "billing",
-		Topic:       "order.placed",
-		Payload:     []byte(`{"order":"o-1"}`),
 	}})
 	if err != nil {
 		log.Fatal(err)

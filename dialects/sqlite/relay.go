@@ -258,7 +258,7 @@ func scanOutbox(rs *sql.Rows, r *dialects.OutboxRow, extra ...any) error {
 		lastError, sent                sql.NullString
 	)
 	dest := append([]any{&r.Seq, &r.ID, &r.Destination, &r.Topic, &r.Key, &headers, &r.Payload,
-		&created, &deliver, &expires, &r.Attempts, &lockedBy, &lockedUntil, &lastError, &sent}, extra...)
+		&created, &deliver, &expires, &r.SendAttempt, &lockedBy, &lockedUntil, &lastError, &sent}, extra...)
 	if err := rs.Scan(dest...); err != nil {
 		return err
 	}
@@ -268,7 +268,7 @@ func scanOutbox(rs *sql.Rows, r *dialects.OutboxRow, extra ...any) error {
 	if r.Payload == nil {
 		r.Payload = []byte{}
 	}
-	r.LockedBy, r.LastError = lockedBy.String, lastError.String
+	r.LeaseToken, r.LastError = lockedBy.String, lastError.String
 	if err := parseTimes(storedTime{&r.CreatedAt, notNull(created)}, storedTime{&r.DeliverAt, notNull(deliver)},
 		storedTime{&r.ExpiresAt, expires}, storedTime{&r.LockedUntil, lockedUntil}, storedTime{&r.SentAt, sent}); err != nil {
 		return fmt.Errorf("seq %d: %w", r.Seq, err)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/transport"
 )
 
 // TestOutboxReplayedFailsAgainPending: an outbox dead letter that was replayed and failed
@@ -18,7 +19,7 @@ func TestOutboxReplayedFailsAgainPending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.InsertOutbox(ctx, tx, []dialects.OutboxRow{{ID: "m", Destination: "billing", Topic: "t", Payload: []byte("x")}}); err != nil {
+	if err := d.InsertOutbox(ctx, tx, []dialects.OutboxRow{{Envelope: transport.Envelope{ID: "m", Topic: "t", Payload: []byte("x")}, Destination: "billing"}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Commit(ctx, tx); err != nil {

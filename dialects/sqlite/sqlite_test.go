@@ -19,6 +19,7 @@ import (
 	"github.com/durable-go/durable/dialects/dialecttest"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/internal/testdb"
+	"github.com/durable-go/durable/transport"
 )
 
 // openDB opens path with the recommended DSN, closed at cleanup.
@@ -457,7 +458,7 @@ func TestStoredFormat(t *testing.T) {
 	r := dialecttest.Row(1, "billing")
 	r.CreatedAt = time.Date(2026, 3, 4, 5, 6, 7, 891_999_999, time.FixedZone("X", 3600))
 	r.Headers = map[string]string{"b": "<&>", "a": "1"}
-	if err := insertCommit(ctx, d, r, dialects.OutboxRow{ID: "n", Destination: "billing", Topic: "t"}); err != nil {
+	if err := insertCommit(ctx, d, r, dialects.OutboxRow{Envelope: transport.Envelope{ID: "n", Topic: "t"}, Destination: "billing"}); err != nil {
 		t.Fatal(err)
 	}
 	var created, headers, expires string

@@ -22,11 +22,11 @@ func benchEnvelopes(n int, headers bool) []transport.Envelope {
 	now := time.Now()
 	for i := range envs {
 		envs[i] = transport.Envelope{
-			ID:        fmt.Sprintf("0190a3c4-5e6f-7a8b-9c0d-%012d", i),
-			Topic:     "order.placed",
-			Payload:   make([]byte, 256),
-			CreatedAt: now,
-			Attempt:   1,
+			ID:          fmt.Sprintf("0190a3c4-5e6f-7a8b-9c0d-%012d", i),
+			Topic:       "order.placed",
+			Payload:     make([]byte, 256),
+			CreatedAt:   now,
+			SendAttempt: 1,
 		}
 		if headers {
 			envs[i].Headers = map[string]string{"content-type": "application/json", "trace-id": "4bf92f3577b34da6a3ce929d0e0e4736"}

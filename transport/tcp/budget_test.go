@@ -13,7 +13,7 @@ import (
 
 // payloadBatch returns a one-envelope batch with id, a header, and a payload of n bytes.
 func payloadBatch(id string, n int) []transport.Envelope {
-	return []transport.Envelope{{ID: id, Topic: "t", Attempt: 1, Headers: map[string]string{"k": "v"}, Payload: make([]byte, n)}}
+	return []transport.Envelope{{ID: id, Topic: "t", SendAttempt: 1, Headers: map[string]string{"k": "v"}, Payload: make([]byte, n)}}
 }
 
 // batchCharge is what the server charges its budgets for a batch of envs (before clamping):
@@ -396,7 +396,7 @@ func TestWriteTimeoutLogged(t *testing.T) {
 	r.handshake()
 	envs := make([]transport.Envelope, 64)
 	for i := range envs {
-		envs[i] = transport.Envelope{ID: fmt.Sprint(i), Topic: "t", Attempt: 1}
+		envs[i] = transport.Envelope{ID: fmt.Sprint(i), Topic: "t", SendAttempt: 1}
 	}
 	for id := uint64(1); id <= 4; id++ {
 		f, err := appendBatch(nil, id, envs, DefaultMaxFrameSize)

@@ -18,7 +18,7 @@ import (
 func oneBatch(ids ...string) *transport.Batch {
 	b := &transport.Batch{}
 	for _, id := range ids {
-		b.Envelopes = append(b.Envelopes, transport.Envelope{ID: id, Topic: "t", Payload: []byte(id), Attempt: 1})
+		b.Envelopes = append(b.Envelopes, transport.Envelope{ID: id, Topic: "t", Payload: []byte(id), SendAttempt: 1})
 	}
 	return b
 }

@@ -376,8 +376,8 @@ func batchFrameLen(envs []transport.Envelope) (int, error) {
 		if uint64(len(e.Payload)) > math.MaxUint32 {
 			return 0, tooLarge("envelope %d (%q): payload of %d bytes", i, trunc(e.ID), len(e.Payload))
 		}
-		if e.Attempt < 0 || uint64(e.Attempt) > math.MaxUint32 {
-			return 0, invalid("envelope %d (%q): attempt %d out of range", i, trunc(e.ID), e.Attempt)
+		if e.SendAttempt < 0 || uint64(e.SendAttempt) > math.MaxUint32 {
+			return 0, invalid("envelope %d (%q): SendAttempt %d out of range", i, trunc(e.ID), e.SendAttempt)
 		}
 		if !validTime(e.CreatedAt) || !validTime(e.DeliverAt) || !validTime(e.ExpiresAt) {
 			return 0, invalid("envelope %d (%q): time outside years 1-9999", i, trunc(e.ID))
@@ -434,7 +434,7 @@ func appendBatch(dst []byte, id uint64, envs []transport.Envelope, maxFrame int)
 		dst = appendTime(dst, e.CreatedAt)
 		dst = appendTime(dst, e.DeliverAt)
 		dst = appendTime(dst, e.ExpiresAt)
-		dst = binary.BigEndian.AppendUint32(dst, uint32(e.Attempt))
+		dst = binary.BigEndian.AppendUint32(dst, uint32(e.SendAttempt))
 		dst = binary.BigEndian.AppendUint16(dst, uint16(len(e.Headers)))
 		if len(e.Headers) > 0 {
 			keys := keyBuf[:0]
@@ -582,7 +582,7 @@ func decodeBatchSized(body []byte) (uint64, []transport.Envelope, int64, error) 
 		e.CreatedAt, _ = r.time()
 		e.DeliverAt, _ = r.time()
 		e.ExpiresAt, _ = r.time()
-		e.Attempt = int(r.u32())
+		e.SendAttempt = int(r.u32())
 		if nh := int(r.u16()); nh > 0 {
 			e.Headers = make(map[string]string, nh)
 			for j := 0; j < nh; j++ {

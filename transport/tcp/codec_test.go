@@ -346,7 +346,7 @@ func TestEncodeLimits(t *testing.T) {
 	}{
 		{"long id", transport.Envelope{ID: long}, transport.ErrTooLarge},
 		{"long header", transport.Envelope{Headers: map[string]string{"k": long}}, transport.ErrTooLarge},
-		{"negative attempt", transport.Envelope{Attempt: -1}, transport.ErrInvalid},
+		{"negative attempt", transport.Envelope{SendAttempt: -1}, transport.ErrInvalid},
 		{"year 10000", transport.Envelope{CreatedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, transport.ErrInvalid},
 	}
 	for _, c := range cases {
@@ -368,7 +368,7 @@ func TestDecodeAllocations(t *testing.T) {
 	mk := func(headers bool) []byte {
 		envs := make([]transport.Envelope, 100)
 		for i := range envs {
-			envs[i] = transport.Envelope{ID: fmt.Sprintf("018f3c1e-7c1e-7000-8000-%012d", i), Topic: "order.placed", Key: "k", Payload: make([]byte, 256), CreatedAt: time.Now(), Attempt: 1}
+			envs[i] = transport.Envelope{ID: fmt.Sprintf("018f3c1e-7c1e-7000-8000-%012d", i), Topic: "order.placed", Key: "k", Payload: make([]byte, 256), CreatedAt: time.Now(), SendAttempt: 1}
 			if headers {
 				envs[i].Headers = map[string]string{"trace": "abc", "content-type": "application/json"}
 			}

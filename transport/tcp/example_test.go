@@ -40,7 +40,7 @@ func Example() {
 	}
 	ctx := context.Background()
 	res, err := c.Send(ctx, &transport.Batch{Envelopes: []transport.Envelope{
-		{ID: "0190a3c4-0001", Topic: "order.placed", Payload: []byte(`{"order":1}`), Attempt: 1},
+		{ID: "0190a3c4-0001", Topic: "order.placed", Payload: []byte(`{"order":1}`), SendAttempt: 1},
 	}})
 	fmt.Println("acknowledged:", err == nil, res.Outcome(0).Status)
 

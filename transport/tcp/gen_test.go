@@ -15,10 +15,10 @@ import (
 // headers or none, payloads from empty to 64 KiB with every byte value.
 func genEnvelope(r *rand.Rand, n int) transport.Envelope {
 	e := transport.Envelope{
-		ID:        fmt.Sprintf("018f%04x-7c1e-7%03x-8%03x-%012x", n&0xffff, r.IntN(0x1000), r.IntN(0x1000), r.Uint64()&0xffffffffffff),
-		Topic:     []string{"order.placed", "invoice.sent", "ünïcødé/トピック", "", "t"}[r.IntN(5)],
-		CreatedAt: time.Unix(1_700_000_000+r.Int64N(100_000_000), r.Int64N(1e9)),
-		Attempt:   1 + r.IntN(5),
+		ID:          fmt.Sprintf("018f%04x-7c1e-7%03x-8%03x-%012x", n&0xffff, r.IntN(0x1000), r.IntN(0x1000), r.Uint64()&0xffffffffffff),
+		Topic:       []string{"order.placed", "invoice.sent", "ünïcødé/トピック", "", "t"}[r.IntN(5)],
+		CreatedAt:   time.Unix(1_700_000_000+r.Int64N(100_000_000), r.Int64N(1e9)),
+		SendAttempt: 1 + r.IntN(5),
 	}
 	switch r.IntN(4) {
 	case 0:
@@ -77,8 +77,8 @@ func sameEnvelope(a, b *transport.Envelope) error {
 		return fmt.Errorf("%s: DeliverAt %v != %v", a.ID, a.DeliverAt, b.DeliverAt)
 	case !sameTime(a.ExpiresAt, b.ExpiresAt):
 		return fmt.Errorf("%s: ExpiresAt %v != %v", a.ID, a.ExpiresAt, b.ExpiresAt)
-	case a.Attempt != b.Attempt:
-		return fmt.Errorf("%s: Attempt %d != %d", a.ID, a.Attempt, b.Attempt)
+	case a.SendAttempt != b.SendAttempt:
+		return fmt.Errorf("%s: SendAttempt %d != %d", a.ID, a.SendAttempt, b.SendAttempt)
 	case len(a.Headers) != len(b.Headers):
 		return fmt.Errorf("%s: %d headers != %d", a.ID, len(a.Headers), len(b.Headers))
 	}

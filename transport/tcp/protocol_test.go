@@ -52,7 +52,7 @@ func TestProtocolDocExamples(t *testing.T) {
 		}
 	}
 	want := unhex(t, toks)
-	got, err := appendBatch(nil, 1, []transport.Envelope{{ID: "a", Topic: "t", Attempt: 1, Payload: []byte("hi")}}, DefaultMaxFrameSize)
+	got, err := appendBatch(nil, 1, []transport.Envelope{{ID: "a", Topic: "t", SendAttempt: 1, Payload: []byte("hi")}}, DefaultMaxFrameSize)
 	if err != nil {
 		t.Fatal(err)
 	}
