@@ -293,7 +293,9 @@ func TestWorkFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg = mustFail(t, func(tb durabletest.TB) { durabletest.Work(ctx, tb, only, &inbox.Message{Envelope: transport.Envelope{Topic: "ok"}}) })
+	msg = mustFail(t, func(tb durabletest.TB) {
+		durabletest.Work(ctx, tb, only, &inbox.Message{Envelope: transport.Envelope{Topic: "ok"}})
+	})
 	contains(t, msg, "Work: cannot read the inbox: the inbox's dialect (struct { dialects.InboxDialect[*database/sql.Tx] }) cannot list the inbox: it does not implement dialects.Inspector")
 
 	// A TB whose Fatalf returns: Work returns nil after stopping the
