@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,47 +11,35 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
-	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/migrations"
-	"github.com/durable-go/durable/outbox"
 )
 
-// inboxOps is what the CLI uses of an *inbox.Inbox, whatever its
-// transaction type: the commands share the library's implementation rather
-// than holding SQL of their own.
-type inboxOps interface {
+// admin is what the CLI uses of a dialect, whatever its transaction type:
+// its schema check, the stats of both sides, and the dead letters through
+// package deadletter. The commands share the library's implementation
+// rather than holding SQL of their own.
+type admin interface {
+	dialects.DeadLetterStore
 	CheckSchema(ctx context.Context) error
-	DeadLetters(ctx context.Context, f inbox.DeadLetterFilter) ([]inbox.DeadLetter, error)
-	Replay(ctx context.Context, f inbox.DeadLetterFilter) (int, error)
-	PurgeDeadLetters(ctx context.Context, f inbox.DeadLetterFilter) (int, error)
-	Stats(ctx context.Context) (inbox.Stats, error)
+	OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error)
+	InboxStats(ctx context.Context) (dialects.InboxStats, error)
 }
 
-// outboxOps is what the CLI uses of an *outbox.Outbox, whatever its
-// transaction type: the outbox side's dead letters, through the library's
-// implementation.
-type outboxOps interface {
-	DeadLetters(ctx context.Context, f outbox.DeadLetterFilter) ([]outbox.DeadLetter, error)
-	Replay(ctx context.Context, f outbox.DeadLetterFilter) (int, error)
-	PurgeDeadLetters(ctx context.Context, f outbox.DeadLetterFilter) (int, error)
-}
-
-// durableDB is an open database with durable's inbox on it (never run: no
-// workers, no housekeeping), an outbox (which never enqueues) for the
-// outbox side's dead letters, and the dialect's relay storage, for stats.
+// durableDB is an open database with durable's dialect on it and the dead
+// letters of both sides.
 type durableDB struct {
 	*database
-	inbox   inboxOps
-	outbox  outboxOps
-	relayer dialects.Relayer
+	admin admin
+	dead  *deadletter.Store
 }
 
-// openDurable opens the database named by the flags, builds the dialect and
-// an inbox on it, and checks the schema: a missing or old schema exits 4, a
-// SQLite DSN without durable's settings 3.
+// openDurable opens the database named by the flags, builds the dialect on
+// it, and checks the schema: a missing or old schema exits 4, a SQLite DSN
+// without durable's settings 3.
 func (a *app) openDurable(ctx context.Context) (*durableDB, error) {
 	d, err := a.open(ctx, openOptions{})
 	if err != nil {
@@ -60,7 +47,7 @@ func (a *app) openDurable(ctx context.Context) (*durableDB, error) {
 	}
 	db, err := d.durable()
 	if err == nil {
-		err = db.inbox.CheckSchema(ctx)
+		err = db.admin.CheckSchema(ctx)
 	}
 	if err != nil {
 		d.Close()
@@ -70,9 +57,6 @@ func (a *app) openDurable(ctx context.Context) (*durableDB, error) {
 }
 
 func (d *database) durable() (*durableDB, error) {
-	cfg := &inbox.Config{Name: "durable-cli", Logger: slog.New(slog.DiscardHandler)}
-	// The CLI never enqueues: no Destinations (any is accepted), no Notify.
-	ocfg := &outbox.Config{}
 	out := &durableDB{database: d}
 	switch d.dialect {
 	case migrations.Postgres:
@@ -80,48 +64,30 @@ func (d *database) durable() (*durableDB, error) {
 		if d.schema != "" {
 			opts = append(opts, postgres.WithSchema(d.schema))
 		}
-		dl := postgres.New(d.pool, opts...)
-		ib, err := inbox.New(dl, cfg)
-		if err != nil {
-			return nil, err
-		}
-		ob, err := outbox.New(dl, ocfg)
-		if err != nil {
-			return nil, err
-		}
-		out.inbox, out.outbox = ib, ob
-		out.relayer, _ = any(dl).(dialects.Relayer)
+		out.admin = postgres.New(d.pool, opts...)
 	default:
 		dl, err := sqlite.New(d.db)
 		if err != nil {
 			return nil, err
 		}
-		ib, err := inbox.New(dl, cfg)
-		if err != nil {
-			return nil, err
-		}
-		ob, err := outbox.New(dl, ocfg)
-		if err != nil {
-			return nil, err
-		}
-		out.inbox, out.outbox = ib, ob
-		out.relayer, _ = any(dl).(dialects.Relayer)
+		out.admin = dl
 	}
-	return out, nil
+	var err error
+	out.dead, err = deadletter.New(out.admin, nil)
+	return out, err
 }
 
 // Sides of durable_dead_letters, as --side names them.
 const (
-	sideInbox  = dialects.SideInbox
-	sideOutbox = dialects.SideOutbox
+	sideInbox  = deadletter.SideInbox
+	sideOutbox = deadletter.SideOutbox
 )
 
 // inboxReasons and outboxReasons are the reasons --reason accepts on each
 // side.
 var (
-	inboxReasons = []string{inbox.ReasonHandlerError, inbox.ReasonPermanent, inbox.ReasonDecodeError,
-		inbox.ReasonNoHandler, inbox.ReasonExpired}
-	outboxReasons = []string{outbox.ReasonExpired, outbox.ReasonRejected}
+	inboxReasons  = deadletter.Reasons(deadletter.SideInbox)
+	outboxReasons = deadletter.Reasons(deadletter.SideOutbox)
 )
 
 // sideFlagHelp is the help of --side.
@@ -217,7 +183,7 @@ func (f *deadLetterFlags) checkReason() error {
 }
 
 // deadLetterQuery is the filter of either side, with times relative to now:
-// it becomes the inbox's or the outbox's own filter.
+// it becomes a deadletter.Query.
 type deadLetterQuery struct {
 	side                string
 	source, destination string
@@ -228,14 +194,9 @@ type deadLetterQuery struct {
 	limit               int
 }
 
-func (q *deadLetterQuery) inbox() inbox.DeadLetterFilter {
-	return inbox.DeadLetterFilter{Source: q.source, Topic: q.topic, Reason: q.reason, IDs: q.ids,
-		Since: q.since, Before: q.before, IncludeReplayed: q.includeReplayed, Limit: q.limit}
-}
-
-func (q *deadLetterQuery) outbox() outbox.DeadLetterFilter {
-	return outbox.DeadLetterFilter{Destination: q.destination, Topic: q.topic, Reason: q.reason, IDs: q.ids,
-		Since: q.since, Before: q.before, IncludeReplayed: q.includeReplayed, Limit: q.limit}
+func (q *deadLetterQuery) query() deadletter.Query {
+	return deadletter.Query{Side: q.side, Source: q.source, Destination: q.destination, Topic: q.topic, Reason: q.reason,
+		IDs: q.ids, Since: q.since, Before: q.before, IncludeReplayed: q.includeReplayed, Limit: q.limit}
 }
 
 // filter turns the flags into a query of the chosen side, with times
@@ -294,46 +255,20 @@ func (f *deadLetterFlags) describe() string {
 	return strings.Join(parts, ", ")
 }
 
-// deadLetters lists the dead letters of q's side through its package's
-// API.
-func (d *durableDB) deadLetters(ctx context.Context, q deadLetterQuery) ([]deadLetter, error) {
-	if q.side == sideOutbox {
-		dls, err := d.outbox.DeadLetters(ctx, q.outbox())
-		if err != nil {
-			return nil, err
-		}
-		out := make([]deadLetter, len(dls))
-		for i := range dls {
-			out[i] = fromOutbox(&dls[i])
-		}
-		return out, nil
-	}
-	dls, err := d.inbox.DeadLetters(ctx, q.inbox())
-	if err != nil {
-		return nil, err
-	}
-	out := make([]deadLetter, len(dls))
-	for i := range dls {
-		out[i] = fromInbox(&dls[i])
-	}
-	return out, nil
+// deadLetters lists the dead letters of q's side.
+func (d *durableDB) deadLetters(ctx context.Context, q deadLetterQuery) ([]deadletter.DeadLetter, error) {
+	return d.dead.List(ctx, q.query())
 }
 
 // replay replays the pending dead letters matching q: back into the inbox,
 // or into the outbox for the relay to send.
 func (d *durableDB) replay(ctx context.Context, q deadLetterQuery) (int, error) {
-	if q.side == sideOutbox {
-		return d.outbox.Replay(ctx, q.outbox())
-	}
-	return d.inbox.Replay(ctx, q.inbox())
+	return d.dead.Replay(ctx, q.query())
 }
 
 // purge deletes the dead letters matching q.
 func (d *durableDB) purge(ctx context.Context, q deadLetterQuery) (int, error) {
-	if q.side == sideOutbox {
-		return d.outbox.PurgeDeadLetters(ctx, q.outbox())
-	}
-	return d.inbox.PurgeDeadLetters(ctx, q.inbox())
+	return d.dead.Purge(ctx, q.query())
 }
 
 // parseWhen reads --since or --before: a duration before now (Go's syntax,
@@ -601,8 +536,8 @@ func (a *app) deadLettersShow(parent context.Context, side, source, destination,
 		return err
 	}
 	defer db.Close()
-	// Not Inbox.DeadLetter or Outbox.DeadLetter: without --source or
-	// --destination, an id held by two peers must be told apart.
+	// Not deadletter.Store.Get: without --source or --destination, an id
+	// held by two peers must be told apart.
 	dls, err := db.deadLetters(ctx, deadLetterQuery{side: side, source: source, destination: destination,
 		ids: []string{id}, includeReplayed: true})
 	if err != nil {
@@ -622,7 +557,7 @@ func (a *app) deadLettersShow(parent context.Context, side, source, destination,
 	case len(dls) > 1:
 		var peers []string
 		for _, dl := range dls {
-			peers = append(peers, dl.peer())
+			peers = append(peers, peerOf(&dl))
 		}
 		if side == sideOutbox {
 			return usageErrorf("outbox dead letter %s was for %d destinations (%s): pass --%s", id, len(dls), strings.Join(peers, ", "), peerFlag)

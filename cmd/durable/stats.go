@@ -83,14 +83,11 @@ func (a *app) stats(parent context.Context) error {
 		return err
 	}
 	defer db.Close()
-	if db.relayer == nil {
-		return failuref("the %s dialect does not implement dialects.Relayer", db.dialect)
-	}
-	dests, err := db.relayer.OutboxStats(ctx)
+	dests, err := db.admin.OutboxStats(ctx)
 	if err != nil {
 		return err
 	}
-	is, err := db.inbox.Stats(ctx)
+	is, err := db.admin.InboxStats(ctx)
 	if err != nil {
 		return err
 	}
