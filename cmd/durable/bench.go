@@ -17,6 +17,7 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
+	"github.com/durable-go/durable/dialects/dsn"
 	"github.com/durable-go/durable/migrations"
 )
 
@@ -147,7 +148,7 @@ func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
 		return usageErrorf("--timeout %s: must not be negative", a.timeout)
 	}
 	if a.dsn != "" {
-		if k := dsnKind(a.dsn); k != kindPostgresURL && k != kindKeyValue {
+		if dsn.KindOf(a.dsn).Dialect() != migrations.Postgres {
 			return usageErrorf("--dsn names the Postgres server bench runs on; SQLite runs in a temporary directory")
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/dsn"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/migrations"
@@ -93,12 +94,12 @@ type benchPG struct {
 	run     string // random part of this run's schema names
 }
 
-func (a *app) benchOpenPostgres(ctx context.Context, dsn string) (*benchPG, error) {
-	cfg, err := pgxpool.ParseConfig(dsn)
+func (a *app) benchOpenPostgres(ctx context.Context, connString string) (*benchPG, error) {
+	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		return nil, databaseErrorf(err, "invalid postgres DSN: %v", err)
 	}
-	s := &benchPG{cfg: cfg, target: postgresTarget(cfg.ConnConfig, ""), run: benchRandom()}
+	s := &benchPG{cfg: cfg, target: dsn.PostgresTarget(cfg.ConnConfig, ""), run: benchRandom()}
 	ac := cfg.Copy()
 	ac.MaxConns, ac.MinConns = 2, 0
 	if s.admin, err = pgxpool.NewWithConfig(ctx, ac); err != nil {

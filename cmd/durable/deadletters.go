@@ -12,28 +12,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/durable-go/durable/deadletter"
-	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
-	"github.com/durable-go/durable/dialects/sqlite"
-	"github.com/durable-go/durable/migrations"
+	"github.com/durable-go/durable/dialects/dsn"
 )
-
-// admin is what the CLI uses of a dialect, whatever its transaction type:
-// its schema check, the stats of both sides, and the dead letters through
-// package deadletter. The commands share the library's implementation
-// rather than holding SQL of their own.
-type admin interface {
-	dialects.DeadLetterStore
-	CheckSchema(ctx context.Context) error
-	OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error)
-	InboxStats(ctx context.Context) (dialects.InboxStats, error)
-}
 
 // durableDB is an open database with durable's dialect on it and the dead
 // letters of both sides.
 type durableDB struct {
 	*database
-	admin admin
+	admin dsn.Admin
 	dead  *deadletter.Store
 }
 
@@ -57,24 +43,15 @@ func (a *app) openDurable(ctx context.Context) (*durableDB, error) {
 }
 
 func (d *database) durable() (*durableDB, error) {
-	out := &durableDB{database: d}
-	switch d.dialect {
-	case migrations.Postgres:
-		var opts []postgres.Option
-		if d.schema != "" {
-			opts = append(opts, postgres.WithSchema(d.schema))
-		}
-		out.admin = postgres.New(d.pool, opts...)
-	default:
-		dl, err := sqlite.New(d.db)
-		if err != nil {
-			return nil, err
-		}
-		out.admin = dl
+	dl, err := d.src.Admin()
+	if err != nil {
+		return nil, err
 	}
-	var err error
-	out.dead, err = deadletter.New(out.admin, nil)
-	return out, err
+	dead, err := deadletter.New(dl, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &durableDB{database: d, admin: dl, dead: dead}, nil
 }
 
 // Sides of durable_dead_letters, as --side names them.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
+	dsnpkg "github.com/durable-go/durable/dialects/dsn"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/inbox"
@@ -258,7 +259,7 @@ func postgresEnv(t *testing.T) *dlEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return seedEnv(t, postgres.New(pool), []string{"--dsn", dsn}, postgresTarget(cfg, ""),
+	return seedEnv(t, postgres.New(pool), []string{"--dsn", dsn}, dsnpkg.PostgresTarget(cfg, ""),
 		func(ctx context.Context, tx pgx.Tx, source, id string) error {
 			_, err := tx.Exec(ctx, `INSERT INTO cli_effects (source, id) VALUES ($1, $2)`, source, id)
 			return err

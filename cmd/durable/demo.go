@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/spf13/cobra"
 
+	"github.com/durable-go/durable/dialects/dsn"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/migrations"
@@ -208,7 +209,7 @@ func (a *app) demoSQLite(ctx context.Context, o *demoOptions, p *progress) (*dem
 // o.postgres, migrated with goose as `durable migrate up --schema` does,
 // and drops them afterwards unless --keep.
 func (a *app) demoPostgres(ctx context.Context, o *demoOptions, p *progress) (_ *demoSummary, err error) {
-	if k := dsnKind(o.postgres); k != kindPostgresURL && k != kindKeyValue {
+	if dsn.KindOf(o.postgres).Dialect() != migrations.Postgres {
 		return nil, usageErrorf("--postgres wants a postgres:// URL or a key=value string")
 	}
 	suffix := make([]byte, 4)
@@ -329,15 +330,15 @@ func shellQuote(s string) string {
 
 // redactDSN hides the password of a Postgres URL; a key=value string that
 // carries one is shown as "$DSN".
-func redactDSN(dsn string) string {
-	if dsnKind(dsn) == kindPostgresURL {
-		if u, err := url.Parse(dsn); err == nil {
+func redactDSN(s string) string {
+	if dsn.KindOf(s) == dsn.PostgresURL {
+		if u, err := url.Parse(s); err == nil {
 			return u.Redacted()
 		}
 		return "$DSN"
 	}
-	if strings.Contains(strings.ToLower(dsn), "password=") {
+	if strings.Contains(strings.ToLower(s), "password=") {
 		return "$DSN"
 	}
-	return dsn
+	return s
 }
