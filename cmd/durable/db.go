@@ -121,31 +121,3 @@ func (d *database) checkSchema(ctx context.Context) error {
 	}
 	return dl.CheckSchema(ctx)
 }
-
-// tableExists reports whether the current schema (Postgres) or the main
-// database (SQLite) holds a table of that name, without creating anything.
-func (d *database) tableExists(ctx context.Context, name string) (bool, error) {
-	q := `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = $1)`
-	if d.dialect == migrations.SQLite {
-		q = `SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)`
-	}
-	var ok bool
-	if err := d.db.QueryRowContext(ctx, q, name).Scan(&ok); err != nil {
-		return false, fmt.Errorf("look up table %s: %w", name, err)
-	}
-	return ok, nil
-}
-
-// maxVersion returns max(column) of table, 0 when the table is missing or
-// empty.
-func (d *database) maxVersion(ctx context.Context, table, column string) (int64, error) {
-	ok, err := d.tableExists(ctx, table)
-	if err != nil || !ok {
-		return 0, err
-	}
-	var v sql.NullInt64
-	if err := d.db.QueryRowContext(ctx, fmt.Sprintf("SELECT max(%s) FROM %s", column, table)).Scan(&v); err != nil {
-		return 0, fmt.Errorf("read %s: %w", table, err)
-	}
-	return v.Int64, nil
-}
