@@ -1,6 +1,9 @@
 package dialects
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Sides of durable_dead_letters.side.
 const (
@@ -66,6 +69,12 @@ type DeadLetterRow struct {
 	ReplayedAt    time.Time // zero: never replayed
 }
 
+// Pending reports whether the dead letter awaits a decision: it was never
+// replayed, or it failed again after its last replay.
+func (r *DeadLetterRow) Pending() bool {
+	return r.ReplayedAt.IsZero() || r.ReplayedAt.Before(r.FailedAt)
+}
+
 // AttemptError is one entry of an error history: the errors column of
 // durable_inbox and durable_dead_letters, a JSON array of objects with these
 // fields. An inbox row's history moves with it to the dead letters.
@@ -91,4 +100,42 @@ type DeadLetterQuery struct {
 	// not failed since.
 	IncludeReplayed bool
 	Limit           int // 0: no limit; otherwise the oldest (by seq) match
+}
+
+// DeadLetterStore is the dialect's part for the dead letters of both sides,
+// embedded in Dialect. It is all that package deadletter needs, so tools
+// that only inspect, replay or purge dead letters depend on these three
+// methods and on no transaction type.
+type DeadLetterStore interface {
+	// ListDeadLetters returns the dead letters of either side matching q,
+	// in the order they were first recorded (seq), for inspection, tools
+	// and tests. See DeadLetterQuery for what matches.
+	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
+
+	// ReplayDeadLetters puts the pending dead letters of one side matching
+	// q (at most q.Limit, oldest first, when it is set) back where they
+	// came from, in one transaction, stamps replayed_at on each dead letter
+	// it replayed and returns how many. q.Side chooses the side (empty:
+	// SideInbox); q.IncludeReplayed is ignored.
+	//
+	// SideInbox: back into the inbox as fresh messages: ready, attempts 0,
+	// run_at and replayed_at now, no expiry (a replay is a decision to
+	// process the message), the error history kept. A dead letter whose
+	// (source, id) is in the inbox already is not replayed.
+	//
+	// SideOutbox: back into the outbox as fresh rows for their destination:
+	// due now, attempts 0, unleased, no expiry, the original created_at
+	// kept; the relay sends them again. A dead letter whose (destination,
+	// id) has a row in the outbox already is not replayed. If the message
+	// fails again, the relay's dead-letter move adds the new errors to the
+	// same dead letter, which is pending again.
+	//
+	// A dead letter already replayed and not failed since is not pending,
+	// so replaying twice does not duplicate.
+	ReplayDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
+
+	// PurgeDeadLetters deletes the dead letters matching q (at most
+	// q.Limit, oldest first, when it is set) in one statement and returns
+	// how many it deleted.
+	PurgeDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
 }

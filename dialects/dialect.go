@@ -132,37 +132,9 @@ type Dialect[TTx any] interface {
 	// inspection, tools and tests (ListOutbox, ListInbox).
 	Inspector
 
-	// ListDeadLetters returns the dead letters of either side matching q,
-	// in the order they were first recorded (seq), for inspection, tools
-	// and tests. See DeadLetterQuery for what matches.
-	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
-
-	// ReplayDeadLetters puts the pending dead letters of one side matching
-	// q (at most q.Limit, oldest first, when it is set) back where they
-	// came from, in one transaction, stamps replayed_at on each dead letter
-	// it replayed and returns how many. q.Side chooses the side (empty:
-	// SideInbox); q.IncludeReplayed is ignored.
-	//
-	// SideInbox: back into the inbox as fresh messages: ready, attempts 0,
-	// run_at and replayed_at now, no expiry (a replay is a decision to
-	// process the message), the error history kept. A dead letter whose
-	// (source, id) is in the inbox already is not replayed.
-	//
-	// SideOutbox: back into the outbox as fresh rows for their destination:
-	// due now, attempts 0, unleased, no expiry, the original created_at
-	// kept; the relay sends them again. A dead letter whose (destination,
-	// id) has a row in the outbox already is not replayed. If the message
-	// fails again, the relay's dead-letter move adds the new errors to the
-	// same dead letter, which is pending again.
-	//
-	// A dead letter already replayed and not failed since is not pending,
-	// so replaying twice does not duplicate.
-	ReplayDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
-
-	// PurgeDeadLetters deletes the dead letters matching q (at most
-	// q.Limit, oldest first, when it is set) in one statement and returns
-	// how many it deleted.
-	PurgeDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
+	// DeadLetterStore holds the dead letters both sides write: listing,
+	// replaying and purging them (see package deadletter).
+	DeadLetterStore
 }
 
 // Notifier is implemented by dialects that can wake relays at commit time

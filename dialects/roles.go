@@ -32,12 +32,7 @@ type Enqueuer[TTx any] interface {
 	// with nothing of the call written.
 	InsertOutbox(ctx context.Context, tx TTx, rows []OutboxRow) error
 
-	// ListDeadLetters lists dead letters; see Dialect.
-	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
-	// ReplayDeadLetters replays dead letters; see Dialect.
-	ReplayDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
-	// PurgeDeadLetters deletes dead letters; see Dialect.
-	PurgeDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
+	DeadLetterStore
 }
 
 // RelayStore is the role outbox.NewRelay takes: what a Relay calls. It does
@@ -68,12 +63,7 @@ type InboxDialect[TTx any] interface {
 	InboxStore[TTx]
 	Leaser
 
-	// ListDeadLetters lists dead letters; see Dialect.
-	ListDeadLetters(ctx context.Context, q DeadLetterQuery) ([]DeadLetterRow, error)
-	// ReplayDeadLetters replays dead letters; see Dialect.
-	ReplayDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
-	// PurgeDeadLetters deletes dead letters; see Dialect.
-	PurgeDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
+	DeadLetterStore
 }
 
 // NodeDialect is the role durable.NewNode takes: what its outbox, relay and

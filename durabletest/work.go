@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/transport"
@@ -52,15 +53,15 @@ type Result struct {
 	// (inbox.Retry) does not count, nor does the handling of an expired
 	// message or one without a handler.
 	Attempts int
-	// Reason is the dead-letter reason (inbox.ReasonPermanent,
-	// inbox.ReasonHandlerError, ...), empty when handled.
+	// Reason is the dead-letter reason (deadletter.ReasonPermanent,
+	// deadletter.ReasonHandlerError, ...), empty when handled.
 	Reason string
 	// LastError is the error of the last failed attempt, empty if none
 	// failed. A handler's error is stored as text: compare it with
 	// strings.Contains, not errors.Is.
 	LastError string
 	// Errors is the error of every failed attempt, oldest first.
-	Errors []inbox.AttemptError
+	Errors []deadletter.AttemptError
 }
 
 // Work delivers msgs to ib through its public API, as the TCP server does
@@ -266,7 +267,7 @@ func settle[TTx any](ctx context.Context, ib *inbox.Inbox[TTx], results []Result
 		if err != nil {
 			return nil, err
 		}
-		byID := make(map[string]*inbox.DeadLetter, len(dead))
+		byID := make(map[string]*deadletter.DeadLetter, len(dead))
 		for k := range dead {
 			byID[dead[k].ID] = &dead[k]
 		}
@@ -313,13 +314,10 @@ func firstLine(s string) string {
 	return s
 }
 
-func attemptErrors(es []dialects.AttemptError) []inbox.AttemptError {
+// attemptErrors is es, nil when empty.
+func attemptErrors(es []dialects.AttemptError) []deadletter.AttemptError {
 	if len(es) == 0 {
 		return nil
 	}
-	out := make([]inbox.AttemptError, len(es))
-	for i, e := range es {
-		out[i] = inbox.AttemptError(e)
-	}
-	return out
+	return es
 }

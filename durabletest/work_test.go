@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/durabletest"
 	"github.com/durable-go/durable/inbox"
@@ -104,13 +105,13 @@ func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
 	for i, want := range []durabletest.Result{
 		{Source: "durabletest", ID: "m-ok", Topic: "ok", State: durabletest.Handled, Attempts: 1},
 		{Source: "durabletest", ID: flakyID, Topic: "flaky", State: durabletest.Handled, Attempts: 3, LastError: "flaky attempt 2"},
-		{Source: "durabletest", ID: "m-bad", Topic: "bad", State: durabletest.DeadLettered, Attempts: 1, Reason: inbox.ReasonPermanent, LastError: "bad order"},
-		{Source: "durabletest", ID: "m-broken", Topic: "broken", State: durabletest.DeadLettered, Attempts: 3, Reason: inbox.ReasonHandlerError, LastError: "always broken"},
-		{Source: "durabletest", ID: "m-nobody", Topic: "nobody", State: durabletest.DeadLettered, Reason: inbox.ReasonNoHandler, LastError: "no handler"},
+		{Source: "durabletest", ID: "m-bad", Topic: "bad", State: durabletest.DeadLettered, Attempts: 1, Reason: deadletter.ReasonPermanent, LastError: "bad order"},
+		{Source: "durabletest", ID: "m-broken", Topic: "broken", State: durabletest.DeadLettered, Attempts: 3, Reason: deadletter.ReasonHandlerError, LastError: "always broken"},
+		{Source: "durabletest", ID: "m-nobody", Topic: "nobody", State: durabletest.DeadLettered, Reason: deadletter.ReasonNoHandler, LastError: "no handler"},
 		{Source: "elsewhere", ID: "m-ok", Topic: "ok", State: durabletest.Handled, Attempts: 1},
-		{Source: "durabletest", ID: "m-expired", Topic: "ok", State: durabletest.DeadLettered, Reason: inbox.ReasonExpired, LastError: "expired"},
+		{Source: "durabletest", ID: "m-expired", Topic: "ok", State: durabletest.DeadLettered, Reason: deadletter.ReasonExpired, LastError: "expired"},
 		{Source: "durabletest", ID: "m-order", Topic: "order", State: durabletest.Handled, Attempts: 1},
-		{Source: "durabletest", ID: "m-garbled", Topic: "order", State: durabletest.DeadLettered, Attempts: 1, Reason: inbox.ReasonDecodeError, LastError: "cannot decode payload"},
+		{Source: "durabletest", ID: "m-garbled", Topic: "order", State: durabletest.DeadLettered, Attempts: 1, Reason: deadletter.ReasonDecodeError, LastError: "cannot decode payload"},
 	} {
 		got := res[i]
 		if got.Source != want.Source || got.ID != want.ID || got.Topic != want.Topic || got.State != want.State ||
@@ -119,7 +120,7 @@ func testWork[TTx any](t *testing.T, f *fixture[TTx]) {
 		}
 		// Expired and unhandled messages count no attempt on some paths;
 		// check the attempts of the others exactly.
-		if want.Reason != inbox.ReasonExpired && want.Reason != inbox.ReasonNoHandler && got.Attempts != want.Attempts {
+		if want.Reason != deadletter.ReasonExpired && want.Reason != deadletter.ReasonNoHandler && got.Attempts != want.Attempts {
 			t.Errorf("result %d (%s): %d attempts, want %d", i, want.ID, got.Attempts, want.Attempts)
 		}
 	}

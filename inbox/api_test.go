@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/transport"
@@ -480,7 +481,7 @@ func TestInboxHandlers(t *testing.T) {
 		if st := settled(t, ib, 60*time.Second); st.Counts != (Counts{Dead: 1}) {
 			t.Fatalf("stats %+v, want 1 dead", st.Counts)
 		}
-		if dl := deadLetters(t, ib, DeadLetterFilter{}); len(dl) != 1 || dl[0].Reason != ReasonNoHandler {
+		if dl := deadLetters(t, ib, DeadLetterFilter{}); len(dl) != 1 || dl[0].Reason != deadletter.ReasonNoHandler {
 			t.Fatalf("dead letters %+v, want one no_handler", dl)
 		}
 	})

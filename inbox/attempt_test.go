@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/transport"
 )
@@ -255,7 +256,7 @@ func testNoHandlerGrace[TTx any](t *testing.T, f *fixture[TTx]) {
 			return len(deadLetters(t, ib, DeadLetterFilter{Source: "grace-b"})) == 1
 		})
 		dl := deadLetters(t, ib, DeadLetterFilter{Source: "grace-b"})[0]
-		if dl.ID != e.ID || dl.Reason != ReasonNoHandler || len(dl.Errors) < 2 {
+		if dl.ID != e.ID || dl.Reason != deadletter.ReasonNoHandler || len(dl.Errors) < 2 {
 			t.Fatalf("dead letter %+v; want %s, no_handler, with the retries' errors (at least 2)", dl, e.ID)
 		}
 	})

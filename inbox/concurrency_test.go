@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/testdb"
 	"github.com/durable-go/durable/transport"
@@ -79,7 +80,7 @@ func testLeaseFencing[TTx any](t *testing.T, f *fixture[TTx]) {
 		t.Fatal(err)
 	}
 	n, err := a.store.FinishInbox(ctx, tx, tokenA, []dialects.InboxOutcome{
-		{Source: "orders", ID: id, Kind: dialects.InboxDead, Reason: ReasonHandlerError, Error: "late"}})
+		{Source: "orders", ID: id, Kind: dialects.InboxDead, Reason: deadletter.ReasonHandlerError, Error: "late"}})
 	if err != nil || n != 0 {
 		t.Fatalf("A's late FinishInbox = %d, %v; want 0", n, err)
 	}
@@ -431,7 +432,7 @@ func testBrokenBatch[TTx any](t *testing.T, f *fixture[TTx], slowQuery string, e
 	}
 	for _, id := range []string{envelope(2, "").ID, envelope(4, "").ID} {
 		dl, err := ib.DeadLetter(context.Background(), "orders", id)
-		if err != nil || dl.Reason != ReasonHandlerError || dl.Attempts != 2 || len(dl.Errors) != 2 {
+		if err != nil || dl.Reason != deadletter.ReasonHandlerError || dl.Attempts != 2 || len(dl.Errors) != 2 {
 			t.Fatalf("culprit %s: %+v, %v", id, dl, err)
 		}
 	}

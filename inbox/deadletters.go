@@ -4,51 +4,8 @@ import (
 	"context"
 	"time"
 
-	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/internal/purge"
+	"github.com/durable-go/durable/deadletter"
 )
-
-// DeadLetter is a message the inbox could not process, as kept in
-// durable_dead_letters (side "inbox"): the whole message, why it failed,
-// and every attempt's error.
-type DeadLetter struct {
-	// Source and ID identify the message; Topic, Key, Headers, Payload,
-	// CreatedAt and ExpiresAt are as received.
-	Source    string
-	ID        string
-	Topic     string
-	Key       string
-	Headers   map[string]string
-	Payload   []byte
-	CreatedAt time.Time
-	ExpiresAt time.Time // zero: never
-	// Reason is one of the Reason constants.
-	Reason string
-	// Attempts is how many attempts the message had when it failed for good.
-	Attempts int
-	// LastError is the error that sent the message here.
-	LastError string
-	// Errors is the error history, oldest first, across replays.
-	Errors []AttemptError
-	// FirstFailedAt is the first failure; FailedAt the one that sent the
-	// message here (the latest).
-	FirstFailedAt time.Time
-	FailedAt      time.Time
-	// ReplayedAt is when the message was last replayed; zero if never. A
-	// dead letter replayed after its last failure is no longer pending.
-	ReplayedAt time.Time
-}
-
-// Pending reports whether the dead letter awaits a decision: it was never
-// replayed, or it failed again after its last replay.
-func (d *DeadLetter) Pending() bool { return d.ReplayedAt.IsZero() || d.ReplayedAt.Before(d.FailedAt) }
-
-// AttemptError is one entry of a message's error history.
-type AttemptError struct {
-	Attempt int       // the attempt's number, from 1 (0: failed before any attempt, e.g. expired)
-	At      time.Time // when it failed
-	Error   string    // the error's text (at most 8 KiB)
-}
 
 // DeadLetterFilter selects the inbox's dead letters. Zero fields do not
 // filter, except IncludeReplayed: by default only pending dead letters
@@ -56,7 +13,7 @@ type AttemptError struct {
 type DeadLetterFilter struct {
 	Source string   // the sending node
 	Topic  string   // the message's topic
-	Reason string   // one of the Reason constants
+	Reason string   // one of deadletter's inbox reasons
 	IDs    []string // any of these message ids
 	// Since matches dead letters that failed at or after it.
 	Since time.Time
@@ -69,45 +26,31 @@ type DeadLetterFilter struct {
 	Limit int
 }
 
-func (f DeadLetterFilter) query() dialects.DeadLetterQuery {
-	return dialects.DeadLetterQuery{
-		Side: dialects.SideInbox, Source: f.Source, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs, Since: f.Since, Before: f.Before,
+func (f DeadLetterFilter) query() deadletter.Query {
+	return deadletter.Query{
+		Side: deadletter.SideInbox, Source: f.Source, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs, Since: f.Since, Before: f.Before,
 		IncludeReplayed: f.IncludeReplayed, Limit: f.Limit,
 	}
 }
 
-// DeadLetters returns the dead letters matching f, oldest first.
-func (ib *Inbox[TTx]) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
-	rows, err := ib.d.ListDeadLetters(ctx, f.query())
-	if err != nil {
-		return nil, err
-	}
-	out := make([]DeadLetter, len(rows))
-	for i, r := range rows {
-		out[i] = DeadLetter{
-			Source: r.Source, ID: r.ID, Topic: r.Topic, Key: r.Key, Headers: r.Headers, Payload: r.Payload,
-			CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt, Reason: r.Reason, Attempts: r.Attempts,
-			LastError: r.LastError, FirstFailedAt: r.FirstFailedAt, FailedAt: r.FailedAt, ReplayedAt: r.ReplayedAt,
-		}
-		for _, e := range r.Errors {
-			out[i].Errors = append(out[i].Errors, AttemptError(e))
-		}
-	}
-	return out, nil
+// deadLetters is the dead-letter store the shortcuts below use.
+func (ib *Inbox[TTx]) deadLetters() *deadletter.Store {
+	s, _ := deadletter.New(ib.d, nil) // ib.d is never nil; nil Config is valid
+	return s
+}
+
+// DeadLetters returns the inbox's dead letters matching f, oldest first. It
+// is deadletter.Store.List on the inbox side.
+func (ib *Inbox[TTx]) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]deadletter.DeadLetter, error) {
+	return ib.deadLetters().List(ctx, f.query())
 }
 
 // DeadLetter returns the dead letter of message id from source, replayed or
 // not, or an error matching ErrNotFound. An empty source matches any: when
-// several sources sent the id, the oldest dead letter is returned.
-func (ib *Inbox[TTx]) DeadLetter(ctx context.Context, source, id string) (*DeadLetter, error) {
-	dl, err := ib.DeadLetters(ctx, DeadLetterFilter{Source: source, IDs: []string{id}, IncludeReplayed: true})
-	if err != nil {
-		return nil, err
-	}
-	if len(dl) == 0 {
-		return nil, ErrNotFound
-	}
-	return &dl[0], nil
+// several sources sent the id, the oldest dead letter is returned. It is
+// deadletter.Store.Get on the inbox side.
+func (ib *Inbox[TTx]) DeadLetter(ctx context.Context, source, id string) (*deadletter.DeadLetter, error) {
+	return ib.deadLetters().Get(ctx, deadletter.SideInbox, source, id)
 }
 
 // Replay puts the pending dead letters matching f back into the inbox, in
@@ -121,10 +64,10 @@ func (ib *Inbox[TTx]) DeadLetter(ctx context.Context, source, id string) (*DeadL
 // and is pending again.
 //
 // A replayed message with an ordering key joins the end of its key's queue.
+// It is deadletter.Store.Replay on the inbox side, which also wakes this
+// inbox's workers.
 func (ib *Inbox[TTx]) Replay(ctx context.Context, f DeadLetterFilter) (int, error) {
-	q := f.query()
-	q.IncludeReplayed = false
-	n, err := ib.d.ReplayDeadLetters(ctx, q)
+	n, err := ib.deadLetters().Replay(ctx, f.query())
 	if n > 0 {
 		ib.wakeAll()
 	}
@@ -134,7 +77,7 @@ func (ib *Inbox[TTx]) Replay(ctx context.Context, f DeadLetterFilter) (int, erro
 // PurgeDeadLetters deletes the dead letters matching f and returns how
 // many. Without a Limit it deletes in statements of 1,000 rows until none
 // match. A purged message is forgotten: a resend of it is stored and
-// handled again.
+// handled again. It is deadletter.Store.Purge on the inbox side.
 func (ib *Inbox[TTx]) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int, error) {
-	return purge.DeadLetters(ctx, ib.d, f.query())
+	return ib.deadLetters().Purge(ctx, f.query())
 }

@@ -5,23 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/durable-go/durable/dialects"
-)
-
-// Dead-letter reasons of the inbox, as stored in durable_dead_letters.reason
-// (the dialects package lists those of both sides).
-const (
-	// ReasonHandlerError: the handler failed MaxAttempts times.
-	ReasonHandlerError = dialects.ReasonHandlerError
-	// ReasonDecodeError: the handler could not decode the payload
-	// (DecodeError).
-	ReasonDecodeError = dialects.ReasonDecodeError
-	// ReasonNoHandler: no handler for the message's topic (ErrNoHandler).
-	ReasonNoHandler = dialects.ReasonNoHandler
-	// ReasonExpired: the message's ExpiresAt passed before it was handled.
-	ReasonExpired = dialects.ReasonExpired
-	// ReasonPermanent: the handler returned Permanent(err).
-	ReasonPermanent = dialects.ReasonPermanent
+	"github.com/durable-go/durable/deadletter"
 )
 
 var (
@@ -32,8 +16,8 @@ var (
 	// ErrRunning is returned by Run while the Inbox is running already.
 	ErrRunning = errors.New("durable/inbox: already running")
 	// ErrNotFound is returned by DeadLetter for a message that is not in the
-	// dead letters.
-	ErrNotFound = errors.New("durable/inbox: not found")
+	// dead letters. It is deadletter.ErrNotFound.
+	ErrNotFound = deadletter.ErrNotFound
 )
 
 // DecodeError marks a payload the handler cannot decode. Returned (or

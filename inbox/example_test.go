@@ -13,6 +13,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/inbox"
 	"github.com/durable-go/durable/migrations"
@@ -175,7 +176,7 @@ func ExampleInbox_Replay() {
 	fmt.Println(dl.Reason, dl.Attempts, dl.LastError)
 
 	mux.HandleFunc("refund.issued", func(ctx context.Context, tx *sql.Tx, m *inbox.Message) error { return nil })
-	n, _ := ib.Replay(ctx, inbox.DeadLetterFilter{Reason: inbox.ReasonNoHandler})
+	n, _ := ib.Replay(ctx, inbox.DeadLetterFilter{Reason: deadletter.ReasonNoHandler})
 	fmt.Println("replayed:", n)
 	runUntil(func(s inbox.Stats) bool { return s.Handled == 1 })
 	s, _ := ib.Stats(ctx)

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 	_ "modernc.org/sqlite"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
@@ -389,7 +390,7 @@ func row[TTx any](t testing.TB, ib *Inbox[TTx], source, id string) dialects.Inbo
 	return r[0]
 }
 
-func deadLetters[TTx any](t testing.TB, ib *Inbox[TTx], f DeadLetterFilter) []DeadLetter {
+func deadLetters[TTx any](t testing.TB, ib *Inbox[TTx], f DeadLetterFilter) []deadletter.DeadLetter {
 	t.Helper()
 	dl, err := ib.DeadLetters(context.Background(), f)
 	if err != nil {

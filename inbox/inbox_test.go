@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/transport"
 )
@@ -239,7 +240,7 @@ func testAlwaysFailing[TTx any](t *testing.T, f *fixture[TTx]) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dl.Reason != ReasonHandlerError || dl.Attempts != 3 || len(dl.Errors) != 3 || !dl.Pending() || dl.Topic != "t" ||
+	if dl.Reason != deadletter.ReasonHandlerError || dl.Attempts != 3 || len(dl.Errors) != 3 || !dl.Pending() || dl.Topic != "t" ||
 		string(dl.Payload) != string(envelope(1, "").Payload) {
 		t.Fatalf("dead letter %+v", dl)
 	}
@@ -309,7 +310,7 @@ func testAlwaysFailing[TTx any](t *testing.T, f *fixture[TTx]) {
 	if s := statuses(deliver(t, ib, batch("orders", envelope(1, "t"))), 1); s[0] != transport.Duplicate {
 		t.Fatalf("resend after replay: %v", s[0])
 	}
-	if n, err := ib.PurgeDeadLetters(ctx, DeadLetterFilter{IncludeReplayed: true, Reason: ReasonHandlerError}); err != nil || n != 2 {
+	if n, err := ib.PurgeDeadLetters(ctx, DeadLetterFilter{IncludeReplayed: true, Reason: deadletter.ReasonHandlerError}); err != nil || n != 2 {
 		t.Fatalf("PurgeDeadLetters = %d, %v; want 2", n, err)
 	}
 }
@@ -379,12 +380,12 @@ func testFailureKinds[TTx any](t *testing.T, f *fixture[TTx]) {
 		errs     int
 		contains string
 	}{
-		envelope(1, "").ID: {ReasonHandlerError, 2, 2, "panic: handler bug"},
-		envelope(2, "").ID: {ReasonHandlerError, 1, 1, "timed out after 50ms"},
-		envelope(3, "").ID: {ReasonDecodeError, 1, 1, "cannot decode payload"},
-		envelope(4, "").ID: {ReasonNoHandler, 1, 1, `no handler for topic "nobody"`},
-		envelope(5, "").ID: {ReasonPermanent, 1, 1, "not for us"},
-		envelope(6, "").ID: {ReasonExpired, 0, 1, "expired at"},
+		envelope(1, "").ID: {deadletter.ReasonHandlerError, 2, 2, "panic: handler bug"},
+		envelope(2, "").ID: {deadletter.ReasonHandlerError, 1, 1, "timed out after 50ms"},
+		envelope(3, "").ID: {deadletter.ReasonDecodeError, 1, 1, "cannot decode payload"},
+		envelope(4, "").ID: {deadletter.ReasonNoHandler, 1, 1, `no handler for topic "nobody"`},
+		envelope(5, "").ID: {deadletter.ReasonPermanent, 1, 1, "not for us"},
+		envelope(6, "").ID: {deadletter.ReasonExpired, 0, 1, "expired at"},
 	}
 	dls := deadLetters(t, ib, DeadLetterFilter{})
 	if len(dls) != len(want) {
@@ -407,7 +408,7 @@ func testFailureKinds[TTx any](t *testing.T, f *fixture[TTx]) {
 	}
 	// Unknown topic, replayed after a handler is deployed: handled.
 	mux.HandleFunc("nobody", effect(f))
-	if n, err := ib.Replay(context.Background(), DeadLetterFilter{Reason: ReasonNoHandler}); err != nil || n != 1 {
+	if n, err := ib.Replay(context.Background(), DeadLetterFilter{Reason: deadletter.ReasonNoHandler}); err != nil || n != 1 {
 		t.Fatalf("Replay no_handler = %d, %v", n, err)
 	}
 	settled(t, ib, 60*time.Second)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/transport"
 )
@@ -160,7 +161,7 @@ func testInlineFailure[TTx any](t *testing.T, f *fixture[TTx]) {
 	}
 	assertEffectsOnce(t, f, []string{e1.ID, e3.ID})
 	dl := deadLetters(t, ib, DeadLetterFilter{})
-	if len(dl) != 1 || dl[0].ID != e2.ID || dl[0].Attempts != 2 || dl[0].Reason != ReasonHandlerError ||
+	if len(dl) != 1 || dl[0].ID != e2.ID || dl[0].Attempts != 2 || dl[0].Reason != deadletter.ReasonHandlerError ||
 		len(dl[0].Errors) != 2 || dl[0].Errors[0].Attempt != 1 || dl[0].Errors[0].Error != "bad message" || dl[0].Errors[1].Attempt != 2 {
 		t.Fatalf("dead letters %+v; want e2 after 2 attempts (handler_error), each attempt's error recorded", dl)
 	}
@@ -246,7 +247,7 @@ func testInlineStoresForWorkers[TTx any](t *testing.T, f *fixture[TTx]) {
 	for _, d := range deadLetters(t, ib, DeadLetterFilter{}) {
 		reasons[d.ID] = d.Reason
 	}
-	if reasons[noHandler.ID] != ReasonNoHandler || reasons[expired.ID] != ReasonExpired {
+	if reasons[noHandler.ID] != deadletter.ReasonNoHandler || reasons[expired.ID] != deadletter.ReasonExpired {
 		t.Fatalf("dead letters %v; want %s no_handler and %s expired", reasons, noHandler.ID, expired.ID)
 	}
 	mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 )
 
@@ -33,7 +34,7 @@ func TestReplayedFailsAgainPending(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := ib.store.FinishInbox(ctx, tx, "tok", []dialects.InboxOutcome{{Source: "orders", ID: id,
-			Kind: dialects.InboxDead, Reason: ReasonPermanent, Error: "still broken"}}); err != nil {
+			Kind: dialects.InboxDead, Reason: deadletter.ReasonPermanent, Error: "still broken"}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := ib.d.Commit(ctx, tx); err != nil {

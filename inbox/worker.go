@@ -265,13 +265,13 @@ func (ib *Inbox[TTx]) preset(ctx context.Context, r *dialects.InboxRow) (dialect
 	}
 	if r.Expired {
 		return dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
-			Reason: ReasonExpired, Error: "durable/inbox: expired at " + r.ExpiresAt.UTC().Format(time.RFC3339Nano) + " before it was handled"}, true
+			Reason: dialects.ReasonExpired, Error: "durable/inbox: expired at " + r.ExpiresAt.UTC().Format(time.RFC3339Nano) + " before it was handled"}, true
 	}
 	if pol := ib.policy(r.Topic); r.Attempts > pol.maxAttempts {
 		// Attempts ended without an outcome (a crash, a lost lease)
 		// until none was left.
 		return dialects.InboxOutcome{Source: r.Source, ID: r.ID, Kind: dialects.InboxDead,
-			Reason: ReasonHandlerError, Error: fmt.Sprintf("durable/inbox: attempt %d of at most %d: gave up", r.Attempts, pol.maxAttempts)}, true
+			Reason: dialects.ReasonHandlerError, Error: fmt.Sprintf("durable/inbox: attempt %d of at most %d: gave up", r.Attempts, pol.maxAttempts)}, true
 	}
 	return dialects.InboxOutcome{}, false
 }
@@ -450,18 +450,18 @@ func (ib *Inbox[TTx]) failure(r *dialects.InboxRow, herr error) dialects.InboxOu
 			o.Kind, o.RetryAfter, o.UndoAttempt = dialects.InboxRetry, wait, true
 			o.Error += fmt.Sprintf(" (retried until %v after it was received, in case a handler is deployed meanwhile)", ib.cfg.NoHandlerGrace)
 		} else {
-			o.Kind, o.Reason = dialects.InboxDead, ReasonNoHandler
+			o.Kind, o.Reason = dialects.InboxDead, dialects.ReasonNoHandler
 		}
 	case errors.As(herr, &decode):
-		o.Kind, o.Reason = dialects.InboxDead, ReasonDecodeError
+		o.Kind, o.Reason = dialects.InboxDead, dialects.ReasonDecodeError
 	case errors.As(herr, &perm):
-		o.Kind, o.Reason = dialects.InboxDead, ReasonPermanent
+		o.Kind, o.Reason = dialects.InboxDead, dialects.ReasonPermanent
 	case errors.As(herr, &retry):
 		o.Kind, o.RetryAfter, o.UndoAttempt, o.Error = dialects.InboxRetry, retry.after, true, ""
 	default:
 		pol := ib.policy(r.Topic)
 		if r.Attempts >= pol.maxAttempts {
-			o.Kind, o.Reason = dialects.InboxDead, ReasonHandlerError
+			o.Kind, o.Reason = dialects.InboxDead, dialects.ReasonHandlerError
 		} else {
 			o.Kind, o.RetryAfter = dialects.InboxRetry, max(pol.backoff(r.Attempts), 0)
 		}

@@ -35,6 +35,19 @@ type Status struct {
 	Latest  int64       // the latest migration this build embeds
 	Applied []Migration // applied by Up, in order
 	Pending []Migration // migrations above Version
+
+	// Check also reports what it found beside durable_schema_version, for
+	// tools that show the history (the other calls leave these zero):
+	//
+	// AppliedAt is when each version durable_schema_version records was
+	// applied. GooseTableExists reports whether goose's version table
+	// (GooseTable) exists, and GooseVersion is the highest version_id it
+	// records (0 when it is empty or missing): lower than Version when
+	// another tool applied migrations that goose's table does not know of
+	// yet (Adopt records them).
+	AppliedAt        map[int64]time.Time
+	GooseTableExists bool
+	GooseVersion     int64
 }
 
 // List returns the migrations of dialect in order.
@@ -157,7 +170,8 @@ func run(ctx context.Context, db *sql.DB, dialect string, mode int) (st Status, 
 				st.Pending = append(st.Pending, mg)
 			}
 		}
-		return st, nil
+		err = retryBusy(ctx, func() (err error) { return m.history(ctx, &st) })
+		return st, err
 	}
 	fsys, err := FS(dialect)
 	if err != nil {
@@ -245,6 +259,49 @@ func (m *migrator) version(ctx context.Context, q querier) (int64, error) {
 		return 0, fmt.Errorf("durable/migrations: reading the schema version: %w", err)
 	}
 	return v.Int64, nil
+}
+
+// history fills st's AppliedAt, GooseTableExists and GooseVersion.
+func (m *migrator) history(ctx context.Context, st *Status) error {
+	ok, err := m.tableExists(ctx, m.conn, "durable_schema_version")
+	if err != nil {
+		return fmt.Errorf("durable/migrations: reading the schema history: %w", err)
+	}
+	st.AppliedAt = make(map[int64]time.Time)
+	if ok {
+		rows, err := m.conn.QueryContext(ctx, `SELECT version, applied_at FROM durable_schema_version`)
+		if err != nil {
+			return fmt.Errorf("durable/migrations: reading the schema history: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var v int64
+			var at any
+			if err := rows.Scan(&v, &at); err != nil {
+				return fmt.Errorf("durable/migrations: reading the schema history: %w", err)
+			}
+			switch at := at.(type) {
+			case time.Time:
+				st.AppliedAt[v] = at.UTC()
+			case string: // SQLite's text timestamps
+				if t, err := time.ParseInLocation("2006-01-02 15:04:05.999999999", at, time.UTC); err == nil {
+					st.AppliedAt[v] = t
+				}
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("durable/migrations: reading the schema history: %w", err)
+		}
+	}
+	if st.GooseTableExists, err = m.tableExists(ctx, m.conn, GooseTable); err != nil || !st.GooseTableExists {
+		return err
+	}
+	var v sql.NullInt64
+	if err := m.conn.QueryRowContext(ctx, `SELECT max(version_id) FROM `+GooseTable).Scan(&v); err != nil {
+		return fmt.Errorf("durable/migrations: reading %s: %w", GooseTable, err)
+	}
+	st.GooseVersion = v.Int64
+	return nil
 }
 
 // inTx runs fn in a transaction of m's connection: on SQLite one that takes

@@ -87,8 +87,14 @@ func wantRecorded(t *testing.T, d *database, latest int64) {
 		t.Errorf("%s holds %d rows (%v), want 1", migrations.MigrateTable, n, err)
 	}
 	st, err := migrations.Check(context.Background(), d.db, d.dialect)
-	if err != nil || st.Version != latest || len(st.Pending) != 0 {
-		t.Errorf("Check = %+v, %v; want version %d, nothing pending", st, err, latest)
+	if err != nil || st.Version != latest || len(st.Pending) != 0 || !st.GooseTableExists || st.GooseVersion != latest ||
+		int64(len(st.AppliedAt)) != latest {
+		t.Errorf("Check = %+v, %v; want version %d, nothing pending, goose at %[3]d, %[3]d applied", st, err, latest)
+	}
+	for v := int64(1); v <= latest; v++ {
+		if at := st.AppliedAt[v]; at.IsZero() {
+			t.Errorf("Check: no time for version %d", v)
+		}
 	}
 }
 
@@ -101,7 +107,8 @@ func TestUp(t *testing.T) {
 			d := newDatabase(t, dialect)
 			latest := latestVersion(t, dialect)
 			st, err := migrations.Check(context.Background(), d.db, dialect)
-			if err != nil || st.Version != 0 || !slices.Equal(names(st.Pending), allNames(t, dialect)) {
+			if err != nil || st.Version != 0 || !slices.Equal(names(st.Pending), allNames(t, dialect)) ||
+				st.GooseTableExists || st.GooseVersion != 0 || len(st.AppliedAt) != 0 {
 				t.Fatalf("Check on an empty database = %+v, %v", st, err)
 			}
 			st = up(t, d)

@@ -2,70 +2,14 @@ package outbox
 
 import (
 	"context"
-	"errors"
 	"time"
 
-	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/internal/purge"
-)
-
-// Dead-letter reasons of the outbox side, as stored in
-// durable_dead_letters.reason (the dialects package lists those of both
-// sides).
-const (
-	// ReasonExpired: the message's ExpiresAt passed before its peer
-	// acknowledged it.
-	ReasonExpired = dialects.ReasonExpired
-	// ReasonRejected: the peer refused the message (a Rejected outcome in
-	// its answer) or the whole batch for good (a permanent send error).
-	ReasonRejected = dialects.ReasonRejected
+	"github.com/durable-go/durable/deadletter"
 )
 
 // ErrNotFound is returned by DeadLetter for a message that is not in the
-// outbox's dead letters.
-var ErrNotFound = errors.New("durable/outbox: not found")
-
-// DeadLetter is a message the relay could not deliver, as kept in
-// durable_dead_letters (side "outbox"): the whole message, why it failed,
-// and the errors of its attempts.
-type DeadLetter struct {
-	// Destination and ID identify the message; Topic, Key, Headers,
-	// Payload, CreatedAt and ExpiresAt are as enqueued.
-	Destination string
-	ID          string
-	Topic       string
-	Key         string
-	Headers     map[string]string
-	Payload     []byte
-	CreatedAt   time.Time
-	ExpiresAt   time.Time // zero: never
-	// Reason is ReasonExpired or ReasonRejected.
-	Reason string
-	// Attempts is how many sends were tried (across replays).
-	Attempts int
-	// LastError is the error that sent the message here.
-	LastError string
-	// Errors is the error history, oldest first, across replays.
-	Errors []AttemptError
-	// FirstFailedAt is the first failure; FailedAt the one that sent the
-	// message here (the latest).
-	FirstFailedAt time.Time
-	FailedAt      time.Time
-	// ReplayedAt is when the message was last replayed; zero if never. A
-	// dead letter replayed after its last failure is no longer pending.
-	ReplayedAt time.Time
-}
-
-// Pending reports whether the dead letter awaits a decision: it was never
-// replayed, or it failed again after its last replay.
-func (d *DeadLetter) Pending() bool { return d.ReplayedAt.IsZero() || d.ReplayedAt.Before(d.FailedAt) }
-
-// AttemptError is one entry of a dead letter's error history.
-type AttemptError struct {
-	Attempt int       // the attempt's number, from 1; 0 where unknown
-	At      time.Time // when it failed; zero where unknown
-	Error   string    // the error's text
-}
+// outbox's dead letters. It is deadletter.ErrNotFound.
+var ErrNotFound = deadletter.ErrNotFound
 
 // DeadLetterFilter selects the outbox's dead letters. Zero fields do not
 // filter, except IncludeReplayed: by default only pending dead letters
@@ -73,7 +17,7 @@ type AttemptError struct {
 type DeadLetterFilter struct {
 	Destination string   // the peer the message was for
 	Topic       string   // the message's topic
-	Reason      string   // ReasonExpired or ReasonRejected
+	Reason      string   // deadletter.ReasonExpired or deadletter.ReasonRejected
 	IDs         []string // any of these message ids
 	// Since matches dead letters that failed at or after it.
 	Since time.Time
@@ -86,46 +30,31 @@ type DeadLetterFilter struct {
 	Limit int
 }
 
-func (f DeadLetterFilter) query() dialects.DeadLetterQuery {
-	return dialects.DeadLetterQuery{
-		Side: dialects.SideOutbox, Destination: f.Destination, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs,
+func (f DeadLetterFilter) query() deadletter.Query {
+	return deadletter.Query{
+		Side: deadletter.SideOutbox, Destination: f.Destination, Topic: f.Topic, Reason: f.Reason, IDs: f.IDs,
 		Since: f.Since, Before: f.Before, IncludeReplayed: f.IncludeReplayed, Limit: f.Limit,
 	}
 }
 
+// deadLetters is the dead-letter store the shortcuts below use.
+func (o *Outbox[TTx]) deadLetters() *deadletter.Store {
+	s, _ := deadletter.New(o.d, nil) // o.d is never nil; nil Config is valid
+	return s
+}
+
 // DeadLetters returns the outbox's dead letters matching f, oldest first.
-func (o *Outbox[TTx]) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
-	rows, err := o.d.ListDeadLetters(ctx, f.query())
-	if err != nil {
-		return nil, err
-	}
-	out := make([]DeadLetter, len(rows))
-	for i, r := range rows {
-		out[i] = DeadLetter{
-			Destination: r.Destination, ID: r.ID, Topic: r.Topic, Key: r.Key, Headers: r.Headers, Payload: r.Payload,
-			CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt, Reason: r.Reason, Attempts: r.Attempts,
-			LastError: r.LastError, FirstFailedAt: r.FirstFailedAt, FailedAt: r.FailedAt, ReplayedAt: r.ReplayedAt,
-		}
-		for _, e := range r.Errors {
-			out[i].Errors = append(out[i].Errors, AttemptError(e))
-		}
-	}
-	return out, nil
+// It is deadletter.Store.List on the outbox side.
+func (o *Outbox[TTx]) DeadLetters(ctx context.Context, f DeadLetterFilter) ([]deadletter.DeadLetter, error) {
+	return o.deadLetters().List(ctx, f.query())
 }
 
 // DeadLetter returns the dead letter of message id for destination,
 // replayed or not, or an error matching ErrNotFound. An empty destination
-// matches any: when the id was dead-lettered for several destinations, the
-// oldest one is returned.
-func (o *Outbox[TTx]) DeadLetter(ctx context.Context, destination, id string) (*DeadLetter, error) {
-	dl, err := o.DeadLetters(ctx, DeadLetterFilter{Destination: destination, IDs: []string{id}, IncludeReplayed: true})
-	if err != nil {
-		return nil, err
-	}
-	if len(dl) == 0 {
-		return nil, ErrNotFound
-	}
-	return &dl[0], nil
+// matches any: when several destinations have the id, the oldest dead
+// letter is returned. It is deadletter.Store.Get on the outbox side.
+func (o *Outbox[TTx]) DeadLetter(ctx context.Context, destination, id string) (*deadletter.DeadLetter, error) {
+	return o.deadLetters().Get(ctx, deadletter.SideOutbox, destination, id)
 }
 
 // Replay puts the pending dead letters matching f back into the outbox, in
@@ -148,9 +77,7 @@ func (o *Outbox[TTx]) DeadLetter(ctx context.Context, destination, id string) (*
 // destination no relay serves keeps its rows in the outbox (see Relay,
 // expiry of destinations without a Sender).
 func (o *Outbox[TTx]) Replay(ctx context.Context, f DeadLetterFilter) (int, error) {
-	q := f.query()
-	q.IncludeReplayed = false
-	n, err := o.d.ReplayDeadLetters(ctx, q)
+	n, err := o.deadLetters().Replay(ctx, f.query())
 	if n > 0 {
 		o.subs.wake(f.Destination)
 	}
@@ -161,5 +88,5 @@ func (o *Outbox[TTx]) Replay(ctx context.Context, f DeadLetterFilter) (int, erro
 // how many. Without a Limit it deletes in statements of 1,000 rows until
 // none match.
 func (o *Outbox[TTx]) PurgeDeadLetters(ctx context.Context, f DeadLetterFilter) (int, error) {
-	return purge.DeadLetters(ctx, o.d, f.query())
+	return o.deadLetters().Purge(ctx, f.query())
 }

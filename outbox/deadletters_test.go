@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/outbox"
 	"github.com/durable-go/durable/transport"
 )
@@ -64,7 +65,7 @@ func testOutboxDeadLetters[TTx any](t *testing.T, tg target[TTx]) {
 		t.Fatalf("dead letters = %+v, want %s and %s", dl, msgs[1].ID, msgs[3].ID)
 	}
 	for _, l := range dl {
-		if l.Destination != "billing" || l.Reason != outbox.ReasonRejected || l.LastError != "unknown customer" ||
+		if l.Destination != "billing" || l.Reason != deadletter.ReasonRejected || l.LastError != "unknown customer" ||
 			l.Attempts != 1 || len(l.Errors) != 1 || l.Errors[0].Error != "unknown customer" || !l.Pending() ||
 			l.Topic != "test.relay" || l.Headers["i"] == "" || len(l.Payload) == 0 {
 			t.Fatalf("dead letter %+v", l)
@@ -77,7 +78,7 @@ func testOutboxDeadLetters[TTx any](t *testing.T, tg target[TTx]) {
 	if _, err := ob.DeadLetter(ctx, "other", msgs[3].ID); !errors.Is(err, outbox.ErrNotFound) {
 		t.Fatalf("DeadLetter of another destination = %v, want ErrNotFound", err)
 	}
-	if got, err := ob.DeadLetters(ctx, outbox.DeadLetterFilter{Reason: outbox.ReasonExpired}); err != nil || len(got) != 0 {
+	if got, err := ob.DeadLetters(ctx, outbox.DeadLetterFilter{Reason: deadletter.ReasonExpired}); err != nil || len(got) != 0 {
 		t.Fatalf("expired dead letters = %d, %v; want none", len(got), err)
 	}
 

@@ -14,6 +14,7 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/migrations"
@@ -204,7 +205,7 @@ func ExampleOutbox_Replay() {
 	ob.Enqueue(ctx, tx, &outbox.Message{ID: "invoice-7", Destination: "billing", Topic: "invoice.due", Payload: []byte(`{"customer":7}`)})
 	tx.Commit()
 
-	var dead []outbox.DeadLetter
+	var dead []deadletter.DeadLetter
 	for deadline := time.Now().Add(time.Minute); len(dead) == 0; {
 		if time.Now().After(deadline) {
 			fmt.Println("no dead letter within a minute")

@@ -2,11 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
 	"strconv"
@@ -17,40 +16,22 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
+	"github.com/durable-go/durable/dialects/dsn"
+	"github.com/durable-go/durable/internal/bench"
 	"github.com/durable-go/durable/migrations"
 )
 
-// benchOptions are bench's flags.
-type benchOptions struct {
-	workloads  []string
-	w1Messages int
-	w1Writers  int
-	w2Messages int
-	w2Batch    int
-	w4Messages int
-	w3Rate     int
-	w3Duration time.Duration
-	payload    int
+// benchFlags are bench's flags: the benchmark's options, and what the
+// command does around the run.
+type benchFlags struct {
+	bench.Options
+	jsonFile   string
 	cpuProfile string
 	traceFile  string
-	jsonFile   string
-
-	// Overrides of the tuned configuration; zero (or "") keeps it.
-	notify           string
-	inline           string
-	relayBatch       int
-	relayLinger      time.Duration
-	relayInFlight    int
-	relayPoll        time.Duration
-	inboxConcurrency int
-	inboxBatch       int
-	inboxPoll        time.Duration
-	senderConns      int
-	receiverConns    int
 }
 
 func (a *app) benchCommand() *cobra.Command {
-	o := &benchOptions{}
+	o := &benchFlags{}
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the whole pipeline (enqueue → relay → TCP → inbox → handler) against the raw commit rate",
@@ -79,7 +60,7 @@ message's commit → its handler's start. The breakdown shows where the time goe
 the stages (relay claim, inbox received and stored, worker claim, handler start, handler
 committed). See docs/benchmarks.md for how to read the numbers.
 
---dsn names the Postgres server (default ` + benchDefaultDSN + `;
+--dsn names the Postgres server (default ` + bench.DefaultDSN + `;
 DURABLE_DSN is not read, so that a benchmark never lands on an application's database by
 accident); the user needs CREATE on the database. --dialect postgres|sqlite|both (default
 both). The tuning flags override the configuration bench uses, for experiments.`,
@@ -96,30 +77,30 @@ both). The tuning flags override the configuration bench uses, for experiments.`
 		}),
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.workloads, "workloads", []string{"w1", "w2", "w3", "w4"}, "workloads to run: w1, w2, w3, w4")
-	f.IntVar(&o.w1Messages, "w1-messages", 20000, "W1: messages")
-	f.IntVar(&o.w1Writers, "w1-writers", 16, "W1: concurrent app transactions (also the raw limit's writers)")
-	f.IntVar(&o.w2Messages, "w2-messages", 100000, "W2: messages")
-	f.IntVar(&o.w2Batch, "w2-batch", 1000, "W2: messages per transaction (and rows per raw batch)")
-	f.IntVar(&o.w3Rate, "w3-rate", 200, "W3: messages per second")
-	f.IntVar(&o.w4Messages, "w4-messages", 40000, "W4: messages, every other one under the same ordering key")
-	f.DurationVar(&o.w3Duration, "w3-duration", 30*time.Second, "W3: how long to send")
-	f.IntVar(&o.payload, "payload", 256, "payload bytes per message (and per raw row)")
+	f.StringSliceVar(&o.Workloads, "workloads", []string{"w1", "w2", "w3", "w4"}, "workloads to run: w1, w2, w3, w4")
+	f.IntVar(&o.W1Messages, "w1-messages", 20000, "W1: messages")
+	f.IntVar(&o.W1Writers, "w1-writers", 16, "W1: concurrent app transactions (also the raw limit's writers)")
+	f.IntVar(&o.W2Messages, "w2-messages", 100000, "W2: messages")
+	f.IntVar(&o.W2Batch, "w2-batch", 1000, "W2: messages per transaction (and rows per raw batch)")
+	f.IntVar(&o.W3Rate, "w3-rate", 200, "W3: messages per second")
+	f.IntVar(&o.W4Messages, "w4-messages", 40000, "W4: messages, every other one under the same ordering key")
+	f.DurationVar(&o.W3Duration, "w3-duration", 30*time.Second, "W3: how long to send")
+	f.IntVar(&o.Payload, "payload", 256, "payload bytes per message (and per raw row)")
 	f.StringVar(&o.jsonFile, "json-file", "", "also write the JSON report to this file (with the readable output on stdout)")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (this process: relay, inbox, drivers) to this file")
 	f.StringVar(&o.traceFile, "trace", "", "write an execution trace of the whole run to this file (go tool trace; -pprof=sync|sched|syscall for where goroutines wait)")
 
-	f.StringVar(&o.notify, "notify", "", "Postgres: on or off, NOTIFY at commit to wake the relay (default: the tuned value)")
-	f.IntVar(&o.relayBatch, "relay-batch", 0, "relay BatchSize (default: tuned)")
-	f.DurationVar(&o.relayLinger, "relay-linger", 0, "relay Linger; negative: none (default: tuned)")
-	f.IntVar(&o.relayInFlight, "relay-inflight", 0, "relay InFlight (default: tuned)")
-	f.DurationVar(&o.relayPoll, "relay-poll", 0, "relay PollInterval (default: tuned)")
-	f.IntVar(&o.inboxConcurrency, "inbox-concurrency", 0, "inbox Concurrency (default: tuned)")
-	f.IntVar(&o.inboxBatch, "inbox-batch", 0, "inbox BatchSize (default: tuned)")
-	f.DurationVar(&o.inboxPoll, "inbox-poll", 0, "inbox PollInterval (default: tuned)")
-	f.StringVar(&o.inline, "inbox-inline", "", "on or off, inbox Inline: handle delivered messages in the delivery's transaction (default: the tuned value, on)")
-	f.IntVar(&o.senderConns, "sender-conns", 0, "Postgres: max connections of the sender's dialect: relay and idle inbox (default: relay in-flight + 4)")
-	f.IntVar(&o.receiverConns, "receiver-conns", 0, "Postgres: max connections of the receiver's dialect: deliveries and workers (default: inbox concurrency + relay in-flight + 4)")
+	f.StringVar(&o.Notify, "notify", "", "Postgres: on or off, NOTIFY at commit to wake the relay (default: the tuned value)")
+	f.IntVar(&o.RelayBatch, "relay-batch", 0, "relay BatchSize (default: tuned)")
+	f.DurationVar(&o.RelayLinger, "relay-linger", 0, "relay Linger; negative: none (default: tuned)")
+	f.IntVar(&o.RelayInFlight, "relay-inflight", 0, "relay InFlight (default: tuned)")
+	f.DurationVar(&o.RelayPoll, "relay-poll", 0, "relay PollInterval (default: tuned)")
+	f.IntVar(&o.InboxConcurrency, "inbox-concurrency", 0, "inbox Concurrency (default: tuned)")
+	f.IntVar(&o.InboxBatch, "inbox-batch", 0, "inbox BatchSize (default: tuned)")
+	f.DurationVar(&o.InboxPoll, "inbox-poll", 0, "inbox PollInterval (default: tuned)")
+	f.StringVar(&o.Inline, "inbox-inline", "", "on or off, inbox Inline: handle delivered messages in the delivery's transaction (default: the tuned value, on)")
+	f.IntVar(&o.SenderConns, "sender-conns", 0, "Postgres: max connections of the sender's dialect: relay and idle inbox (default: relay in-flight + 4)")
+	f.IntVar(&o.ReceiverConns, "receiver-conns", 0, "Postgres: max connections of the receiver's dialect: deliveries and workers (default: inbox concurrency + relay in-flight + 4)")
 	for _, name := range []string{"notify", "relay-batch", "relay-linger", "relay-inflight", "relay-poll",
 		"inbox-concurrency", "inbox-batch", "inbox-poll", "inbox-inline", "sender-conns", "receiver-conns"} {
 		_ = f.SetAnnotation(name, "group", []string{"tuning"})
@@ -129,7 +110,7 @@ both). The tuning flags override the configuration bench uses, for experiments.`
 
 // benchValidate replaces the root's check of the global flags: bench
 // accepts --dialect both, and reads no DURABLE_DSN.
-func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
+func (a *app) benchValidate(cmd *cobra.Command, o *benchFlags) error {
 	switch strings.ToLower(a.dialect) {
 	case "", "both":
 		a.dialect = "both"
@@ -147,11 +128,11 @@ func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
 		return usageErrorf("--timeout %s: must not be negative", a.timeout)
 	}
 	if a.dsn != "" {
-		if k := dsnKind(a.dsn); k != kindPostgresURL && k != kindKeyValue {
+		if dsn.KindOf(a.dsn).Dialect() != migrations.Postgres {
 			return usageErrorf("--dsn names the Postgres server bench runs on; SQLite runs in a temporary directory")
 		}
 	}
-	for _, w := range o.workloads {
+	for _, w := range o.Workloads {
 		switch w {
 		case "w1", "w2", "w3", "w4":
 		default:
@@ -162,200 +143,44 @@ func (a *app) benchValidate(cmd *cobra.Command, o *benchOptions) error {
 		name string
 		v    int
 	}{
-		{"w1-messages", o.w1Messages}, {"w1-writers", o.w1Writers}, {"w2-messages", o.w2Messages},
-		{"w2-batch", o.w2Batch}, {"w3-rate", o.w3Rate}, {"w4-messages", o.w4Messages}, {"payload", o.payload},
+		{"w1-messages", o.W1Messages}, {"w1-writers", o.W1Writers}, {"w2-messages", o.W2Messages},
+		{"w2-batch", o.W2Batch}, {"w3-rate", o.W3Rate}, {"w4-messages", o.W4Messages}, {"payload", o.Payload},
 	} {
 		if c.v < 1 {
 			return usageErrorf("--%s %d: must be at least 1", c.name, c.v)
 		}
 	}
-	if o.w3Duration < time.Second/time.Duration(o.w3Rate) {
-		return usageErrorf("--w3-duration %s: too short for one message at --w3-rate %d", o.w3Duration, o.w3Rate)
+	if o.W3Duration < time.Second/time.Duration(o.W3Rate) {
+		return usageErrorf("--w3-duration %s: too short for one message at --w3-rate %d", o.W3Duration, o.W3Rate)
 	}
 	for _, c := range []struct {
 		name string
 		v    int
 	}{
-		{"relay-batch", o.relayBatch}, {"relay-inflight", o.relayInFlight}, {"inbox-concurrency", o.inboxConcurrency},
-		{"inbox-batch", o.inboxBatch}, {"sender-conns", o.senderConns}, {"receiver-conns", o.receiverConns},
+		{"relay-batch", o.RelayBatch}, {"relay-inflight", o.RelayInFlight}, {"inbox-concurrency", o.InboxConcurrency},
+		{"inbox-batch", o.InboxBatch}, {"sender-conns", o.SenderConns}, {"receiver-conns", o.ReceiverConns},
 	} {
 		if c.v < 0 {
 			return usageErrorf("--%s %d: must not be negative", c.name, c.v)
 		}
 	}
-	if o.relayPoll < 0 || o.inboxPoll < 0 {
+	if o.RelayPoll < 0 || o.InboxPoll < 0 {
 		return usageErrorf("--relay-poll and --inbox-poll must not be negative")
 	}
-	switch o.notify {
+	switch o.Notify {
 	case "", "on", "off":
 	default:
-		return usageErrorf("--notify %q: want on or off", o.notify)
+		return usageErrorf("--notify %q: want on or off", o.Notify)
 	}
-	switch o.inline {
+	switch o.Inline {
 	case "", "on", "off":
 	default:
-		return usageErrorf("--inbox-inline %q: want on or off", o.inline)
+		return usageErrorf("--inbox-inline %q: want on or off", o.Inline)
 	}
 	return nil
 }
 
-// benchTuned is the configuration bench runs with: the knobs chosen for the
-// targets on the project's 2-core machine (see docs/benchmarks.md,
-// "Tuning"). Throughput workloads batch harder; the latency workload wakes
-// the relay at commit.
-func benchTuned(dialect string, o *benchOptions, w benchWorkload) benchTuning {
-	t := benchTuning{
-		RelayBatchSize:   256,
-		RelayLingerMS:    5,
-		RelayInFlight:    4,
-		RelayPollMS:      1000,
-		InboxConcurrency: 4,
-		InboxBatchSize:   50,
-		InboxPollMS:      1000,
-		InboxInline:      true,
-	}
-	switch {
-	case dialect == migrations.Postgres && w.id == "w1":
-		// NOTIFY takes a database-wide lock at commit, which serialises
-		// the app's commits (W1 runs 3× slower with it); the relay shares
-		// this process, so Outbox.Subscribe wakes it without a round trip.
-		t.RelayLingerMS = 20
-	case dialect == migrations.Postgres && w.id == "w2":
-		t.RelayBatchSize = 1000
-	case dialect == migrations.Postgres && w.id == "w3":
-		// At 200 messages/s the lock costs nothing, and the wake-up at
-		// commit saves the relay's follow-up claims after the in-process
-		// wake-up, which comes before the commit.
-		t.Notify = true
-	case dialect == migrations.SQLite:
-		// One connection serves the app, the relay and the idle inbox of
-		// the sender: fewer, larger claims and acks leave it to the app.
-		t.InboxConcurrency = 1
-		t.InboxBatchSize = 256
-		if w.id != "w3" {
-			t.RelayLingerMS = 50
-			t.RelayBatchSize = 1000
-		}
-	}
-	if o.notify != "" {
-		t.Notify = o.notify == "on" && dialect == migrations.Postgres
-	}
-	if o.inline != "" {
-		t.InboxInline = o.inline == "on"
-	}
-	set := func(dst *int, v int) {
-		if v > 0 {
-			*dst = v
-		}
-	}
-	set(&t.RelayBatchSize, o.relayBatch)
-	set(&t.RelayInFlight, o.relayInFlight)
-	set(&t.InboxConcurrency, o.inboxConcurrency)
-	set(&t.InboxBatchSize, o.inboxBatch)
-	if o.relayLinger != 0 {
-		t.RelayLingerMS = float64(o.relayLinger) / 1e6
-	}
-	if o.relayPoll > 0 {
-		t.RelayPollMS = float64(o.relayPoll) / 1e6
-	}
-	if o.inboxPoll > 0 {
-		t.InboxPollMS = float64(o.inboxPoll) / 1e6
-	}
-	if dialect == migrations.Postgres {
-		// Every app writer holds a connection for its transaction; the relay
-		// needs one per batch in flight (the ACK) and one to claim; the
-		// inbox one per worker and one per batch being stored.
-		t.AppConns = max(w.writers, 1) + 2
-		t.SenderConns = t.RelayInFlight + 4
-		t.ReceiverConns = t.InboxConcurrency + t.RelayInFlight + 4
-		set(&t.SenderConns, o.senderConns)
-		set(&t.ReceiverConns, o.receiverConns)
-	}
-	return t
-}
-
-func (o *benchOptions) workloadList() []benchWorkload {
-	var out []benchWorkload
-	for _, id := range []string{"w1", "w2", "w3", "w4"} {
-		if !containsString(o.workloads, id) {
-			continue
-		}
-		switch id {
-		case "w1":
-			out = append(out, benchWorkload{id: id, name: "enlisted", messages: o.w1Messages, writers: o.w1Writers, perTx: 1})
-		case "w2":
-			out = append(out, benchWorkload{id: id, name: "bulk", messages: o.w2Messages, writers: 1, perTx: o.w2Batch})
-		case "w3":
-			n := max(int(o.w3Duration.Seconds()*float64(o.w3Rate)), 1)
-			out = append(out, benchWorkload{id: id, name: "latency", messages: n, writers: 16, perTx: 1,
-				rate: o.w3Rate, duration: o.w3Duration})
-		case "w4":
-			out = append(out, benchWorkload{id: id, name: "hot key", messages: o.w4Messages, writers: 1,
-				perTx: min(100, o.w4Messages), hotKey: true})
-		}
-	}
-	return out
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// benchMachine describes where the numbers were measured.
-type benchMachine struct {
-	CPUs       int       `json:"cpus"`
-	GoVersion  string    `json:"go_version"`
-	OS         string    `json:"os"`
-	Arch       string    `json:"arch"`
-	Postgres   string    `json:"postgres_version"`
-	SQLite     string    `json:"sqlite_version"`
-	LoadBefore []float64 `json:"load_average_before"`
-	LoadAfter  []float64 `json:"load_average_after"`
-	Started    time.Time `json:"started_at"`
-	Command    string    `json:"command"`
-}
-
-// benchReport is what --json prints.
-type benchReport struct {
-	Machine benchMachine  `json:"machine"`
-	Results []benchResult `json:"results"`
-	Targets []benchTarget `json:"targets"`
-}
-
-// benchTarget is one of the project's targets, judged on this run.
-type benchTarget struct {
-	Dialect  string  `json:"dialect"`
-	Workload string  `json:"workload"`
-	Want     string  `json:"want"`
-	Got      float64 `json:"got"`
-	Met      bool    `json:"met"`
-}
-
-// benchLoad reads the load averages (1, 5, 15 minutes) on Linux; nil
-// elsewhere.
-func benchLoad() []float64 {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return nil
-	}
-	fields := strings.Fields(string(b))
-	var out []float64
-	for _, f := range fields[:min(3, len(fields))] {
-		v, err := strconv.ParseFloat(f, 64)
-		if err != nil {
-			return nil
-		}
-		out = append(out, v)
-	}
-	return out
-}
-
-func (a *app) bench(ctx context.Context, cmd *cobra.Command, o *benchOptions) error {
+func (a *app) bench(ctx context.Context, cmd *cobra.Command, o *benchFlags) error {
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
 		if err != nil {
@@ -378,86 +203,16 @@ func (a *app) bench(ctx context.Context, cmd *cobra.Command, o *benchOptions) er
 		}
 		defer trace.Stop()
 	}
-	rep := &benchReport{Machine: benchMachine{
-		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
-		LoadBefore: benchLoad(), Started: time.Now().UTC().Truncate(time.Second),
-		Command: "durable " + strings.Join(os.Args[1:], " "),
-	}}
-	payload := make([]byte, o.payload)
-	_, _ = rand.Read(payload)
-	workloads := o.workloadList()
-
-	var (
-		pg *benchPG
-		sl *benchSQLite
-	)
-	if a.dialect != migrations.SQLite {
-		dsn := a.dsn
-		if dsn == "" {
-			dsn = benchDefaultDSN
-		}
-		sctx, cancel := a.step(ctx)
-		var err error
-		pg, err = a.benchOpenPostgres(sctx, dsn)
-		cancel()
-		if err != nil {
-			return err
-		}
-		defer pg.close()
-		rep.Machine.Postgres = pg.version
+	o.Dialect, o.DSN, o.Timeout = a.dialect, a.dsn, a.timeout
+	o.Command = "durable " + strings.Join(os.Args[1:], " ")
+	o.Progress = a.benchProgress()
+	rep, err := bench.Run(ctx, &o.Options)
+	switch {
+	case errors.Is(err, bench.ErrInterrupted):
+		return failuref("interrupted")
+	case err != nil:
+		return a.openError(err)
 	}
-	if a.dialect != migrations.Postgres {
-		var err error
-		if sl, err = benchOpenSQLite(ctx); err != nil {
-			return failuref("sqlite: %v", err)
-		}
-		defer sl.close()
-		rep.Machine.SQLite = sl.version
-	}
-
-	progress := a.benchProgress()
-	for _, dialect := range []string{migrations.Postgres, migrations.SQLite} {
-		if (dialect == migrations.Postgres && pg == nil) || (dialect == migrations.SQLite && sl == nil) {
-			continue
-		}
-		for _, w := range workloads {
-			t := benchTuned(dialect, o, w)
-			p := newBenchProbe(w.messages)
-			var (
-				res benchResult
-				err error
-			)
-			progress("running %s %s on %s…", strings.ToUpper(w.id), w.name, dialect)
-			sctx, cancel := a.step(ctx)
-			if dialect == migrations.Postgres {
-				env, eerr := pg.env(sctx, w.id, p, t)
-				cancel()
-				if eerr != nil {
-					return fmt.Errorf("postgres %s: %w", w.id, eerr)
-				}
-				res, err = benchRunWorkload(ctx, env, p, dialect, w, t, payload)
-				env.close()
-			} else {
-				env, eerr := sl.env(sctx, w.id, p)
-				cancel()
-				if eerr != nil {
-					return fmt.Errorf("sqlite %s: %w", w.id, eerr)
-				}
-				res, err = benchRunWorkload(ctx, env, p, dialect, w, t, payload)
-				env.close()
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return failuref("interrupted")
-				}
-				return fmt.Errorf("%s %s: %w", dialect, w.id, err)
-			}
-			rep.Results = append(rep.Results, res)
-		}
-	}
-	progress("")
-	rep.Machine.LoadAfter = benchLoad()
-	rep.Targets = benchTargets(rep.Results)
 	if o.jsonFile != "" {
 		b, err := json.MarshalIndent(rep, "", "  ")
 		if err == nil {
@@ -494,7 +249,7 @@ func benchLoadString(l []float64) string {
 	return fmt.Sprintf("%.2f %.2f %.2f", l[0], l[1], l[2])
 }
 
-func (a *app) benchPrint(rep *benchReport) {
+func (a *app) benchPrint(rep *bench.Report) {
 	a.benchHeader(rep)
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tdialect\tmessages\tend-to-end msg/s\traw limit (same run)\tratio\tcommit→handler p50 / p99 / max ms\t")
@@ -505,7 +260,7 @@ func (a *app) benchPrint(rep *benchReport) {
 	a.benchFooter(rep)
 }
 
-func (a *app) benchHeader(rep *benchReport) {
+func (a *app) benchHeader(rep *bench.Report) {
 	m := rep.Machine
 	fmt.Fprintf(a.stdout, "durable bench: %d CPUs, %s %s/%s", m.CPUs, m.GoVersion, m.OS, m.Arch)
 	if m.Postgres != "" {
@@ -517,11 +272,11 @@ func (a *app) benchHeader(rep *benchReport) {
 	fmt.Fprintf(a.stdout, "\nload average before: %s\n\n", benchLoadString(m.LoadBefore))
 }
 
-func benchWorkloadLabel(r *benchResult) string {
+func benchWorkloadLabel(r *bench.Result) string {
 	return strings.ToUpper(r.Workload) + " " + r.Name
 }
 
-func benchRow(tw *tabwriter.Writer, r *benchResult) {
+func benchRow(tw *tabwriter.Writer, r *bench.Result) {
 	raw := ""
 	ratio := "-"
 	if r.Ratio != nil {
@@ -561,8 +316,8 @@ func benchInt(v float64) string {
 	return b.String()
 }
 
-func (a *app) benchFooter(rep *benchReport) {
-	var apps []*benchResult
+func (a *app) benchFooter(rep *bench.Report) {
+	var apps []*bench.Result
 	for i := range rep.Results {
 		if rep.Results[i].AppTx != nil {
 			apps = append(apps, &rep.Results[i])
@@ -641,7 +396,7 @@ func (a *app) benchFooter(rep *benchReport) {
 }
 
 // benchCPUString shows a CPU cost: its total, and with roles its parts.
-func benchCPUString(c *benchCPU, roles bool) string {
+func benchCPUString(c *bench.CPU, roles bool) string {
 	if c == nil {
 		return "-"
 	}
@@ -651,32 +406,7 @@ func benchCPUString(c *benchCPU, roles bool) string {
 	s := fmt.Sprintf("%.0f = %.0f + %.0f", c.Go+*c.Postgres, c.Go, *c.Postgres)
 	if roles {
 		r := c.PostgresByRole
-		s += fmt.Sprintf(" (%.0f/%.0f/%.0f)", r[benchRoleApp], r[benchRoleRelay], r[benchRoleInbox])
+		s += fmt.Sprintf(" (%.0f/%.0f/%.0f)", r[bench.RoleApp], r[bench.RoleRelay], r[bench.RoleInbox])
 	}
 	return s
-}
-
-// benchTargets judges the project's targets on the results of this run.
-// W1 is judged against the app's own transaction (ratio_to_app_tx), the
-// ceiling of any outbox; W2 against the raw COPY of the same run.
-func benchTargets(results []benchResult) []benchTarget {
-	var out []benchTarget
-	for i := range results {
-		r := &results[i]
-		switch {
-		case r.Workload == "w1" && r.RatioToAppTx != nil && r.Dialect == migrations.Postgres:
-			out = append(out,
-				benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.8 × the app's own transaction", *r.RatioToAppTx, *r.RatioToAppTx >= 0.8},
-				benchTarget{r.Dialect, r.Workload, "commit → handler p50 < 10 ms", r.Latency.P50, r.Latency.P50 < 10})
-		case r.Workload == "w1" && r.RatioToAppTx != nil && r.Dialect == migrations.SQLite:
-			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.6 × the app's own transaction", *r.RatioToAppTx, *r.RatioToAppTx >= 0.6})
-		case r.Workload == "w2" && r.Ratio != nil && r.Dialect == migrations.Postgres:
-			out = append(out, benchTarget{r.Dialect, r.Workload, "end-to-end ≥ 0.2 × raw 1,000-row COPY", *r.Ratio, *r.Ratio >= 0.2})
-		case r.Workload == "w3" && r.Dialect == migrations.Postgres:
-			out = append(out,
-				benchTarget{r.Dialect, r.Workload, "commit → handler p50 ≤ 1 ms", r.Latency.P50, r.Latency.P50 <= 1},
-				benchTarget{r.Dialect, r.Workload, "commit → handler p99 ≤ 5 ms", r.Latency.P99, r.Latency.P99 <= 5})
-		}
-	}
-	return out
 }

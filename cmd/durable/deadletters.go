@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,47 +11,21 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/dialects/postgres"
-	"github.com/durable-go/durable/dialects/sqlite"
-	"github.com/durable-go/durable/inbox"
-	"github.com/durable-go/durable/migrations"
-	"github.com/durable-go/durable/outbox"
+	"github.com/durable-go/durable/deadletter"
+	"github.com/durable-go/durable/dialects/dsn"
 )
 
-// inboxOps is what the CLI uses of an *inbox.Inbox, whatever its
-// transaction type: the commands share the library's implementation rather
-// than holding SQL of their own.
-type inboxOps interface {
-	CheckSchema(ctx context.Context) error
-	DeadLetters(ctx context.Context, f inbox.DeadLetterFilter) ([]inbox.DeadLetter, error)
-	Replay(ctx context.Context, f inbox.DeadLetterFilter) (int, error)
-	PurgeDeadLetters(ctx context.Context, f inbox.DeadLetterFilter) (int, error)
-	Stats(ctx context.Context) (inbox.Stats, error)
-}
-
-// outboxOps is what the CLI uses of an *outbox.Outbox, whatever its
-// transaction type: the outbox side's dead letters, through the library's
-// implementation.
-type outboxOps interface {
-	DeadLetters(ctx context.Context, f outbox.DeadLetterFilter) ([]outbox.DeadLetter, error)
-	Replay(ctx context.Context, f outbox.DeadLetterFilter) (int, error)
-	PurgeDeadLetters(ctx context.Context, f outbox.DeadLetterFilter) (int, error)
-}
-
-// durableDB is an open database with durable's inbox on it (never run: no
-// workers, no housekeeping), an outbox (which never enqueues) for the
-// outbox side's dead letters, and the dialect's relay storage, for stats.
+// durableDB is an open database with durable's dialect on it and the dead
+// letters of both sides.
 type durableDB struct {
 	*database
-	inbox   inboxOps
-	outbox  outboxOps
-	relayer dialects.Relayer
+	admin dsn.Admin
+	dead  *deadletter.Store
 }
 
-// openDurable opens the database named by the flags, builds the dialect and
-// an inbox on it, and checks the schema: a missing or old schema exits 4, a
-// SQLite DSN without durable's settings 3.
+// openDurable opens the database named by the flags, builds the dialect on
+// it, and checks the schema: a missing or old schema exits 4, a SQLite DSN
+// without durable's settings 3.
 func (a *app) openDurable(ctx context.Context) (*durableDB, error) {
 	d, err := a.open(ctx, openOptions{})
 	if err != nil {
@@ -60,7 +33,7 @@ func (a *app) openDurable(ctx context.Context) (*durableDB, error) {
 	}
 	db, err := d.durable()
 	if err == nil {
-		err = db.inbox.CheckSchema(ctx)
+		err = db.admin.CheckSchema(ctx)
 	}
 	if err != nil {
 		d.Close()
@@ -70,57 +43,28 @@ func (a *app) openDurable(ctx context.Context) (*durableDB, error) {
 }
 
 func (d *database) durable() (*durableDB, error) {
-	cfg := &inbox.Config{Name: "durable-cli", Logger: slog.New(slog.DiscardHandler)}
-	// The CLI never enqueues: no Destinations (any is accepted), no Notify.
-	ocfg := &outbox.Config{}
-	out := &durableDB{database: d}
-	switch d.dialect {
-	case migrations.Postgres:
-		dl, err := postgres.New(d.pool, &postgres.Config{Schema: d.schema})
-		if err != nil {
-			return nil, err
-		}
-		ib, err := inbox.New(dl, nil, cfg)
-		if err != nil {
-			return nil, err
-		}
-		ob, err := outbox.New(dl, ocfg)
-		if err != nil {
-			return nil, err
-		}
-		out.inbox, out.outbox = ib, ob
-		out.relayer, _ = any(dl).(dialects.Relayer)
-	default:
-		dl, err := sqlite.New(d.db, nil)
-		if err != nil {
-			return nil, err
-		}
-		ib, err := inbox.New(dl, nil, cfg)
-		if err != nil {
-			return nil, err
-		}
-		ob, err := outbox.New(dl, ocfg)
-		if err != nil {
-			return nil, err
-		}
-		out.inbox, out.outbox = ib, ob
-		out.relayer, _ = any(dl).(dialects.Relayer)
+	dl, err := d.src.Admin()
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	dead, err := deadletter.New(dl, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &durableDB{database: d, admin: dl, dead: dead}, nil
 }
 
 // Sides of durable_dead_letters, as --side names them.
 const (
-	sideInbox  = dialects.SideInbox
-	sideOutbox = dialects.SideOutbox
+	sideInbox  = deadletter.SideInbox
+	sideOutbox = deadletter.SideOutbox
 )
 
 // inboxReasons and outboxReasons are the reasons --reason accepts on each
 // side.
 var (
-	inboxReasons = []string{inbox.ReasonHandlerError, inbox.ReasonPermanent, inbox.ReasonDecodeError,
-		inbox.ReasonNoHandler, inbox.ReasonExpired}
-	outboxReasons = []string{outbox.ReasonExpired, outbox.ReasonRejected}
+	inboxReasons  = deadletter.Reasons(deadletter.SideInbox)
+	outboxReasons = deadletter.Reasons(deadletter.SideOutbox)
 )
 
 // sideFlagHelp is the help of --side.
@@ -216,7 +160,7 @@ func (f *deadLetterFlags) checkReason() error {
 }
 
 // deadLetterQuery is the filter of either side, with times relative to now:
-// it becomes the inbox's or the outbox's own filter.
+// it becomes a deadletter.Query.
 type deadLetterQuery struct {
 	side                string
 	source, destination string
@@ -227,14 +171,9 @@ type deadLetterQuery struct {
 	limit               int
 }
 
-func (q *deadLetterQuery) inbox() inbox.DeadLetterFilter {
-	return inbox.DeadLetterFilter{Source: q.source, Topic: q.topic, Reason: q.reason, IDs: q.ids,
-		Since: q.since, Before: q.before, IncludeReplayed: q.includeReplayed, Limit: q.limit}
-}
-
-func (q *deadLetterQuery) outbox() outbox.DeadLetterFilter {
-	return outbox.DeadLetterFilter{Destination: q.destination, Topic: q.topic, Reason: q.reason, IDs: q.ids,
-		Since: q.since, Before: q.before, IncludeReplayed: q.includeReplayed, Limit: q.limit}
+func (q *deadLetterQuery) query() deadletter.Query {
+	return deadletter.Query{Side: q.side, Source: q.source, Destination: q.destination, Topic: q.topic, Reason: q.reason,
+		IDs: q.ids, Since: q.since, Before: q.before, IncludeReplayed: q.includeReplayed, Limit: q.limit}
 }
 
 // filter turns the flags into a query of the chosen side, with times
@@ -293,46 +232,20 @@ func (f *deadLetterFlags) describe() string {
 	return strings.Join(parts, ", ")
 }
 
-// deadLetters lists the dead letters of q's side through its package's
-// API.
-func (d *durableDB) deadLetters(ctx context.Context, q deadLetterQuery) ([]deadLetter, error) {
-	if q.side == sideOutbox {
-		dls, err := d.outbox.DeadLetters(ctx, q.outbox())
-		if err != nil {
-			return nil, err
-		}
-		out := make([]deadLetter, len(dls))
-		for i := range dls {
-			out[i] = fromOutbox(&dls[i])
-		}
-		return out, nil
-	}
-	dls, err := d.inbox.DeadLetters(ctx, q.inbox())
-	if err != nil {
-		return nil, err
-	}
-	out := make([]deadLetter, len(dls))
-	for i := range dls {
-		out[i] = fromInbox(&dls[i])
-	}
-	return out, nil
+// deadLetters lists the dead letters of q's side.
+func (d *durableDB) deadLetters(ctx context.Context, q deadLetterQuery) ([]deadletter.DeadLetter, error) {
+	return d.dead.List(ctx, q.query())
 }
 
 // replay replays the pending dead letters matching q: back into the inbox,
 // or into the outbox for the relay to send.
 func (d *durableDB) replay(ctx context.Context, q deadLetterQuery) (int, error) {
-	if q.side == sideOutbox {
-		return d.outbox.Replay(ctx, q.outbox())
-	}
-	return d.inbox.Replay(ctx, q.inbox())
+	return d.dead.Replay(ctx, q.query())
 }
 
 // purge deletes the dead letters matching q.
 func (d *durableDB) purge(ctx context.Context, q deadLetterQuery) (int, error) {
-	if q.side == sideOutbox {
-		return d.outbox.PurgeDeadLetters(ctx, q.outbox())
-	}
-	return d.inbox.PurgeDeadLetters(ctx, q.inbox())
+	return d.dead.Purge(ctx, q.query())
 }
 
 // parseWhen reads --since or --before: a duration before now (Go's syntax,
@@ -600,8 +513,8 @@ func (a *app) deadLettersShow(parent context.Context, side, source, destination,
 		return err
 	}
 	defer db.Close()
-	// Not Inbox.DeadLetter or Outbox.DeadLetter: without --source or
-	// --destination, an id held by two peers must be told apart.
+	// Not deadletter.Store.Get: without --source or --destination, an id
+	// held by two peers must be told apart.
 	dls, err := db.deadLetters(ctx, deadLetterQuery{side: side, source: source, destination: destination,
 		ids: []string{id}, includeReplayed: true})
 	if err != nil {
@@ -621,7 +534,7 @@ func (a *app) deadLettersShow(parent context.Context, side, source, destination,
 	case len(dls) > 1:
 		var peers []string
 		for _, dl := range dls {
-			peers = append(peers, dl.peer())
+			peers = append(peers, peerOf(&dl))
 		}
 		if side == sideOutbox {
 			return usageErrorf("outbox dead letter %s was for %d destinations (%s): pass --%s", id, len(dls), strings.Join(peers, ", "), peerFlag)

@@ -12,8 +12,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/durable-go/durable/inbox"
-	"github.com/durable-go/durable/outbox"
+	"github.com/durable-go/durable/deadletter"
 )
 
 // Time layouts of the text output, always in UTC.
@@ -25,52 +24,12 @@ const (
 // lastErrorWidth bounds the last error in list's table, in characters.
 const lastErrorWidth = 60
 
-// deadLetter is a dead letter of either side, as the commands print it:
-// inbox.DeadLetter or outbox.DeadLetter, with the side it came from.
-type deadLetter struct {
-	Side string // sideInbox or sideOutbox
-	// Source is the sending node (inbox side), Destination the peer the
-	// message was for (outbox side); the other is empty.
-	Source, Destination  string
-	ID, Topic, Key       string
-	Headers              map[string]string
-	Payload              []byte
-	CreatedAt, ExpiresAt time.Time
-	Reason               string
-	Attempts             int
-	LastError            string
-	Errors               []inbox.AttemptError
-	FirstFailedAt        time.Time
-	FailedAt, ReplayedAt time.Time
-	Pending              bool // as the library's Pending reports it
-}
-
-// peer is the source or the destination, whichever the side has.
-func (d *deadLetter) peer() string {
+// peerOf is a dead letter's source or destination, whichever its side has.
+func peerOf(d *deadletter.DeadLetter) string {
 	if d.Side == sideOutbox {
 		return d.Destination
 	}
 	return d.Source
-}
-
-func fromInbox(d *inbox.DeadLetter) deadLetter {
-	return deadLetter{
-		Side: sideInbox, Source: d.Source, ID: d.ID, Topic: d.Topic, Key: d.Key, Headers: d.Headers, Payload: d.Payload,
-		CreatedAt: d.CreatedAt, ExpiresAt: d.ExpiresAt, Reason: d.Reason, Attempts: d.Attempts, LastError: d.LastError,
-		Errors: d.Errors, FirstFailedAt: d.FirstFailedAt, FailedAt: d.FailedAt, ReplayedAt: d.ReplayedAt, Pending: d.Pending(),
-	}
-}
-
-func fromOutbox(d *outbox.DeadLetter) deadLetter {
-	out := deadLetter{
-		Side: sideOutbox, Destination: d.Destination, ID: d.ID, Topic: d.Topic, Key: d.Key, Headers: d.Headers, Payload: d.Payload,
-		CreatedAt: d.CreatedAt, ExpiresAt: d.ExpiresAt, Reason: d.Reason, Attempts: d.Attempts, LastError: d.LastError,
-		FirstFailedAt: d.FirstFailedAt, FailedAt: d.FailedAt, ReplayedAt: d.ReplayedAt, Pending: d.Pending(),
-	}
-	for _, e := range d.Errors {
-		out.Errors = append(out.Errors, inbox.AttemptError(e))
-	}
-	return out
 }
 
 // deadLetterList is what list prints with --json.
@@ -121,13 +80,13 @@ func optionalTime(t time.Time) *time.Time {
 	return &u
 }
 
-func toDeadLetterJSON(d *deadLetter) deadLetterJSON {
+func toDeadLetterJSON(d *deadletter.DeadLetter) deadLetterJSON {
 	out := deadLetterJSON{
 		Side: d.Side, Source: d.Source, Destination: d.Destination, ID: d.ID, Topic: d.Topic, Key: d.Key, Headers: d.Headers,
 		CreatedAt: d.CreatedAt.UTC(), ExpiresAt: optionalTime(d.ExpiresAt),
 		Reason: d.Reason, Attempts: d.Attempts, LastError: d.LastError, Errors: []attemptJSON{},
 		FirstFailedAt: d.FirstFailedAt.UTC(), FailedAt: d.FailedAt.UTC(), ReplayedAt: optionalTime(d.ReplayedAt),
-		Pending: d.Pending,
+		Pending: d.Pending(),
 	}
 	if out.Headers == nil {
 		out.Headers = map[string]string{}
@@ -144,7 +103,7 @@ func toDeadLetterJSON(d *deadLetter) deadLetterJSON {
 }
 
 // printDeadLetterTable prints list's table and a closing line.
-func (a *app) printDeadLetterTable(dls []deadLetter, fl *deadLetterFlags, more bool) error {
+func (a *app) printDeadLetterTable(dls []deadletter.DeadLetter, fl *deadLetterFlags, more bool) error {
 	what := "pending " + noun(fl.side)
 	if fl.includeReplayed {
 		what = noun(fl.side)
@@ -169,7 +128,7 @@ func (a *app) printDeadLetterTable(dls []deadLetter, fl *deadLetterFlags, more b
 	fmt.Fprintln(tw, header+"LAST ERROR")
 	for i := range dls {
 		d := &dls[i]
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s\t", oneLineText(d.ID), oneLineText(d.peer()), oneLineText(d.Topic),
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s\t", oneLineText(d.ID), oneLineText(peerOf(d)), oneLineText(d.Topic),
 			d.Reason, d.Attempts, d.FailedAt.UTC().Format(tableTime))
 		if fl.includeReplayed {
 			r := "-"
@@ -192,10 +151,10 @@ func (a *app) printDeadLetterTable(dls []deadLetter, fl *deadLetterFlags, more b
 }
 
 // printDeadLetter prints show's full description of d.
-func (a *app) printDeadLetter(d *deadLetter) error {
+func (a *app) printDeadLetter(d *deadletter.DeadLetter) error {
 	var b strings.Builder
 	state := "pending"
-	if !d.Pending {
+	if !d.Pending() {
 		state = "replayed, not failed since"
 	}
 	if d.Side == sideOutbox {

@@ -18,7 +18,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/durable-go/durable/deadletter"
 	"github.com/durable-go/durable/dialects"
+	dsnpkg "github.com/durable-go/durable/dialects/dsn"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/inbox"
@@ -33,7 +35,9 @@ type dlEnv struct {
 	args   []string // --dsn ...
 	target string   // the database as the commands name it
 	// inbox reads the dead letters as the library sees them.
-	inbox inboxOps
+	inbox interface {
+		DeadLetters(ctx context.Context, f inbox.DeadLetterFilter) ([]deadletter.DeadLetter, error)
+	}
 	// process runs an inbox whose order.placed handler records an effect in
 	// the handler's transaction, until want messages are handled.
 	process func(t *testing.T, want int64)
@@ -42,7 +46,9 @@ type dlEnv struct {
 	// enqueue commits n outbox messages for dest.
 	enqueue func(t *testing.T, dest string, n int)
 	// outbox reads the outbox side's dead letters as the library sees them.
-	outbox outboxOps
+	outbox interface {
+		DeadLetters(ctx context.Context, f outbox.DeadLetterFilter) ([]deadletter.DeadLetter, error)
+	}
 	// deadLetterOutbox makes outbox dead letters for dest, in this order:
 	// it inserts the messages, claims them as a relay does and moves each
 	// to the dead letters with its reason and error.
@@ -259,7 +265,7 @@ func postgresEnv(t *testing.T) *dlEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return seedEnv(t, d, []string{"--dsn", dsn}, postgresTarget(cfg, ""),
+	return seedEnv(t, d, []string{"--dsn", dsn}, dsnpkg.PostgresTarget(cfg, ""),
 		func(ctx context.Context, tx pgx.Tx, source, id string) error {
 			_, err := tx.Exec(ctx, `INSERT INTO cli_effects (source, id) VALUES ($1, $2)`, source, id)
 			return err
@@ -307,7 +313,7 @@ func countEffects(t *testing.T, db *sql.DB) map[string]int {
 func (e *dlEnv) cmd(a ...string) []string { return append(a, e.args...) }
 
 // deadLetters reads the dead letters through the library.
-func (e *dlEnv) deadLetters(t *testing.T, f inbox.DeadLetterFilter) []inbox.DeadLetter {
+func (e *dlEnv) deadLetters(t *testing.T, f inbox.DeadLetterFilter) []deadletter.DeadLetter {
 	t.Helper()
 	dls, err := e.inbox.DeadLetters(context.Background(), f)
 	if err != nil {
@@ -317,9 +323,9 @@ func (e *dlEnv) deadLetters(t *testing.T, f inbox.DeadLetterFilter) []inbox.Dead
 }
 
 // key names a dead letter "source/id".
-func key(d *inbox.DeadLetter) string { return d.Source + "/" + d.ID }
+func key(d *deadletter.DeadLetter) string { return d.Source + "/" + d.ID }
 
-func keys(dls []inbox.DeadLetter) []string {
+func keys(dls []deadletter.DeadLetter) []string {
 	var out []string
 	for i := range dls {
 		out = append(out, key(&dls[i]))
@@ -330,7 +336,7 @@ func keys(dls []inbox.DeadLetter) []string {
 
 // wantTable is list's table for dls, written out independently of the
 // command's code: the column widths follow from the seeded values.
-func wantTable(dls []inbox.DeadLetter, footer string) string {
+func wantTable(dls []deadletter.DeadLetter, footer string) string {
 	var b strings.Builder
 	row := "%-5s%-8s%-15s%-15s%-10s%-25s%s\n"
 	fmt.Fprintf(&b, row, "ID", "SOURCE", "TOPIC", "REASON", "ATTEMPTS", "FAILED AT", "LAST ERROR")
@@ -472,7 +478,7 @@ func testDeadLetters(t *testing.T, e *dlEnv) {
 
 // checkListJSON compares list --json with the library's dead letters, field
 // by field.
-func checkListJSON(t *testing.T, e *dlEnv, all []inbox.DeadLetter) {
+func checkListJSON(t *testing.T, e *dlEnv, all []deadletter.DeadLetter) {
 	t.Helper()
 	r := mustSucceed(t, e.cmd("deadletters", "list", "--json")...)
 	var got deadLetterList
@@ -531,7 +537,7 @@ func checkListJSON(t *testing.T, e *dlEnv, all []inbox.DeadLetter) {
 func checkShow(t *testing.T, e *dlEnv) {
 	t.Helper()
 	dls := e.deadLetters(t, inbox.DeadLetterFilter{Source: "shop", IDs: []string{"o-3", "r-1"}})
-	slices.SortFunc(dls, func(a, b inbox.DeadLetter) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(dls, func(a, b deadletter.DeadLetter) int { return strings.Compare(a.ID, b.ID) })
 	ts := func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000 UTC") }
 	o3, r1 := dls[0], dls[1]
 	want := "dead letter o-3 from shop (pending)\n" +
@@ -597,9 +603,9 @@ var (
 )
 
 // outboxKey names an outbox dead letter "destination/id".
-func outboxKey(d *outbox.DeadLetter) string { return d.Destination + "/" + d.ID }
+func outboxKey(d *deadletter.DeadLetter) string { return d.Destination + "/" + d.ID }
 
-func outboxKeys(dls []outbox.DeadLetter) []string {
+func outboxKeys(dls []deadletter.DeadLetter) []string {
 	var out []string
 	for i := range dls {
 		out = append(out, outboxKey(&dls[i]))
@@ -610,7 +616,7 @@ func outboxKeys(dls []outbox.DeadLetter) []string {
 
 // outboxDeadLetters reads the outbox side's dead letters through the
 // library.
-func (e *dlEnv) outboxDeadLetters(t *testing.T, f outbox.DeadLetterFilter) []outbox.DeadLetter {
+func (e *dlEnv) outboxDeadLetters(t *testing.T, f outbox.DeadLetterFilter) []deadletter.DeadLetter {
 	t.Helper()
 	dls, err := e.outbox.DeadLetters(context.Background(), f)
 	if err != nil {
@@ -622,7 +628,7 @@ func (e *dlEnv) outboxDeadLetters(t *testing.T, f outbox.DeadLetterFilter) []out
 // wantOutboxTable is list --side outbox's table for dls, written out
 // independently of the command's code: the column widths follow from the
 // seeded values (the topic's from the longest listed).
-func wantOutboxTable(dls []outbox.DeadLetter, footer string) string {
+func wantOutboxTable(dls []deadletter.DeadLetter, footer string) string {
 	var b strings.Builder
 	topic := len("TOPIC")
 	for _, d := range dls {
@@ -795,7 +801,7 @@ func testDeadLettersOutbox(t *testing.T, e *dlEnv) {
 
 // checkOutboxListJSON compares list --side outbox --json with the library's
 // dead letters, field by field.
-func checkOutboxListJSON(t *testing.T, e *dlEnv, all []outbox.DeadLetter) {
+func checkOutboxListJSON(t *testing.T, e *dlEnv, all []deadletter.DeadLetter) {
 	t.Helper()
 	r := mustSucceed(t, e.cmd("deadletters", "list", "--side", "outbox", "--json")...)
 	var got deadLetterList

@@ -19,23 +19,20 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/spf13/cobra"
 
+	"github.com/durable-go/durable/dialects/dsn"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
+	"github.com/durable-go/durable/internal/demo"
 	"github.com/durable-go/durable/migrations"
 )
 
-// demoOptions are the demo's flags.
+// demoOptions are the demo's flags: the workload's options, and where it
+// runs.
 type demoOptions struct {
-	messages    int
-	dir         string
-	postgres    string
-	keep        bool
-	poisonRate  float64
-	enqueuers   int
-	txSize      int
-	maxAttempts int
-	maxTime     time.Duration
-	verbose     bool
+	demo.Options
+	dir      string
+	postgres string
+	keep     bool
 }
 
 func (a *app) demoCommand() *cobra.Command {
@@ -80,34 +77,34 @@ exchange on Postgres, in two fresh schemas that are dropped at the end unless --
 		}),
 	}
 	f := cmd.Flags()
-	f.IntVarP(&o.messages, "messages", "n", 10_000, "number of orders, one message each")
+	f.IntVarP(&o.Messages, "messages", "n", 10_000, "number of orders, one message each")
 	f.StringVar(&o.dir, "dir", "", "folder for the SQLite files orders.db and billing.db (default: a new temporary folder)")
 	f.StringVar(&o.postgres, "postgres", "", "run on Postgres at this DSN instead of SQLite, in two fresh schemas")
 	f.BoolVar(&o.keep, "keep", false, "Postgres: keep the demo's schemas afterwards (SQLite files are always kept)")
-	f.Float64Var(&o.poisonRate, "poison-rate", 0.005, "share of orders whose handler always fails (0 to 1), spread evenly")
-	f.IntVar(&o.enqueuers, "enqueuers", 4, "goroutines placing orders concurrently")
-	f.IntVar(&o.txSize, "tx-size", 10, "orders (and messages) per transaction")
-	f.IntVar(&o.maxAttempts, "max-attempts", 3, "attempts of a failing message before it is dead-lettered")
-	f.DurationVar(&o.maxTime, "max-time", 5*time.Minute, "give up when the exchange takes longer than this")
-	f.BoolVarP(&o.verbose, "verbose", "v", false, "log the nodes' events at Info level (default: warnings only)")
+	f.Float64Var(&o.PoisonRate, "poison-rate", 0.005, "share of orders whose handler always fails (0 to 1), spread evenly")
+	f.IntVar(&o.Enqueuers, "enqueuers", 4, "goroutines placing orders concurrently")
+	f.IntVar(&o.TxSize, "tx-size", 10, "orders (and messages) per transaction")
+	f.IntVar(&o.MaxAttempts, "max-attempts", 3, "attempts of a failing message before it is dead-lettered")
+	f.DurationVar(&o.MaxTime, "max-time", 5*time.Minute, "give up when the exchange takes longer than this")
+	f.BoolVarP(&o.Verbose, "verbose", "v", false, "log the nodes' events at Info level (default: warnings only)")
 	cmd.MarkFlagsMutuallyExclusive("dir", "postgres")
 	return cmd
 }
 
 func (o *demoOptions) validate() error {
 	switch {
-	case o.messages < 1:
-		return usageErrorf("-n %d: at least one message", o.messages)
-	case o.poisonRate < 0 || o.poisonRate > 1:
-		return usageErrorf("--poison-rate %g: want a share between 0 and 1", o.poisonRate)
-	case o.enqueuers < 1:
-		return usageErrorf("--enqueuers %d: at least 1", o.enqueuers)
-	case o.txSize < 1:
-		return usageErrorf("--tx-size %d: at least 1", o.txSize)
-	case o.maxAttempts < 1:
-		return usageErrorf("--max-attempts %d: at least 1", o.maxAttempts)
-	case o.maxTime <= 0:
-		return usageErrorf("--max-time %s: must be positive", o.maxTime)
+	case o.Messages < 1:
+		return usageErrorf("-n %d: at least one message", o.Messages)
+	case o.PoisonRate < 0 || o.PoisonRate > 1:
+		return usageErrorf("--poison-rate %g: want a share between 0 and 1", o.PoisonRate)
+	case o.Enqueuers < 1:
+		return usageErrorf("--enqueuers %d: at least 1", o.Enqueuers)
+	case o.TxSize < 1:
+		return usageErrorf("--tx-size %d: at least 1", o.TxSize)
+	case o.MaxAttempts < 1:
+		return usageErrorf("--max-attempts %d: at least 1", o.MaxAttempts)
+	case o.MaxTime <= 0:
+		return usageErrorf("--max-time %s: must be positive", o.MaxTime)
 	case o.keep && o.postgres == "":
 		return usageErrorf("--keep applies to --postgres; SQLite files are always kept")
 	}
@@ -116,9 +113,9 @@ func (o *demoOptions) validate() error {
 
 // demo sets up the two databases, runs the exchange and prints the summary.
 func (a *app) demo(ctx context.Context, o *demoOptions) error {
-	progress := newProgress(a.stderr)
+	progress := demo.NewProgress(a.stderr)
 	var (
-		s   *demoSummary
+		s   *demo.Summary
 		err error
 	)
 	if o.postgres != "" {
@@ -126,7 +123,7 @@ func (a *app) demo(ctx context.Context, o *demoOptions) error {
 	} else {
 		s, err = a.demoSQLite(ctx, o, progress)
 	}
-	progress.clear()
+	progress.Clear()
 	if err != nil {
 		return err
 	}
@@ -135,11 +132,11 @@ func (a *app) demo(ctx context.Context, o *demoOptions) error {
 			return err
 		}
 	} else {
-		s.print(a.stdout)
+		s.Print(a.stdout)
 	}
 	switch {
 	case s.TimedOut:
-		return failuref("demo failed: the exchange did not finish within --max-time %s (%d messages not handled nor dead-lettered)", o.maxTime, s.Lost)
+		return failuref("demo failed: the exchange did not finish within --max-time %s (%d messages not handled nor dead-lettered)", o.MaxTime, s.Lost)
 	case !s.OK:
 		return failuref("demo failed: %d lost, %d duplicate effects, %d unexpected effects", s.Lost, s.DuplicateEffects, s.UnexpectedEffects)
 	}
@@ -148,7 +145,7 @@ func (a *app) demo(ctx context.Context, o *demoOptions) error {
 
 // demoSQLite runs the demo on two SQLite files, migrated with goose as
 // `durable migrate up` does.
-func (a *app) demoSQLite(ctx context.Context, o *demoOptions, p *progress) (*demoSummary, error) {
+func (a *app) demoSQLite(ctx context.Context, o *demoOptions, p *demo.Progress) (*demo.Summary, error) {
 	dir := o.dir
 	if dir == "" {
 		var err error
@@ -187,28 +184,28 @@ func (a *app) demoSQLite(ctx context.Context, o *demoOptions, p *progress) (*dem
 			return nil, err
 		}
 	}
-	b := &demoBackend[*sql.Tx]{
-		kind:    migrations.SQLite,
-		orders:  dls[0],
-		billing: dls[1],
-		reads:   [2]*sql.DB{dbs[0].db, dbs[1].db},
-		exec: func(ctx context.Context, tx *sql.Tx, q string, args ...any) error {
+	b := &demo.Backend[*sql.Tx]{
+		Kind:    migrations.SQLite,
+		Orders:  dls[0],
+		Billing: dls[1],
+		Reads:   [2]*sql.DB{dbs[0].db, dbs[1].db},
+		Exec: func(ctx context.Context, tx *sql.Tx, q string, args ...any) error {
 			_, err := tx.ExecContext(ctx, q, args...)
 			return err
 		},
-		where: fmt.Sprintf("SQLite files in %s", dir),
-		files: paths[:],
-		inspect: fmt.Sprintf(`sqlite3 -header -column %s "SELECT id, topic, reason, attempts, last_error, failed_at FROM durable_dead_letters ORDER BY failed_at"`,
+		Where: fmt.Sprintf("SQLite files in %s", dir),
+		Files: paths[:],
+		Inspect: fmt.Sprintf(`sqlite3 -header -column %s "SELECT id, topic, reason, attempts, last_error, failed_at FROM durable_dead_letters ORDER BY failed_at"`,
 			shellQuote(paths[1])),
 	}
-	return runDemo(ctx, o, b, p)
+	return demo.Run(ctx, &o.Options, b, p)
 }
 
 // demoPostgres runs the demo in two fresh schemas of the database at
 // o.postgres, migrated with goose as `durable migrate up --schema` does,
 // and drops them afterwards unless --keep.
-func (a *app) demoPostgres(ctx context.Context, o *demoOptions, p *progress) (_ *demoSummary, err error) {
-	if k := dsnKind(o.postgres); k != kindPostgresURL && k != kindKeyValue {
+func (a *app) demoPostgres(ctx context.Context, o *demoOptions, p *demo.Progress) (_ *demo.Summary, err error) {
+	if dsn.KindOf(o.postgres).Dialect() != migrations.Postgres {
 		return nil, usageErrorf("--postgres wants a postgres:// URL or a key=value string")
 	}
 	suffix := make([]byte, 4)
@@ -251,7 +248,7 @@ func (a *app) demoPostgres(ctx context.Context, o *demoOptions, p *progress) (_ 
 	// The workload's pools: the migration connection holds four
 	// connections at most; the demo's enqueuers, relay, workers and
 	// deliveries need more.
-	sizes := [2]int32{int32(o.enqueuers) + 4, 8}
+	sizes := [2]int32{int32(o.Enqueuers) + 4, 8}
 	for i, schema := range schemas {
 		cfg, err := pgxpool.ParseConfig(o.postgres)
 		if err != nil {
@@ -271,28 +268,28 @@ func (a *app) demoPostgres(ctx context.Context, o *demoOptions, p *progress) (_ 
 			return nil, err
 		}
 	}
-	b := &demoBackend[pgx.Tx]{
-		kind:    migrations.Postgres,
-		orders:  dls[0],
-		billing: dls[1],
-		reads:   [2]*sql.DB{stdlib.OpenDBFromPool(pools[0]), stdlib.OpenDBFromPool(pools[1])},
-		exec: func(ctx context.Context, tx pgx.Tx, q string, args ...any) error {
+	b := &demo.Backend[pgx.Tx]{
+		Kind:    migrations.Postgres,
+		Orders:  dls[0],
+		Billing: dls[1],
+		Reads:   [2]*sql.DB{stdlib.OpenDBFromPool(pools[0]), stdlib.OpenDBFromPool(pools[1])},
+		Exec: func(ctx context.Context, tx pgx.Tx, q string, args ...any) error {
 			_, err := tx.Exec(ctx, q, args...)
 			return err
 		},
-		where:   where,
-		schemas: schemas[:],
+		Where:   where,
+		Schemas: schemas[:],
 	}
 	defer func() {
-		for _, db := range b.reads {
+		for _, db := range b.Reads {
 			_ = db.Close()
 		}
 	}()
 	if o.keep {
-		b.inspect = fmt.Sprintf(`psql %s -c "SELECT id, topic, reason, attempts, last_error, failed_at FROM %s.durable_dead_letters ORDER BY failed_at"`,
+		b.Inspect = fmt.Sprintf(`psql %s -c "SELECT id, topic, reason, attempts, last_error, failed_at FROM %s.durable_dead_letters ORDER BY failed_at"`,
 			shellQuote(redactDSN(o.postgres)), schemas[1])
 	}
-	return runDemo(ctx, o, b, p)
+	return demo.Run(ctx, &o.Options, b, p)
 }
 
 // demoMigrate opens one of the demo's databases through the CLI's own open
@@ -335,15 +332,15 @@ func shellQuote(s string) string {
 
 // redactDSN hides the password of a Postgres URL; a key=value string that
 // carries one is shown as "$DSN".
-func redactDSN(dsn string) string {
-	if dsnKind(dsn) == kindPostgresURL {
-		if u, err := url.Parse(dsn); err == nil {
+func redactDSN(s string) string {
+	if dsn.KindOf(s) == dsn.PostgresURL {
+		if u, err := url.Parse(s); err == nil {
 			return u.Redacted()
 		}
 		return "$DSN"
 	}
-	if strings.Contains(strings.ToLower(dsn), "password=") {
+	if strings.Contains(strings.ToLower(s), "password=") {
 		return "$DSN"
 	}
-	return dsn
+	return s
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/durable-go/durable/dialects/sqlite"
+	"github.com/durable-go/durable/internal/demo"
 	"github.com/durable-go/durable/internal/testdb"
 )
 
@@ -24,13 +25,13 @@ func runInProcess(t *testing.T, args ...string) result {
 }
 
 // runDemoJSON runs the demo with --json and decodes its summary.
-func runDemoJSON(t *testing.T, args ...string) demoSummary {
+func runDemoJSON(t *testing.T, args ...string) demo.Summary {
 	t.Helper()
 	r := runInProcess(t, append([]string{"demo", "--json"}, args...)...)
 	if r.code != exitOK {
 		t.Fatalf("demo failed:\n%s", r)
 	}
-	var s demoSummary
+	var s demo.Summary
 	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 		t.Fatalf("decoding the summary: %v\n%s", err, r)
 	}
@@ -39,7 +40,7 @@ func runDemoJSON(t *testing.T, args ...string) demoSummary {
 
 // checkSummary asserts the demo's guarantees on a summary of n messages
 // with the given number of poison messages and attempts.
-func checkSummary(t *testing.T, s demoSummary, n, poison, attempts int) {
+func checkSummary(t *testing.T, s demo.Summary, n, poison, attempts int) {
 	t.Helper()
 	if !s.OK || s.TimedOut {
 		t.Errorf("ok = %v, timed_out = %v, want ok", s.OK, s.TimedOut)
@@ -103,7 +104,7 @@ func TestDemoSQLite(t *testing.T) {
 		if err := rows.Scan(&reason, &attempts, &payload, &errs); err != nil {
 			t.Fatal(err)
 		}
-		var ord demoOrder
+		var ord demo.Order
 		if err := json.Unmarshal(payload, &ord); err != nil || !ord.Poison {
 			t.Errorf("dead letter %s (%v) is not a poison order", payload, err)
 		}
@@ -222,38 +223,7 @@ func TestDemoUsage(t *testing.T) {
 	}
 }
 
-func TestPoisonSelection(t *testing.T) {
-	for _, tc := range []struct {
-		n    int
-		rate float64
-		want int
-	}{
-		{10_000, 0.005, 50}, {300, 0.02, 6}, {300, 0.01, 3}, {7, 0.5, 3}, {10, 1, 10}, {10, 0, 0}, {199, 0.005, 0}, {3, 0.1, 0},
-	} {
-		p := poisonCount(tc.n, tc.rate)
-		got := 0
-		for i := range tc.n {
-			if isPoison(i, tc.n, p) {
-				got++
-			}
-		}
-		if p != tc.want || got != tc.want {
-			t.Errorf("n=%d rate=%g: poisonCount %d, %d selected; want %d", tc.n, tc.rate, p, got, tc.want)
-		}
-	}
-}
-
 func TestDemoFormatting(t *testing.T) {
-	for in, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 1234567: "1,234,567", -4500: "-4,500"} {
-		if got := count(in); got != want {
-			t.Errorf("count(%d) = %q, want %q", in, got, want)
-		}
-	}
-	for in, want := range map[int]string{1: "1st", 2: "2nd", 3: "3rd", 11: "11th", 12: "12th", 22: "22nd", 200: "200th"} {
-		if got := ordinal(in); got != want {
-			t.Errorf("ordinal(%d) = %q, want %q", in, got, want)
-		}
-	}
 	for in, want := range map[string]string{"/tmp/a.db": "/tmp/a.db", "/tmp/my dir/a.db": "'/tmp/my dir/a.db'", "it's": `'it'\''s'`} {
 		if got := shellQuote(in); got != want {
 			t.Errorf("shellQuote(%q) = %q, want %q", in, got, want)
@@ -261,12 +231,6 @@ func TestDemoFormatting(t *testing.T) {
 	}
 	if got := redactDSN("postgres://app:secret@db:5432/app"); strings.Contains(got, "secret") {
 		t.Errorf("redactDSN kept the password: %s", got)
-	}
-	if got := percentileMS([]int64{1e6, 2e6, 3e6, 4e6}, 0.5); got != 2 {
-		t.Errorf("p50 of 1..4 ms = %v, want 2", got)
-	}
-	if got := percentileMS([]int64{1e6, 2e6, 3e6, 4e6}, 0.99); got != 4 {
-		t.Errorf("p99 of 1..4 ms = %v, want 4", got)
 	}
 }
 
@@ -277,7 +241,7 @@ func TestDemoTimeout(t *testing.T) {
 	if r.code != exitFailure || !strings.Contains(r.stderr, "did not finish within --max-time") {
 		t.Fatalf("want exit %d and the timeout named, got\n%s", exitFailure, r)
 	}
-	var s demoSummary
+	var s demo.Summary
 	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
 		t.Fatalf("decoding the summary: %v\n%s", err, r)
 	}

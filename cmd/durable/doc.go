@@ -29,5 +29,10 @@
 //	   unreachable, authentication refused, SQLite file missing or not a database
 //	4  the durable schema is missing or at the wrong version (run durable migrate up)
 //
+// The commands wrap library packages a program can use as well:
+// dialects/dsn (a DSN to an open database and its dialect), migrations
+// (Check, Up, Adopt; goose for up, down and status), deadletter (list,
+// replay and purge both sides' dead letters) and the dialects' stats.
+//
 // docs/cli.md describes every command.
 package main

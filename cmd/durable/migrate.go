@@ -213,12 +213,12 @@ type migrationState struct {
 // goose's version table does not exist yet (goose would create it), every
 // migration is pending.
 func (d *database) migrationStates(ctx context.Context, p *goose.Provider) ([]migrationState, error) {
-	exists, err := d.tableExists(ctx, migrations.GooseTable)
+	st, err := migrations.Check(ctx, d.db, d.dialect)
 	if err != nil {
 		return nil, err
 	}
 	var out []migrationState
-	if !exists {
+	if !st.GooseTableExists {
 		for _, s := range p.ListSources() {
 			out = append(out, migrationState{Version: s.Version, Name: migrationName(s), State: string(goose.StatePending)})
 		}
@@ -258,33 +258,6 @@ func latestVersion(p *goose.Provider) int64 {
 	return src[len(src)-1].Version
 }
 
-// schemaAppliedAt reads when each version in durable_schema_version was
-// applied.
-func (d *database) schemaAppliedAt(ctx context.Context) (map[int64]time.Time, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT version, applied_at FROM durable_schema_version`)
-	if err != nil {
-		return nil, fmt.Errorf("read durable_schema_version: %w", err)
-	}
-	defer rows.Close()
-	out := make(map[int64]time.Time)
-	for rows.Next() {
-		var v int64
-		var at any
-		if err := rows.Scan(&v, &at); err != nil {
-			return nil, fmt.Errorf("read durable_schema_version: %w", err)
-		}
-		switch at := at.(type) {
-		case time.Time:
-			out[v] = at.UTC()
-		case string:
-			if t, err := time.ParseInLocation("2006-01-02 15:04:05.999999999", at, time.UTC); err == nil {
-				out[v] = t
-			}
-		}
-	}
-	return out, rows.Err()
-}
-
 // adoptForeignHistory prepares goose's run on a database whose durable
 // schema was applied by another tool (golang-migrate, or SQL copied into the
 // application's migrations): when durable_schema_version records more than
@@ -292,14 +265,11 @@ func (d *database) schemaAppliedAt(ctx context.Context) (map[int64]time.Time, er
 // golang-migrate's table), so that goose does not try to create tables that
 // exist. It says so on stderr.
 func (a *app) adoptForeignHistory(ctx context.Context, d *database) error {
-	gooseV, err := d.maxVersion(ctx, migrations.GooseTable, "version_id")
+	st, err := migrations.Check(ctx, d.db, d.dialect)
 	if err != nil {
 		return err
 	}
-	schemaV, err := d.maxVersion(ctx, "durable_schema_version", "version")
-	if err != nil {
-		return err
-	}
+	gooseV, schemaV := st.GooseVersion, st.Version
 	if schemaV <= gooseV {
 		return nil
 	}
@@ -563,18 +533,15 @@ func (a *app) migrateStatus(parent context.Context) error {
 	if err != nil {
 		return err
 	}
-	schemaV, err := d.maxVersion(ctx, "durable_schema_version", "version")
+	st, err := migrations.Check(ctx, d.db, d.dialect)
 	if err != nil {
 		return err
 	}
+	schemaV, at := st.Version, st.AppliedAt
 	// Migrations that another tool applied (durable_schema_version records
 	// them, goose's table does not) are applied: `migrate up` records them.
 	gooseV := currentVersion(states)
 	if schemaV > gooseV {
-		at, err := d.schemaAppliedAt(ctx)
-		if err != nil {
-			return err
-		}
 		for i := range states {
 			if states[i].Version <= schemaV && states[i].State != string(goose.StateApplied) {
 				states[i].State = string(goose.StateApplied)
@@ -719,10 +686,11 @@ func (a *app) migrateCheck(parent context.Context) error {
 	if err := d.checkSchema(ctx); err != nil {
 		return err
 	}
-	have, err := d.maxVersion(ctx, "durable_schema_version", "version")
+	st, err := migrations.Check(ctx, d.db, d.dialect)
 	if err != nil {
 		return err
 	}
+	have := st.Version
 	if a.json {
 		return a.printJSON(checkResult{Dialect: d.dialect, Database: d.target, OK: true, Version: int(have)})
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/durable-go/durable/dialects"
-	"github.com/durable-go/durable/inbox"
 )
 
 func (a *app) statsCommand() *cobra.Command {
@@ -100,20 +99,17 @@ func (a *app) stats(parent context.Context) error {
 		return err
 	}
 	defer db.Close()
-	if db.relayer == nil {
-		return failuref("the %s dialect does not implement dialects.Relayer", db.dialect)
-	}
-	dests, err := db.relayer.OutboxStats(ctx)
+	dests, err := db.admin.OutboxStats(ctx)
 	if err != nil {
 		return err
 	}
-	is, err := db.inbox.Stats(ctx)
+	is, err := db.admin.InboxStats(ctx)
 	if err != nil {
 		return err
 	}
 	res := statsResult{Dialect: db.dialect, Database: db.target,
 		Outbox: outboxStats{Destinations: make([]destinationStats, 0, len(dests))},
-		Inbox:  inboxSummary{inboxCounts: countsOf(is.Counts), Topics: make([]inboxTopicStats, 0, len(is.Topics))},
+		Inbox:  inboxSummary{inboxCounts: countsOf(is.InboxCounts), Topics: make([]inboxTopicStats, 0, len(is.Topics))},
 	}
 	for _, topic := range slices.Sorted(maps.Keys(is.Topics)) {
 		res.Inbox.Topics = append(res.Inbox.Topics, inboxTopicStats{Topic: topic, inboxCounts: countsOf(is.Topics[topic])})
@@ -136,7 +132,7 @@ func (a *app) stats(parent context.Context) error {
 }
 
 // countsOf is c as printed.
-func countsOf(c inbox.Counts) inboxCounts {
+func countsOf(c dialects.InboxCounts) inboxCounts {
 	return inboxCounts{Ready: c.Ready, InProgress: c.Running, Retrying: c.Retrying, Dead: c.Dead,
 		Handled: c.Handled, HandledLastMinute: c.HandledLastMinute}
 }

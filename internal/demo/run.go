@@ -1,4 +1,11 @@
-package main
+// Package demo is the exchange `durable demo` runs: two services, orders
+// and billing, each a durable Node on its own database, connected over TCP;
+// orders enqueue messages that billing handles, a share of them poison. Run
+// returns a Summary of what arrived, what was dead-lettered, and whether
+// anything was lost or doubled. The command sets up the databases (SQLite
+// files or Postgres schemas, migrated as `durable migrate up` does) and
+// prints the summary.
+package demo
 
 import (
 	"context"
@@ -23,24 +30,35 @@ import (
 	"github.com/durable-go/durable/outbox"
 )
 
-// demoBackend is what the exchange needs of a database flavour: the two
+// Backend is what the exchange needs of a database flavour: the two
 // services' dialects, a way to write in their transactions, and
 // database/sql views of both databases to read the results with.
-type demoBackend[TTx any] struct {
-	kind            string // migrations.SQLite or migrations.Postgres
-	orders, billing dialects.Dialect[TTx]
-	reads           [2]*sql.DB // orders, billing
-	exec            func(ctx context.Context, tx TTx, q string, args ...any) error
+type Backend[TTx any] struct {
+	Kind            string // migrations.SQLite or migrations.Postgres
+	Orders, Billing dialects.Dialect[TTx]
+	Reads           [2]*sql.DB // orders, billing
+	Exec            func(ctx context.Context, tx TTx, q string, args ...any) error
 
-	where   string   // the databases, for the summary
-	files   []string // SQLite files
-	schemas []string // Postgres schemas
-	inspect string   // the command that shows the dead letters
+	Where   string   // the databases, for the summary
+	Files   []string // SQLite files
+	Schemas []string // Postgres schemas
+	Inspect string   // the command that shows the dead letters
+}
+
+// Options are the workload's settings (the command's flags).
+type Options struct {
+	Messages    int           // orders, one message each
+	PoisonRate  float64       // share of orders whose handler always fails
+	Enqueuers   int           // goroutines placing orders
+	TxSize      int           // orders per transaction
+	MaxAttempts int           // attempts of a failing message
+	MaxTime     time.Duration // give up after this long
+	Verbose     bool          // log the nodes' events at Info level
 }
 
 // placeholder returns the i-th (from 1) bind parameter of the flavour.
-func (b *demoBackend[TTx]) placeholder(i int) string {
-	if b.kind == migrations.SQLite {
+func (b *Backend[TTx]) placeholder(i int) string {
+	if b.Kind == migrations.SQLite {
 		return "?"
 	}
 	return "$" + strconv.Itoa(i)
@@ -76,8 +94,8 @@ const (
 	demoCommitHeader = "demo-committed-ns"
 )
 
-// demoOrder is the payload of an order.placed message.
-type demoOrder struct {
+// Order is the payload of an order.placed message.
+type Order struct {
 	ID          int64  `json:"id"`
 	Customer    string `json:"customer"`
 	AmountCents int64  `json:"amount_cents"`
@@ -96,11 +114,11 @@ func isPoison(i, n, p int) bool {
 	return (i+1)*p/n > i*p/n
 }
 
-// runDemo runs the exchange on b and returns its summary. The progress bar
+// Run runs the exchange on b and returns its summary. The progress bar
 // and the nodes' logs go to p, which writes to stderr.
-func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx], p *progress) (*demoSummary, error) {
+func Run[TTx any](parent context.Context, o *Options, b *Backend[TTx], p *Progress) (*Summary, error) {
 	for i, ddl := range []string{demoOrdersTable, demoInvoicesTable} {
-		if _, err := b.reads[i].ExecContext(parent, ddl); err != nil {
+		if _, err := b.Reads[i].ExecContext(parent, ddl); err != nil {
 			return nil, fmt.Errorf("create the demo's tables: %w", err)
 		}
 	}
@@ -109,7 +127,7 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 	// them, so the inbox's per-message warnings about them would only be
 	// noise: by default only errors are shown.
 	level := slog.LevelError
-	if o.verbose {
+	if o.Verbose {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(p, &slog.HandlerOptions{Level: level}))
@@ -121,7 +139,7 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		return nil, fmt.Errorf("listen on 127.0.0.1: %w", err)
 	}
 	mux := inbox.NewMux[TTx]()
-	billing, err := lib.NewNode(b.billing, &lib.Config[TTx]{
+	billing, err := lib.NewNode(b.Billing, &lib.Config[TTx]{
 		Name:     "billing",
 		Listener: ln,
 		Secret:   secret,
@@ -131,7 +149,7 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 			// it; a batch holding a poison order falls back to the workers.
 			Inline:       true,
 			PollInterval: 100 * time.Millisecond,
-			MaxAttempts:  o.maxAttempts,
+			MaxAttempts:  o.MaxAttempts,
 			// Short and fixed, so that the poison orders reach the dead
 			// letters within the demo's seconds (the default starts at 2 s
 			// and doubles).
@@ -145,15 +163,15 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 	}
 	insertInvoice := fmt.Sprintf(`INSERT INTO invoices (message_id, order_id, amount_cents, committed_ns, started_ns, attempt) VALUES (%s, %s, %s, %s, %s, %s)`,
 		b.placeholder(1), b.placeholder(2), b.placeholder(3), b.placeholder(4), b.placeholder(5), b.placeholder(6))
-	mux.Handle(demoTopic, inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, ord demoOrder) error {
+	mux.Handle(demoTopic, inbox.JSON(func(ctx context.Context, tx TTx, m *inbox.Message, ord Order) error {
 		started := time.Now().UnixNano()
 		if ord.Poison {
 			return fmt.Errorf("order %d: card declined (a poison order: it fails on every attempt)", ord.ID)
 		}
 		committed, _ := strconv.ParseInt(m.Headers[demoCommitHeader], 10, 64)
-		return b.exec(ctx, tx, insertInvoice, m.ID, ord.ID, ord.AmountCents, committed, started, m.Attempt)
+		return b.Exec(ctx, tx, insertInvoice, m.ID, ord.ID, ord.AmountCents, committed, started, m.Attempt)
 	}))
-	orders, err := lib.NewNode(b.orders, &lib.Config[TTx]{
+	orders, err := lib.NewNode(b.Orders, &lib.Config[TTx]{
 		Name:   "orders",
 		Peers:  map[string]lib.Peer{"billing": {Addr: ln.Addr().String()}},
 		Secret: secret,
@@ -189,10 +207,10 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		return first
 	}
 
-	ctx, cancel := context.WithTimeout(parent, o.maxTime)
+	ctx, cancel := context.WithTimeout(parent, o.MaxTime)
 	defer cancel()
-	n := o.messages
-	poison := poisonCount(n, o.poisonRate)
+	n := o.Messages
+	poison := poisonCount(n, o.PoisonRate)
 	var committed atomic.Int64
 	start := time.Now()
 
@@ -216,21 +234,21 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 		return q.String()
 	}
 	place := func(lo, hi int) (err error) {
-		tx, err := b.orders.Begin(ctx)
+		tx, err := b.Orders.Begin(ctx)
 		if err != nil {
 			return err
 		}
 		committedTx := false
 		defer func() {
 			if !committedTx {
-				_ = b.orders.Rollback(context.WithoutCancel(ctx), tx)
+				_ = b.Orders.Rollback(context.WithoutCancel(ctx), tx)
 			}
 		}()
 		stamp := time.Now().UnixNano()
-		ords := make([]demoOrder, 0, hi-lo)
+		ords := make([]Order, 0, hi-lo)
 		msgs := make([]*outbox.Message, 0, hi-lo)
 		for i := lo; i < hi; i++ {
-			ord := demoOrder{
+			ord := Order{
 				ID:          int64(i + 1),
 				Customer:    fmt.Sprintf("customer-%03d", i%997),
 				AmountCents: int64(500 + (i*7919)%50_000),
@@ -261,31 +279,31 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 			}
 			args = append(args, ord.ID, msgs[i].ID, ord.Customer, ord.AmountCents, poisonFlag, stamp)
 		}
-		if err := b.exec(ctx, tx, insertOrders(len(ords)), args...); err != nil {
+		if err := b.Exec(ctx, tx, insertOrders(len(ords)), args...); err != nil {
 			return fmt.Errorf("insert orders: %w", err)
 		}
-		if err := b.orders.Commit(ctx, tx); err != nil {
+		if err := b.Orders.Commit(ctx, tx); err != nil {
 			return fmt.Errorf("commit: %w", err)
 		}
 		committedTx = true
 		committed.Add(int64(hi - lo))
 		return nil
 	}
-	txs := (n + o.txSize - 1) / o.txSize
+	txs := (n + o.TxSize - 1) / o.TxSize
 	var nextTx atomic.Int64
 	enqDone := make(chan error, 1)
 	go func() {
 		var wg sync.WaitGroup
-		errs := make(chan error, o.enqueuers)
-		for range o.enqueuers {
+		errs := make(chan error, o.Enqueuers)
+		for range o.Enqueuers {
 			wg.Go(func() {
 				for {
 					k := int(nextTx.Add(1) - 1)
 					if k >= txs || ctx.Err() != nil {
 						return
 					}
-					lo := k * o.txSize
-					if err := place(lo, min(n, lo+o.txSize)); err != nil {
+					lo := k * o.TxSize
+					if err := place(lo, min(n, lo+o.TxSize)); err != nil {
 						errs <- err
 						return
 					}
@@ -308,7 +326,7 @@ func runDemo[TTx any](parent context.Context, o *demoOptions, b *demoBackend[TTx
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	watch := func() (handled, dead int64, err error) {
-		err = b.reads[1].QueryRowContext(ctx, `SELECT
+		err = b.Reads[1].QueryRowContext(ctx, `SELECT
 	(SELECT count(*) FROM durable_inbox WHERE state = 'handled'),
 	(SELECT count(*) FROM durable_dead_letters WHERE side = 'inbox')`).Scan(&handled, &dead)
 		return handled, dead, err
@@ -366,7 +384,7 @@ loop:
 	}
 	total := time.Since(start)
 	stopErr := stop()
-	p.clear()
+	p.Clear()
 	if runErr != nil {
 		return nil, runErr
 	}
@@ -380,17 +398,17 @@ loop:
 	if err != nil {
 		return nil, fmt.Errorf("reading the results: %w", err)
 	}
-	s.Dialect = b.kind
-	s.Where = b.where
-	s.Files = b.files
-	s.Schemas = b.schemas
-	s.Inspect = b.inspect
+	s.Dialect = b.Kind
+	s.Where = b.Where
+	s.Files = b.Files
+	s.Schemas = b.Schemas
+	s.Inspect = b.Inspect
 	s.Messages = n
 	s.Poison = poison
-	s.Enqueuers = o.enqueuers
-	s.TxSize = o.txSize
+	s.Enqueuers = o.Enqueuers
+	s.TxSize = o.TxSize
 	s.Transactions = txs
-	s.MaxAttempts = o.maxAttempts
+	s.MaxAttempts = o.MaxAttempts
 	s.TimedOut = timedOut
 	s.EnqueueSeconds = enqueueEnd.Sub(start).Seconds()
 	if enqueueEnd.IsZero() {
@@ -404,9 +422,9 @@ loop:
 // collectDemo reads the outcome from both databases once the nodes stopped.
 // Duplicates are counted by SQL on the effect table; lost and unexpected
 // messages by comparing the two databases' message ids.
-func collectDemo[TTx any](ctx context.Context, b *demoBackend[TTx]) (*demoSummary, error) {
-	ordersDB, billingDB := b.reads[0], b.reads[1]
-	s := &demoSummary{}
+func collectDemo[TTx any](ctx context.Context, b *Backend[TTx]) (*Summary, error) {
+	ordersDB, billingDB := b.Reads[0], b.Reads[1]
+	s := &Summary{}
 
 	// orders: every committed order and its message.
 	orderIDs := make(map[string]bool)

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/durable-go/durable/dialects"
+	"github.com/durable-go/durable/dialects/dsn"
 	"github.com/durable-go/durable/dialects/postgres"
 	"github.com/durable-go/durable/dialects/sqlite"
 	"github.com/durable-go/durable/migrations"
@@ -65,14 +67,24 @@ CREATE TABLE bench_raw (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 CREATE TABLE bench_messages (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL)`,
 }
 
+// benchUpSQL is durable's up migrations of dialect, oldest first, and the
+// bench's own tables.
 func benchUpSQL(dialect string) ([]string, error) {
-	ms, err := migrationSQL(dialect, false, 0)
+	ms, err := migrations.List(dialect)
+	if err != nil {
+		return nil, err
+	}
+	fsys, err := migrations.FS(dialect)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]string, 0, len(ms)+1)
 	for _, m := range ms {
-		out = append(out, m.SQL)
+		b, err := fs.ReadFile(fsys, m.Name+".up.sql")
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, string(b))
 	}
 	return append(out, benchTables[dialect]), nil
 }
@@ -93,20 +105,23 @@ type benchPG struct {
 	run     string // random part of this run's schema names
 }
 
-func (a *app) benchOpenPostgres(ctx context.Context, dsn string) (*benchPG, error) {
-	cfg, err := pgxpool.ParseConfig(dsn)
+// benchOpenPostgres connects to the server connString names. Its errors
+// are *dsn.Error, as dsn.Open's.
+func benchOpenPostgres(ctx context.Context, connString string) (*benchPG, error) {
+	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
-		return nil, databaseErrorf(err, "invalid postgres DSN: %v", err)
+		return nil, &dsn.Error{Dialect: dsn.Postgres, Msg: fmt.Sprintf("invalid postgres DSN: %v", err), Err: err}
 	}
-	s := &benchPG{cfg: cfg, target: postgresTarget(cfg.ConnConfig, ""), run: benchRandom()}
+	s := &benchPG{cfg: cfg, target: dsn.PostgresTarget(cfg.ConnConfig, ""), run: benchRandom()}
 	ac := cfg.Copy()
 	ac.MaxConns, ac.MinConns = 2, 0
 	if s.admin, err = pgxpool.NewWithConfig(ctx, ac); err != nil {
-		return nil, databaseErrorf(err, "invalid postgres DSN: %v", err)
+		return nil, &dsn.Error{Dialect: dsn.Postgres, Msg: fmt.Sprintf("invalid postgres DSN: %v", err), Err: err}
 	}
 	if err := s.admin.QueryRow(ctx, "SHOW server_version").Scan(&s.version); err != nil {
 		s.admin.Close()
-		return nil, a.connectError(s.target, err)
+		return nil, &dsn.Error{Dialect: dsn.Postgres, Target: s.target, Err: err,
+			Msg: fmt.Sprintf("cannot connect to %s: %s", s.target, dsn.ConnectMessage(err))}
 	}
 	return s, nil
 }
@@ -190,9 +205,9 @@ func (s *benchPG) drop(ctx context.Context, name string) {
 // limit; the sender's dialect (relay, and the sender's idle inbox); the
 // receiver's dialect (deliveries and workers).
 const (
-	benchRoleApp   = "app"
-	benchRoleRelay = "relay"
-	benchRoleInbox = "inbox"
+	RoleApp   = "app"
+	RoleRelay = "relay"
+	RoleInbox = "inbox"
 )
 
 // env creates the sender's and the receiver's schemas for one workload.
@@ -214,13 +229,13 @@ func (s *benchPG) env(ctx context.Context, workload string, p *benchProbe, t ben
 		err = s.create(ctx, rName)
 	}
 	if err == nil {
-		ap, err = s.pool(ctx, sName, benchRoleApp, t.AppConns)
+		ap, err = s.pool(ctx, sName, RoleApp, t.AppConns)
 	}
 	if err == nil {
-		sp, err = s.pool(ctx, sName, benchRoleRelay, t.SenderConns)
+		sp, err = s.pool(ctx, sName, RoleRelay, t.SenderConns)
 	}
 	if err == nil {
-		rp, err = s.pool(ctx, rName, benchRoleInbox, t.ReceiverConns)
+		rp, err = s.pool(ctx, rName, RoleInbox, t.ReceiverConns)
 	}
 	if err != nil {
 		cleanup()

@@ -1,4 +1,4 @@
-package main
+package demo
 
 import (
 	"fmt"
@@ -12,9 +12,9 @@ import (
 	"github.com/mattn/go-isatty"
 )
 
-// demoSummary is the outcome of a demo run, as printed, and as --json
+// Summary is the outcome of a demo run, as printed, and as --json
 // prints it.
-type demoSummary struct {
+type Summary struct {
 	OK       bool     `json:"ok"` // nothing lost, nothing doubled, finished in time
 	Dialect  string   `json:"dialect"`
 	Where    string   `json:"where"`
@@ -54,7 +54,7 @@ type demoSummary struct {
 	TotalSeconds      float64 `json:"total_seconds"`   // start → every order handled or dead-lettered
 }
 
-func (s *demoSummary) print(w io.Writer) {
+func (s *Summary) Print(w io.Writer) {
 	fmt.Fprintf(w, "durable demo: orders → billing over TCP on 127.0.0.1, %s\n", s.Where)
 	poison := "no poison orders"
 	if s.Poison > 0 {
@@ -154,27 +154,28 @@ func millis(ms float64) string {
 
 func seconds(s float64) string { return fmt.Sprintf("%.2f s", s) }
 
-// progress draws a one-line progress bar on stderr while the demo runs,
+// Progress draws a one-line progress bar on stderr while the demo runs,
 // with plain ANSI escapes, when stderr is a terminal; otherwise it draws
 // nothing. It is also the writer of the nodes' logs, so that a log line
 // replaces the bar instead of being mixed into it.
-type progress struct {
+type Progress struct {
 	mu   sync.Mutex
 	w    io.Writer
 	tty  bool
 	line string // the bar on screen, "" when none
 }
 
-func newProgress(w io.Writer) *progress {
+// NewProgress returns the Progress of w (stderr).
+func NewProgress(w io.Writer) *Progress {
 	f, ok := w.(*os.File)
 	tty := ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())) && os.Getenv("TERM") != "dumb"
-	return &progress{w: w, tty: tty}
+	return &Progress{w: w, tty: tty}
 }
 
 const clearLine = "\r\033[K"
 
 // update redraws the bar: done is handled plus dead-lettered, out of total.
-func (p *progress) update(enqueued, total, handled, dead int64, elapsed time.Duration) {
+func (p *Progress) update(enqueued, total, handled, dead int64, elapsed time.Duration) {
 	if !p.tty {
 		return
 	}
@@ -190,8 +191,8 @@ func (p *progress) update(enqueued, total, handled, dead int64, elapsed time.Dur
 	_, _ = io.WriteString(p.w, clearLine+line)
 }
 
-// clear removes the bar.
-func (p *progress) clear() {
+// Clear removes the bar.
+func (p *Progress) Clear() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.line != "" {
@@ -201,7 +202,7 @@ func (p *progress) clear() {
 }
 
 // Write writes a log line above the bar.
-func (p *progress) Write(b []byte) (int, error) {
+func (p *Progress) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.line != "" {

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -78,9 +78,9 @@ func benchSampleCPU(ctx context.Context, pids func(context.Context) map[int]stri
 	return s
 }
 
-// benchCPU is the CPU a phase cost per message (or raw row), in
+// CPU is the CPU a phase cost per message (or raw row), in
 // microseconds.
-type benchCPU struct {
+type CPU struct {
 	Go       float64  `json:"go_us"`
 	Postgres *float64 `json:"postgres_us"` // null on SQLite, or when the server's backends cannot be read
 	// PostgresByRole splits Postgres's part by the connections' role: app
@@ -90,11 +90,11 @@ type benchCPU struct {
 }
 
 // benchCPUPer is the CPU between two samples divided among n units.
-func benchCPUPer(before, after benchCPUSample, n int) *benchCPU {
+func benchCPUPer(before, after benchCPUSample, n int) *CPU {
 	if !before.ok || !after.ok || n <= 0 {
 		return nil
 	}
-	c := &benchCPU{Go: float64(after.self-before.self) / 1e3 / float64(n)}
+	c := &CPU{Go: float64(after.self-before.self) / 1e3 / float64(n)}
 	if before.backends != nil && after.backends != nil {
 		var sum int64
 		c.PostgresByRole = make(map[string]float64)

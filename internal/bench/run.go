@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -18,10 +18,10 @@ import (
 	"github.com/durable-go/durable/outbox"
 )
 
-// benchHotKeyResult is W4's split: the messages without a key and those
+// HotKeyResult is W4's split: the messages without a key and those
 // of its one hot key, each counted from the first commit to the last of
 // them handled.
-type benchHotKeyResult struct {
+type HotKeyResult struct {
 	Unkeyed        int     `json:"unkeyed"`
 	UnkeyedSeconds float64 `json:"unkeyed_seconds"`
 	UnkeyedPerSec  float64 `json:"unkeyed_per_sec"`
@@ -67,8 +67,8 @@ type benchTuning struct {
 
 func benchMS(ms float64) time.Duration { return time.Duration(ms * float64(time.Millisecond)) }
 
-// benchLatency is a distribution in milliseconds.
-type benchLatency struct {
+// Latency is a distribution in milliseconds.
+type Latency struct {
 	P50 float64 `json:"p50"`
 	P90 float64 `json:"p90"`
 	P99 float64 `json:"p99"`
@@ -76,9 +76,9 @@ type benchLatency struct {
 }
 
 // benchPercentiles summarises durations (nanoseconds), nearest rank.
-func benchPercentiles(ns []int64) benchLatency {
+func benchPercentiles(ns []int64) Latency {
 	if len(ns) == 0 {
-		return benchLatency{}
+		return Latency{}
 	}
 	slices.Sort(ns)
 	at := func(q float64) float64 {
@@ -86,29 +86,29 @@ func benchPercentiles(ns []int64) benchLatency {
 		i = min(max(i, 0), len(ns)-1)
 		return float64(ns[i]) / 1e6
 	}
-	return benchLatency{P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: float64(ns[len(ns)-1]) / 1e6}
+	return Latency{P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: float64(ns[len(ns)-1]) / 1e6}
 }
 
-// benchRaw is the raw limit measured beside a workload.
-type benchRaw struct {
-	Kind    string       `json:"kind"`    // "single-row", "copy", "multi-row insert"
-	Writers int          `json:"writers"` // concurrent writers
-	Rows    int          `json:"rows"`
-	Batch   int          `json:"batch"` // rows per transaction
-	PerSec  float64      `json:"rows_per_sec"`
-	Latency benchLatency `json:"latency_ms"` // per transaction
+// Raw is the raw limit measured beside a workload.
+type Raw struct {
+	Kind    string  `json:"kind"`    // "single-row", "copy", "multi-row insert"
+	Writers int     `json:"writers"` // concurrent writers
+	Rows    int     `json:"rows"`
+	Batch   int     `json:"batch"` // rows per transaction
+	PerSec  float64 `json:"rows_per_sec"`
+	Latency Latency `json:"latency_ms"` // per transaction
 }
 
-// benchStage is the time between two consecutive stages of the messages.
-type benchStage struct {
+// Stage is the time between two consecutive stages of the messages.
+type Stage struct {
 	From string  `json:"from"`
 	To   string  `json:"to"`
 	P50  float64 `json:"p50_ms"`
 	P99  float64 `json:"p99_ms"`
 }
 
-// benchCall summarises one kind of database call of the pipeline.
-type benchCall struct {
+// Call summarises one kind of database call of the pipeline.
+type Call struct {
 	Op      string  `json:"op"`
 	Calls   int64   `json:"calls"`
 	Empty   int64   `json:"empty"` // calls that returned or changed no row
@@ -117,18 +117,18 @@ type benchCall struct {
 	MeanMS  float64 `json:"mean_ms"`
 }
 
-// benchCPUUse is the CPU cost of the raw limit, per row, and of the
+// CPUUse is the CPU cost of the raw limit, per row, and of the
 // pipeline, per message: app transactions, relay, transport, inbox and
 // handlers together.
-type benchCPUUse struct {
-	RawPerRow *benchCPU `json:"raw_per_row"`
+type CPUUse struct {
+	RawPerRow *CPU `json:"raw_per_row"`
 	// AppTxPerTx is the app's W1 transaction without durable (W1 only).
-	AppTxPerTx *benchCPU `json:"app_tx_per_tx"`
-	PerMessage *benchCPU `json:"pipeline_per_message"`
+	AppTxPerTx *CPU `json:"app_tx_per_tx"`
+	PerMessage *CPU `json:"pipeline_per_message"`
 }
 
-// benchResult is one workload on one dialect.
-type benchResult struct {
+// Result is one workload on one dialect.
+type Result struct {
 	Dialect     string  `json:"dialect"`
 	Workload    string  `json:"workload"`
 	Name        string  `json:"name"`
@@ -144,11 +144,11 @@ type benchResult struct {
 	Duplicates  int64 `json:"duplicate_handler_calls"`
 	DeadLetters int64 `json:"dead_letters"`
 
-	Seconds        float64      `json:"seconds"` // first commit → last handled
-	EnqueuePerSec  float64      `json:"enqueue_per_sec"`
-	EndToEndPerSec float64      `json:"end_to_end_per_sec"`
-	Latency        benchLatency `json:"latency_ms"` // commit → handler start
-	Raw            benchRaw     `json:"raw"`
+	Seconds        float64 `json:"seconds"` // first commit → last handled
+	EnqueuePerSec  float64 `json:"enqueue_per_sec"`
+	EndToEndPerSec float64 `json:"end_to_end_per_sec"`
+	Latency        Latency `json:"latency_ms"` // commit → handler start
+	Raw            Raw     `json:"raw"`
 	// Ratio is end-to-end messages/s over the raw rows/s; null for W3,
 	// whose rate is fixed.
 	Ratio *float64 `json:"ratio"`
@@ -156,17 +156,17 @@ type benchResult struct {
 	// durable: the business row and the message as a plain row, same
 	// writers. It bounds what any outbox can reach on this database;
 	// RatioToAppTx is end-to-end over it.
-	AppTx        *benchRaw `json:"app_tx"`
-	RatioToAppTx *float64  `json:"ratio_to_app_tx"`
+	AppTx        *Raw     `json:"app_tx"`
+	RatioToAppTx *float64 `json:"ratio_to_app_tx"`
 	// HotKey splits W4's figures: its unkeyed messages, and those of its
 	// one ordering key.
-	HotKey *benchHotKeyResult `json:"hot_key,omitempty"`
-	Stages []benchStage       `json:"stages"`
+	HotKey *HotKeyResult `json:"hot_key,omitempty"`
+	Stages []Stage       `json:"stages"`
 
 	// CPU is what a raw row and a message cost in CPU time (Linux only).
-	CPU benchCPUUse `json:"cpu"`
+	CPU CPUUse `json:"cpu"`
 	// Calls are the pipeline's database calls, counted and timed.
-	Calls []benchCall `json:"calls"`
+	Calls []Call `json:"calls"`
 
 	Config   benchTuning `json:"config"`
 	Warnings []string    `json:"warnings"`
@@ -225,7 +225,7 @@ func (l *benchLog) warnings() []string {
 
 // benchRawSingle runs rows single-row insert-and-commit statements from
 // writers goroutines.
-func benchRawSingle(ctx context.Context, writers, rows int, payload []byte, insert func(context.Context, []byte) error) (benchRaw, error) {
+func benchRawSingle(ctx context.Context, writers, rows int, payload []byte, insert func(context.Context, []byte) error) (Raw, error) {
 	var (
 		next atomic.Int64
 		wg   sync.WaitGroup
@@ -254,30 +254,30 @@ func benchRawSingle(ctx context.Context, writers, rows int, payload []byte, inse
 	elapsed := time.Since(start)
 	close(errs)
 	if err := <-errs; err != nil {
-		return benchRaw{}, fmt.Errorf("raw single-row insert: %w", err)
+		return Raw{}, fmt.Errorf("raw single-row insert: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
-		return benchRaw{}, err
+		return Raw{}, err
 	}
-	return benchRaw{Kind: "single-row", Writers: writers, Rows: rows, Batch: 1,
+	return Raw{Kind: "single-row", Writers: writers, Rows: rows, Batch: 1,
 		PerSec: float64(rows) / elapsed.Seconds(), Latency: benchPercentiles(lat)}, nil
 }
 
 // benchRawBatch inserts rows in transactions of batch rows, one after the
 // other.
-func benchRawBatch(ctx context.Context, kind string, rows, batch int, payload []byte, insert func(context.Context, int, []byte) error) (benchRaw, error) {
+func benchRawBatch(ctx context.Context, kind string, rows, batch int, payload []byte, insert func(context.Context, int, []byte) error) (Raw, error) {
 	lat := make([]int64, 0, rows/batch+1)
 	start := time.Now()
 	for done := 0; done < rows; done += batch {
 		n := min(batch, rows-done)
 		t := time.Now()
 		if err := insert(ctx, n, payload); err != nil {
-			return benchRaw{}, fmt.Errorf("raw batch insert: %w", err)
+			return Raw{}, fmt.Errorf("raw batch insert: %w", err)
 		}
 		lat = append(lat, int64(time.Since(t)))
 	}
 	elapsed := time.Since(start)
-	return benchRaw{Kind: kind, Writers: 1, Rows: rows, Batch: batch,
+	return Raw{Kind: kind, Writers: 1, Rows: rows, Batch: batch,
 		PerSec: float64(rows) / elapsed.Seconds(), Latency: benchPercentiles(lat)}, nil
 }
 
@@ -285,8 +285,8 @@ func benchRawBatch(ctx context.Context, kind string, rows, batch int, payload []
 // database, then the pipeline: a sender node (outbox and relay) and a
 // receiver node (TCP server, inbox, workers) in this process, connected
 // over 127.0.0.1.
-func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *benchProbe, dialect string, w benchWorkload, t benchTuning, payload []byte) (res benchResult, err error) {
-	res = benchResult{Dialect: dialect, Workload: w.id, Name: w.name, Messages: w.messages, Writers: w.writers,
+func benchRunWorkload[TTx any](ctx context.Context, env *benchEnv[TTx], p *benchProbe, dialect string, w benchWorkload, t benchTuning, payload []byte) (res Result, err error) {
+	res = Result{Dialect: dialect, Workload: w.id, Name: w.name, Messages: w.messages, Writers: w.writers,
 		PerTx: w.perTx, RatePerSec: w.rate, DurationSec: w.duration.Seconds(), Config: t}
 
 	// The raw limit, in this run, on the sender's database.
@@ -587,7 +587,7 @@ func benchWait(ctx context.Context, what string, count func() int64, want int64,
 
 // benchSummarise computes the rates, the latency and the stage breakdown
 // from the probe's stamps.
-func benchSummarise(res *benchResult, p *benchProbe) {
+func benchSummarise(res *Result, p *benchProbe) {
 	var firstCommit, lastCommit, lastDone int64 = -1, 0, 0
 	lat := make([]int64, 0, p.n)
 	for i := range p.n {
@@ -613,7 +613,7 @@ func benchSummarise(res *benchResult, p *benchProbe) {
 	}
 	res.Latency = benchPercentiles(lat)
 	if res.Workload == "w4" && firstCommit > 0 {
-		h := &benchHotKeyResult{}
+		h := &HotKeyResult{}
 		var lastKeyed, lastUnkeyed int64
 		for i := range p.n {
 			d := p.t[bstDone][i].Load()
@@ -646,7 +646,7 @@ func benchSummarise(res *benchResult, p *benchProbe) {
 		r := res.EndToEndPerSec / res.AppTx.PerSec
 		res.RatioToAppTx = &r
 	}
-	stage := func(from, to int) benchStage {
+	stage := func(from, to int) Stage {
 		d := make([]int64, 0, p.n)
 		for i := range p.n {
 			a, b := p.t[from][i].Load(), p.t[to][i].Load()
@@ -655,12 +655,12 @@ func benchSummarise(res *benchResult, p *benchProbe) {
 			}
 		}
 		l := benchPercentiles(d)
-		return benchStage{From: benchStageNames[from], To: benchStageNames[to], P50: l.P50, P99: l.P99}
+		return Stage{From: benchStageNames[from], To: benchStageNames[to], P50: l.P50, P99: l.P99}
 	}
 	res.Calls = res.Calls[:0]
 	for k := range p.ops {
 		o := &p.ops[k]
-		c := benchCall{Op: benchOpNames[k], Calls: o.calls.Load(), Empty: o.empty.Load(), Rows: o.rows.Load(),
+		c := Call{Op: benchOpNames[k], Calls: o.calls.Load(), Empty: o.empty.Load(), Rows: o.rows.Load(),
 			TotalMS: float64(o.nanos.Load()) / 1e6}
 		if c.Calls > 0 {
 			c.MeanMS = c.TotalMS / float64(c.Calls)
