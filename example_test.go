@@ -43,7 +43,7 @@ func openService(ctx context.Context, dir, name, table string) (*sql.DB, *sqlite
 // Two services, orders and billing, each with its own database: orders writes an order and
 // enqueues its message in one transaction; billing's handler writes the invoice in the
 // transaction that marks the message handled. On Postgres the same code takes
-// postgres.New(pool) and pgx.Tx.
+// postgres.New(pool, nil) and pgx.Tx.
 func Example() {
 	ctx, stop := context.WithCancel(context.Background())
 	dir, err := os.MkdirTemp("", "durable-example")

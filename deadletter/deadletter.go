@@ -8,7 +8,8 @@
 // (dialects.DeadLetterStore), which every dialect has, whatever its
 // transaction type:
 //
-//	store, err := deadletter.New(postgres.New(pool), nil)
+//	d, err := postgres.New(pool, nil)
+//	store, err := deadletter.New(d, nil)
 //	dead, err := store.List(ctx, deadletter.Query{Side: deadletter.SideInbox, Topic: "billing"})
 //	n, err := store.Replay(ctx, deadletter.Query{Side: deadletter.SideInbox, IDs: []string{id}})
 //

@@ -241,7 +241,7 @@ type Config struct {
 	// Dialect is Postgres or SQLite; empty: the one the DSN's form says.
 	Dialect string
 	// Schema (Postgres) is the schema durable's tables are in: Open puts
-	// it first in the search_path and Admin passes it to postgres.WithSchema.
+	// it first in the search_path and Admin passes it to postgres.Config.Schema.
 	// Empty: the DSN's search_path.
 	Schema string
 	// Create lets Open create a missing SQLite file (its directory must
