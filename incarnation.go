@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -68,11 +69,12 @@ func (n *Node[TTx]) register(ctx context.Context) error {
 		return fmt.Errorf("durable: register in durable_nodes: %w", err)
 	}
 	liveIncarnations.Store(inc.self.ID, struct{}{})
+	earlier := n.registeredBefore(ctx, others)
 	for _, o := range others {
 		switch {
 		case inc.gone(o):
 			n.release(ctx, o, "its process no longer runs")
-		case o.Name != inc.self.Name:
+		case o.Name != inc.self.Name, !earlier(o):
 		case o.Host == inc.self.Host:
 			n.log.Warn("durable: another process runs under this node's name on this host; each claims under its own incarnation",
 				"other_pid", o.PID, "other_incarnation", o.ID, "other_heartbeat_age", o.Silence.Round(time.Millisecond),
@@ -84,6 +86,34 @@ func (n *Node[TTx]) register(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// registeredBefore returns whether an incarnation of others registered
+// before this node's, by (StartedAt, ID) in the database's order, so that
+// of two processes of one name starting together only the second reports
+// the first, though each may see the other. It reads the table only when
+// another incarnation shares the name; when that read fails, every one
+// counts as earlier (both may report).
+func (n *Node[TTx]) registeredBefore(ctx context.Context, others []dialects.Incarnation) func(dialects.Incarnation) bool {
+	all := func(dialects.Incarnation) bool { return true }
+	if !slices.ContainsFunc(others, func(o dialects.Incarnation) bool { return o.Name == n.inc.self.Name }) {
+		return all
+	}
+	list, err := n.d.ListIncarnations(ctx)
+	if err != nil {
+		return all
+	}
+	i := slices.IndexFunc(list, func(o dialects.Incarnation) bool { return o.ID == n.inc.self.ID })
+	if i < 0 {
+		return all
+	}
+	self := list[i]
+	return func(o dialects.Incarnation) bool {
+		if c := o.StartedAt.Compare(self.StartedAt); c != 0 {
+			return c < 0
+		}
+		return o.ID < self.ID
+	}
 }
 
 // release releases the claims of o, which is gone.

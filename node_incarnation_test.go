@@ -297,3 +297,49 @@ func TestNodeSameNameTwice(t *testing.T) {
 		t.Errorf("durable_nodes after both stopped = %+v, %v; want empty", incs, err)
 	}
 }
+
+// TestNodeSameNameOrder: of two processes of one name that register
+// together, each may see the other; only the one that registered second
+// (by started_at, then id) reports the other. Another live process of this
+// host (the test's parent) stands for the other process, its row
+// registered first, then moved after the node's.
+func TestNodeSameNameOrder(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		later bool // the other row started after the node's
+		want  int
+	}{{"other registered first", false, 1}, {"other registered second", true, 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			db, billing := openSQLite(t)
+			register(t, billing, dialects.Incarnation{ID: "OTHER", Name: "billing", Host: hostname(t), PID: os.Getppid()})
+			if tc.later {
+				if _, err := db.ExecContext(ctx, `UPDATE durable_nodes SET started_at = '9999' || substr(started_at, 5) WHERE id = 'OTHER'`); err != nil {
+					t.Fatal(err)
+				}
+			}
+			warned := &countLog{sub: "another process runs under this node's name on this host"}
+			cfg := fastConfig(durable.Config[*sql.Tx]{Name: "billing", Heartbeat: 50 * time.Millisecond, NodeTimeout: time.Hour})
+			cfg.Logger = slog.New(warned)
+			n, err := durable.NewNode(billing, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := startRun(n)
+			waitFor(t, "the node registered", func() (bool, error) {
+				incs, err := billing.ListIncarnations(ctx)
+				return len(incs) == 2, err
+			})
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			if got := warned.count(); got != tc.want {
+				t.Errorf("%d warnings about the shared name, want %d", got, tc.want)
+			}
+			incs, err := billing.ListIncarnations(ctx)
+			if err != nil || len(incs) != 1 || incs[0].ID != "OTHER" {
+				t.Errorf("durable_nodes after the node stopped = %+v, %v; want only OTHER", incs, err)
+			}
+		})
+	}
+}
