@@ -89,11 +89,11 @@ func (n *Node[TTx]) register(ctx context.Context) error {
 }
 
 // registeredBefore returns whether an incarnation of others registered
-// before this node's, by (StartedAt, ID) in the database's order, so that
-// of two processes of one name starting together only the second reports
-// the first, though each may see the other. It reads the table only when
-// another incarnation shares the name; when that read fails, every one
-// counts as earlier (both may report).
+// before this node's, by their order in ListIncarnations (registration
+// order), so that of two processes of one name starting together only the
+// second reports the first, though each may see the other. It reads the
+// table only when another incarnation shares the name; when that read
+// fails, every one counts as earlier (both may report).
 func (n *Node[TTx]) registeredBefore(ctx context.Context, others []dialects.Incarnation) func(dialects.Incarnation) bool {
 	all := func(dialects.Incarnation) bool { return true }
 	if !slices.ContainsFunc(others, func(o dialects.Incarnation) bool { return o.Name == n.inc.self.Name }) {
@@ -103,16 +103,12 @@ func (n *Node[TTx]) registeredBefore(ctx context.Context, others []dialects.Inca
 	if err != nil {
 		return all
 	}
-	i := slices.IndexFunc(list, func(o dialects.Incarnation) bool { return o.ID == n.inc.self.ID })
-	if i < 0 {
+	self := slices.IndexFunc(list, func(o dialects.Incarnation) bool { return o.ID == n.inc.self.ID })
+	if self < 0 {
 		return all
 	}
-	self := list[i]
 	return func(o dialects.Incarnation) bool {
-		if c := o.StartedAt.Compare(self.StartedAt); c != 0 {
-			return c < 0
-		}
-		return o.ID < self.ID
+		return slices.IndexFunc(list[:self], func(e dialects.Incarnation) bool { return e.ID == o.ID }) >= 0
 	}
 }
 

@@ -472,6 +472,12 @@ func (n *Node[TTx]) Run(ctx context.Context) error {
 		if n.cfg.Listener != nil {
 			_ = n.cfg.Listener.Close()
 		}
+		if ctx.Err() != nil {
+			// Stopped while registering: a graceful stop. The row may
+			// have been written; remove it.
+			n.unregister()
+			return nil
+		}
 		return err
 	}
 	defer n.unregister()

@@ -44,7 +44,10 @@ type Registry interface {
 	// and released its claims, and the caller must register again.
 	Heartbeat(ctx context.Context, id string) (bool, error)
 
-	// ListIncarnations returns every incarnation with its silence.
+	// ListIncarnations returns every incarnation with its silence, in the
+	// order they registered (by started_at on Postgres, whose clock has
+	// microseconds; by insertion on SQLite, whose stored times have
+	// milliseconds).
 	ListIncarnations(ctx context.Context) ([]Incarnation, error)
 
 	// ReleaseIncarnation releases what the incarnation id holds, in one

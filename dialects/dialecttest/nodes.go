@@ -1,6 +1,7 @@
 package dialecttest
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ func (s nodeSuite[TTx]) run(t *testing.T) {
 	t.Run("ReleaseClaims", s.releaseClaims)
 	t.Run("ReleaseFences", s.releaseFences)
 	t.Run("BadInput", s.badInput)
+	t.Run("RegistrationOrder", s.registrationOrder)
 }
 
 func incarnationIDs(incs []dialects.Incarnation) []string {
@@ -184,5 +186,32 @@ func (s nodeSuite[TTx]) badInput(t *testing.T) {
 		if _, err := d.ReleaseIncarnation(ctx, id, "r"); err == nil {
 			t.Errorf("ReleaseIncarnation(%q) succeeded", id)
 		}
+	}
+}
+
+// registrationOrder: ListIncarnations returns the incarnations in the order
+// they registered, whatever their ids, also when they register within the
+// same millisecond (the clock resolution of some dialects' stored times).
+func (s nodeSuite[TTx]) registrationOrder(t *testing.T) {
+	d := s.h.Open(t)
+	ctx := ctxFor(t)
+	var want []string
+	for i := range 8 {
+		id := fmt.Sprintf("ORDER%d", 9-i) // ids descending
+		want = append(want, id)
+		if _, err := d.RegisterIncarnation(ctx, dialects.Incarnation{ID: id, Name: "orders", Host: "h1", PID: 100 + i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := d.ListIncarnations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, i := range all {
+		got = append(got, i.ID)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ListIncarnations = %v, want the registration order %v", got, want)
 	}
 }

@@ -15,7 +15,7 @@ import (
 const (
 	sqlRegisterIncarnation = `INSERT INTO durable_nodes (id, name, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)`
 
-	sqlListIncarnations = `SELECT id, name, host, pid, started_at, heartbeat_at FROM durable_nodes ORDER BY started_at, id`
+	sqlListIncarnations = `SELECT id, name, host, pid, started_at, heartbeat_at FROM durable_nodes ORDER BY rowid`
 
 	sqlHeartbeat = `UPDATE durable_nodes SET heartbeat_at = ?2 WHERE id = ?1`
 
