@@ -23,6 +23,12 @@ test/short:
 demo:
 	$(GO) run ./cmd/durable demo $(DEMO_FLAGS)
 
+## screenshots: retake docs/console-overview.png and docs/console-dead-letter.png
+## with the console's browser tests (needs Chromium; see docs/console.md).
+.PHONY: screenshots
+screenshots:
+	DURABLE_SCREENSHOTS=1 $(GO) test -count=1 -run 'TestConsoleInBrowser/sqlite' ./console/acceptance/
+
 ## lint: gofmt, go vet and staticcheck must all be clean.
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
