@@ -99,12 +99,23 @@ type DeadLetterQuery struct {
 	// IncludeReplayed also matches dead letters that were replayed and have
 	// not failed since.
 	IncludeReplayed bool
-	Limit           int // 0: no limit; otherwise the oldest (by seq) match
+	Limit           int // 0: no limit; otherwise the first matches in the list's order
+	// ErrorContains matches dead letters whose last error contains it,
+	// ignoring case (an empty string does not filter).
+	ErrorContains string
+	// AfterSeq and BeforeSeq are keyset cursors: only dead letters with
+	// seq > AfterSeq (when not 0) and seq < BeforeSeq (when not 0) match.
+	AfterSeq  int64
+	BeforeSeq int64
+	// Descending lists newest first (by seq descending) and makes Limit
+	// take the newest matches, for ListDeadLetters; replay and purge ignore
+	// it and take the oldest.
+	Descending bool
 }
 
 // DeadLetterStore is the dialect's part for the dead letters of both sides,
 // embedded in Dialect. It is all that package deadletter needs, so tools
-// that only inspect, replay or purge dead letters depend on these three
+// that only inspect, count, replay or purge dead letters depend on these four
 // methods and on no transaction type.
 type DeadLetterStore interface {
 	// ListDeadLetters returns the dead letters of either side matching q,
@@ -138,4 +149,9 @@ type DeadLetterStore interface {
 	// q.Limit, oldest first, when it is set) in one statement and returns
 	// how many it deleted.
 	PurgeDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
+
+	// CountDeadLetters returns how many dead letters match q, the filter
+	// of ListDeadLetters without q.Limit and the cursors (AfterSeq,
+	// BeforeSeq): what "everything matching" replays or purges.
+	CountDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
 }

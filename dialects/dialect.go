@@ -133,8 +133,13 @@ type Dialect[TTx any] interface {
 	Inspector
 
 	// DeadLetterStore holds the dead letters both sides write: listing,
-	// replaying and purging them (see package deadletter).
+	// counting, replaying and purging them (see package deadletter).
 	DeadLetterStore
+
+	// Controller holds the operators' part: pauses of destinations and
+	// inbox queues that every node obeys, the audit of operator actions
+	// and the per-minute throughput counters.
+	Controller
 }
 
 // Notifier is implemented by dialects that can wake relays at commit time

@@ -1,0 +1,44 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/durable-go/durable/dialects"
+)
+
+// errTODO stands for the implementation that follows.
+var errTODO = errors.New("durable/sqlite: not implemented yet")
+
+// Pause records p; see dialects.Controller.
+func (d *Dialect) Pause(ctx context.Context, p dialects.Pause) (bool, error) { return false, errTODO }
+
+// Resume removes a pause; see dialects.Controller.
+func (d *Dialect) Resume(ctx context.Context, kind, name string) (bool, error) { return false, errTODO }
+
+// ListPauses returns the pauses; see dialects.Controller.
+func (d *Dialect) ListPauses(ctx context.Context) ([]dialects.Pause, error) { return nil, errTODO }
+
+// AppendAudit records e; see dialects.Controller.
+func (d *Dialect) AppendAudit(ctx context.Context, e dialects.AuditEntry) error { return errTODO }
+
+// ListAudit returns audit entries newest first; see dialects.Controller.
+func (d *Dialect) ListAudit(ctx context.Context, q dialects.AuditQuery) ([]dialects.AuditEntry, error) {
+	return nil, errTODO
+}
+
+// AddThroughput adds to the throughput counters; see dialects.Controller.
+func (d *Dialect) AddThroughput(ctx context.Context, counts []dialects.Throughput) error {
+	return errTODO
+}
+
+// ListThroughput returns the throughput counters; see dialects.Controller.
+func (d *Dialect) ListThroughput(ctx context.Context, since time.Time) ([]dialects.Throughput, error) {
+	return nil, errTODO
+}
+
+// CountDeadLetters counts the dead letters matching q; see dialects.DeadLetterStore.
+func (d *Dialect) CountDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) (int, error) {
+	return 0, errTODO
+}
