@@ -163,9 +163,9 @@ const (
 )
 
 type chartSeries struct {
-	Kind   string
-	Points string // the polyline's points
-	Total  int64
+	Kind    string
+	Points  string // the polyline's points
+	Total   int64
 	LegendY int
 }
 
