@@ -102,6 +102,7 @@ Errors are one line on stderr, prefixed "durable: ". Exit codes:
 	root.AddCommand(a.statsCommand())
 	root.AddCommand(a.demoCommand())
 	root.AddCommand(a.benchCommand())
+	root.AddCommand(a.consoleCommand())
 	return root
 }
 

@@ -294,6 +294,13 @@ type Admin interface {
 	OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error)
 	InboxStats(ctx context.Context) (dialects.InboxStats, error)
 	dialects.DeadLetterStore
+	// ListOutbox and ListInbox serve the console's pending and in-flight
+	// lists (dialects.Inspector).
+	ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error)
+	ListInbox(ctx context.Context, q dialects.InboxQuery) ([]dialects.InboxRow, error)
+	// Controller serves pauses, the audit table and the throughput
+	// counters (the console, durable pause and resume).
+	dialects.Controller
 }
 
 // Admin builds the dialect on db: postgres.New on Pool (with
