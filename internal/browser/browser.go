@@ -68,8 +68,10 @@ func Path(tb testing.TB) string {
 		msg := fmt.Sprintf("Chromium not found (%v); install Debian's chromium package or set DURABLE_CHROMIUM", err)
 		if os.Getenv("CI") != "" {
 			tb.Fatal("CI is set, browser tests must run: " + msg)
+			return ""
 		}
 		tb.Skip("skipping browser test: " + msg)
+		return ""
 	}
 	return p
 }
@@ -229,9 +231,14 @@ func Navigate(tb testing.TB, tab context.Context, url string) int {
 }
 
 // Text returns the visible text of the first element matching the CSS
-// selector css, waiting until it is visible.
+// selector css. The element must be in the page already (a rendered page,
+// or one a script has changed): a missing one fails tb at once rather than
+// when the tab's deadline passes.
 func Text(tb testing.TB, tab context.Context, css string) string {
 	tb.Helper()
+	if Count(tb, tab, css) == 0 {
+		tb.Fatalf("browser: no element matches %s on %s", css, location(tab))
+	}
 	s, err := chromedp.Run(tab, chromedp.Text(chromedp.CSS(css)))
 	if err != nil {
 		tb.Fatalf("browser: text of %s on %s: %v", css, location(tab), err)

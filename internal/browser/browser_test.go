@@ -109,3 +109,31 @@ func TestFindHonoursTheVariable(t *testing.T) {
 		t.Fatalf("Find() error %v, want one naming %s", err, missing)
 	}
 }
+
+// recordTB records what Path does with a missing Chromium instead of
+// skipping or failing the test that runs it.
+type recordTB struct {
+	testing.TB
+	skipped, failed string
+}
+
+func (r *recordTB) Helper()           {}
+func (r *recordTB) Skip(args ...any)  { r.skipped = fmt.Sprint(args...) }
+func (r *recordTB) Fatal(args ...any) { r.failed = fmt.Sprint(args...) }
+
+// Without Chromium a browser test is skipped, except under CI, where it
+// fails: CI must prove the browser path.
+func TestPathPolicy(t *testing.T) {
+	t.Setenv("DURABLE_CHROMIUM", filepath.Join(t.TempDir(), "no-chromium"))
+	for _, ci := range []string{"", "true"} {
+		t.Setenv("CI", ci)
+		r := &recordTB{TB: t}
+		browser.Path(r)
+		switch {
+		case ci == "" && (r.failed != "" || !strings.Contains(r.skipped, "skipping browser test: Chromium not found")):
+			t.Fatalf("without CI: skipped %q, failed %q; want a skip", r.skipped, r.failed)
+		case ci != "" && (r.skipped != "" || !strings.Contains(r.failed, "CI is set, browser tests must run")):
+			t.Fatalf("with CI: skipped %q, failed %q; want a failure", r.skipped, r.failed)
+		}
+	}
+}
