@@ -40,6 +40,9 @@ const (
 // a running node, on SQLite and on Postgres (issue 14's acceptance), and
 // checks in SQL what each action did.
 func TestConsoleInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the browser tests start Chromium and a node per database")
+	}
 	b := browser.Start(t)
 	for _, db := range dialectsUnderTest {
 		t.Run(db.name, func(t *testing.T) {

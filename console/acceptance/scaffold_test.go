@@ -2,7 +2,6 @@ package acceptance
 
 import (
 	"context"
-	"os"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -25,9 +24,6 @@ var dialectsUnderTest = []struct {
 // where the console will look for them, and a dead letter replayed through
 // the dialect is handled by the running node.
 func TestScaffolding(t *testing.T) {
-	if testing.Short() && os.Getenv("CI") == "" {
-		t.Skip("short")
-	}
 	for _, db := range dialectsUnderTest {
 		t.Run(db.name, func(t *testing.T) {
 			e := db.open(t)

@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -89,11 +88,19 @@ func Start(tb testing.TB) *Browser {
 	tb.Helper()
 	path := Path(tb)
 	out := &syncBuffer{}
+	// The profile is not in tb.TempDir: Chromium's child processes may
+	// still write into it for a moment after the browser stops, which
+	// would fail TempDir's removal; it is removed with a few retries.
+	profile, err := os.MkdirTemp("", "durable-chromium-")
+	if err != nil {
+		tb.Fatalf("browser: profile directory: %v", err)
+	}
+	tb.Cleanup(func() { removeProfile(tb, profile) })
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(path),
 		chromedp.Headless,
 		chromedp.DisableGPU,
-		chromedp.UserDataDir(filepath.Join(tb.TempDir(), "chromium-profile")),
+		chromedp.UserDataDir(profile),
 		chromedp.WindowSize(1280, 900),
 		chromedp.Flag("hide-scrollbars", true),
 		chromedp.Flag("mute-audio", true),
@@ -194,6 +201,20 @@ func Screenshot(tab context.Context, path string) error {
 		return errors.New("browser: screenshot: empty image")
 	}
 	return os.WriteFile(path, png, 0o644)
+}
+
+// removeProfile removes a stopped browser's profile directory, retrying
+// while its last child processes finish writing into it; it logs what it
+// could not remove rather than fail the test for it.
+func removeProfile(tb testing.TB, dir string) {
+	var err error
+	for range 50 {
+		if err = os.RemoveAll(dir); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Logf("browser: remove the profile %s: %v", dir, err)
 }
 
 // syncBuffer collects Chromium's output from its goroutines.
