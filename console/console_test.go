@@ -359,7 +359,16 @@ func TestOverview(t *testing.T) {
 			dead{side: "inbox", peer: "orders", id: "i2", topic: "order.paid", reason: "handler_error", lastError: "boom"},
 			dead{side: "outbox", peer: "billing", id: "o1", topic: "invoice.created", reason: "rejected", lastError: "refused"},
 		)
-		body := e.as("bob", readerPW).get(prefix + "/")
+		c := e.as("bob", readerPW)
+		body := c.get(prefix + "/outbox?destination=billing")
+		if n := strings.Count(body, `<tr class="outbox-row"`); n != 3 || !strings.Contains(body, `href="/durable/outbox/message?destination=billing&amp;id=billing-0"`) {
+			t.Fatalf("outbox page: %d rows\n%s", n, body)
+		}
+		if body := c.get(prefix + "/outbox/message?destination=billing&id=billing-1"); !strings.Contains(body, `<td class="id">billing-1</td>`) ||
+			!strings.Contains(body, `<pre id="payload" data-format="json">{`) {
+			t.Fatalf("outbox message page:\n%s", body)
+		}
+		body = c.get(prefix + "/")
 		for _, want := range []string{
 			`<tr class="destination" data-destination="billing">`,
 			`<td class="backlog num">3</td>`,
@@ -497,6 +506,16 @@ func TestReplayFromDetailPage(t *testing.T) {
 		}
 		if body := c.get(prefix + "/audit"); !strings.Contains(body, `<td class="actor">alice</td><td class="action">replay</td>`) {
 			t.Fatalf("audit page:\n%s", body)
+		}
+		// The replayed message waits in the inbox, with its history.
+		if body := c.get(prefix + "/inbox"); !strings.Contains(body, `<tr class="inbox-row" data-id="r1">`) {
+			t.Fatalf("inbox page:\n%s", body)
+		}
+		body := c.get(prefix + "/inbox/message?source=orders&id=r1")
+		for _, want := range []string{`data-kind="inbox message"`, `<th>trace</th><td>abc</td>`, `<li class="attempt-error" data-attempt="2">`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("inbox message page lacks %s", want)
+			}
 		}
 	})
 }
