@@ -91,3 +91,17 @@ type Controller interface {
 	// ListThroughput returns the counters with Minute >= since, by minute.
 	ListThroughput(ctx context.Context, since time.Time) ([]Throughput, error)
 }
+
+// NodeControl is the part of the operators' tables that the relay and the
+// inbox use themselves: they read the pauses once per poll, add their
+// throughput counts, and their housekeeping deletes old counters. It is
+// part of RelayStore, InboxDialect and Dialect.
+type NodeControl interface {
+	// ListPauses returns the current pauses; see Controller.
+	ListPauses(ctx context.Context) ([]Pause, error)
+	// AddThroughput adds counts to the per-minute counters; see Controller.
+	AddThroughput(ctx context.Context, counts []Throughput) error
+	// PurgeThroughput deletes at most limit counters (all when limit ≤ 0)
+	// of minutes before before and returns how many it deleted.
+	PurgeThroughput(ctx context.Context, before time.Time, limit int) (int, error)
+}

@@ -77,10 +77,10 @@ import (
 // by a migration of a later release, once no build in use needs it. So a
 // rolling deploy runs the migrations first, then replaces the nodes one at
 // a time, old and new builds working side by side on the same database.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrationNames lists the migration names, index i holding version i+1.
-var migrationNames = []string{"0001_init", "0002_outbox_claim", "0003_nodes"}
+var migrationNames = []string{"0001_init", "0002_outbox_claim", "0003_nodes", "0004_control"}
 
 // MigrationNames returns the names of durable's migrations, index i holding
 // version i+1, up to SchemaVersion. The slice is a copy the caller may keep
@@ -140,6 +140,10 @@ type Dialect[TTx any] interface {
 	// inbox queues that every node obeys, the audit of operator actions
 	// and the per-minute throughput counters.
 	Controller
+
+	// NodeControl holds what the relay and the inbox call of it (and the
+	// throughput housekeeping).
+	NodeControl
 }
 
 // Notifier is implemented by dialects that can wake relays at commit time

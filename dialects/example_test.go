@@ -45,7 +45,7 @@ func ExampleSchemaError() {
 	}
 	fmt.Println("after migrations.Up:", d.CheckSchema(ctx))
 	// Output:
-	// missing: [0001_init 0002_outbox_claim 0003_nodes] true
+	// missing: [0001_init 0002_outbox_claim 0003_nodes 0004_control] true
 	// after migrations.Up: <nil>
 }
 
@@ -113,5 +113,5 @@ func (c *countingEnqueuer) InsertOutbox(ctx context.Context, tx *sql.Tx, rows []
 func ExampleMigrationNames() {
 	names := dialects.MigrationNames()
 	fmt.Println(names[dialects.SchemaVersion-1], len(names) == dialects.SchemaVersion)
-	// Output: 0003_nodes true
+	// Output: 0004_control true
 }

@@ -38,20 +38,23 @@ type Enqueuer[TTx any] interface {
 // RelayStore is the role outbox.NewRelay takes: what a Relay calls. It does
 // not depend on the transaction type: the relay claims and settles rows in
 // statements of its own. Leaser and PurgeDeadLetters serve the relay's
-// housekeeping, OutboxStats (in Relayer) its Stats and metrics.
+// housekeeping, OutboxStats (in Relayer) its Stats and metrics, NodeControl
+// its pauses and throughput counters.
 type RelayStore interface {
 	// CheckSchema verifies the migrations; see Dialect.
 	CheckSchema(ctx context.Context) error
 
 	Relayer
 	Leaser
+	NodeControl
 
 	// PurgeDeadLetters deletes dead letters; see Dialect.
 	PurgeDeadLetters(ctx context.Context, q DeadLetterQuery) (int, error)
 }
 
 // InboxDialect is the role inbox.New takes: what an Inbox calls. Leaser and
-// PurgeDeadLetters serve its housekeeping; ListDeadLetters and
+// PurgeDeadLetters serve its housekeeping, NodeControl its pauses and
+// throughput counters; ListDeadLetters and
 // ReplayDeadLetters its DeadLetters and Replay.
 type InboxDialect[TTx any] interface {
 	// Name is the dialect's name; see Dialect.
@@ -62,6 +65,7 @@ type InboxDialect[TTx any] interface {
 	TxBeginner[TTx]
 	InboxStore[TTx]
 	Leaser
+	NodeControl
 
 	DeadLetterStore
 }

@@ -22,7 +22,7 @@ func _[TTx any](d Dialect[TTx]) {
 // changes the returned slice changes nothing else.
 func TestMigrationNames(t *testing.T) {
 	got := MigrationNames()
-	want := []string{"0001_init", "0002_outbox_claim", "0003_nodes"}
+	want := []string{"0001_init", "0002_outbox_claim", "0003_nodes", "0004_control"}
 	if !slices.Equal(got, want) || len(got) != SchemaVersion {
 		t.Fatalf("MigrationNames() = %v, want %v (SchemaVersion %d)", got, want, SchemaVersion)
 	}

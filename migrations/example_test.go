@@ -136,5 +136,6 @@ func ExampleUp() {
 	// applied 0001_init
 	// applied 0002_outbox_claim
 	// applied 0003_nodes
-	// then: 0 applied, version 3 of 3
+	// applied 0004_control
+	// then: 0 applied, version 4 of 4
 }

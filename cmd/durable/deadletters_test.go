@@ -1000,7 +1000,7 @@ func TestDeadLettersErrors(t *testing.T) {
 		wantError(t, durable(t, append(c, "--dialect", "sqlite", "--dsn", pgDown)...), exitDatabase,
 			"--dialect sqlite does not match the DSN, a postgres:// URL; pass --dialect postgres, or a SQLite file path")
 		wantErrorPrefix(t, durable(t, append(c, "--dsn", empty)...), exitSchema,
-			"sqlite schema is at version 0, need version 3: missing migration 0001_init")
+			"sqlite schema is at version 0, need version 4: missing migration 0001_init")
 		wantError(t, durable(t, c...), exitUsage, "no database given: pass --dsn, or set DURABLE_DSN")
 		if t.Failed() {
 			t.Fatalf("after %s", name)
@@ -1013,7 +1013,7 @@ func TestDeadLettersErrors(t *testing.T) {
 		dsn, _ := testdb.PostgresSchema(t)
 		for _, c := range commands {
 			wantErrorPrefix(t, durable(t, append(c, "--dsn", dsn)...), exitSchema,
-				"postgres schema is at version 0, need version 3: missing migration 0001_init")
+				"postgres schema is at version 0, need version 4: missing migration 0001_init")
 		}
 	})
 

@@ -80,7 +80,7 @@ func TestMigrateCycle(t *testing.T) {
 		db := []string{"--dsn", dsn}
 		wantStatus(t, statusJSON(t, db...), "pending")
 		wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema,
-			"postgres schema is at version 0, need version 3: missing migration 0001_init")
+			"postgres schema is at version 0, need version 4: missing migration 0001_init")
 		migrateCycle(t, "postgres", db)
 		// Everything went into the test's schema, goose's table included.
 		pool := testdb.OpenPostgres(t, dsn, false)
@@ -123,22 +123,24 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 
 	r := mustSucceed(t, args("migrate", "up")...)
 	if !strings.Contains(r.stdout, "applied 0001_init (") || !strings.Contains(r.stdout, "applied 0002_outbox_claim (") ||
-		!strings.Contains(r.stdout, "applied 0003_nodes (") || !strings.Contains(r.stdout, "durable schema at version 3 of 3: up to date") {
+		!strings.Contains(r.stdout, "applied 0003_nodes (") || !strings.Contains(r.stdout, "applied 0004_control (") ||
+		!strings.Contains(r.stdout, "durable schema at version 4 of 4: up to date") {
 		t.Errorf("up printed:\n%s", r.stdout)
 	}
 	r = mustSucceed(t, args("migrate", "status")...)
 	if !regexp.MustCompile(`(?m)^1 +0001_init +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) ||
 		!regexp.MustCompile(`(?m)^2 +0002_outbox_claim +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) ||
-		!regexp.MustCompile(`(?m)^3 +0003_nodes +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) {
+		!regexp.MustCompile(`(?m)^3 +0003_nodes +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`(?m)^4 +0004_control +applied +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$`).MatchString(r.stdout) {
 		t.Errorf("status after up:\n%s", r.stdout)
 	}
 	wantStatus(t, statusJSON(t, db...), "applied")
 	r = mustSucceed(t, args("migrate", "check")...)
-	if !strings.HasSuffix(r.stdout, ": durable schema at version 3, as this build needs\n") {
+	if !strings.HasSuffix(r.stdout, ": durable schema at version 4, as this build needs\n") {
 		t.Errorf("check printed %q", r.stdout)
 	}
 	var chk checkResult
-	if err := json.Unmarshal([]byte(mustSucceed(t, args("migrate", "check", "--json")...).stdout), &chk); err != nil || !chk.OK || chk.Version != 3 || chk.Dialect != dialect {
+	if err := json.Unmarshal([]byte(mustSucceed(t, args("migrate", "check", "--json")...).stdout), &chk); err != nil || !chk.OK || chk.Version != 4 || chk.Dialect != dialect {
 		t.Errorf("check --json: %+v, %v", chk, err)
 	}
 
@@ -158,19 +160,19 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 		t.Fatalf("down --json: %v\n%s", err, r.stdout)
 	}
 	// Down rolls back the latest migration only.
-	if run.Direction != "down" || len(run.Migrations) != 1 || run.Migrations[0].Name != "0003_nodes" || run.Version != 2 || run.Latest != 3 {
+	if run.Direction != "down" || len(run.Migrations) != 1 || run.Migrations[0].Name != "0004_control" || run.Version != 3 || run.Latest != 4 {
 		t.Errorf("down --json: %+v", run)
 	}
-	if st := statusJSON(t, db...); st.Version != 2 || st.SchemaVersion != 2 || st.Pending != 1 {
-		t.Errorf("status after down: version %d, schema_version %d, pending %d; want 2, 2, 1", st.Version, st.SchemaVersion, st.Pending)
+	if st := statusJSON(t, db...); st.Version != 3 || st.SchemaVersion != 3 || st.Pending != 1 {
+		t.Errorf("status after down: version %d, schema_version %d, pending %d; want 3, 3, 1", st.Version, st.SchemaVersion, st.Pending)
 	}
-	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 2, need version 3: missing migration 0003_nodes;")
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 3, need version 4: missing migration 0004_control;")
 	r = mustSucceed(t, args("migrate", "down", "--to", "0", "--yes")...)
-	if !strings.Contains(r.stdout, "rolled back 0001_init (") || !strings.Contains(r.stdout, "durable schema at version 0 of 3: 3 pending") {
+	if !strings.Contains(r.stdout, "rolled back 0001_init (") || !strings.Contains(r.stdout, "durable schema at version 0 of 4: 4 pending") {
 		t.Errorf("second down printed:\n%s", r.stdout)
 	}
 	wantStatus(t, statusJSON(t, db...), "pending")
-	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 0, need version 3: missing migration 0001_init")
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 0, need version 4: missing migration 0001_init")
 
 	// Down with nothing applied: nothing to do.
 	r = mustSucceed(t, args("migrate", "down", "--all", "--yes")...)
@@ -182,17 +184,17 @@ func migrateCycle(t *testing.T, dialect string, db []string) {
 	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.Direction != "up" || len(run.Migrations) != 1 || run.Version != 1 {
 		t.Errorf("up --to 1 --json: %+v, %v\n%s", run, err, r.stdout)
 	}
-	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 1, need version 3")
+	wantErrorPrefix(t, durable(t, args("migrate", "check")...), exitSchema, dialect+" schema is at version 1, need version 4")
 	mustSucceed(t, args("migrate", "up")...)
 	wantStatus(t, statusJSON(t, db...), "applied")
 	mustSucceed(t, args("migrate", "check")...)
 
-	wantError(t, durable(t, args("migrate", "up", "--to", "4")...), exitUsage, "--to 4: there is no migration 4; the latest is 3")
-	wantError(t, durable(t, args("migrate", "down", "--to", "4", "--yes")...), exitUsage, "--to 4: there is no migration 4; the latest is 3")
+	wantError(t, durable(t, args("migrate", "up", "--to", "5")...), exitUsage, "--to 5: there is no migration 5; the latest is 4")
+	wantError(t, durable(t, args("migrate", "down", "--to", "5", "--yes")...), exitUsage, "--to 5: there is no migration 5; the latest is 4")
 
 	r = mustSucceed(t, args("migrate", "down", "--all", "--yes")...)
 	if !strings.Contains(r.stdout, "rolled back 0002_outbox_claim (") || !strings.Contains(r.stdout, "rolled back 0001_init (") ||
-		!strings.Contains(r.stdout, "durable schema at version 0 of 3: 3 pending") {
+		!strings.Contains(r.stdout, "durable schema at version 0 of 4: 4 pending") {
 		t.Errorf("down --all printed:\n%s", r.stdout)
 	}
 	mustSucceed(t, args("migrate", "up")...)
@@ -245,10 +247,10 @@ func TestMigrateSchemaFlag(t *testing.T) {
 	})
 	db := []string{"--dsn", base, "--schema", schema}
 
-	wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema, "postgres schema is at version 0, need version 3")
+	wantErrorPrefix(t, durable(t, append([]string{"migrate", "check"}, db...)...), exitSchema, "postgres schema is at version 0, need version 4")
 	r := mustSucceed(t, append([]string{"migrate", "up", "--json"}, db...)...)
 	var run runResult
-	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.CreatedSchema != schema || run.Version != 3 {
+	if err := json.Unmarshal([]byte(r.stdout), &run); err != nil || run.CreatedSchema != schema || run.Version != 4 {
 		t.Fatalf("up --schema --json: %+v, %v\n%s", run, err, r.stdout)
 	}
 	if want := "(schema " + schema + ")"; !strings.HasSuffix(run.Database, want) {
@@ -519,9 +521,9 @@ func TestForeignHistory(t *testing.T) {
 	}
 	db.Close()
 
-	// Status counts them applied, by another tool, and 0003 pending.
+	// Status counts them applied, by another tool, and 0003 and 0004 pending.
 	st := statusJSON(t, "--dsn", path)
-	if st.Version != 2 || st.SchemaVersion != 2 || st.Pending != 1 || len(st.Migrations) != 3 ||
+	if st.Version != 2 || st.SchemaVersion != 2 || st.Pending != 2 || len(st.Migrations) != 4 ||
 		st.Migrations[0].By != "another tool" || st.Migrations[1].By != "another tool" || st.Migrations[2].State != "pending" {
 		t.Errorf("status --json on a foreign history: %+v", st)
 	}

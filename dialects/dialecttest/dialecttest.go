@@ -68,6 +68,7 @@ func Run[TTx any](t *testing.T, h Harness[TTx]) {
 	t.Run("DeadLetters", deadLetterSuite[TTx]{h: h}.run)
 	t.Run("Lease", leaseSuite[TTx]{h: h}.run)
 	t.Run("Nodes", nodeSuite[TTx]{h: h}.run)
+	t.Run("Control", controlSuite[TTx]{h: h}.run)
 }
 
 type suite[TTx any] struct{ h Harness[TTx] }

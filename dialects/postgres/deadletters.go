@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/durable-go/durable/dialects"
@@ -21,7 +22,10 @@ const (
 
 	sqlListDeadLetters = `SELECT ` + deadLetterColumns + ` FROM {schema}durable_dead_letters d
 {where}
-ORDER BY d.seq {limit}`
+ORDER BY d.seq {order} {limit}`
+
+	sqlCountDeadLetters = `SELECT count(*) FROM {schema}durable_dead_letters d
+{where}`
 
 	// The inbox side: only pending inbox dead letters (the filter says so).
 	// FOR UPDATE serializes concurrent replays of the same dead letter: the
@@ -91,10 +95,17 @@ func deadLetterStmt(stmt string, q dialects.DeadLetterQuery) (string, []any) {
 }
 
 // ListDeadLetters returns the dead letters of either side matching q in seq
-// order; see dialects.Dialect.
+// order (descending when q.Descending); see dialects.Dialect.
 func (c *core) ListDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) ([]dialects.DeadLetterRow, error) {
-	stmt, args := deadLetterStmt(c.q.listDeadLetters, q)
+	stmt, args := deadLetterStmt(strings.Replace(c.q.listDeadLetters, "{order}", filter.Order(q), 1), q)
 	return queryAll(ctx, c, c.root, "list dead letters", stmt, args, scanDeadLetter)
+}
+
+// CountDeadLetters counts the dead letters matching q, without its limit
+// and cursors; see dialects.DeadLetterStore.
+func (c *core) CountDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) (int, error) {
+	stmt, args := deadLetterStmt(c.q.countDeadLetters, filter.CountQuery(q))
+	return c.count(ctx, c.root, "count dead letters", stmt, args...)
 }
 
 // ReplayDeadLetters puts the pending dead letters of one side back into the

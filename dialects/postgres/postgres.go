@@ -262,6 +262,8 @@ func (c *core) count(ctx context.Context, q querier, op, stmt string, args ...an
 var syntax = filter.Syntax{
 	Param: func(n int) string { return "$" + strconv.Itoa(n) },
 	In:    func(col, param string) string { return col + " = ANY(" + param + "::text[])" },
+	// strpos rather than ILIKE: the text needs no escaping of % and _.
+	Contains: func(col, param string) string { return "strpos(lower(" + col + "), lower(" + param + "::text)) > 0" },
 	List:  func(vals []string) any { return vals },
 	Time:  func(t time.Time) any { return t },
 }

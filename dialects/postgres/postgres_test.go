@@ -492,7 +492,7 @@ func TestSchemaVersions(t *testing.T) {
 		}
 		_, err = d.AcquireLease(ctx, "x", "me", time.Minute)
 		var se *dialects.SchemaError
-		if !errors.As(err, &se) || se.Have != 99 || !strings.Contains(err.Error(), "newer than this build (version 3), and lacks a table or column") {
+		if !errors.As(err, &se) || se.Have != 99 || !strings.Contains(err.Error(), "newer than this build (version 4), and lacks a table or column") {
 			t.Fatalf("AcquireLease without its table on a newer schema = %v", err)
 		}
 	})

@@ -59,7 +59,7 @@ FROM (SELECT DISTINCT unnest($1::text[]) AS d) AS dests`
 var copyColumns = []string{"id", "destination", "topic", "key", "headers", "payload", "created_at", "deliver_at", "expires_at"}
 
 // queries holds every statement of the dialect, of this file, relay_sql.go,
-// inbox_sql.go and deadletters.go, with the schema qualifier substituted
+// inbox_sql.go, deadletters.go and control.go, with the schema qualifier substituted
 // once, when the dialect is built.
 type queries struct {
 	schemaVersion, insertOutbox, insertOutboxOne, deleteSeqs, existing, listOutbox string
@@ -70,7 +70,9 @@ type queries struct {
 	insertInbox, uninsertInboxDead, claimInbox, lockInbox, finishInbox string
 	rescueInbox, purgeInbox, inboxStats, listInbox                     string
 
-	listDeadLetters, replayDeadLetters, replayOutboxDeadLetters, purgeDeadLetters string
+	listDeadLetters, countDeadLetters, replayDeadLetters, replayOutboxDeadLetters, purgeDeadLetters string
+
+	pause, resume, listPauses, appendAudit, listAudit, addThroughput, listThroughput, purgeThroughput string
 }
 
 func newQueries(qualifier string) *queries {
@@ -108,5 +110,15 @@ func newQueries(qualifier string) *queries {
 		replayDeadLetters:       r.Replace(sqlReplayDeadLetters),
 		replayOutboxDeadLetters: r.Replace(sqlReplayOutboxDeadLetters),
 		purgeDeadLetters:        r.Replace(sqlPurgeDeadLetters),
+		countDeadLetters:        r.Replace(sqlCountDeadLetters),
+
+		pause:           r.Replace(sqlPause),
+		resume:          r.Replace(sqlResume),
+		listPauses:      r.Replace(sqlListPauses),
+		appendAudit:     r.Replace(sqlAppendAudit),
+		listAudit:       r.Replace(sqlListAudit),
+		addThroughput:   r.Replace(sqlAddThroughput),
+		listThroughput:  r.Replace(sqlListThroughput),
+		purgeThroughput: r.Replace(sqlPurgeThroughput),
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/dialects/internal/filter"
@@ -20,7 +21,10 @@ const (
 
 	sqlListDeadLetters = `SELECT ` + deadLetterColumns + ` FROM durable_dead_letters d
 {where}
-ORDER BY d.seq {limit}`
+ORDER BY d.seq {order} {limit}`
+
+	sqlCountDeadLetters = `SELECT count(*) FROM durable_dead_letters d
+{where}`
 
 	// The inbox side, ?1 now: only pending inbox dead letters (the filter says
 	// so); the WHERE also tells SQLite's parser that ON CONFLICT is the
@@ -71,10 +75,22 @@ func deadLetterStmt(stmt string, first int, q dialects.DeadLetterQuery) (string,
 }
 
 // ListDeadLetters returns the dead letters of either side matching q in seq
-// order; see dialects.Dialect.
+// order (descending when q.Descending); see dialects.Dialect.
 func (d *Dialect) ListDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) ([]dialects.DeadLetterRow, error) {
-	stmt, args := deadLetterStmt(sqlListDeadLetters, 0, q)
+	stmt, args := deadLetterStmt(strings.Replace(sqlListDeadLetters, "{order}", filter.Order(q), 1), 0, q)
 	return queryAll(ctx, d.db, "list dead letters", stmt, args, scanDeadLetter)
+}
+
+// CountDeadLetters counts the dead letters matching q, without its limit
+// and cursors; see dialects.DeadLetterStore.
+func (d *Dialect) CountDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) (int, error) {
+	stmt, args := deadLetterStmt(sqlCountDeadLetters, 0, filter.CountQuery(q))
+	var n int
+	rows, err := queryAll(ctx, d.db, "count dead letters", stmt, args, func(rs *sql.Rows, v *int) error { return rs.Scan(v) })
+	if len(rows) == 1 {
+		n = rows[0]
+	}
+	return n, err
 }
 
 // ReplayDeadLetters puts the pending dead letters of one side back into the

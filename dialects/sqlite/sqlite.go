@@ -392,6 +392,9 @@ type queryer interface {
 var syntax = filter.Syntax{
 	Param: func(n int) string { return "?" + strconv.Itoa(n) },
 	In:    func(col, param string) string { return col + " IN (SELECT value FROM json_each(" + param + "))" },
+	// instr rather than LIKE: the text needs no escaping of % and _. SQLite's
+	// lower folds ASCII letters only.
+	Contains: func(col, param string) string { return "instr(lower(" + col + "), lower(" + param + ")) > 0" },
 	List:  func(vals []string) any { return jsonParam(vals) },
 	Time:  func(t time.Time) any { return formatTime(t) },
 }

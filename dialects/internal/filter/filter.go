@@ -18,6 +18,9 @@ type Syntax struct {
 	Param func(n int) string
 	// In writes the condition that col is one of a list parameter.
 	In func(col, param string) string
+	// Contains writes the condition that col contains a parameter,
+	// ignoring case.
+	Contains func(col, param string) string
 	// List and Time turn a list of strings and an instant into arguments.
 	List func(vals []string) any
 	Time func(t time.Time) any
@@ -119,6 +122,31 @@ func (f *Filter) DeadLetters(q dialects.DeadLetterQuery) {
 	if !q.IncludeReplayed {
 		f.Cond("(d.replayed_at IS NULL OR d.replayed_at < d.failed_at)")
 	}
+	if q.ErrorContains != "" {
+		f.Cond(f.s.Contains("d.last_error", f.param(q.ErrorContains)))
+	}
+	if q.AfterSeq != 0 {
+		f.Cmp("d.seq", ">", q.AfterSeq)
+	}
+	if q.BeforeSeq != 0 {
+		f.Cmp("d.seq", "<", q.BeforeSeq)
+	}
+}
+
+// Order returns the direction of the dead-letter list: "DESC" when q asks
+// for the newest first, else "".
+func Order(q dialects.DeadLetterQuery) string {
+	if q.Descending {
+		return "DESC"
+	}
+	return ""
+}
+
+// CountQuery returns q as CountDeadLetters uses it: without the limit and
+// the cursors.
+func CountQuery(q dialects.DeadLetterQuery) dialects.DeadLetterQuery {
+	q.Limit, q.AfterSeq, q.BeforeSeq, q.Descending = 0, 0, 0, false
+	return q
 }
 
 // ReplayQuery checks q's side and returns q as replay uses it: one side
