@@ -286,14 +286,15 @@ func (db *DB) Close() {
 }
 
 // Admin is what tools use of a dialect, whatever its transaction type: its
-// name, the schema check, the stats of both sides and the dead letters
-// (for package deadletter).
+// name, the schema check, the stats of both sides, the dead letters (for
+// package deadletter) and the operators' part (pauses, audit, throughput).
 type Admin interface {
 	Name() string
 	CheckSchema(ctx context.Context) error
 	OutboxStats(ctx context.Context) ([]dialects.OutboxStats, error)
 	InboxStats(ctx context.Context) (dialects.InboxStats, error)
 	dialects.DeadLetterStore
+	dialects.Controller
 }
 
 // Admin builds the dialect on db: postgres.New on Pool (with
