@@ -6,12 +6,13 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/housekeep"
+	"github.com/durable-go/durable/internal/throughput"
 )
 
 // Housekeeping. Every CleanupInterval, Run deletes handled messages past
 // the retention (Config.Retention, the dedupe window) and, with
 // Config.DeadLetterRetention, the inbox's dead letters that failed longer
-// ago, DefaultCleanupBatch rows per statement with a short pause between
+// ago, and the throughput counters (durable_throughput) older than a day, DefaultCleanupBatch rows per statement with a short pause between
 // statements. Among all the inboxes on one database, one at a time does
 // it: the one that holds the lease "durable.inbox.retention" in
 // durable_leases (judged by the database's clock on Postgres). It renews the
@@ -36,6 +37,12 @@ func (ib *Inbox[TTx]) newHousekeeper() *housekeep.Runner {
 			return ib.store.PurgeInbox(ctx, ib.cfg.Retention, limit)
 		},
 	}}
+	jobs = append(jobs, housekeep.Job{
+		Table: "throughput",
+		Purge: func(ctx context.Context, limit int) (int, error) {
+			return ib.d.PurgeThroughput(ctx, time.Now().Add(-throughput.Retention), limit)
+		},
+	})
 	if age := ib.cfg.DeadLetterRetention; age > 0 {
 		jobs = append(jobs, housekeep.Job{
 			Table: "dead_letters",

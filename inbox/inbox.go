@@ -9,6 +9,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,8 @@ import (
 	"github.com/durable-go/durable/internal/crashpoint"
 	"github.com/durable-go/durable/internal/dbwait"
 	"github.com/durable-go/durable/internal/housekeep"
+	"github.com/durable-go/durable/internal/pauses"
+	"github.com/durable-go/durable/internal/throughput"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -65,6 +68,13 @@ const (
 	// handler is retried before it is dead-lettered; see
 	// Config.NoHandlerGrace.
 	DefaultNoHandlerGrace = 5 * time.Minute
+	// DefaultThroughputFlush is how often an inbox writes its throughput
+	// counts to durable_throughput; see Config.ThroughputFlush.
+	DefaultThroughputFlush = throughput.DefaultFlush
+	// DefaultQueue names the default queue: the workers of the topics no
+	// Queue lists, and inline handling. Pause it with
+	// dialects.Controller.Pause (kind dialects.PauseQueue).
+	DefaultQueue = "default"
 )
 
 // Config configures an Inbox. The zero value (or a nil *Config) gives the
@@ -163,6 +173,12 @@ type Config struct {
 	// Nil: slog.Default().
 	Logger *slog.Logger
 
+	// ThroughputFlush is how often the inbox adds its per-minute counts
+	// (handled and dead-lettered messages, per topic) to
+	// durable_throughput, which a console charts; it also writes them when
+	// Run returns. Zero: DefaultThroughputFlush.
+	ThroughputFlush time.Duration
+
 	// MeterProvider, when set, receives the inbox's metrics (see
 	// metrics.go). Nil: no metrics.
 	MeterProvider metric.MeterProvider
@@ -222,6 +238,8 @@ type Inbox[TTx any] struct {
 	mx     *metrics // nil: no metrics
 	tr     tracing
 	hk     *housekeep.Runner
+	pauses *pauses.Watcher     // the queues paused by an operator
+	tp     *throughput.Counter // the throughput counts not yet written
 
 	running atomic.Bool
 	// inline is set while Run runs and Config.Inline is on.
@@ -288,6 +306,7 @@ func New[TTx any](d dialects.InboxDialect[TTx], h Handler[TTx], cfg *Config) (*I
 	c.CleanupInterval = orDefault(c.CleanupInterval, DefaultCleanupInterval)
 	c.InlineTimeout = orDefault(c.InlineTimeout, DefaultInlineTimeout)
 	c.NoHandlerGrace = orDefault(c.NoHandlerGrace, DefaultNoHandlerGrace)
+	c.ThroughputFlush = orDefault(c.ThroughputFlush, DefaultThroughputFlush)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -310,6 +329,8 @@ func New[TTx any](d dialects.InboxDialect[TTx], h Handler[TTx], cfg *Config) (*I
 		return nil, err
 	}
 	ib.hk = ib.newHousekeeper()
+	ib.pauses = pauses.New(d, dialects.PauseQueue, ib.log, "durable/inbox: ")
+	ib.tp = throughput.New(d, ib.log)
 	var listed []string
 	ib.queueOf = make(map[string]string)
 	for i, q := range c.Queues {
@@ -330,7 +351,7 @@ func New[TTx any](d dialects.InboxDialect[TTx], h Handler[TTx], cfg *Config) (*I
 		listed = append(listed, c.Queues[i].Topics...)
 	}
 	ib.queues = append(ib.queues, &queue{
-		name:        "default",
+		name:        DefaultQueue,
 		exclude:     listed,
 		concurrency: c.Concurrency,
 		batch:       c.BatchSize,
@@ -356,14 +377,14 @@ func (c *Config) validate() error {
 		{"MaxAttempts", int64(c.MaxAttempts)}, {"Lease", int64(c.Lease)},
 		{"RescueInterval", int64(c.RescueInterval)}, {"Retention", int64(c.Retention)},
 		{"CleanupInterval", int64(c.CleanupInterval)}, {"DeadLetterRetention", int64(c.DeadLetterRetention)},
-		{"InlineTimeout", int64(c.InlineTimeout)},
+		{"InlineTimeout", int64(c.InlineTimeout)}, {"ThroughputFlush", int64(c.ThroughputFlush)},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("durable/inbox: Config.%s must not be negative", f.name)
 		}
 	}
 	seen := map[string]string{}
-	names := map[string]bool{"default": true}
+	names := map[string]bool{DefaultQueue: true}
 	for i, q := range c.Queues {
 		if len(q.Topics) == 0 {
 			return fmt.Errorf("durable/inbox: Config.Queues[%d] has no topics", i)
@@ -645,7 +666,21 @@ func (ib *Inbox[TTx]) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	// The pauses, before the first claim, then once per poll interval.
+	pctx, cancel := context.WithTimeout(ctx, opTimeout)
+	ib.pauses.Poll(pctx)
+	cancel()
 	var wg sync.WaitGroup
+	wg.Go(func() {
+		ib.pauses.Run(ctx, ib.cfg.PollInterval, opTimeout, func(resumed []string) {
+			for _, q := range ib.queues {
+				if slices.Contains(resumed, q.name) {
+					q.signal()
+				}
+			}
+		})
+	})
+	wg.Go(func() { ib.tp.Run(ctx, ib.cfg.ThroughputFlush) })
 	if ib.cfg.Inline {
 		ib.inline.Store(true)
 		wg.Go(func() {
@@ -668,6 +703,9 @@ func (ib *Inbox[TTx]) Run(ctx context.Context) error {
 	})()
 	ib.log.Info("durable/inbox: running", "dialect", ib.d.Name(), "queues", len(ib.queues), "workers", workers)
 	wg.Wait()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	ib.tp.Flush(fctx)
+	cancel()
 	ib.log.Info("durable/inbox: stopped")
 	return nil
 }

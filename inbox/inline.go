@@ -13,12 +13,13 @@ import (
 
 // canInline reports whether r may be handled inline: its topic has a
 // handler and belongs to no Queue (a queue exists to give its topics
-// workers and a concurrency of their own). Whether it is due, unexpired and
+// workers and a concurrency of their own), and the default queue, whose
+// topics those are, is not paused by an operator. Whether it is due, unexpired and
 // free of an unfinished row of its key, InsertInbox decides. A handler that
 // routes (a *Mux) tells whether the topic has a handler; any other handler
 // takes every topic.
 func (ib *Inbox[TTx]) canInline(r *dialects.InboxRow) bool {
-	if _, queued := ib.queueOf[r.Topic]; queued || ib.h == nil {
+	if _, queued := ib.queueOf[r.Topic]; queued || ib.h == nil || ib.pauses.Paused(DefaultQueue) {
 		return false
 	}
 	if rt, ok := ib.h.(router[TTx]); ok {

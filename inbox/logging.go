@@ -31,6 +31,12 @@ func (ib *Inbox[TTx]) settled(log *slog.Logger, rows []dialects.InboxRow, outcom
 		if r != nil {
 			topic, attempt = r.Topic, r.Attempts
 		}
+		switch o.Kind {
+		case dialects.InboxHandled:
+			ib.tp.Add(dialects.ThroughputHandled, topic, 1)
+		case dialects.InboxDead:
+			ib.tp.Add(dialects.ThroughputDeadLettered, topic, 1)
+		}
 		switch {
 		case o.Kind == dialects.InboxDead:
 			dead++

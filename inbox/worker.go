@@ -26,6 +26,16 @@ const maxErrorBytes = 8 << 10
 func (ib *Inbox[TTx]) work(ctx context.Context, q *queue, worker string) {
 	failures := 0
 	for ctx.Err() == nil {
+		if ib.pauses.Paused(q.name) {
+			// Paused by an operator: claim nothing; the queue's poller
+			// wakes the worker to look again, the pause watcher at once
+			// when it sees the resume.
+			select {
+			case <-ctx.Done():
+			case <-q.wake:
+			}
+			continue
+		}
 		token, rows, err := ib.claim(ctx, q, worker)
 		if err != nil {
 			failures++

@@ -6,6 +6,7 @@ import (
 
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/housekeep"
+	"github.com/durable-go/durable/internal/throughput"
 )
 
 // Housekeeping. With RelayConfig.Retention, every housekeepingInterval
@@ -35,11 +36,13 @@ const (
 // Relayer: the lease and the dead-letter expiry.
 type housekeepStore interface {
 	dialects.Leaser
+	PurgeThroughput(ctx context.Context, before time.Time, limit int) (int, error)
 	PurgeDeadLetters(ctx context.Context, q dialects.DeadLetterQuery) (int, error)
 }
 
-// newHousekeeper returns the runner of the relay's retention jobs, or nil
-// when it has none.
+// newHousekeeper returns the runner of the relay's retention jobs: the
+// throughput counters older than a day, and what Retention and
+// DeadLetterRetention ask for.
 func newHousekeeper(d housekeepStore, c *relayCore) *housekeep.Runner {
 	var jobs []housekeep.Job
 	if age := c.cfg.Retention; age > 0 {
@@ -60,9 +63,12 @@ func newHousekeeper(d housekeepStore, c *relayCore) *housekeep.Runner {
 			},
 		})
 	}
-	if len(jobs) == 0 {
-		return nil
-	}
+	jobs = append(jobs, housekeep.Job{
+		Table: "throughput",
+		Purge: func(ctx context.Context, limit int) (int, error) {
+			return d.PurgeThroughput(ctx, time.Now().Add(-throughput.Retention), limit)
+		},
+	})
 	return housekeep.New(housekeep.Config{
 		Lease:    retentionLease,
 		Holder:   c.cfg.ID,

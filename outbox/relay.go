@@ -19,6 +19,8 @@ import (
 	"github.com/durable-go/durable/dialects"
 	"github.com/durable-go/durable/internal/dbwait"
 	"github.com/durable-go/durable/internal/housekeep"
+	"github.com/durable-go/durable/internal/pauses"
+	"github.com/durable-go/durable/internal/throughput"
 	"github.com/durable-go/durable/transport"
 )
 
@@ -47,6 +49,9 @@ const (
 	// whose sends fail.
 	DefaultRetryMin = 100 * time.Millisecond
 	DefaultRetryMax = 30 * time.Second
+	// DefaultThroughputFlush is how often a relay writes its throughput
+	// counts to durable_throughput; see RelayConfig.ThroughputFlush.
+	DefaultThroughputFlush = throughput.DefaultFlush
 )
 
 // Internal timings.
@@ -162,6 +167,12 @@ type RelayConfig struct {
 	// MeterProvider, when set, receives the relay's metrics (see
 	// metrics.go). Nil: no metrics.
 	MeterProvider metric.MeterProvider
+
+	// ThroughputFlush is how often the relay adds its per-minute counts
+	// (enqueued and sent, per destination) to durable_throughput, which a
+	// console charts; it also writes them when Run returns. Default
+	// DefaultThroughputFlush (10s).
+	ThroughputFlush time.Duration
 }
 
 // resolve fills in the defaults and checks the values.
@@ -188,6 +199,7 @@ func (c RelayConfig) resolve() (RelayConfig, error) {
 		{"Retention", &c.Retention, 0},
 		{"DeadLetterRetention", &c.DeadLetterRetention, 0},
 		{"DrainTimeout", &c.DrainTimeout, 0},
+		{"ThroughputFlush", &c.ThroughputFlush, DefaultThroughputFlush},
 	} {
 		if *f.v < 0 {
 			return c, fmt.Errorf("durable/outbox: RelayConfig.%s is negative (%v)", f.name, *f.v)
@@ -368,6 +380,8 @@ func NewRelay(d dialects.RelayStore, senders map[string]transport.Sender, cfg *R
 		unknown: make(map[string]time.Time),
 		nonce:   cmp.Or(c.Incarnation, rand.Text()[:8]),
 	}
+	core.pauses = pauses.New(d, dialects.PauseDestination, c.Logger, "durable/outbox: relay: ")
+	core.tp = throughput.New(d, c.Logger)
 	if l, ok := d.(dialects.Listener); ok && !c.NoListen {
 		core.listener = l
 	}
@@ -435,6 +449,10 @@ type DestinationStats struct {
 	HasSender bool
 	// Paused reports that the destination is in its retry backoff.
 	Paused bool
+	// PausedByOperator reports that the destination was paused in
+	// durable_pauses (dialects.Controller.Pause) when the relay last
+	// looked: the relay neither claims nor sends its rows.
+	PausedByOperator bool
 
 	Sent, Retried, DeadLettered, Expired int64 // as in RelayStats
 
@@ -470,11 +488,13 @@ type relayCore struct {
 	listener dialects.Listener // nil: none, or NoListen
 	cfg      RelayConfig
 	log      *slog.Logger
-	mx       *relayMetrics     // nil: no metrics
-	hk       *housekeep.Runner // nil: no retention jobs
-	lanes    map[string]*lane  // fixed after NewRelay
-	nonce    string            // random, per relay: tokens stay unique when IDs are not
-	claims   atomic.Uint64     // numbers the claim tokens
+	mx       *relayMetrics       // nil: no metrics
+	hk       *housekeep.Runner   // the retention jobs
+	pauses   *pauses.Watcher     // the destinations paused by an operator
+	tp       *throughput.Counter // the throughput counts not yet written
+	lanes    map[string]*lane    // fixed after NewRelay
+	nonce    string              // random, per relay: tokens stay unique when IDs are not
+	claims   atomic.Uint64       // numbers the claim tokens
 
 	mu      sync.Mutex
 	unknown map[string]time.Time // destination without a Sender → last warned
@@ -513,6 +533,18 @@ func (c *relayCore) run(ctx context.Context) {
 		defer unsubscribe()
 	}
 	defer c.mx.observe(c)()
+	// The pauses, before the first claim, then once per poll interval.
+	pctx, cancel := context.WithTimeout(ctx, opTimeout)
+	c.pauses.Poll(pctx)
+	cancel()
+	loops.Go(func() {
+		c.pauses.Run(ctx, c.cfg.PollInterval, opTimeout, func(resumed []string) {
+			for _, d := range resumed {
+				c.wake(d, false)
+			}
+		})
+	})
+	loops.Go(func() { c.tp.Run(ctx, c.cfg.ThroughputFlush) })
 	if c.listener != nil {
 		loops.Go(func() { c.listen(ctx) })
 	}
@@ -536,6 +568,9 @@ func (c *relayCore) run(ctx context.Context) {
 		stop()
 		<-drained
 	}
+	fctx, cancel := opCtx(ctx)
+	c.tp.Flush(fctx)
+	cancel()
 }
 
 func (c *relayCore) listen(ctx context.Context) {
@@ -600,7 +635,7 @@ func (c *relayCore) reportUnknown(ctx context.Context) {
 		c.log.Warn("durable/outbox: relay: unsent messages for a destination without a Sender are kept in the outbox", "destination", d)
 	}
 	for _, d := range dests {
-		if _, ok := c.lanes[d]; !ok {
+		if _, ok := c.lanes[d]; !ok && !c.pauses.Paused(d) {
 			c.expireUnattended(ctx, d)
 		}
 	}
@@ -661,12 +696,13 @@ func (c *relayCore) stats(ctx context.Context) (RelayStats, error) {
 	s := RelayStats{Destinations: make(map[string]DestinationStats, len(c.lanes)+len(rows))}
 	for dest, l := range c.lanes {
 		ds := DestinationStats{
-			HasSender:    true,
-			Paused:       l.pausedFor() > 0,
-			Sent:         l.sent.Load(),
-			Retried:      l.retried.Load(),
-			DeadLettered: l.dead.Load(),
-			Expired:      l.expired.Load(),
+			HasSender:        true,
+			Paused:           l.pausedFor() > 0,
+			PausedByOperator: c.pauses.Paused(dest),
+			Sent:             l.sent.Load(),
+			Retried:          l.retried.Load(),
+			DeadLettered:     l.dead.Load(),
+			Expired:          l.expired.Load(),
 		}
 		s.Sent += ds.Sent
 		s.Retried += ds.Retried

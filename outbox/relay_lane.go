@@ -176,6 +176,12 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 			claimNow = true
 			continue
 		}
+		if l.c.pauses.Paused(l.dest) {
+			// Paused by an operator: claim nothing until the pause watcher
+			// sees the resume and pokes the lane (or the next poll).
+			<-l.slots
+			continue
+		}
 		// A failing destination probes with one row at a time, so that the
 		// others are not claimed, released and counted as attempts in vain.
 		limit := cfg.BatchSize
@@ -206,6 +212,13 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 		dbFailures = 0
 		if len(rows) > 0 {
 			crashpoint.Hit("relay.after-claim")
+			first := 0
+			for i := range rows {
+				if rows[i].SendAttempt == 1 {
+					first++
+				}
+			}
+			l.c.tp.Add(dialects.ThroughputEnqueued, l.dest, first)
 		}
 		lastClaim = time.Time{}
 		if len(rows) > 1 {
@@ -445,6 +458,7 @@ func (l *lane) ack(ctx context.Context, token string, seqs []int64) {
 	}
 	crashpoint.Hit("relay.after-delete")
 	l.sent.Add(int64(n))
+	l.c.tp.Add(dialects.ThroughputSent, l.dest, n)
 	if n < len(seqs) {
 		l.c.log.Warn("durable/outbox: relay: lease lost before the acknowledgement was recorded; those messages will be sent again",
 			"destination", l.dest, "acknowledged", len(seqs), "recorded", n)

@@ -183,7 +183,7 @@ func (s controlSuite[TTx]) throughput(t *testing.T) {
 func (s controlSuite[TTx]) deadLetterPages(t *testing.T) {
 	d := s.h.Open(t)
 	ctx := ctxFor(t)
-	in := inboxSuite[TTx]{h: s.h}
+	in := inboxSuite[TTx](s)
 	errs := []string{"Boom: connection refused", "bad JSON at offset 3", "BOOM again", "timeout", "100% done_ok"}
 	for i, e := range errs {
 		in.deadLetter(t, d, InboxRow(i+1, "orders"), dialects.ReasonHandlerError, e)

@@ -264,8 +264,8 @@ var syntax = filter.Syntax{
 	In:    func(col, param string) string { return col + " = ANY(" + param + "::text[])" },
 	// strpos rather than ILIKE: the text needs no escaping of % and _.
 	Contains: func(col, param string) string { return "strpos(lower(" + col + "), lower(" + param + "::text)) > 0" },
-	List:  func(vals []string) any { return vals },
-	Time:  func(t time.Time) any { return t },
+	List:     func(vals []string) any { return vals },
+	Time:     func(t time.Time) any { return t },
 }
 
 // micros converts a duration to the microseconds the statements take,

@@ -395,8 +395,8 @@ var syntax = filter.Syntax{
 	// instr rather than LIKE: the text needs no escaping of % and _. SQLite's
 	// lower folds ASCII letters only.
 	Contains: func(col, param string) string { return "instr(lower(" + col + "), lower(" + param + ")) > 0" },
-	List:  func(vals []string) any { return jsonParam(vals) },
-	Time:  func(t time.Time) any { return formatTime(t) },
+	List:     func(vals []string) any { return jsonParam(vals) },
+	Time:     func(t time.Time) any { return formatTime(t) },
 }
 
 // valuesSQL returns head, n times row separated by commas, and tail: a
