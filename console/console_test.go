@@ -359,6 +359,15 @@ func TestOverview(t *testing.T) {
 			dead{side: "inbox", peer: "orders", id: "i2", topic: "order.paid", reason: "handler_error", lastError: "boom"},
 			dead{side: "outbox", peer: "billing", id: "o1", topic: "invoice.created", reason: "rejected", lastError: "refused"},
 		)
+		minute := time.Now().UTC().Truncate(time.Minute)
+		if err := e.d.AddThroughput(context.Background(), []dialects.Throughput{
+			{Minute: minute, Kind: dialects.ThroughputSent, Name: "billing", Count: 5},
+			{Minute: minute.Add(-10 * time.Minute), Kind: dialects.ThroughputSent, Name: "billing", Count: 3},
+			{Minute: minute.Add(-2 * time.Hour), Kind: dialects.ThroughputSent, Name: "billing", Count: 100},
+			{Minute: minute, Kind: dialects.ThroughputHandled, Name: "order.paid", Count: 2},
+		}); err != nil {
+			t.Fatal(err)
+		}
 		c := e.as("bob", readerPW)
 		body := c.get(prefix + "/outbox?destination=billing")
 		if n := strings.Count(body, `<tr class="outbox-row"`); n != 3 || !strings.Contains(body, `href="/durable/outbox/message?destination=billing&amp;id=billing-0"`) {
@@ -377,6 +386,10 @@ func TestOverview(t *testing.T) {
 			`href="/durable/deadletters?side=outbox&amp;reason=rejected">1</a>`,
 			`<td class="num" id="dead-total">3</td>`,
 			`<svg id="throughput-chart"`,
+			`<polyline class="series s-sent" data-kind="sent" fill="none" points="48,156`,
+			`>sent: 8</text>`, `>handled: 2</text>`, `>enqueued: 0</text>`,
+			// The peak of 5 is at the top of a scale of 5, in the last minute.
+			`,156 710,10"/>`,
 			`<meta http-equiv="refresh" content="10">`,
 			`href="/durable/assets/console.css"`,
 		} {
