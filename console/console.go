@@ -276,6 +276,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "403 forbidden: the read-only role changes nothing", http.StatusForbidden)
 			return
 		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
 		if err := r.ParseForm(); err != nil {
 			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)
 			return
@@ -339,6 +340,9 @@ func equal(a, b string) bool {
 	ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
 	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
 }
+
+// maxForm bounds the body of a POST (a selection of a few thousand rows).
+const maxForm = 4 << 20
 
 // csrfTTL is how long a rendered form stays valid.
 const csrfTTL = 12 * time.Hour

@@ -359,7 +359,25 @@ func TestOverview(t *testing.T) {
 			dead{side: "inbox", peer: "orders", id: "i2", topic: "order.paid", reason: "handler_error", lastError: "boom"},
 			dead{side: "outbox", peer: "billing", id: "o1", topic: "invoice.created", reason: "rejected", lastError: "refused"},
 		)
-		body := e.as("bob", readerPW).get(prefix + "/")
+		minute := time.Now().UTC().Truncate(time.Minute)
+		if err := e.d.AddThroughput(context.Background(), []dialects.Throughput{
+			{Minute: minute, Kind: dialects.ThroughputSent, Name: "billing", Count: 5},
+			{Minute: minute.Add(-10 * time.Minute), Kind: dialects.ThroughputSent, Name: "billing", Count: 3},
+			{Minute: minute.Add(-2 * time.Hour), Kind: dialects.ThroughputSent, Name: "billing", Count: 100},
+			{Minute: minute, Kind: dialects.ThroughputHandled, Name: "order.paid", Count: 2},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		c := e.as("bob", readerPW)
+		body := c.get(prefix + "/outbox?destination=billing")
+		if n := strings.Count(body, `<tr class="outbox-row"`); n != 3 || !strings.Contains(body, `href="/durable/outbox/message?destination=billing&amp;id=billing-0"`) {
+			t.Fatalf("outbox page: %d rows\n%s", n, body)
+		}
+		if body := c.get(prefix + "/outbox/message?destination=billing&id=billing-1"); !strings.Contains(body, `<td class="id">billing-1</td>`) ||
+			!strings.Contains(body, `<pre id="payload" data-format="json">{`) {
+			t.Fatalf("outbox message page:\n%s", body)
+		}
+		body = c.get(prefix + "/")
 		for _, want := range []string{
 			`<tr class="destination" data-destination="billing">`,
 			`<td class="backlog num">3</td>`,
@@ -368,6 +386,10 @@ func TestOverview(t *testing.T) {
 			`href="/durable/deadletters?side=outbox&amp;reason=rejected">1</a>`,
 			`<td class="num" id="dead-total">3</td>`,
 			`<svg id="throughput-chart"`,
+			`<polyline class="series s-sent" data-kind="sent" fill="none" points="48,156`,
+			`>sent: 8</text>`, `>handled: 2</text>`, `>enqueued: 0</text>`,
+			// The peak of 5 is at the top of a scale of 5, in the last minute.
+			`,156 710,10"/>`,
 			`<meta http-equiv="refresh" content="10">`,
 			`href="/durable/assets/console.css"`,
 		} {
@@ -497,6 +519,16 @@ func TestReplayFromDetailPage(t *testing.T) {
 		}
 		if body := c.get(prefix + "/audit"); !strings.Contains(body, `<td class="actor">alice</td><td class="action">replay</td>`) {
 			t.Fatalf("audit page:\n%s", body)
+		}
+		// The replayed message waits in the inbox, with its history.
+		if body := c.get(prefix + "/inbox"); !strings.Contains(body, `<tr class="inbox-row" data-id="r1">`) {
+			t.Fatalf("inbox page:\n%s", body)
+		}
+		body := c.get(prefix + "/inbox/message?source=orders&id=r1")
+		for _, want := range []string{`data-kind="inbox message"`, `<th>trace</th><td>abc</td>`, `<li class="attempt-error" data-attempt="2">`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("inbox message page lacks %s", want)
+			}
 		}
 	})
 }

@@ -14,6 +14,7 @@
 //	durable deadletters list   --side outbox --destination billing
 //	durable deadletters replay --side outbox --destination billing --yes
 //	durable stats              --dsn "$DURABLE_DSN" --json
+//	durable console            --dsn "$DURABLE_DSN" --listen 127.0.0.1:7480
 //
 // Global flags: --dialect postgres|sqlite (inferred from the DSN when
 // omitted), --dsn (or the DURABLE_DSN environment variable), --schema
@@ -32,7 +33,8 @@
 // The commands wrap library packages a program can use as well:
 // dialects/dsn (a DSN to an open database and its dialect), migrations
 // (Check, Up, Adopt; goose for up, down and status), deadletter (list,
-// replay and purge both sides' dead letters) and the dialects' stats.
+// replay and purge both sides' dead letters), console (the web console)
+// and the dialects' stats.
 //
 // docs/cli.md describes every command.
 package main

@@ -56,7 +56,8 @@ func (a *app) rootCommand() *cobra.Command {
 		Long: `durable is the command-line tool for durable, the transactional outbox → TCP relay → inbox
 library. It migrates durable's schema on Postgres or SQLite, lists, replays and purges the
 dead letters of the inbox (--side inbox, the default) and of the outbox (--side outbox), and
-reports the outbox and inbox backlogs, and runs the demo and the benchmark.
+reports the outbox and inbox backlogs, pauses and resumes a destination's relays or an inbox
+queue on every node, and runs the demo and the benchmark.
 
 The database is chosen with --dsn (or the DURABLE_DSN environment variable):
   - Postgres: a URL (postgres://user:password@host:5432/app?sslmode=disable) or a
@@ -78,7 +79,8 @@ Errors are one line on stderr, prefixed "durable: ". Exit codes:
   durable migrate status --json
   durable migrate up --dsn ./app.db
   durable deadletters list --since 1h
-  durable stats --json`,
+  durable stats --json
+  durable pause --destination billing --reason "billing is migrating"`,
 		Version:           version(),
 		SilenceUsage:      true,
 		SilenceErrors:     true,
@@ -100,6 +102,9 @@ Errors are one line on stderr, prefixed "durable: ". Exit codes:
 	root.AddCommand(a.migrateCommand())
 	root.AddCommand(a.deadLettersCommand())
 	root.AddCommand(a.statsCommand())
+	root.AddCommand(a.pauseCommand())
+	root.AddCommand(a.resumeCommand())
+	root.AddCommand(a.pausesCommand())
 	root.AddCommand(a.demoCommand())
 	root.AddCommand(a.benchCommand())
 	root.AddCommand(a.consoleCommand())

@@ -286,8 +286,9 @@ func (db *DB) Close() {
 }
 
 // Admin is what tools use of a dialect, whatever its transaction type: its
-// name, the schema check, the stats of both sides and the dead letters
-// (for package deadletter).
+// name, the schema check, the stats of both sides, the dead letters (for
+// package deadletter), the listings of the outbox and the inbox (for the
+// console) and the operators' part (pauses, audit, throughput).
 type Admin interface {
 	Name() string
 	CheckSchema(ctx context.Context) error
@@ -298,8 +299,6 @@ type Admin interface {
 	// lists (dialects.Inspector).
 	ListOutbox(ctx context.Context, q dialects.OutboxQuery) ([]dialects.OutboxRow, error)
 	ListInbox(ctx context.Context, q dialects.InboxQuery) ([]dialects.InboxRow, error)
-	// Controller serves pauses, the audit table and the throughput
-	// counters (the console, durable pause and resume).
 	dialects.Controller
 }
 
