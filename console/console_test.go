@@ -389,7 +389,7 @@ func TestOverview(t *testing.T) {
 			`<polyline class="series s-sent" data-kind="sent" fill="none" points="48,156`,
 			`>sent: 8</text>`, `>handled: 2</text>`, `>enqueued: 0</text>`,
 			// The peak of 5 is at the top of a scale of 5, in the last minute.
-			`,156 710,10"/>`,
+			`,156 590,10"/>`,
 			`<meta http-equiv="refresh" content="10">`,
 			`href="/durable/assets/console.css"`,
 		} {
