@@ -19,12 +19,14 @@
 // observation) implements no more than that:
 //
 //	outbox.New             Enqueuer[TTx]      Name, CheckSchema, InsertOutbox, the dead letters
-//	outbox.NewRelay        RelayStore         CheckSchema, Relayer, Leaser, PurgeDeadLetters
-//	inbox.New              InboxDialect[TTx]  Name, CheckSchema, TxBeginner, InboxStore, Leaser, the dead letters
+//	outbox.NewRelay        RelayStore         CheckSchema, Relayer, Leaser, NodeControl, PurgeDeadLetters
+//	inbox.New              InboxDialect[TTx]  Name, CheckSchema, TxBeginner, InboxStore, Leaser, NodeControl, the dead letters
 //	durable.NewNode        NodeDialect[TTx]   the three above and Registry
 //	durabletest.Require*   Inspector          Name, ListOutbox, ListInbox
 //
 // Inspector's listings serve tests, tools and examples, never a hot path.
+// Controller (pauses, the audit, throughput counters) serves operators'
+// tools: the CLI through dsn.Admin, and a console.
 // The Tx variants of durabletest's helpers take the Enqueuer of the
 // transaction's type (and find OutboxTxLister on it), and durabletest.NewPair,
 // which runs two Nodes and inspects both sides, the whole Dialect.

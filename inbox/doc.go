@@ -162,6 +162,19 @@
 // their work having been lost with the transaction. If the commit itself
 // fails, every message of the batch counts a failed attempt.
 //
+// # Pauses and throughput
+//
+// An operator pauses a queue (DefaultQueue or a Queue's name) with
+// dialects.Controller.Pause, kind dialects.PauseQueue, or `durable pause
+// --queue`. Run reads durable_pauses before its workers start and then once
+// per PollInterval: while a queue is paused its workers claim nothing and
+// no message of it is handled inline (only the default queue's topics are),
+// but Deliver still stores and acknowledges what arrives, so the senders
+// keep going; resumed, the workers take the waiting messages up at once.
+// A pause or a resume seen is logged at Info. Run also counts the messages
+// handled and dead-lettered per topic per minute and adds them to
+// durable_throughput every Config.ThroughputFlush and when it returns.
+//
 // # SQLite
 //
 // SQLite has one writer, and the dialect one connection: a batch

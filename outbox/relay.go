@@ -332,6 +332,20 @@ func defaultRelayID() string {
 // keys makes every claim read it all; keys spread over many values, or no
 // keys, keep claims cheap.
 //
+// # Pauses and throughput
+//
+// An operator pauses a destination with dialects.Controller.Pause, kind
+// dialects.PauseDestination, or `durable pause --destination`. Run reads
+// durable_pauses before its first claim and then once per PollInterval (one
+// query for all destinations): while a destination is paused the relay
+// neither claims nor sends its rows; batches already in flight finish, and
+// its rows wait in the outbox, expired ones too (they are dead-lettered once
+// it is resumed). A resume seen wakes the destination at once. Both are
+// logged at Info. The relay also counts per destination and minute the rows
+// it claims for their first attempt ("enqueued") and the rows acknowledged
+// ("sent"), and adds them to durable_throughput every
+// RelayConfig.ThroughputFlush and when Run returns.
+//
 // # Destinations without a Sender
 //
 // Rows for a destination that has no Sender in this relay are kept, never

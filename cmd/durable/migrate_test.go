@@ -217,7 +217,7 @@ func TestCheckNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := mustSucceed(t, "migrate", "check", "--dsn", path)
-	if !strings.HasSuffix(r.stdout, ": durable schema at version 99, newer than this build's 3, which runs on it\n") {
+	if !strings.HasSuffix(r.stdout, ": durable schema at version 99, newer than this build's 4, which runs on it\n") {
 		t.Errorf("check printed %q", r.stdout)
 	}
 	var chk checkResult
@@ -467,7 +467,7 @@ func TestErrors(t *testing.T) {
 		{"--to and --all", nil, []string{"migrate", "down", "--to", "0", "--all", "--yes"}, exitUsage,
 			"if any flags in the group [to all] are set none of the others can be; [all to] were all set (see 'durable migrate down --help')"},
 		{"up --to beyond the latest", nil, []string{"migrate", "up", "--to", "99", "--dsn", missing}, exitUsage,
-			"--to 99: there is no migration 99; the latest is 3"},
+			"--to 99: there is no migration 99; the latest is 4"},
 		{"up --to 0", nil, []string{"migrate", "up", "--to", "0", "--dsn", missing}, exitUsage,
 			"--to 0: the first migration is 1"},
 		{"negative timeout", nil, []string{"migrate", "status", "--timeout", "-1s", "--dsn", missing}, exitUsage,
@@ -580,7 +580,7 @@ func TestGolangMigrateHistory(t *testing.T) {
 	wantStatus(t, statusJSON(t, "--dsn", path), "applied")
 	mustSucceed(t, "migrate", "check", "--dsn", path)
 	r := durable(t, "migrate", "up", "--dsn", path)
-	if r.code != exitOK || !strings.Contains(r.stderr, "recorded versions up to 3 there") || !strings.HasPrefix(r.stdout, "nothing to do on sqlite ") {
+	if r.code != exitOK || !strings.Contains(r.stderr, "recorded versions up to 4 there") || !strings.HasPrefix(r.stdout, "nothing to do on sqlite ") {
 		t.Errorf("up on a golang-migrate history: %v", r)
 	}
 	wantStatus(t, statusJSON(t, "--dsn", path), "applied")
@@ -588,7 +588,7 @@ func TestGolangMigrateHistory(t *testing.T) {
 
 // TestHelp: every command has --help with examples.
 func TestHelp(t *testing.T) {
-	for _, cmd := range [][]string{{}, {"migrate"}, {"migrate", "up"}, {"migrate", "down"}, {"migrate", "status"}, {"migrate", "sql"}, {"migrate", "check"}} {
+	for _, cmd := range [][]string{{}, {"migrate"}, {"migrate", "up"}, {"migrate", "down"}, {"migrate", "status"}, {"migrate", "sql"}, {"migrate", "check"}, {"pause"}, {"resume"}, {"pauses"}} {
 		r := mustSucceed(t, append(cmd, "--help")...)
 		for _, want := range []string{"Usage:", "Examples:", "durable " + strings.Join(cmd, " "), "--dsn", "--json", "--timeout"} {
 			if !strings.Contains(r.stdout, want) {
@@ -615,7 +615,7 @@ func TestDownConfirmation(t *testing.T) {
 		a.isTerminal = func() bool { return true }
 		return a.execute(context.Background(), []string{"migrate", "down", "--all", "--dsn", path}), stdout.String(), stderr.String()
 	}
-	question := "This rolls back 0003_nodes, 0002_outbox_claim, 0001_init on sqlite " + path + ", dropping durable's tables and every message in them.\nType yes to continue: "
+	question := "This rolls back 0004_control, 0003_nodes, 0002_outbox_claim, 0001_init on sqlite " + path + ", dropping durable's tables and every message in them.\nType yes to continue: "
 	for answer, line := range map[string]string{
 		"no\n": "durable: not confirmed; nothing was rolled back\n",
 		"":     "durable: no answer on stdin; nothing was rolled back (pass --yes to skip the question)\n",
