@@ -431,6 +431,15 @@ func TestDeadLetterFiltersAndPages(t *testing.T) {
 		if got := seqs(body); len(got) != 1 || !strings.Contains(body, `data-id="o1"`) {
 			t.Fatalf("side=outbox&peer=billing: %v", got)
 		}
+		if body := c.get(prefix + "/deadletters?since=2999-01-01T00:00"); len(seqs(body)) != 0 || !strings.Contains(body, `id="no-dead-letters"`) {
+			t.Fatalf("since 2999: %v", seqs(body))
+		}
+		if body := c.get(prefix + "/deadletters?before_time=2999-01-01T00:00:00Z&since=2000-01-01"); len(seqs(body)) != 7 {
+			t.Fatalf("2000 to 2999: %v", seqs(body))
+		}
+		if r := c.do(http.MethodGet, prefix+"/deadletters?since=yesterday", nil); r.status != http.StatusBadRequest {
+			t.Fatalf("since=yesterday: %d", r.status)
+		}
 		if r := c.do(http.MethodGet, prefix+"/deadletters?peer=billing", nil); r.status != http.StatusBadRequest || !strings.Contains(r.body, `id="error"`) {
 			t.Fatalf("peer without side: %d", r.status)
 		}
