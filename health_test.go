@@ -173,7 +173,7 @@ func TestReadyUnmigrated(t *testing.T) {
 		t.Fatalf("Run on an unmigrated database = %v, want a schema error", err)
 	}
 	h := n.Health(context.Background())
-	if h.Checks["database"] != "ok" || !strings.HasPrefix(h.Checks["schema"], "durable: sqlite schema is at version 0, need version 3") ||
+	if h.Checks["database"] != "ok" || !strings.HasPrefix(h.Checks["schema"], "durable: sqlite schema is at version 0, need version 4") ||
 		h.Checks["running"] != "durable: node is not running: Run is stopping or has returned" || len(h.Checks) != 3 {
 		t.Errorf("Health on an unmigrated database: %q", h.Checks)
 	}

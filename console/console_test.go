@@ -389,7 +389,7 @@ func TestOverview(t *testing.T) {
 			`<polyline class="series s-sent" data-kind="sent" fill="none" points="48,156`,
 			`>sent: 8</text>`, `>handled: 2</text>`, `>enqueued: 0</text>`,
 			// The peak of 5 is at the top of a scale of 5, in the last minute.
-			`,156 710,10"/>`,
+			`,156 590,10"/>`,
 			`<meta http-equiv="refresh" content="10">`,
 			`href="/durable/assets/console.css"`,
 		} {
@@ -430,6 +430,15 @@ func TestDeadLetterFiltersAndPages(t *testing.T) {
 		body = c.get(prefix + "/deadletters?side=outbox&peer=billing")
 		if got := seqs(body); len(got) != 1 || !strings.Contains(body, `data-id="o1"`) {
 			t.Fatalf("side=outbox&peer=billing: %v", got)
+		}
+		if body := c.get(prefix + "/deadletters?since=2999-01-01T00:00"); len(seqs(body)) != 0 || !strings.Contains(body, `id="no-dead-letters"`) {
+			t.Fatalf("since 2999: %v", seqs(body))
+		}
+		if body := c.get(prefix + "/deadletters?before_time=2999-01-01T00:00:00Z&since=2000-01-01"); len(seqs(body)) != 7 {
+			t.Fatalf("2000 to 2999: %v", seqs(body))
+		}
+		if r := c.do(http.MethodGet, prefix+"/deadletters?since=yesterday", nil); r.status != http.StatusBadRequest {
+			t.Fatalf("since=yesterday: %d", r.status)
 		}
 		if r := c.do(http.MethodGet, prefix+"/deadletters?peer=billing", nil); r.status != http.StatusBadRequest || !strings.Contains(r.body, `id="error"`) {
 			t.Fatalf("peer without side: %d", r.status)

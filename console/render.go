@@ -153,8 +153,8 @@ func printable(s string) bool {
 // Chart geometry, in SVG user units.
 const (
 	chartW, chartH   = 720, 180
-	chartL, chartB   = 48, 24 // left and bottom margins
-	chartT, chartR   = 10, 10
+	chartL, chartB   = 48, 24  // left and bottom margins
+	chartT, chartR   = 10, 130 // the legend is on the right
 	chartMinutes     = 60
 	chartPlotW       = chartW - chartL - chartR
 	chartPlotH       = chartH - chartT - chartB
@@ -170,14 +170,16 @@ type chartSeries struct {
 }
 
 type chartTick struct {
-	X, Y  int
-	Label string
+	X, Y   int
+	Label  string
+	Anchor string // text-anchor
 }
 
 type chart struct {
 	W, H, L, T, R, B int
 	PlotBottom       int
 	PlotRight        int
+	LegendX          int
 	Series           []chartSeries
 	Max              int64
 	YTicks, XTicks   []chartTick
@@ -204,7 +206,7 @@ func buildChart(tp []dialects.Throughput, now time.Time) chart {
 		peak = max(peak, c[i])
 	}
 	ch := chart{W: chartW, H: chartH, L: chartL, T: chartT, R: chartW - chartR, B: chartH - chartB,
-		PlotBottom: chartH - chartB, PlotRight: chartW - chartR, Empty: peak == 0}
+		PlotBottom: chartH - chartB, PlotRight: chartW - chartR, LegendX: chartW - chartR + 10, Empty: peak == 0}
 	top := niceCeil(max(peak, 1))
 	ch.Max = top
 	x := func(i int) int { return chartL + i*chartPlotW/(chartMinutes-1) }
@@ -216,15 +218,15 @@ func buildChart(tp []dialects.Throughput, now time.Time) chart {
 			fmt.Fprintf(&sb, "%d,%d ", x(m), y(v))
 			total += v
 		}
-		ch.Series = append(ch.Series, chartSeries{Kind: k, Points: strings.TrimSpace(sb.String()), Total: total, LegendY: chartT + 12 + i*14})
+		ch.Series = append(ch.Series, chartSeries{Kind: k, Points: strings.TrimSpace(sb.String()), Total: total, LegendY: chartT + 12 + i*16})
 	}
 	for _, v := range []int64{0, top / 2, top} {
-		ch.YTicks = append(ch.YTicks, chartTick{X: chartL - 6, Y: y(v) + 4, Label: strconv.FormatInt(v, 10)})
+		ch.YTicks = append(ch.YTicks, chartTick{X: chartL - 6, Y: y(v) + 4, Label: strconv.FormatInt(v, 10), Anchor: "end"})
 	}
 	for m := 0; m < chartMinutes; m += 15 {
-		ch.XTicks = append(ch.XTicks, chartTick{X: x(m), Y: chartH - 6, Label: start.Add(time.Duration(m) * time.Minute).Format("15:04")})
+		ch.XTicks = append(ch.XTicks, chartTick{X: x(m), Y: chartH - 6, Label: start.Add(time.Duration(m) * time.Minute).Format("15:04"), Anchor: "middle"})
 	}
-	ch.XTicks = append(ch.XTicks, chartTick{X: x(chartMinutes - 1), Y: chartH - 6, Label: now.Format("15:04")})
+	ch.XTicks = append(ch.XTicks, chartTick{X: x(chartMinutes - 1), Y: chartH - 6, Label: now.Format("15:04 UTC"), Anchor: "end"})
 	return ch
 }
 

@@ -115,3 +115,58 @@ func ExampleMigrationNames() {
 	fmt.Println(names[dialects.SchemaVersion-1], len(names) == dialects.SchemaVersion)
 	// Output: 0004_control true
 }
+
+// An operator's tool pauses a destination: every relay of the database
+// stops claiming and sending its messages within one poll interval, until
+// it is resumed. The action goes to the audit too.
+func ExampleController() {
+	dir, err := os.MkdirTemp("", "durable-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := sql.Open("sqlite", sqlite.DSN(filepath.Join(dir, "app.db")))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if _, err := migrations.Up(ctx, db, migrations.SQLite); err != nil {
+		log.Fatal(err)
+	}
+	d, err := sqlite.New(db, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var c dialects.Controller = d
+	for range 2 {
+		paused, err := c.Pause(ctx, dialects.Pause{Kind: dialects.PauseDestination, Name: "billing", PausedBy: "alice", Reason: "maintenance"})
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println("paused:", paused)
+	}
+	if err := c.AppendAudit(ctx, dialects.AuditEntry{Actor: "alice", Action: "pause", Target: "destination billing", Count: 1}); err != nil {
+		log.Fatal(err)
+	}
+	pauses, err := c.ListPauses(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, p := range pauses {
+		fmt.Println(p.Kind, p.Name, p.PausedBy, p.Reason)
+	}
+	audit, err := c.ListAudit(ctx, dialects.AuditQuery{Limit: 10})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(audit[0].Actor, audit[0].Action, audit[0].Target, audit[0].Count)
+	resumed, err := c.Resume(ctx, dialects.PauseDestination, "billing")
+	fmt.Println("resumed:", resumed, err)
+	// Output:
+	// paused: true
+	// paused: false
+	// destination billing alice maintenance
+	// alice pause destination billing 1
+	// resumed: true <nil>
+}

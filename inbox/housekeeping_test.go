@@ -366,3 +366,35 @@ func TestDeadLetterExpiry(t *testing.T) {
 	t.Run("postgres-pgx", func(t *testing.T) { testDeadLetterExpiry(t, openPgx(t, "")) })
 	t.Run("sqlite", func(t *testing.T) { testDeadLetterExpiry(t, openSQLite(t)) })
 }
+
+// TestThroughputExpiry: the housekeeping deletes the throughput counters
+// older than a day and keeps the others.
+func TestThroughputExpiry(t *testing.T) {
+	t.Run("postgres-pgx", func(t *testing.T) { testThroughputExpiry(t, openPgx(t, "")) })
+	t.Run("sqlite", func(t *testing.T) { testThroughputExpiry(t, openSQLite(t)) })
+}
+
+func testThroughputExpiry[TTx any](t *testing.T, f *fixture[TTx]) {
+	ctx := context.Background()
+	now := time.Now()
+	if err := f.d.AddThroughput(ctx, []dialects.Throughput{
+		{Minute: now.Add(-25 * time.Hour), Kind: dialects.ThroughputHandled, Name: "old", Count: 1},
+		{Minute: now.Add(-23 * time.Hour), Kind: dialects.ThroughputHandled, Name: "recent", Count: 2},
+		{Minute: now, Kind: dialects.ThroughputSent, Name: "now", Count: 3},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ib, err := New(f.d, nil, &Config{Logger: quiet(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ib.hk.Once(ctx)
+	if err != nil || res.Deleted["throughput"] != 1 {
+		t.Fatalf("housekeeping = %+v, %v; want 1 throughput counter deleted", res, err)
+	}
+	ib.hk.Release(ctx)
+	got, err := f.d.ListThroughput(ctx, time.Time{})
+	if err != nil || len(got) != 2 || got[0].Name != "recent" || got[1].Name != "now" {
+		t.Fatalf("counters left: %+v, %v; want recent and now", got, err)
+	}
+}
