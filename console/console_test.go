@@ -587,7 +587,8 @@ func TestPauseResume(t *testing.T) {
 				if !strings.Contains(body, `<tr class="pause" data-kind="destination" data-name="billing">`) {
 					t.Fatalf("pauses page:\n%s", body)
 				}
-				if body := c.get(prefix + "/"); !strings.Contains(body, `<span class="badge paused-badge" title="maintenance">paused by alice</span>`) {
+				if body := c.get(prefix + "/"); !strings.Contains(body, `<span class="badge paused-badge" title="maintenance">paused by alice</span>`) ||
+					!strings.Contains(body, `class="resume-destination small" data-destination="billing"`) {
 					t.Fatalf("overview does not show the pause:\n%s", body)
 				}
 			} else if len(ps) != 0 {
