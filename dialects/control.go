@@ -90,7 +90,8 @@ type Controller interface {
 	ListAudit(ctx context.Context, q AuditQuery) ([]AuditEntry, error)
 	// AddThroughput adds counts to the per-minute counters (upsert, additive).
 	AddThroughput(ctx context.Context, counts []Throughput) error
-	// ListThroughput returns the counters with Minute >= since, by minute.
+	// ListThroughput returns the counters with Minute >= since, by minute
+	// (then kind and name).
 	ListThroughput(ctx context.Context, since time.Time) ([]Throughput, error)
 }
 
