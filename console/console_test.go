@@ -650,6 +650,20 @@ func TestRefusals(t *testing.T) {
 				t.Fatalf("csrf %q: %d, want 403", token, r.status)
 			}
 		}
+		// A cross-site form with a valid token: 403.
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+prefix+"/pauses", strings.NewReader(url.Values{
+			"csrf": {csrf(t, admin.get(prefix+"/pauses"))}, "op": {"pause"}, "kind": {"queue"}, "name": {"x"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "cross-site")
+		req.SetBasicAuth("alice", adminPW)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("cross-site POST: %d, want 403", resp.StatusCode)
+		}
 		// A read-only user's replay: 403, even with an admin's token.
 		reader := e.as("bob", readerPW)
 		page := reader.get(fmt.Sprintf("%s/deadletters/%d", prefix, e.count(`SELECT seq FROM durable_dead_letters`)))
