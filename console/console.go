@@ -276,6 +276,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "403 forbidden: the read-only role changes nothing", http.StatusForbidden)
 			return
 		}
+		// Defense in depth beside the token: a browser says when a form
+		// comes from another site.
+		if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+			http.Error(w, "403 forbidden: cross-site request", http.StatusForbidden)
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
 		if err := r.ParseForm(); err != nil {
 			http.Error(w, "400 bad request: "+err.Error(), http.StatusBadRequest)

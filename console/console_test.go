@@ -587,7 +587,8 @@ func TestPauseResume(t *testing.T) {
 				if !strings.Contains(body, `<tr class="pause" data-kind="destination" data-name="billing">`) {
 					t.Fatalf("pauses page:\n%s", body)
 				}
-				if body := c.get(prefix + "/"); !strings.Contains(body, `<span class="badge paused-badge" title="maintenance">paused by alice</span>`) {
+				if body := c.get(prefix + "/"); !strings.Contains(body, `<span class="badge paused-badge" title="maintenance">paused by alice</span>`) ||
+					!strings.Contains(body, `class="resume-destination small" data-destination="billing"`) {
 					t.Fatalf("overview does not show the pause:\n%s", body)
 				}
 			} else if len(ps) != 0 {
@@ -648,6 +649,20 @@ func TestRefusals(t *testing.T) {
 			if r := admin.do(http.MethodPost, prefix+"/deadletters/action", form); r.status != http.StatusForbidden {
 				t.Fatalf("csrf %q: %d, want 403", token, r.status)
 			}
+		}
+		// A cross-site form with a valid token: 403.
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+prefix+"/pauses", strings.NewReader(url.Values{
+			"csrf": {csrf(t, admin.get(prefix+"/pauses"))}, "op": {"pause"}, "kind": {"queue"}, "name": {"x"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "cross-site")
+		req.SetBasicAuth("alice", adminPW)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("cross-site POST: %d, want 403", resp.StatusCode)
 		}
 		// A read-only user's replay: 403, even with an admin's token.
 		reader := e.as("bob", readerPW)

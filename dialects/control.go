@@ -50,8 +50,9 @@ const (
 	// claimed for their first send attempt: messages entering the relay's
 	// pipeline (an approximation of enqueues that needs no work on the
 	// enqueue path: a message counts when a relay first takes it up, not
-	// when its transaction commits, and one a stopping relay hands back
-	// unsent counts again when it is claimed anew).
+	// when its transaction commits; one that expired before it is not
+	// counted, and one a stopping relay hands back unsent counts again when
+	// it is claimed anew).
 	ThroughputEnqueued = "enqueued"
 	// ThroughputSent counts, per destination, the messages a relay sent
 	// and had acknowledged.
@@ -90,7 +91,8 @@ type Controller interface {
 	ListAudit(ctx context.Context, q AuditQuery) ([]AuditEntry, error)
 	// AddThroughput adds counts to the per-minute counters (upsert, additive).
 	AddThroughput(ctx context.Context, counts []Throughput) error
-	// ListThroughput returns the counters with Minute >= since, by minute.
+	// ListThroughput returns the counters with Minute >= since, by minute
+	// (then kind and name).
 	ListThroughput(ctx context.Context, since time.Time) ([]Throughput, error)
 }
 

@@ -680,7 +680,7 @@ func (ib *Inbox[TTx]) Run(ctx context.Context) error {
 			}
 		})
 	})
-	wg.Go(func() { ib.tp.Run(ctx, ib.cfg.ThroughputFlush) })
+	wg.Go(func() { ib.tp.Run(ctx, ib.cfg.ThroughputFlush, opTimeout) })
 	if ib.cfg.Inline {
 		ib.inline.Store(true)
 		wg.Go(func() {

@@ -9,8 +9,9 @@ import (
 	"github.com/durable-go/durable/internal/throughput"
 )
 
-// Housekeeping. With RelayConfig.Retention, every housekeepingInterval
-// (a minute) the relay deletes acknowledged rows kept longer than the
+// Housekeeping. Every housekeepingInterval (a minute) the relay deletes
+// the throughput counters (durable_throughput) older than a day, with
+// RelayConfig.Retention the acknowledged rows kept longer than the
 // retention and, with RelayConfig.DeadLetterRetention, the outbox's dead
 // letters that failed longer ago: purgeBatch rows per statement, oldest
 // first, by index, with a short pause between statements. Among all the
@@ -21,8 +22,8 @@ import (
 // takes over once the lease expired (three minutes). The relay that holds
 // the lease applies its own settings: configure them alike.
 //
-// Only rows with sent_at set qualify, which no claim, acknowledgement or
-// release touches, so the purge never touches unsent rows nor waits for
+// Of the outbox, only rows with sent_at set qualify, which no claim,
+// acknowledgement or release touches, so the purge never touches unsent rows nor waits for
 // the relay's work.
 
 const (

@@ -558,7 +558,7 @@ func (c *relayCore) run(ctx context.Context) {
 			}
 		})
 	})
-	loops.Go(func() { c.tp.Run(ctx, c.cfg.ThroughputFlush) })
+	loops.Go(func() { c.tp.Run(ctx, c.cfg.ThroughputFlush, opTimeout) })
 	if c.listener != nil {
 		loops.Go(func() { c.listen(ctx) })
 	}

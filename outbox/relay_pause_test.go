@@ -36,9 +36,10 @@ func (c *pauseCounter[TTx]) waitPolls(t *testing.T) {
 }
 
 // TestRelayPause: a destination paused in durable_pauses gets nothing sent
-// (its rows stay in the outbox, unattempted) while another destination
-// flows; once resumed, everything is delivered, and the relay's throughput
-// counters reach durable_throughput.
+// (its rows stay in the outbox, unattempted, an expired one too) while
+// another destination flows; once resumed, everything is delivered (the
+// expired message dead-lettered), and the relay's throughput counters reach
+// durable_throughput.
 func TestRelayPause(t *testing.T) {
 	runRelayTargets(t, testRelayPause[pgxTx], testRelayPause[sqlTx])
 }
@@ -72,14 +73,22 @@ func testRelayPause[TTx any](t *testing.T, tg target[TTx]) {
 	for i := 1; i <= 3; i++ {
 		mustEnqueue(t, ob, relayMsg("audit", i))
 	}
+	// An expired message of the paused destination waits with the others
+	// (and, never attempted, does not count as enqueued).
+	expired := relayMsg("billing", 6)
+	expired.ExpiresAt = time.Now().Add(-time.Second)
+	mustEnqueue(t, ob, expired)
 	rcv.waitDistinct(t, 3, 30*time.Second)
 	pc.waitPolls(t)
 	if _, counts := rcv.snapshot(); len(counts) != 3 || counts[relayMsg("billing", 1).ID] != 0 {
 		t.Fatalf("received %v while billing was paused, want the 3 audit messages only", counts)
 	}
 	rows := rowsOf(t, d)
-	if len(rows) != 5 {
-		t.Fatalf("%d rows in the outbox while billing is paused, want its 5", len(rows))
+	if len(rows) != 6 {
+		t.Fatalf("%d rows in the outbox while billing is paused, want its 6", len(rows))
+	}
+	if dl := deadLettersOf(t, d); len(dl) != 0 {
+		t.Fatalf("%d dead letters while billing is paused, want none", len(dl))
 	}
 	for _, r := range rows {
 		if r.Destination != "billing" || r.SendAttempt != 0 || r.LeaseToken != "" {
@@ -90,7 +99,7 @@ func testRelayPause[TTx any](t *testing.T, tg target[TTx]) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !st.Destinations["billing"].PausedByOperator || st.Destinations["audit"].PausedByOperator || st.Destinations["billing"].Unsent != 5 {
+	if !st.Destinations["billing"].PausedByOperator || st.Destinations["audit"].PausedByOperator || st.Destinations["billing"].Unsent != 6 {
 		t.Fatalf("stats while paused: %+v", st.Destinations)
 	}
 	if n := sink.count("INFO durable/outbox: relay: destination paused by an operator", "destination=billing", "paused_by=test", "reason=maintenance"); n != 1 {
@@ -102,6 +111,9 @@ func testRelayPause[TTx any](t *testing.T, tg target[TTx]) {
 	}
 	rcv.waitDistinct(t, 8, 30*time.Second)
 	waitUntil(t, "an empty outbox", 30*time.Second, func() bool { return unsent(t, d) == 0 })
+	if dl := deadLettersOf(t, d); len(dl) != 1 || dl[0].ID != expired.ID || dl[0].Reason != dialects.ReasonExpired {
+		t.Fatalf("dead letters after the resume: %+v, want the expired message", dl)
+	}
 	if n := sink.count("INFO durable/outbox: relay: destination resumed by an operator", "destination=billing"); n != 1 {
 		t.Fatalf("%d log lines about the resume, want 1:\n%s", n, sink.dump())
 	}

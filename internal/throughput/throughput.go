@@ -67,7 +67,8 @@ func (c *Counter) Add(kind, name string, n int) {
 
 // Flush writes the counts collected since the last flush in one call. On
 // failure it keeps them for the next flush and logs a warning at most once
-// a minute.
+// a minute (a failure the database had committed after all, such as a
+// timeout at the commit, counts them twice: they are statistics).
 func (c *Counter) Flush(ctx context.Context) {
 	if c == nil {
 		return
@@ -105,7 +106,11 @@ func (c *Counter) Flush(ctx context.Context) {
 
 // Run flushes every interval until ctx is done. The caller flushes once
 // more when the counting has stopped.
-func (c *Counter) Run(ctx context.Context, interval time.Duration) {
+//
+// Each flush runs to its end, bounded by timeout, even when ctx ends
+// meanwhile: a write cancelled after the database committed it would be
+// reported failed, kept, and written again.
+func (c *Counter) Run(ctx context.Context, interval, timeout time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -113,7 +118,9 @@ func (c *Counter) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			c.Flush(ctx)
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+			c.Flush(fctx)
+			cancel()
 		}
 	}
 }
