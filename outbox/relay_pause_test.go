@@ -79,6 +79,11 @@ func testRelayPause[TTx any](t *testing.T, tg target[TTx]) {
 	expired.ExpiresAt = time.Now().Add(-time.Second)
 	mustEnqueue(t, ob, expired)
 	rcv.waitDistinct(t, 3, 30*time.Second)
+	// The receiver has audit's 3; their rows leave the outbox once the
+	// relay has read the acknowledgement.
+	waitUntil(t, "audit's rows acknowledged and deleted", 30*time.Second, func() bool {
+		return !slices.ContainsFunc(rowsOf(t, d), func(r dialects.OutboxRow) bool { return r.Destination == "audit" })
+	})
 	pc.waitPolls(t)
 	if _, counts := rcv.snapshot(); len(counts) != 3 || counts[relayMsg("billing", 1).ID] != 0 {
 		t.Fatalf("received %v while billing was paused, want the 3 audit messages only", counts)
