@@ -110,6 +110,10 @@ type Config[TTx any] struct {
 	// sets NodeID, Logger, and Secret and TLS from the Peer or the fields
 	// above, when they are unset.
 	Client tcp.ClientConfig
+	// Balancer configures the spreading over the instances of a peer given
+	// by Peer.Addrs (see tcp.Balancer). The Node sets Name and Logger when
+	// they are unset.
+	Balancer tcp.BalancerConfig
 
 	// ShutdownTimeout bounds the graceful stop once Run's context ends:
 	// the server drains the batches it is storing and the relay the batches
@@ -174,8 +178,19 @@ type Peer struct {
 	// "10.0.0.7:7400" (an IPv6 host in brackets: "[fd00::7]:7400").
 	// Required; NewNode refuses an Addr without a port or without a host
 	// (":7400" is a listen address, not where to reach a peer). The host
-	// is looked up when the node connects, not by NewNode.
+	// is looked up when the node connects, not by NewNode. The node keeps
+	// one connection to Addr and dials it again on reconnect, so a load
+	// balancer or a DNS name in front of several instances spreads the
+	// load per connection. Set Addrs instead to spread it per batch.
 	Addr string
+	// Addrs lists the peer's instances, each host:port: receivers that
+	// share one inbox database. A host name stands for every address it
+	// resolves to (A and AAAA records), looked up again every
+	// Config.Balancer.ResolveInterval. The node keeps a connection to each
+	// instance and sends each batch to a healthy one with the fewest
+	// batches in flight; a batch whose instance fails is sent to another at
+	// once (see tcp.Balancer). Set Addr or Addrs, not both.
+	Addrs []string
 	// Secret overrides Config.Secret for this peer.
 	Secret []byte
 	// TLS, when set, makes the connection TLS 1.3: RootCAs to trust the
@@ -201,7 +216,7 @@ type Node[TTx any] struct {
 	relay   *outbox.Relay
 	inbox   *inbox.Inbox[TTx]
 	server  *tcp.Server // nil when the node does not listen
-	clients map[string]*tcp.Client
+	clients map[string]peerSender
 	noPeers bool // no Peers and no way to name a destination: Enqueue fails
 	inc     *incarnation
 
@@ -246,7 +261,7 @@ func newNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx],
 		log = slog.Default()
 	}
 	log = log.With("node", cfg.Name)
-	n := &Node[TTx]{cfg: cfg, log: log, d: d, clients: make(map[string]*tcp.Client, len(cfg.Peers)),
+	n := &Node[TTx]{cfg: cfg, log: log, d: d, clients: make(map[string]peerSender, len(cfg.Peers)),
 		inc: newIncarnation(cfg.Name, cfg.Heartbeat, cfg.NodeTimeout)}
 
 	obCfg := cfg.Outbox
@@ -267,7 +282,7 @@ func newNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx],
 	senders := make(map[string]transport.Sender, len(cfg.Peers))
 	for _, name := range slices.Sorted(maps.Keys(cfg.Peers)) {
 		p := cfg.Peers[name]
-		if err := checkPeerAddr(name, p.Addr); err != nil {
+		if err := checkPeerAddrs(name, p); err != nil {
 			n.closeClients()
 			return nil, err
 		}
@@ -287,7 +302,15 @@ func newNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx],
 		if cc.TLS == nil {
 			cc.TLS = p.TLS
 		}
-		c, err := tcp.NewClient(p.Addr, &cc)
+		var c peerSender
+		if len(p.Addrs) > 0 {
+			bc := cfg.Balancer
+			bc.Name = orValue(bc.Name, name)
+			bc.Logger = orValue(bc.Logger, cc.Logger)
+			c, err = tcp.NewBalancer(p.Addrs, &cc, &bc)
+		} else {
+			c, err = tcp.NewClient(p.Addr, &cc)
+		}
 		if err != nil {
 			n.closeClients()
 			return nil, fmt.Errorf("durable: peer %q: %w", name, err)
@@ -358,6 +381,30 @@ func newNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx],
 		}
 	}
 	return n, nil
+}
+
+// peerSender is a peer's Sender: a tcp.Client, or a tcp.Balancer over its
+// instances.
+type peerSender interface {
+	transport.Sender
+	Close(ctx context.Context) error
+}
+
+// checkPeerAddrs returns why the addresses of the peer name are not ones to
+// dial, or nil.
+func checkPeerAddrs(name string, p Peer) error {
+	switch {
+	case p.Addr != "" && len(p.Addrs) > 0:
+		return fmt.Errorf("durable: peer %q has both Addr and Addrs; set one", name)
+	case len(p.Addrs) == 0:
+		return checkPeerAddr(name, p.Addr)
+	}
+	for _, a := range p.Addrs {
+		if err := checkPeerAddr(name, a); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkPeerAddr returns why addr, the Addr of the peer name, is not an

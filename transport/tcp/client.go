@@ -1066,3 +1066,14 @@ func (cc *clientConn) readFailed(err error) {
 	}
 	cc.fail(err)
 }
+
+// circuitOpen reports whether the client's circuit is open: Sends fail fast until a probe
+// succeeds.
+func (c *Client) circuitOpen() bool {
+	if !c.unhealthy.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.open
+}
