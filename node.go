@@ -111,8 +111,8 @@ type Config[TTx any] struct {
 	// above, when they are unset.
 	Client tcp.ClientConfig
 	// Balancer configures the spreading over the instances of a peer given
-	// by Peer.Addrs (see tcp.Balancer). The Node sets Name and Logger when
-	// they are unset.
+	// by Peer.Addrs (see tcp.Balancer). The Node sets Name, Logger and
+	// MeterProvider when they are unset.
 	Balancer tcp.BalancerConfig
 
 	// ShutdownTimeout bounds the graceful stop once Run's context ends:
@@ -307,6 +307,7 @@ func newNode[TTx any](d dialects.NodeDialect[TTx], cfg Config[TTx]) (*Node[TTx],
 			bc := cfg.Balancer
 			bc.Name = orValue(bc.Name, name)
 			bc.Logger = orValue(bc.Logger, cc.Logger)
+			bc.MeterProvider = orValue(bc.MeterProvider, cfg.MeterProvider)
 			c, err = tcp.NewBalancer(p.Addrs, &cc, &bc)
 		} else {
 			c, err = tcp.NewClient(p.Addr, &cc)
