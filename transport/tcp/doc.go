@@ -26,6 +26,25 @@
 // reconnects with exponential backoff and jitter, and opens a circuit after repeated failures
 // that closes again when a PING succeeds.
 //
+// # Several instances of a peer
+//
+// A [Balancer] is a transport.Sender over several instances of one peer, receivers that share
+// one inbox database:
+//
+//	b, err := tcp.NewBalancer([]string{"billing.internal:7400"}, &tcp.ClientConfig{Secret: secret}, nil)
+//
+// Each address is an instance, and a host name stands for every address it resolves to, looked
+// up again every BalancerConfig.ResolveInterval (a failed lookup keeps the instances it had).
+// The Balancer keeps a Client per instance and sends each batch to a healthy instance with the
+// fewest batches in flight, avoiding instances whose oldest batch is unanswered for
+// BalancerConfig.SlowAfter. A batch whose send fails for a reason of the connection or the
+// instance goes to another instance at once, and the failing instance is probed in the
+// background until it answers; a NACK is returned as it is, since every instance shares the
+// database that failed. Per-key order is the relay's: it claims a key's next message only after
+// the previous one's ACK, whichever instance sent it. Instances() reports each instance's
+// state, logs name it as "instance", and BalancerConfig.MeterProvider receives sends by
+// instance and outcome, batches in flight and health per instance.
+//
 // # Security
 //
 // Set ServerConfig.TLS and ClientConfig.TLS for TLS 1.3; with ClientAuth set to

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 
 	"github.com/durable-go/durable/transport"
 	"github.com/durable-go/durable/transport/tcp"
@@ -77,4 +78,79 @@ func ExampleClient_Send_nack() {
 	// Output:
 	// order.placed: retryable=true rejected=false
 	// unknown: retryable=false rejected=true
+}
+
+// A Balancer over three instances of one peer: batches sent in turn while every instance is
+// idle, and the others take over when one instance stops.
+func ExampleNewBalancer() {
+	secret := []byte("shared secret of the two services")
+	quiet := slog.New(slog.DiscardHandler)
+	ctx := context.Background()
+
+	// Three instances of "billing", sharing one inbox (here: a map of stored ids).
+	var mu sync.Mutex
+	stored := map[string]int{}
+	var addrs []string
+	var servers []*tcp.Server
+	for range 3 {
+		srv, err := tcp.NewServer(transport.HandlerFunc(func(ctx context.Context, b *transport.Batch) (transport.Result, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, e := range b.Envelopes {
+				stored[e.ID]++
+			}
+			return transport.Result{}, nil
+		}), &tcp.ServerConfig{Secret: secret, Logger: quiet})
+		if err != nil {
+			panic(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		go srv.Serve(ln)
+		defer srv.Close()
+		addrs = append(addrs, ln.Addr().String())
+		servers = append(servers, srv)
+	}
+
+	// In production the addresses are usually one name ("billing.internal:7400") whose
+	// A/AAAA records are the instances.
+	b, err := tcp.NewBalancer(addrs, &tcp.ClientConfig{Secret: secret, NodeID: "orders-1", Logger: quiet},
+		&tcp.BalancerConfig{Name: "billing", Logger: quiet})
+	if err != nil {
+		panic(err)
+	}
+	defer b.Close(ctx)
+
+	send := func(id string) {
+		if _, err := b.Send(ctx, &transport.Batch{Envelopes: []transport.Envelope{{ID: id, Topic: "invoice.due", SendAttempt: 1}}}); err != nil {
+			fmt.Println(id, err)
+		}
+	}
+	for i := range 3 {
+		send(fmt.Sprint("a", i))
+	}
+	for _, in := range b.Instances() {
+		fmt.Println("healthy:", in.Healthy, "in flight:", in.InFlight)
+	}
+
+	servers[1].Close() // one instance stops
+	for i := range 6 {
+		send(fmt.Sprint("b", i))
+	}
+	healthy := 0
+	for _, in := range b.Instances() {
+		if in.Healthy {
+			healthy++
+		}
+	}
+	mu.Lock()
+	fmt.Println("stored:", len(stored), "healthy instances:", healthy)
+	mu.Unlock()
+	// Output:
+	// healthy: true in flight: 0
+	// healthy: true in flight: 0
+	// healthy: true in flight: 0
+	// stored: 9 healthy instances: 2
 }
