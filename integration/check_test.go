@@ -29,13 +29,15 @@ const stopTimeout = time.Minute
 func (c *cluster) drain() bool {
 	t := c.t
 	t.Helper()
-	c.proxy.Stall(false)
-	c.proxy.Latency(0)
-	c.proxy.Bandwidth(0)
-	c.proxy.Refuse(false)
-	c.proxy.CutAfter(faultproxy.Both, -1)
-	if err := c.proxy.Relisten(); err != nil {
-		t.Fatal(err)
+	for _, p := range c.proxies {
+		p.Stall(false)
+		p.Latency(0)
+		p.Bandwidth(0)
+		p.Refuse(false)
+		p.CutAfter(faultproxy.Both, -1)
+		if err := p.Relisten(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, sd := range []*side{c.orders, c.billing} {
 		if sd.pg != nil && !sd.pg.Running() {
@@ -294,7 +296,15 @@ func (c *cluster) check() {
 		t.Errorf("only %d messages committed, want at least %d: the scenario did not exercise anything", len(kinds), least)
 	}
 
-	ps := c.proxy.Stats()
+	var ps faultproxy.Stats
+	for _, p := range c.proxies {
+		st := p.Stats()
+		ps.Accepted += st.Accepted
+		ps.Cuts += st.Cuts
+		ps.Refused += st.Refused
+		ps.BytesToTarget += st.BytesToTarget
+		ps.BytesToClient += st.BytesToClient
+	}
 	starts := 0
 	for _, s := range append(append([]*service(nil), c.senders...), c.receivers...) {
 		starts += s.starts
@@ -304,6 +314,7 @@ func (c *cluster) check() {
 		len(kinds), poison, sumValues(effects), sumValues(dead), nCommitted, nRolledBack, nUnknown, unknownCommitted)
 	t.Logf("faults: %v; %d service starts; %d Node.Run restarts; proxy: %d connections, %d cut, %d refused, %d B to receivers, %d B to senders",
 		faults, starts, len(runErrors), ps.Accepted, ps.Cuts, ps.Refused, ps.BytesToTarget, ps.BytesToClient)
+	c.checkShares(ctx)
 	t.Logf("kills: %v; services killed at their exact crash point: %v", caught, died)
 	hits := windowHits(points.fired, died)
 	t.Logf("library crash points, reached/armed: %s; exact hits by window: %v", pointSummary(points), hits)
@@ -313,6 +324,56 @@ func (c *cluster) check() {
 		} else {
 			t.Logf("windows never hit exactly (not required of a shortened scenario): %s", strings.Join(missing, ", "))
 		}
+	}
+}
+
+// checkShares logs how much each receiver instance handled (the effects it
+// wrote, by handled_by) and, with a proxy per receiver, took in through its
+// proxy; there, each must have handled some, and the partitions are
+// summed up.
+func (c *cluster) checkShares(ctx context.Context) {
+	t := c.t
+	t.Helper()
+	rows, err := c.billing.db.QueryContext(ctx, `SELECT handled_by, count(*) FROM effects GROUP BY handled_by`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(map[string]int)
+	for rows.Next() {
+		var by string
+		var n int
+		if err := rows.Scan(&by, &n); err != nil {
+			t.Fatal(err)
+		}
+		handled[by] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	rows.Close()
+	total := sumValues(handled)
+	var shares []string
+	for _, r := range c.receivers {
+		share := fmt.Sprintf("%s %d effects (%.0f%%)", r.name, handled[r.name], 100*float64(handled[r.name])/float64(max(total, 1)))
+		if r.proxy != nil {
+			st := r.proxy.Stats()
+			share += fmt.Sprintf(", %d connections and %d B through its proxy", st.Accepted, st.BytesToTarget)
+			if handled[r.name] == 0 {
+				t.Errorf("receiver %s handled no message: the senders' balancers did not spread the load", r.name)
+			}
+		}
+		shares = append(shares, share)
+		delete(handled, r.name)
+	}
+	if len(handled) > 0 {
+		t.Errorf("effects written by no receiver of the scenario: %v", handled)
+	}
+	t.Logf("per receiver: %s", strings.Join(shares, "; "))
+	if c.proxy == nil {
+		c.mu.Lock()
+		pc := c.partitions
+		c.mu.Unlock()
+		t.Logf("partitions: %d receivers partitioned, the others took traffic meanwhile in %d of them", pc.n, pc.othersDelivered)
 	}
 }
 

@@ -39,6 +39,13 @@ type scenario struct {
 	stuck     float64       // share of handler calls that hang past the inbox lease
 	windows   bool          // fail unless each window was hit exactly (full length; see crashWindows)
 	args      []string      // more arguments for every helper, before a service's own
+	// proxyPerReceiver puts a faultproxy of its own in front of each
+	// receiver, at a stable address, and gives the senders all of them as
+	// the peer's instances (durable.Peer.Addrs: a tcp.Balancer); network
+	// faults then act on one receiver's proxy or on all. Without it, the
+	// senders dial one proxy (durable.Peer.Addr) that the test switches
+	// between the receivers.
+	proxyPerReceiver bool
 }
 
 // side is one service's database: the test's handle on it, and what the
@@ -95,14 +102,16 @@ var ordersTables = []string{
 }
 
 // billingTables are the receiving service's tables: effects (no unique
-// constraint), and the per-key order bookkeeping of the handler.
+// constraint; handled_by names the receiver instance that wrote it), and the
+// per-key order bookkeeping of the handler.
 var billingTables = append(history.EffectsTable("effects"),
+	`ALTER TABLE effects ADD COLUMN handled_by TEXT NOT NULL DEFAULT ''`,
 	`CREATE TABLE key_seen (source TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (source, key))`,
 	`CREATE TABLE order_violations (message_id TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, last_seq BIGINT NOT NULL)`,
 )
 
-// cluster is the running scenario: two databases, the services, the proxy
-// between every relay and the receivers, and what the services reported.
+// cluster is the running scenario: two databases, the services, the proxies
+// between the relays and the receivers, and what the services reported.
 type cluster struct {
 	t     *testing.T
 	sc    scenario
@@ -115,9 +124,15 @@ type cluster struct {
 	secret string
 
 	orders, billing *side
-	proxy           *faultproxy.Proxy
-	senders         []*service
-	receivers       []*service
+	// proxy is the one proxy every relay dials, which the test points at
+	// one receiver at a time; nil with a proxy per receiver
+	// (sc.proxyPerReceiver, see service.proxy).
+	proxy *faultproxy.Proxy
+	// proxies are all the proxies: proxy, or each receiver's, in the order
+	// of receivers.
+	proxies   []*faultproxy.Proxy
+	senders   []*service
+	receivers []*service
 
 	mu         sync.Mutex
 	printed    map[string]byte // message id → 'C' committed, 'U' unknown, 'R' rolled back, as the sender printed
@@ -127,7 +142,8 @@ type cluster struct {
 	caught     caught          // what the SIGKILLs interrupted
 	died       map[string]int  // DIE lines: services that killed themselves at a crash point, by point
 	points     pointCounts     // the library's crash points: armed, reached, missed, skipped
-	target     *service        // the receiver the proxy forwards new connections to
+	target     *service        // the receiver the proxy forwards new connections to (one proxy only)
+	partitions partitionCounts // partition-receiver faults (a proxy per receiver only)
 
 	// hook, when set before run, sees every line the services print.
 	hook func(s *service, stream, line string)
@@ -172,7 +188,7 @@ func (c *cluster) logf(format string, args ...any) {
 	c.t.Logf("%6.1fs  %s", time.Since(c.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-// run starts the receivers, the proxy and the senders.
+// run starts the receivers, the proxies and the senders.
 func (c *cluster) run() {
 	c.t.Helper()
 	c.start = time.Now()
@@ -181,12 +197,26 @@ func (c *cluster) run() {
 			c.t.Fatal(err)
 		}
 	}
-	var err error
-	if c.proxy, err = faultproxy.New(c.receivers[0].address()); err != nil {
-		c.t.Fatal(err)
+	newProxy := func(target string) *faultproxy.Proxy {
+		p, err := faultproxy.New(target)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		c.t.Cleanup(func() { p.Close() })
+		c.proxies = append(c.proxies, p)
+		return p
 	}
-	c.target = c.receivers[0]
-	c.t.Cleanup(func() { c.proxy.Close() })
+	if c.sc.proxyPerReceiver {
+		for _, r := range c.receivers {
+			p := newProxy(r.address())
+			r.mu.Lock()
+			r.proxy = p
+			r.mu.Unlock()
+		}
+	} else {
+		c.proxy = newProxy(c.receivers[0].address())
+		c.target = c.receivers[0]
+	}
 	for _, s := range c.senders {
 		s.extra = []string{"-rate", fmt.Sprint(c.sc.rate)}
 		if err := s.startService(); err != nil {
@@ -235,8 +265,12 @@ func (c *cluster) onLine(svc *service, stream, line string) {
 
 // retarget points the proxy at a running receiver: the current target if it
 // still runs, otherwise one chosen by rng (nil: the first). It reports the
-// receiver chosen, or nil when none runs.
+// receiver chosen, or nil when none runs. With a proxy per receiver it does
+// nothing and returns nil: each receiver's proxy follows it (startArmed).
 func (c *cluster) retarget(rng *rand.Rand, force bool) *service {
+	if c.proxy == nil {
+		return nil
+	}
 	c.mu.Lock()
 	cur := c.target
 	c.mu.Unlock()
@@ -280,8 +314,9 @@ type service struct {
 
 	mu     sync.Mutex
 	p      *proc.Process
-	told   *atomic.Bool // set when the test kills or stops p
-	addr   string       // a receiver's listen address
+	told   *atomic.Bool      // set when the test kills or stops p
+	addr   string            // a receiver's listen address
+	proxy  *faultproxy.Proxy // a receiver's own proxy (sc.proxyPerReceiver), else nil
 	starts int
 	extra  []string // more arguments, given at every start
 }
@@ -308,9 +343,18 @@ func (s *service) startArmed(arm string) error {
 	}
 	switch s.role {
 	case "sender":
-		args = append(args, "-dsn", c.orders.dsn, "-peer", c.proxy.Addr(), "-writers", fmt.Sprint(c.sc.writers))
+		args = append(args, "-dsn", c.orders.dsn, "-writers", fmt.Sprint(c.sc.writers))
+		if c.proxy != nil {
+			args = append(args, "-peer", c.proxy.Addr())
+		} else {
+			addrs := make([]string, len(c.proxies))
+			for i, p := range c.proxies {
+				addrs[i] = p.Addr()
+			}
+			args = append(args, "-peers", strings.Join(addrs, ","))
+		}
 	case "receiver":
-		args = append(args, "-dsn", c.billing.dsn, "-stuck", fmt.Sprint(c.sc.stuck))
+		args = append(args, "-dsn", c.billing.dsn, "-stuck", fmt.Sprint(c.sc.stuck), "-instance", s.name)
 	}
 	args = append(append(args, c.sc.args...), extra...)
 	p := proc.Start(c.t, c.bin, proc.Options{
@@ -342,6 +386,11 @@ func (s *service) startArmed(arm string) error {
 	s.told = told
 	if s.role == "receiver" {
 		s.addr = ready.Get("addr")
+		if s.proxy != nil {
+			// The receiver's own proxy keeps its address and follows
+			// the receiver to its new port.
+			s.proxy.SetTarget(s.addr)
+		}
 	}
 	s.mu.Unlock()
 	go func() {

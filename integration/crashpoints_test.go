@@ -215,7 +215,8 @@ func (s *service) inlineNext() bool {
 // armCrashPoint kills s (SIGKILL), starts it again with p armed at its n-th
 // hit, waits until it kills itself there (or kills it after armWait), and
 // starts it again unarmed after a random delay. An armed receiver becomes
-// the proxy's target, so that deliveries reach it. An armed process that
+// the proxy's target, so that deliveries reach it (with a proxy per
+// receiver, the senders' balancers reach it anyway). An armed process that
 // exits any other way is a finding, as any service that exits on its own.
 // armCrashPoint reports whether s reached the point.
 func (c *cluster) armCrashPoint(ctx context.Context, rng *rand.Rand, s *service, p crashPoint, n int) bool {
@@ -269,8 +270,13 @@ func (c *cluster) armCrashPoint(ctx context.Context, rng *rand.Rand, s *service,
 }
 
 // aim points the proxy at receiver r and, if it was pointing elsewhere,
-// cuts the live connections, so that the senders reconnect to r.
+// cuts the live connections, so that the senders reconnect to r. With a
+// proxy per receiver it does nothing: the senders' balancers reach every
+// running receiver.
 func (c *cluster) aim(r *service) {
+	if c.proxy == nil {
+		return
+	}
 	c.mu.Lock()
 	moved := c.target != r
 	c.target = r

@@ -1,5 +1,5 @@
 // Package integration is durable's fault suite: the sending and the receiving
-// service run as real subprocesses and exchange messages through a TCP proxy
+// service run as real subprocesses and exchange messages through TCP proxies
 // while the test breaks everything it can, then checks that every committed
 // message had exactly one effect.
 //
@@ -13,28 +13,44 @@
 //   - senders ("orders"): in one transaction, a business row in the orders
 //     table and one enqueued message; a few transactions roll back on
 //     purpose, a few messages are poison, some carry an ordering key. The
-//     relay sends to the receivers through a faultproxy. The orders table is
+//     relay sends to the receivers through faultproxies. The orders table is
 //     the truth: a message exists iff its row committed.
 //   - receivers ("billing"): the handler writes an effect row in the
 //     transaction that completes the message (the effects table has no
-//     unique constraint, so a double effect shows), then may fail on purpose
-//     (the effect must roll back and the message be retried); a poison
+//     unique constraint, so a double effect shows; a column names the
+//     receiver that wrote it), then may fail on purpose (the effect must
+//     roll back and the message be retried); a poison
 //     message fails permanently and must end in the dead letters with no
 //     effect. For keyed messages the handler records order violations.
 //
 // Several senders share one database (their relays compete for the rows)
-// and several receivers share the other (the proxy moves between them).
+// and several receivers share the other. The senders reach the receivers in
+// one of two ways:
+//
+//   - one proxy (TestFaultSQLite, two senders and two receivers): every
+//     sender dials it as its peer's one address (durable.Peer.Addr), and the
+//     test moves it between the receivers;
+//   - a proxy per receiver (TestFaultPostgres, three senders and three
+//     receivers): each proxy keeps its address and follows its receiver to
+//     its new port after every restart; the senders get all of them as the
+//     peer's instances (durable.Peer.Addrs, a tcp.Balancer), so that every
+//     receiver takes deliveries at once. The check then requires that each
+//     receiver handled messages, and logs each one's share.
 //
 // Fault loops run at once for the length of the scenario, each driven by a
 // random generator seeded from the scenario's seed:
 //
-//   - the network loop, on the proxy: cut every connection, cut after a
+//   - the network loop, on the proxy (with a proxy per receiver: on one
+//     receiver's, or on all of them): cut every connection, cut after a
 //     random number of bytes in one or both directions (mid-frame), cut at
 //     the next byte a receiver sends (an ACK, most likely: the batch is in
 //     the inbox, the relay never hears of it), stall
 //     (longer than the client's timeouts, so batches are given up and then
 //     still arrive), add latency, limit the bandwidth, reset new connections,
-//     refuse connections, switch to another receiver;
+//     refuse connections; with one proxy, switch to another receiver; with
+//     a proxy per receiver, partition one receiver (cut its connections,
+//     then refuse or reset new ones for 1 to 4 s) while the others must take
+//     its share;
 //   - the crash loop: SIGKILL a sender or a receiver at a random moment;
 //     make a sender kill itself right after a COMMIT returned (before its
 //     relay could send the message), or a receiver inside its handler
@@ -96,7 +112,8 @@
 //
 // The crash-point loop arms them round robin, the windows' points first, at
 // their N-th hit with N from 1 to 3, so that every scenario arms each at
-// least once. An armed receiver becomes the proxy's target; the workers'
+// least once. An armed receiver becomes the proxy's target (with a proxy per
+// receiver, the balancers reach it as any other); the workers'
 // points are armed preferably, and the inline point only, in a receiver whose
 // next start runs that path. A service that does not get to its point within
 // 5 s is killed; while the point's window has not been hit, it is armed again

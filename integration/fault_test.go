@@ -12,7 +12,9 @@ import (
 )
 
 // TestFaultSQLite runs the fault scenario on SQLite: two sender processes
-// share the orders file, two receiver processes the billing file.
+// share the orders file, two receiver processes the billing file; the
+// senders dial one proxy (Peer.Addr) that the test switches between the
+// receivers.
 func TestFaultSQLite(t *testing.T) {
 	t.Parallel()
 	faultTest(t, scenario{
@@ -28,19 +30,25 @@ func TestFaultSQLite(t *testing.T) {
 }
 
 // TestFaultPostgres runs the fault scenario on Postgres, with a private
-// server per service that the crash loop also restarts and kills.
+// server per service that the database loop restarts and kills: three
+// sender processes share the orders database, three receiver processes the
+// billing database, each receiver behind a proxy of its own; the senders
+// spread their batches over the three (Peer.Addrs), and the network loop
+// breaks one receiver's proxy or all of them, or partitions one receiver.
+// The total load is that of two senders at 60 tx/s.
 func TestFaultPostgres(t *testing.T) {
 	t.Parallel()
 	faultTest(t, scenario{
-		dialect:   "postgres",
-		seed:      2,
-		length:    55 * time.Second,
-		senders:   2,
-		receivers: 2,
-		rate:      60,
-		writers:   2,
-		dbFaults:  true,
-		stuck:     0.002,
+		dialect:          "postgres",
+		seed:             2,
+		length:           55 * time.Second,
+		senders:          3,
+		receivers:        3,
+		rate:             40,
+		writers:          2,
+		dbFaults:         true,
+		stuck:            0.002,
+		proxyPerReceiver: true,
 	})
 }
 
@@ -111,8 +119,12 @@ func testName(t *testing.T) string {
 func runScenario(t *testing.T, sc scenario) {
 	c := newCluster(t, sc)
 	c.run()
-	c.logf("running: %d senders at %v tx/s each, %d receivers, %s, seed %d, faults for %v",
-		sc.senders, sc.rate, sc.receivers, sc.dialect, sc.seed, sc.length)
+	proxies := "one proxy switched between them"
+	if sc.proxyPerReceiver {
+		proxies = "a proxy each"
+	}
+	c.logf("running: %d senders at %v tx/s each, %d receivers (%s), %s, seed %d, faults for %v",
+		sc.senders, sc.rate, sc.receivers, proxies, sc.dialect, sc.seed, sc.length)
 
 	ctx, cancel := context.WithTimeout(context.Background(), sc.length)
 	defer cancel()

@@ -38,90 +38,213 @@ func pause(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// netTargets returns the proxies a network fault acts on, and how to name
+// them in the log: the one proxy; or, with a proxy per receiver, one
+// receiver's chosen at random, or (one time in three) every receiver's.
+func (c *cluster) netTargets(rng *rand.Rand) ([]*faultproxy.Proxy, string) {
+	if c.proxy != nil {
+		return []*faultproxy.Proxy{c.proxy}, ""
+	}
+	if len(c.receivers) > 1 && rng.IntN(3) == 0 {
+		return c.proxies, " (every receiver)"
+	}
+	r := c.receivers[rng.IntN(len(c.receivers))]
+	return []*faultproxy.Proxy{r.proxy}, " (" + r.name + ")"
+}
+
+// cutAll cuts the live connections of every proxy in ps and returns how many.
+func cutAll(ps []*faultproxy.Proxy) int {
+	n := 0
+	for _, p := range ps {
+		n += p.Cut()
+	}
+	return n
+}
+
+// waitDisarmed waits until no proxy of ps has a cut budget armed, for at
+// most d, then disarms them all.
+func waitDisarmed(ctx context.Context, ps []*faultproxy.Proxy, dir faultproxy.Direction, d, poll time.Duration) {
+	deadline := time.Now().Add(d)
+	armed := func() bool {
+		for _, p := range ps {
+			if p.Armed() {
+				return true
+			}
+		}
+		return false
+	}
+	for armed() && time.Now().Before(deadline) && pause(ctx, poll) {
+	}
+	for _, p := range ps {
+		p.CutAfter(dir, -1)
+	}
+}
+
+// bytesToClient is what every proxy forwarded to the senders so far.
+func (c *cluster) bytesToClient() int64 {
+	var n int64
+	for _, p := range c.proxies {
+		n += p.Stats().BytesToClient
+	}
+	return n
+}
+
+// partitionCounts count the partition-receiver faults: how many, and in how
+// many of them the other receivers took traffic meanwhile.
+type partitionCounts struct {
+	n, othersDelivered int
+}
+
 // networkFaults break the connections between the relays and the receivers,
-// through the proxy.
+// through the proxies (see netTargets).
 var networkFaults = []fault{
 	{name: "cut", weight: 3, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
-		n := c.proxy.Cut()
-		c.logf("fault: cut %d connections", n)
+		ps, which := c.netTargets(rng)
+		n := cutAll(ps)
+		c.logf("fault: cut %d connections%s", n, which)
 	}},
 	{name: "cut-mid-stream", weight: 4, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		// A budget of a few bytes to a few frames cuts inside a frame
 		// (HELLO, BATCH or ACK) most of the time.
+		ps, which := c.netTargets(rng)
 		dir := []faultproxy.Direction{faultproxy.Both, faultproxy.ToTarget, faultproxy.ToClient}[rng.IntN(3)]
 		n := rng.Int64N(6000)
-		c.proxy.CutAfter(dir, n)
-		c.logf("fault: cut %s after %d bytes", dir, n)
-		deadline := time.Now().Add(3 * time.Second)
-		for c.proxy.Armed() && time.Now().Before(deadline) && pause(ctx, 20*time.Millisecond) {
+		for _, p := range ps {
+			p.CutAfter(dir, n)
 		}
-		c.proxy.CutAfter(dir, -1)
+		c.logf("fault: cut %s after %d bytes%s", dir, n, which)
+		waitDisarmed(ctx, ps, dir, 3*time.Second, 20*time.Millisecond)
 	}},
 	{name: "cut-at-ack", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		// The next bytes from a receiver are most likely an ACK: the
 		// batch is committed in the inbox and the relay never hears of it
 		// (from the sender's side, the receiver died between insert and
 		// ACK).
-		c.proxy.CutAfter(faultproxy.ToClient, 0)
-		c.logf("fault: cut at the next byte to a sender")
-		deadline := time.Now().Add(3 * time.Second)
-		for c.proxy.Armed() && time.Now().Before(deadline) && pause(ctx, 10*time.Millisecond) {
+		ps, which := c.netTargets(rng)
+		for _, p := range ps {
+			p.CutAfter(faultproxy.ToClient, 0)
 		}
-		c.proxy.CutAfter(faultproxy.ToClient, -1)
+		c.logf("fault: cut at the next byte to a sender%s", which)
+		waitDisarmed(ctx, ps, faultproxy.ToClient, 3*time.Second, 10*time.Millisecond)
 	}},
 	{name: "stall", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		// Up to twice the client's read and ack timeouts: short stalls
 		// only delay, long ones make the relay give up on batches whose
 		// bytes then still arrive when the stall ends.
+		ps, which := c.netTargets(rng)
 		d := between(rng, 200*time.Millisecond, 4500*time.Millisecond)
-		c.proxy.Stall(true)
-		c.logf("fault: stall for %v", d.Round(time.Millisecond))
+		for _, p := range ps {
+			p.Stall(true)
+		}
+		c.logf("fault: stall for %v%s", d.Round(time.Millisecond), which)
 		pause(ctx, d)
-		c.proxy.Stall(false)
+		for _, p := range ps {
+			p.Stall(false)
+		}
 	}},
 	{name: "latency", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		ps, which := c.netTargets(rng)
 		l := between(rng, 5*time.Millisecond, 150*time.Millisecond)
 		d := between(rng, 500*time.Millisecond, 4*time.Second)
-		c.proxy.Latency(l)
-		c.logf("fault: latency %v for %v", l.Round(time.Millisecond), d.Round(time.Millisecond))
+		for _, p := range ps {
+			p.Latency(l)
+		}
+		c.logf("fault: latency %v for %v%s", l.Round(time.Millisecond), d.Round(time.Millisecond), which)
 		pause(ctx, d)
-		c.proxy.Latency(0)
+		for _, p := range ps {
+			p.Latency(0)
+		}
 	}},
 	{name: "bandwidth", weight: 2, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		ps, which := c.netTargets(rng)
 		bw := 2<<10 + rng.Int64N(62<<10)
 		d := between(rng, 500*time.Millisecond, 4*time.Second)
-		c.proxy.Bandwidth(bw)
-		c.logf("fault: bandwidth %d B/s for %v", bw, d.Round(time.Millisecond))
+		for _, p := range ps {
+			p.Bandwidth(bw)
+		}
+		c.logf("fault: bandwidth %d B/s for %v%s", bw, d.Round(time.Millisecond), which)
 		pause(ctx, d)
-		c.proxy.Bandwidth(0)
+		for _, p := range ps {
+			p.Bandwidth(0)
+		}
 	}},
 	{name: "refuse", weight: 1, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		ps, which := c.netTargets(rng)
 		d := between(rng, 200*time.Millisecond, 2*time.Second)
-		c.proxy.Refuse(true)
-		n := c.proxy.Cut()
-		c.logf("fault: cut %d connections and reset new ones for %v", n, d.Round(time.Millisecond))
+		for _, p := range ps {
+			p.Refuse(true)
+		}
+		n := cutAll(ps)
+		c.logf("fault: cut %d connections and reset new ones for %v%s", n, d.Round(time.Millisecond), which)
 		pause(ctx, d)
-		c.proxy.Refuse(false)
+		for _, p := range ps {
+			p.Refuse(false)
+		}
 	}},
 	{name: "unlisten", weight: 1, run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		ps, which := c.netTargets(rng)
 		d := between(rng, 200*time.Millisecond, 2*time.Second)
-		c.proxy.Unlisten()
+		for _, p := range ps {
+			p.Unlisten()
+		}
 		n := 0
 		if rng.IntN(2) == 0 {
-			n = c.proxy.Cut()
+			n = cutAll(ps)
 		}
-		c.logf("fault: refuse connections for %v (cut %d)", d.Round(time.Millisecond), n)
+		c.logf("fault: refuse connections for %v (cut %d)%s", d.Round(time.Millisecond), n, which)
 		pause(ctx, d)
-		if err := c.proxy.Relisten(); err != nil {
-			c.t.Errorf("relisten: %v", err)
+		for _, p := range ps {
+			if err := p.Relisten(); err != nil {
+				c.t.Errorf("relisten: %v", err)
+			}
 		}
 	}},
-	{name: "switch-receiver", weight: 1, ok: func(c *cluster) bool { return len(c.receivers) > 1 },
+	{name: "switch-receiver", weight: 1, ok: func(c *cluster) bool { return c.proxy != nil && len(c.receivers) > 1 },
 		run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
 			if r := c.retarget(rng, true); r != nil {
 				n := c.proxy.Cut()
 				c.logf("fault: switch to %s, cut %d connections", r.name, n)
 			}
+		}},
+	{name: "partition-receiver", weight: 3, ok: func(c *cluster) bool { return c.proxy == nil && len(c.receivers) > 1 },
+		run: func(ctx context.Context, c *cluster, rng *rand.Rand) {
+			// One receiver instance cut off from every sender, at dial
+			// time or just after, while the others must take its share.
+			i := rng.IntN(len(c.receivers))
+			r := c.receivers[i]
+			d := between(rng, time.Second, 4*time.Second)
+			others := func() int64 {
+				var n int64
+				for j, p := range c.proxies {
+					if j != i {
+						n += p.Stats().BytesToTarget
+					}
+				}
+				return n
+			}
+			before := others()
+			how := "reset new connections"
+			if rng.IntN(2) == 0 {
+				how = "refuse connections"
+				r.proxy.Unlisten()
+			} else {
+				r.proxy.Refuse(true)
+			}
+			n := r.proxy.Cut()
+			pause(ctx, d)
+			r.proxy.Refuse(false)
+			if err := r.proxy.Relisten(); err != nil {
+				c.t.Errorf("relisten: %v", err)
+			}
+			delivered := others() - before
+			c.mu.Lock()
+			c.partitions.n++
+			if delivered > 0 {
+				c.partitions.othersDelivered++
+			}
+			c.mu.Unlock()
+			c.logf("fault: partition %s for %v (cut %d, %s); the other receivers took %d B meanwhile",
+				r.name, d.Round(time.Millisecond), n, how, delivered)
 		}},
 }
 
@@ -148,9 +271,9 @@ var crashFaults = []fault{
 		// SIGKILL every sender the moment the proxy forwards bytes to
 		// them, most likely an ACK: the relay that gets it is then
 		// between the acknowledgement and the deletion of its rows.
-		before := c.proxy.Stats().BytesToClient
+		before := c.bytesToClient()
 		deadline := time.Now().Add(3 * time.Second)
-		for c.proxy.Stats().BytesToClient == before && time.Now().Before(deadline) && ctx.Err() == nil {
+		for c.bytesToClient() == before && time.Now().Before(deadline) && ctx.Err() == nil {
 			time.Sleep(100 * time.Microsecond)
 		}
 		killed := make(map[*service]*proc.Process)

@@ -2,7 +2,8 @@
 // Node on SQLite or Postgres, in one of two roles.
 //
 // As a sender (-role sender, node name "orders") it relays its outbox to the
-// peer "billing" at -peer and, at -rate transactions per second, writes one
+// peer "billing" at -peer (one connection), or over the instances listed in
+// -peers (comma-separated; durable.Peer.Addrs, a tcp.Balancer), and, at -rate transactions per second, writes one
 // business row into the orders table and enqueues one message in the same
 // transaction. After each commit returns it prints "C <id>", after a
 // deliberate rollback "R <id>", and after a commit whose outcome is unknown
@@ -11,7 +12,8 @@
 //
 // As a receiver (-role receiver, node name "billing") it listens on -listen
 // and handles topic "order.placed": the handler writes an effect row
-// (effects table, no unique constraint, so a double effect shows), then may
+// (effects table, no unique constraint, so a double effect shows; its
+// handled_by column names the instance, -instance), then may
 // fail on purpose (-fail), which must roll the effect back, or hang past the
 // inbox's lease and at times its handler timeout (-stuck), panic (-panic), or
 // run a failing statement and return nil anyway (-swallow); a poison message
@@ -53,6 +55,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -85,6 +88,7 @@ type Payload struct {
 type options struct {
 	role, dialect, dsn, name string
 	listen, peer, secret     string
+	peers, instance          string
 	rate                     float64
 	writers                  int
 	seed                     uint64
@@ -106,6 +110,8 @@ func main() {
 	flag.StringVar(&o.name, "name", "", "node name (default: orders for a sender, billing for a receiver)")
 	flag.StringVar(&o.listen, "listen", "127.0.0.1:0", "receiver: listen address")
 	flag.StringVar(&o.peer, "peer", "", "sender: address of the billing peer")
+	flag.StringVar(&o.peers, "peers", "", "sender: addresses of the billing peer's instances, comma-separated (instead of -peer)")
+	flag.StringVar(&o.instance, "instance", "", "receiver: the instance's name, recorded with each effect")
 	flag.StringVar(&o.secret, "secret", "fault-suite-secret", "shared secret")
 	flag.Float64Var(&o.rate, "rate", 0, "sender: transactions per second in all (0: only relay)")
 	flag.IntVar(&o.writers, "writers", 1, "sender: enqueue goroutines")
@@ -351,10 +357,18 @@ func serve[TTx any](ctx context.Context, o options, log *slog.Logger, d *db[TTx]
 
 	switch o.role {
 	case "sender":
-		if o.peer == "" {
-			return errors.New("a sender needs -peer")
+		var peer durable.Peer
+		switch {
+		case o.peer != "" && o.peers != "":
+			return errors.New("a sender takes -peer or -peers, not both")
+		case o.peer != "":
+			peer.Addr = o.peer
+		case o.peers != "":
+			peer.Addrs = strings.Split(o.peers, ",")
+		default:
+			return errors.New("a sender needs -peer or -peers")
 		}
-		cfg.Peers = map[string]durable.Peer{"billing": {Addr: o.peer}}
+		cfg.Peers = map[string]durable.Peer{"billing": peer}
 		nodes := make(chan *durable.Node[TTx], 1)
 		var wg sync.WaitGroup
 		if o.rate > 0 {
@@ -575,7 +589,7 @@ func handler[TTx any](o options, d *db[TTx]) func(ctx context.Context, tx TTx, m
 		if err := json.Unmarshal(m.Payload, &p); err != nil {
 			return inbox.Permanent(fmt.Errorf("payload: %w", err))
 		}
-		if err := d.exec(ctx, tx, `INSERT INTO effects (message_id, source) VALUES ($1, $2)`, m.ID, m.Source); err != nil {
+		if err := d.exec(ctx, tx, `INSERT INTO effects (message_id, source, handled_by) VALUES ($1, $2, $3)`, m.ID, m.Source, o.instance); err != nil {
 			return err
 		}
 		if dieNext.CompareAndSwap(true, false) {
