@@ -74,7 +74,7 @@ func (a *app) benchInstancesPrint(rep *bench.InstancesReport) {
 			fmt.Fprintf(a.stdout, "%s rows/s (%s of %d)\n", benchInt(w.Raw.PerSec), w.Raw.Kind, w.Raw.Batch)
 		}
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "instances\twriters/sender\tmsg/s\tof raw\tCPU µs/msg (go + postgres)\tCPU busy\tp50 ms\tp99 ms\tduplicate sends\thandled\thandled twice\t")
+		fmt.Fprintln(tw, "instances\twriters/sender\tmsg/s\tof raw\tCPU µs/msg (go + postgres)\tof 2 CPUs\tp50 ms\tp99 ms\tmsgs/relay batch\tduplicate sends\thandled\thandled twice\t")
 		for _, r := range w.Rows {
 			ofRaw, busy := "-", "-"
 			if r.OfRaw != nil {
@@ -83,9 +83,9 @@ func (a *app) benchInstancesPrint(rep *bench.InstancesReport) {
 			if r.Busy != nil {
 				busy = fmt.Sprintf("%.0f%%", *r.Busy*100)
 			}
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%d\t%d\t%d\t\n", r.Instances, r.WritersPerSender,
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\t\n", r.Instances, r.WritersPerSender,
 				benchInt(r.EndToEndPerSec), ofRaw, benchCPUString(r.CPU, false), busy, r.Latency.P50, r.Latency.P99,
-				r.TransportDuplicates, r.Handled, r.DuplicateHandlerCalls)
+				r.MessagesPerBatch, r.TransportDuplicates, r.Handled, r.DuplicateHandlerCalls)
 		}
 		tw.Flush()
 		fmt.Fprintln(a.stdout, "CPU seconds during the run, by process (senders | receivers | postgres app/relay/inbox):")

@@ -86,8 +86,13 @@ type instanceReport struct {
 	// TransportDuplicates (receiver) is durable.inbox.received with
 	// durable.status=duplicate: envelopes received again and dropped by
 	// the inbox.
-	TransportDuplicates int64    `json:"transport_duplicates"`
-	Warnings            []string `json:"warnings"`
+	TransportDuplicates int64 `json:"transport_duplicates"`
+	// RelayBatches and RelayRetried (sender) are durable.relay.batch.size's
+	// count and durable.relay.retried: the batches the relay sent and the
+	// envelopes it released for a retry.
+	RelayBatches int64    `json:"relay_batches"`
+	RelayRetried int64    `json:"relay_retried"`
+	Warnings     []string `json:"warnings"`
 }
 
 // RunInstance runs one instance process of the multi-instance bench: it
@@ -298,6 +303,29 @@ func runReceiverInstance(ctx context.Context, spec *InstanceSpec, cmds <-chan st
 	return nil
 }
 
+// relayCounts reads the relay's batches sent and envelopes retried.
+func relayCounts(rm *metricdata.ResourceMetrics) (batches, retried int64) {
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			switch d := m.Data.(type) {
+			case metricdata.Histogram[int64]:
+				if m.Name == "durable.relay.batch.size" {
+					for _, dp := range d.DataPoints {
+						batches += int64(dp.Count)
+					}
+				}
+			case metricdata.Sum[int64]:
+				if m.Name == "durable.relay.retried" {
+					for _, dp := range d.DataPoints {
+						retried += dp.Value
+					}
+				}
+			}
+		}
+	}
+	return batches, retried
+}
+
 // transportDuplicates sums durable.inbox.received{durable.status=duplicate}.
 func transportDuplicates(rm *metricdata.ResourceMetrics) int64 {
 	var n int64
@@ -341,11 +369,15 @@ func runSenderInstance(ctx context.Context, spec *InstanceSpec, cmds <-chan stri
 		linger = -1
 	}
 	logs := &benchLog{skip: benchSameHostWarning}
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer func() { _ = mp.Shutdown(context.WithoutCancel(ctx)) }()
 	n, err := node.NewNode(d, &node.Config[pgx.Tx]{
-		Name:   "bench-sender",
-		Peers:  map[string]node.Peer{"receiver": {Addrs: spec.Peers}},
-		Secret: spec.Secret,
-		Outbox: outbox.Config{Notify: t.Notify},
+		Name:          "bench-sender",
+		MeterProvider: mp,
+		Peers:         map[string]node.Peer{"receiver": {Addrs: spec.Peers}},
+		Secret:        spec.Secret,
+		Outbox:        outbox.Config{Notify: t.Notify},
 		Relay: outbox.RelayConfig{
 			BatchSize: t.RelayBatchSize, Linger: linger, InFlight: t.RelayInFlight,
 			PollInterval: benchMS(t.RelayPollMS),
@@ -462,8 +494,13 @@ func runSenderInstance(ctx context.Context, spec *InstanceSpec, cmds <-chan stri
 			if err := stop(); err != nil {
 				return fmt.Errorf("node: %w", err)
 			}
-			emit(instanceEvent{Report: &instanceReport{CPUNanos: cpu1 - cpu0, CPUOK: ok0 && ok1,
-				Commits: commits, Warnings: logs.warnings()}})
+			rep := &instanceReport{CPUNanos: cpu1 - cpu0, CPUOK: ok0 && ok1, Commits: commits, Warnings: logs.warnings()}
+			var rm metricdata.ResourceMetrics
+			if err := reader.Collect(context.WithoutCancel(ctx), &rm); err != nil {
+				return fmt.Errorf("metrics: %w", err)
+			}
+			rep.RelayBatches, rep.RelayRetried = relayCounts(&rm)
+			emit(instanceEvent{Report: rep})
 			return nil
 		}
 	}

@@ -70,6 +70,12 @@ type InstancesRow struct {
 	// TransportDuplicates is the envelopes the receivers got again and
 	// dropped (durable.inbox.received{durable.status=duplicate}).
 	TransportDuplicates int64 `json:"transport_duplicates"`
+	// RelayBatches is the batches the senders' relays sent
+	// (durable.relay.batch.size's count); MessagesPerBatch the messages
+	// over it. RelayRetried is the envelopes released for a retry.
+	RelayBatches     int64   `json:"relay_batches"`
+	MessagesPerBatch float64 `json:"messages_per_relay_batch"`
+	RelayRetried     int64   `json:"relay_retried"`
 	// DuplicateHandlerCalls is the handler calls after a message's first.
 	DuplicateHandlerCalls int64       `json:"duplicate_handler_calls"`
 	DeadLetters           int64       `json:"dead_letters"`
@@ -556,6 +562,8 @@ func runInstancesOnce(ctx context.Context, o *Options, pg *benchPG, exe, dsnStr 
 				}
 			}
 			p.Messages = s
+			row.RelayBatches += r.RelayBatches
+			row.RelayRetried += r.RelayRetried
 		} else {
 			row.TransportDuplicates += r.TransportDuplicates
 			p.Messages = len(r.Seqs)
@@ -584,6 +592,9 @@ func runInstancesOnce(ctx context.Context, o *Options, pg *benchPG, exe, dsnStr 
 		}
 	}
 	row.Latency = benchPercentiles(lat)
+	if row.RelayBatches > 0 {
+		row.MessagesPerBatch = float64(w.messages) / float64(row.RelayBatches)
+	}
 	if last > start.UnixNano() {
 		row.Seconds = float64(last-start.UnixNano()) / 1e9
 		row.EndToEndPerSec = float64(row.Handled) / row.Seconds
