@@ -74,7 +74,7 @@ func (a *app) benchInstancesPrint(rep *bench.InstancesReport) {
 			fmt.Fprintf(a.stdout, "%s rows/s (%s of %d)\n", benchInt(w.Raw.PerSec), w.Raw.Kind, w.Raw.Batch)
 		}
 		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "instances\twriters/sender\tmsg/s\tof raw\tCPU µs/msg (go + postgres)\tof 2 CPUs\tp50 ms\tp99 ms\tmsgs/relay batch\tduplicate sends\thandled\thandled twice\t")
+		fmt.Fprintf(tw, "instances\twriters/sender\tmsg/s\tof raw\tCPU µs/msg (go + postgres)\tof %d CPUs\tp50 ms\tp99 ms\tmsgs/relay batch\tduplicate sends\thandled\thandled twice\t\n", rep.Machine.CPUs)
 		for _, r := range w.Rows {
 			ofRaw, busy := "-", "-"
 			if r.OfRaw != nil {
