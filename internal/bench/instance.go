@@ -108,11 +108,14 @@ func RunInstance(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	if err := json.Unmarshal(in.Bytes(), &spec); err != nil {
 		return fmt.Errorf("bench-instance: spec: %w", err)
 	}
-	// The commands; the channel closes at the end of stdin (the bench
-	// stopped or died): the process ends then.
+	// The commands; at the end of stdin (the bench stopped or died) the
+	// channel closes and ctx ends: the process stops whatever it was doing.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	cmds := make(chan string, 4)
 	go func() {
 		defer close(cmds)
+		defer cancel()
 		for in.Scan() {
 			cmds <- in.Text()
 		}
