@@ -2,7 +2,7 @@
 GO          ?= go
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: test test/short lint fmt generate bench db/up db/down
+.PHONY: test test/short lint fmt generate bench bench-instances db/up db/down
 
 ## test: the whole suite with the race detector (Postgres tests skip cleanly
 ## without a server, and fail instead when CI is set), and the crash points
@@ -51,6 +51,11 @@ generate:
 BENCHFLAGS ?=
 bench:
 	$(GO) run ./cmd/durable bench $(BENCHFLAGS)
+
+## bench-instances: W1 and W2 with 1, 2 and 4 sender and receiver processes
+## on Postgres (see docs/benchmarks.md, "Several instances"); BENCHFLAGS too.
+bench-instances:
+	$(GO) run ./cmd/durable bench --instances 1,2,4 --w2-messages 120000 $(BENCHFLAGS)
 
 ## db/up: a PostgreSQL for the tests, for people who have none (needs Docker).
 db/up:

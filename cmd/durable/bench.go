@@ -63,11 +63,20 @@ committed). See docs/benchmarks.md for how to read the numbers.
 --dsn names the Postgres server (default ` + bench.DefaultDSN + `;
 DURABLE_DSN is not read, so that a benchmark never lands on an application's database by
 accident); the user needs CREATE on the database. --dialect postgres|sqlite|both (default
-both). The tuning flags override the configuration bench uses, for experiments.`,
+both). The tuning flags override the configuration bench uses, for experiments.
+
+--instances 1,2,4 runs W1 and W2 once per number N of the list, on Postgres: N sender
+processes (the app's transactions, the outbox and its relay) on the sender's schema and N
+receiver processes (TCP server, inbox, handlers) on the receiver's, each a process of its
+own (this binary again), every sender sending to every receiver. The senders share the
+workload's messages and its writers. Per N it reports end-to-end msg/s (start → last
+handler call), CPU per message (every process and the Postgres backends), commit → handler
+p50/p99, and the duplicate sends: envelopes a receiver got again and dropped.`,
 		Example: `  durable bench
   durable bench --dialect sqlite --json
   durable bench --dialect postgres --dsn postgres://postgres@db:5432/bench --w3-duration 10s
-  durable bench --workloads w1 --dialect postgres --relay-linger 2ms`,
+  durable bench --workloads w1 --dialect postgres --relay-linger 2ms
+  durable bench --instances 1,2,4 --w1-messages 30000 --w2-messages 200000`,
 		Args: cobra.NoArgs,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			return a.benchValidate(cmd, o)
@@ -77,6 +86,7 @@ both). The tuning flags override the configuration bench uses, for experiments.`
 		}),
 	}
 	f := cmd.Flags()
+	f.IntSliceVar(&o.Instances, "instances", nil, "run W1 and W2 with N sender and N receiver processes, for each N of this list (e.g. 1,2,4; Postgres only)")
 	f.StringSliceVar(&o.Workloads, "workloads", []string{"w1", "w2", "w3", "w4"}, "workloads to run: w1, w2, w3, w4")
 	f.IntVar(&o.W1Messages, "w1-messages", 20000, "W1: messages")
 	f.IntVar(&o.W1Writers, "w1-writers", 16, "W1: concurrent app transactions (also the raw limit's writers)")
@@ -150,6 +160,20 @@ func (a *app) benchValidate(cmd *cobra.Command, o *benchFlags) error {
 			return usageErrorf("--%s %d: must be at least 1", c.name, c.v)
 		}
 	}
+	if len(o.Instances) > 0 {
+		if a.dialect == migrations.SQLite {
+			return usageErrorf("--instances runs on Postgres only: several processes on one SQLite file share its one writer")
+		}
+		a.dialect = migrations.Postgres
+		if len(o.InstancesWorkloads()) == 0 {
+			return usageErrorf("--instances runs W1 and W2: --workloads names neither")
+		}
+		for _, n := range o.Instances {
+			if n < 1 || n > 16 {
+				return usageErrorf("--instances %d: want 1 to 16", n)
+			}
+		}
+	}
 	if o.W3Duration < time.Second/time.Duration(o.W3Rate) {
 		return usageErrorf("--w3-duration %s: too short for one message at --w3-rate %d", o.W3Duration, o.W3Rate)
 	}
@@ -206,6 +230,9 @@ func (a *app) bench(ctx context.Context, cmd *cobra.Command, o *benchFlags) erro
 	o.Dialect, o.DSN, o.Timeout = a.dialect, a.dsn, a.timeout
 	o.Command = "durable " + strings.Join(os.Args[1:], " ")
 	o.Progress = a.benchProgress()
+	if len(o.Instances) > 0 {
+		return a.benchInstances(ctx, o)
+	}
 	rep, err := bench.Run(ctx, &o.Options)
 	switch {
 	case errors.Is(err, bench.ErrInterrupted):

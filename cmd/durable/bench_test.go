@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -137,4 +139,101 @@ func TestBenchUsage(t *testing.T) {
 	wantError(t, durable(t, "bench", "--dialect", "mysql"), exitUsage, `--dialect "mysql": want postgres, sqlite or both`)
 	wantError(t, durable(t, "bench", "--workloads", "w5"), exitUsage, `--workloads: unknown workload "w5" (want w1, w2, w3, w4)`)
 	wantError(t, durable(t, "bench", "--dsn", "./app.db"), exitUsage, "--dsn names the Postgres server bench runs on; SQLite runs in a temporary directory")
+}
+
+// TestBenchInstances runs W1 and W2 with one and with two sender and
+// receiver processes, tiny: every row present, every message handled
+// exactly once, the duplicate sends reported, and every instance process
+// gone when the command has returned.
+func TestBenchInstances(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	u := testdb.PostgresURL(t)
+	r := mustSucceed(t, "bench", "--instances", "1,2", "--workloads", "w1,w2", "--w1-messages", "200",
+		"--w2-messages", "2000", "--w2-batch", "100", "--dsn", u, "--json")
+	var rep struct {
+		Machine   map[string]any `json:"machine"`
+		Workloads []struct {
+			Workload string         `json:"workload"`
+			Messages float64        `json:"messages"`
+			Raw      map[string]any `json:"raw"`
+			AppTx    map[string]any `json:"app_tx"`
+			Rows     []map[string]any
+		} `json:"workloads"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("bench --instances --json printed no JSON report: %v\n%s", err, r.stdout)
+	}
+	if rep.Machine["postgres_version"] == "" {
+		t.Errorf("machine has no postgres_version: %v", rep.Machine)
+	}
+	if len(rep.Workloads) != 2 || rep.Workloads[0].Workload != "w1" || rep.Workloads[1].Workload != "w2" {
+		t.Fatalf("workloads %+v, want w1 and w2", rep.Workloads)
+	}
+	for _, w := range rep.Workloads {
+		if v, _ := w.Raw["rows_per_sec"].(float64); v <= 0 {
+			t.Errorf("%s: raw limit %v", w.Workload, w.Raw)
+		}
+		if (w.AppTx != nil) != (w.Workload == "w1") {
+			t.Errorf("%s: app_tx = %v, want one for W1 only", w.Workload, w.AppTx)
+		}
+		if len(w.Rows) != 2 {
+			t.Fatalf("%s: %d rows, want 2 (1 and 2 instances)", w.Workload, len(w.Rows))
+		}
+		for i, row := range w.Rows {
+			name := fmt.Sprintf("%s with %v instances", w.Workload, row["instances"])
+			if row["instances"] != float64(i+1) {
+				t.Errorf("%s: row %d, want %d instances", name, i, i+1)
+			}
+			for _, f := range []string{"handled", "handled_in_db", "messages"} {
+				if row[f] != w.Messages {
+					t.Errorf("%s: %s = %v, want %v (every message once)", name, f, row[f], w.Messages)
+				}
+			}
+			for _, f := range []string{"duplicate_handler_calls", "dead_letters"} {
+				if row[f] != 0.0 {
+					t.Errorf("%s: %s = %v, want 0", name, f, row[f])
+				}
+			}
+			// Duplicate sends depend on timing (a retried batch): a count,
+			// whatever it is.
+			if d, ok := row["transport_duplicates"].(float64); !ok || d < 0 {
+				t.Errorf("%s: transport_duplicates = %v, want a count", name, row["transport_duplicates"])
+			}
+			for _, f := range []string{"end_to_end_per_sec", "seconds"} {
+				if v, _ := row[f].(float64); v <= 0 {
+					t.Errorf("%s: %s = %v", name, f, row[f])
+				}
+			}
+			if lat, _ := row["latency_ms"].(map[string]any); lat == nil || lat["p99"].(float64) < lat["p50"].(float64) {
+				t.Errorf("%s: latency_ms = %v", name, row["latency_ms"])
+			}
+			procs, _ := row["processes"].([]any)
+			if len(procs) != 2*(i+1) {
+				t.Fatalf("%s: %d processes, want %d", name, len(procs), 2*(i+1))
+			}
+			roles := map[string]int{}
+			for _, p := range procs {
+				p := p.(map[string]any)
+				roles[p["role"].(string)]++
+				// The command reaped its instances before it returned.
+				if pid := int(p["pid"].(float64)); pid <= 0 {
+					t.Errorf("%s: process %v has no pid", name, p)
+				} else if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+					t.Errorf("%s: instance process %d still exists", name, pid)
+				}
+			}
+			if roles["sender"] != i+1 || roles["receiver"] != i+1 {
+				t.Errorf("%s: processes by role %v", name, roles)
+			}
+		}
+	}
+}
+
+func TestBenchInstancesUsage(t *testing.T) {
+	wantError(t, durable(t, "bench", "--instances", "1,2", "--dialect", "sqlite"), exitUsage,
+		"--instances runs on Postgres only: several processes on one SQLite file share its one writer")
+	wantError(t, durable(t, "bench", "--instances", "0"), exitUsage, "--instances 0: want 1 to 16")
+	wantError(t, durable(t, "bench", "--instances", "2", "--workloads", "w3"), exitUsage, "--instances runs W1 and W2: --workloads names neither")
 }

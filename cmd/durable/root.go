@@ -107,6 +107,7 @@ Errors are one line on stderr, prefixed "durable: ". Exit codes:
 	root.AddCommand(a.pausesCommand())
 	root.AddCommand(a.demoCommand())
 	root.AddCommand(a.benchCommand())
+	root.AddCommand(a.benchInstanceCommand())
 	root.AddCommand(a.consoleCommand())
 	return root
 }

@@ -38,7 +38,10 @@ type Options struct {
 	// Progress, when set, is told what runs; "" when done.
 	Progress func(format string, args ...any)
 
-	Workloads  []string // of w1, w2, w3, w4
+	Workloads []string // of w1, w2, w3, w4
+	// Instances, when set, runs RunInstances: W1 and W2 with each of
+	// these numbers of sender and receiver processes.
+	Instances  []int
 	W1Messages int
 	W1Writers  int
 	W2Messages int

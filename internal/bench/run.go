@@ -9,6 +9,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -190,6 +191,8 @@ var benchInlinePath = []int{bstCommit, bstClaim, bstReceived, bstHandler, bstDon
 // benchLog counts the warnings and errors the parts log during a run and
 // keeps the first few; the bench reports them rather than printing them.
 type benchLog struct {
+	// skip, when set, leaves out the records whose message starts with it.
+	skip string
 	mu   sync.Mutex
 	n    int
 	kept []string
@@ -197,6 +200,9 @@ type benchLog struct {
 
 func (l *benchLog) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelWarn }
 func (l *benchLog) Handle(_ context.Context, r slog.Record) error {
+	if l.skip != "" && strings.HasPrefix(r.Message, l.skip) {
+		return nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.n++
