@@ -173,8 +173,8 @@ func TestSerializableConcurrentClaims(t *testing.T) {
 // that holds its expired rows (LockInbox) rescues only the free row, and
 // the batch either settles its row or, under SERIALIZABLE, may fail with a
 // serialization failure; then, once rolled back, its row is still running
-// under its token, for the rescue to hand to another worker: delayed,
-// never lost.
+// under its token, for the worker to settle as a failed attempt (or a
+// rescue to take back): delayed, never lost.
 func TestSerializableRescueBesideBatch(t *testing.T) {
 	d := openSerializable(t, true)
 	ctx := ctxFor(t)
@@ -248,7 +248,7 @@ func TestSerializableRescueBesideBatch(t *testing.T) {
 		if r := state(held.ID); r.State != dialects.InboxStateRunning || r.LeaseToken != "held" {
 			t.Fatalf("held row after the batch failed: %s under %q, want running under \"held\"", r.State, r.LeaseToken)
 		}
-		t.Logf("the batch failed with 40001 beside the rescue (%v); its row stays leased until a rescue", err)
+		t.Logf("the batch failed with 40001 beside the rescue (%v); its row is still running under its token", err)
 	default:
 		t.Fatalf("FinishInbox or Commit beside the rescue: %v", err)
 	}
