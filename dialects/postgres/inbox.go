@@ -111,9 +111,30 @@ func (c *core) inOwnTx(ctx context.Context, fn func(q querier) error) (err error
 	return c.inOwnTxBegun(ctx, sqlInboxOwnTx, fn)
 }
 
+// ownTxAttempts bounds how many times inOwnTxBegun runs a transaction that
+// the server aborted with a serialization failure.
+const ownTxAttempts = 3
+
 // inOwnTxBegun is inOwnTx with begin, a statement that begins the
-// transaction and sets it up, in place of sqlInboxOwnTx.
+// transaction and sets it up, in place of sqlInboxOwnTx. A transaction the
+// server aborts with a serialization failure (SQLSTATE 40001, which
+// SERIALIZABLE transactions get when concurrent claims touch the same rows:
+// the default isolation of CockroachDB, or of Postgres with
+// default_transaction_isolation = serializable) is run again at once, up to
+// ownTxAttempts times in all: fn only claims or purges in a transaction of
+// its own, so a repeat is what the caller would do after the error, minus
+// its backoff and its report of a database failure.
 func (c *core) inOwnTxBegun(ctx context.Context, begin string, fn func(q querier) error) (err error) {
+	for attempt := 1; ; attempt++ {
+		err = c.ownTxOnce(ctx, begin, fn)
+		if attempt == ownTxAttempts || !isSerializationFailure(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// ownTxOnce runs one attempt of inOwnTxBegun.
+func (c *core) ownTxOnce(ctx context.Context, begin string, fn func(q querier) error) error {
 	q, release, err := c.conn(ctx)
 	if err != nil {
 		return err

@@ -165,6 +165,13 @@ func isUniqueViolation(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "23505"
 }
 
+// isSerializationFailure reports whether err is a serialization_failure
+// (40001).
+func isSerializationFailure(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "40001"
+}
+
 // Name returns "postgres".
 func (c *core) Name() string { return name }
 
