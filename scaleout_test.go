@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,8 +49,10 @@ type scaleEnv[TTx any] struct {
 	// batch is the relays' and the workers' BatchSize: the backlog must
 	// outlast many claims of every instance (a relay holds at most
 	// BatchSize × InFlight rows at once, and leaves the rest to the others).
-	batch  int
-	notify bool // outbox.Config.Notify (Postgres)
+	batch int
+	// workers is each receiver's inbox.Config.Concurrency (0: the default).
+	workers int
+	notify  bool // outbox.Config.Notify (Postgres)
 	// node returns a new dialect on side's database, with a connection
 	// pool of its own.
 	node func(t *testing.T, side string) dialects.NodeDialect[TTx]
@@ -105,6 +109,35 @@ func counterSum(t *testing.T, reader *sdkmetric.ManualReader, name string, attrs
 	return total
 }
 
+// teeLog passes every record on to the default handler and counts those
+// whose message contains one of subs.
+type teeLog struct {
+	slog.Handler
+	subs []string
+	n    *atomic.Int64
+}
+
+func newTeeLog(subs ...string) *teeLog {
+	return &teeLog{Handler: slog.Default().Handler(), subs: subs, n: new(atomic.Int64)}
+}
+
+func (l *teeLog) Handle(ctx context.Context, r slog.Record) error {
+	for _, s := range l.subs {
+		if strings.Contains(r.Message, s) {
+			l.n.Add(1)
+		}
+	}
+	return l.Handler.Handle(ctx, r)
+}
+
+func (l *teeLog) WithAttrs(a []slog.Attr) slog.Handler {
+	return &teeLog{Handler: l.Handler.WithAttrs(a), subs: l.subs, n: l.n}
+}
+
+func (l *teeLog) WithGroup(g string) slog.Handler {
+	return &teeLog{Handler: l.Handler.WithGroup(g), subs: l.subs, n: l.n}
+}
+
 // leaseHolders records every holder seen of each lease name.
 type leaseHolders map[string]map[string]bool
 
@@ -147,6 +180,10 @@ func share(counts []int64, total int) string {
 func testScaleOut[TTx any](t *testing.T, env scaleEnv[TTx]) {
 	ctx := context.Background()
 	n := env.n
+	// No node may take a running one for stopped (the six run in one
+	// process, as Nodes of one service may).
+	released := newTeeLog("released the claims of a stopped node", "row in durable_nodes was gone")
+	logger := slog.New(released)
 
 	// Receivers: the workers handle everything (inline handling off), so
 	// that the deliveries and the workers' claims are spread each on its
@@ -168,11 +205,12 @@ func testScaleOut[TTx any](t *testing.T, env scaleEnv[TTx]) {
 			return env.effect(ctx, tx, m, seq, i)
 		})
 		cfg := fastConfig(durable.Config[TTx]{
-			Name: "billing", Listener: ln, Handler: mux, DisableInline: true,
+			Name: "billing", Listener: ln, Handler: mux, DisableInline: true, Logger: logger,
 			MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(recvReaders[i])),
 		})
 		cfg.Inbox.Name = fmt.Sprintf("billing-%d", i) // names the lease holder
 		cfg.Inbox.BatchSize = env.batch
+		cfg.Inbox.Concurrency = env.workers
 		cfg.Inbox.Retention = time.Millisecond
 		cfg.Inbox.CleanupInterval = 50 * time.Millisecond
 		node, err := durable.NewNode(env.node(t, "billing"), cfg)
@@ -194,6 +232,7 @@ func testScaleOut[TTx any](t *testing.T, env scaleEnv[TTx]) {
 		sendReaders[i] = sdkmetric.NewManualReader()
 		cfg := fastConfig(durable.Config[TTx]{
 			Name:          "orders",
+			Logger:        logger,
 			Peers:         map[string]durable.Peer{"billing": {Addrs: recvAddrs}},
 			MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(sendReaders[i])),
 		})
@@ -272,6 +311,9 @@ func testScaleOut[TTx any](t *testing.T, env scaleEnv[TTx]) {
 		return left == 0, err
 	})
 	elapsed := time.Since(start)
+	if c := released.n.Load(); c != 0 {
+		t.Errorf("%d times a node released the claims of a running one, or found its own row gone", c)
+	}
 	if err := look(); err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +423,7 @@ func testScaleOut[TTx any](t *testing.T, env scaleEnv[TTx]) {
 }
 
 // TestScaleOutPostgres: three senders on one outbox and three receivers on
-// one inbox, each with its own pgx pool, share a backlog of 3,000 messages
+// one inbox, each with its own pgx pool, share a backlog of 2,000 messages
 // with no duplicate at any level and every instance doing a fair part; the
 // housekeeping of each database has one leader.
 func TestScaleOutPostgres(t *testing.T) {
@@ -401,13 +443,17 @@ func TestScaleOutPostgres(t *testing.T) {
 	if _, err := billing.Exec(context.Background(), `CREATE TABLE effects (n bigserial PRIMARY KEY, message_id text NOT NULL, key text NOT NULL, seq int NOT NULL, instance int NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
-	testScaleOut(t, scaleEnv[pgx.Tx]{
-		n: 2000, perTx: 50, batch: 32, notify: true,
+	env := scaleEnv[pgx.Tx]{
+		n: 2000, perTx: 50, batch: 32, workers: 2, notify: true,
 		node: func(t *testing.T, side string) dialects.NodeDialect[pgx.Tx] {
-			// A sender needs InFlight + claim + housekeeping, a receiver
-			// its 4 workers and the deliveries; small pools keep the
-			// six within a shared server's connection limit.
-			return openPostgres(t, testdb.OpenPostgres(t, urls[side]+"&pool_max_conns=8", false))
+			// A sender needs InFlight (4) connections and a few for its
+			// housekeeping, heartbeat and gauges; a receiver one per worker
+			// (held with the handlers) and one per delivery being stored
+			// (up to 3 senders × InFlight), which must not wait for one
+			// another for long. Small pools keep the six well within a
+			// shared server's connection limit (100 by default).
+			conns := map[string]int{"orders": 8, "billing": 12}[side]
+			return openPostgres(t, testdb.OpenPostgres(t, urls[side]+"&pool_max_conns="+strconv.Itoa(conns), false))
 		},
 		control: control,
 		inTx: func(ctx context.Context, fn func(pgx.Tx) error) error {
@@ -443,7 +489,11 @@ func TestScaleOutPostgres(t *testing.T) {
 			_, err = pgx.ForEachRow(rows, []any{&name, &holder}, func() error { m[name] = holder; return nil })
 			return m, err
 		},
-	})
+	}
+	if raceEnabled { // the same backlog-to-claim ratio, a third of the rows
+		env.n, env.perTx, env.batch = 600, 20, 8
+	}
+	testScaleOut(t, env)
 }
 
 // TestScaleOutSQLite: the same with three processes' worth of *sql.DB on
@@ -470,7 +520,7 @@ func TestScaleOutSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testScaleOut(t, scaleEnv[*sql.Tx]{
+	env := scaleEnv[*sql.Tx]{
 		n: 600, perTx: 20, batch: 8,
 		node: func(t *testing.T, side string) dialects.NodeDialect[*sql.Tx] {
 			db, err := sql.Open("sqlite", sqlite.DSN(paths[side]))
@@ -537,5 +587,9 @@ func TestScaleOutSQLite(t *testing.T) {
 			}
 			return m, rows.Err()
 		},
-	})
+	}
+	if raceEnabled {
+		env.n, env.perTx, env.batch = 240, 10, 4
+	}
+	testScaleOut(t, env)
 }
