@@ -119,7 +119,7 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 		followEnd  time.Time
 		dbFailures int
 		lastClaim  time.Time // start of the last claim that found several rows
-		full       = true    // the last claim was full (or none was made yet)
+		full       bool      // the last claim was full
 		timer      = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
@@ -244,8 +244,8 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 				l.poke(false)
 			}()
 		}
-		// A claim that comes up short right after a full one (or as the
-		// first) may have lost a race: the candidates of a claim are the
+		// A claim that comes up short right after a full one may have
+		// lost a race: the candidates of a claim are the
 		// oldest due rows, and concurrent claims of other relays that
 		// lock them first are passed over (SKIP LOCKED), though more
 		// rows wait behind them. Look again soon, as after an early
