@@ -64,11 +64,17 @@ func (inc *incarnation) gone(o dialects.Incarnation) bool {
 // known to be gone, and reports the live ones of the same name.
 func (n *Node[TTx]) register(ctx context.Context) error {
 	inc := n.inc
+	// Live before its row exists: another Node of this process that
+	// registers or heartbeats meanwhile must not take the row for one of
+	// an earlier process with this pid, and release it.
+	_, was := liveIncarnations.LoadOrStore(inc.self.ID, struct{}{})
 	others, err := n.d.RegisterIncarnation(ctx, inc.self)
 	if err != nil {
+		if !was {
+			liveIncarnations.Delete(inc.self.ID)
+		}
 		return fmt.Errorf("durable: register in durable_nodes: %w", err)
 	}
-	liveIncarnations.Store(inc.self.ID, struct{}{})
 	earlier := n.registeredBefore(ctx, others)
 	for _, o := range others {
 		switch {
@@ -192,7 +198,9 @@ func (n *Node[TTx]) heartbeat(ctx context.Context) {
 // unregister releases what the node still holds and deletes its row, once
 // Run is over.
 func (n *Node[TTx]) unregister() {
-	liveIncarnations.Delete(n.inc.self.ID)
+	// Live until its row is gone, so that another Node of this process
+	// does not release it meanwhile.
+	defer liveIncarnations.Delete(n.inc.self.ID)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	r, err := n.d.ReleaseIncarnation(ctx, n.inc.self.ID, fmt.Sprintf("node %s (pid %d on %s);%s", n.inc.self.Name, n.inc.self.PID, n.inc.self.Host, dialects.ReleasedError))

@@ -119,6 +119,7 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 		followEnd  time.Time
 		dbFailures int
 		lastClaim  time.Time // start of the last claim that found several rows
+		full       bool      // the last claim was full
 		timer      = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
@@ -243,7 +244,18 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 				l.poke(false)
 			}()
 		}
-		claimNow = len(rows) == limit
+		// A claim that comes up short right after a full one may have
+		// lost a race: the candidates of a claim are the
+		// oldest due rows, and concurrent claims of other relays that
+		// lock them first are passed over (SKIP LOCKED), though more
+		// rows wait behind them. Look again soon, as after an early
+		// wake-up, rather than sit idle for a PollInterval while the
+		// others work through the backlog.
+		if len(rows) < limit && full && limit == cfg.BatchSize {
+			followStep, followEnd = time.Millisecond, time.Now().Add(followWindow)
+		}
+		full = len(rows) == limit
+		claimNow = full
 	}
 }
 
