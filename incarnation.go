@@ -60,6 +60,18 @@ func (inc *incarnation) gone(o dialects.Incarnation) bool {
 	return processGone(o.PID)
 }
 
+// runsHere reports whether o is a Node running in this process. Its silence
+// means only that the database was slow for its heartbeat (a busy SQLite
+// file, a starved machine), not that it stopped: it is never released for
+// it. Its leases still bound a Node of this process that is stuck.
+func (inc *incarnation) runsHere(o dialects.Incarnation) bool {
+	if o.Host != inc.self.Host || o.PID != inc.self.PID {
+		return false
+	}
+	_, live := liveIncarnations.Load(o.ID)
+	return live
+}
+
 // register inserts the node's row, releases the claims of the incarnations
 // known to be gone, and reports the live ones of the same name.
 func (n *Node[TTx]) register(ctx context.Context) error {
@@ -188,7 +200,7 @@ func (n *Node[TTx]) heartbeat(ctx context.Context) {
 			case o.ID == inc.self.ID:
 			case inc.gone(o):
 				n.release(ctx, o, "its process no longer runs")
-			case judgeSilence && o.Silence > inc.timeout:
+			case judgeSilence && o.Silence > inc.timeout && !inc.runsHere(o):
 				n.release(ctx, o, fmt.Sprintf("no heartbeat for %v", o.Silence.Round(time.Millisecond)))
 			}
 		}

@@ -58,6 +58,9 @@ const (
 const (
 	// opTimeout bounds each database operation of the relay.
 	opTimeout = 15 * time.Second
+	// ackAttempts bounds the writes of one batch's acknowledgement (the
+	// lease bounds them too); see lane.ack.
+	ackAttempts = 8
 	// followWindow and followMax shape the follow-up claims after an
 	// in-process wake-up that found nothing: the enqueuing transaction
 	// had not committed yet, so the relay looks again after 1ms, 2ms, 4ms

@@ -418,7 +418,7 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 			l.c.log.Debug("durable/outbox: relay: batch acknowledged", "destination", l.dest, "messages", len(rows),
 				"duplicates", dups, "rejected", len(letters), "first_id", rows[0].ID)
 		}
-		l.ack(sendCtx, token, acked)
+		l.ack(sendCtx, token, deadline, acked)
 		l.deadLetter(sendCtx, token, rows, letters, "rejected by the peer")
 		return nil
 
@@ -454,19 +454,37 @@ func (l *lane) send(sendCtx context.Context, token string, deadline time.Time, r
 	}
 }
 
-func (l *lane) ack(ctx context.Context, token string, seqs []int64) {
+func (l *lane) ack(ctx context.Context, token string, deadline time.Time, seqs []int64) {
 	if len(seqs) == 0 {
 		return
 	}
 	crashpoint.Hit("relay.after-ack")
-	octx, cancel := opCtx(ctx)
-	n, err := l.c.store.AckOutbox(octx, token, seqs, l.c.cfg.Retention > 0)
-	cancel()
-	if err != nil {
-		// Delivered but still in the outbox: sent again after the lease,
-		// and recognised by the receiver.
-		l.dbFailed("recording acknowledged rows", err)
-		return
+	var (
+		n   int
+		err error
+	)
+	// A failed write (a busy SQLite file, a Postgres restart) is tried
+	// again while the lease lasts (twice when the relay is stopping): rows left in the outbox are sent again
+	// once it ends, a duplicate the receiver has to recognise.
+	for attempt := 1; ; attempt++ {
+		octx, cancel := opCtx(ctx)
+		n, err = l.c.store.AckOutbox(octx, token, seqs, l.c.cfg.Retention > 0)
+		cancel()
+		if err == nil {
+			break
+		}
+		wait := backoff(attempt, l.c.cfg.RetryMin, time.Second)
+		if attempt >= ackAttempts || time.Now().Add(wait).After(deadline) || (ctx.Err() != nil && attempt >= 2) {
+			// Delivered but still in the outbox: sent again after the
+			// lease, and recognised by the receiver.
+			l.dbFailed("recording acknowledged rows", err)
+			return
+		}
+		// Sleep on a context that outlives a stop: the ACK was received,
+		// and recording it spares the next relay a resend.
+		if !sleep(context.WithoutCancel(ctx), wait) {
+			return
+		}
 	}
 	crashpoint.Hit("relay.after-delete")
 	l.sent.Add(int64(n))

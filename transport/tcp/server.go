@@ -894,6 +894,12 @@ func (sc *serverConn) handshakeReadFailed(err error) error {
 		sc.refuse(we.code, "malformed handshake: "+we.msg)
 	case errors.As(err, &ne) && ne.Timeout():
 		sc.refuse(codeTimeout, fmt.Sprintf("no HELLO within the auth deadline of %v", sc.s.cfg.AuthTimeout))
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):
+		// The client went away before saying HELLO: a load balancer's
+		// health check, a port scan, a client evicted or giving up during a
+		// flood. Nothing for an operator to act on.
+		sc.s.log.Debug("tcp: closing connection: the client left before HELLO", "remote", sc.remote, "err", err)
+		sc.closeConn()
 	default:
 		sc.s.log.Warn("tcp: closing connection: reading HELLO failed", "remote", sc.remote, "err", err)
 		sc.closeConn()
