@@ -211,6 +211,7 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 			continue
 		}
 		dbFailures = 0
+		l.mx.claimed(len(rows), limit)
 		if len(rows) > 0 {
 			crashpoint.Hit("relay.after-claim")
 			first := 0
