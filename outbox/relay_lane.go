@@ -304,7 +304,8 @@ const maxShare = 8
 // moves toward n, so that the relays together claim about once per Linger.
 // Rows sent again (a retry) or created long before (a scheduled delivery)
 // widen the spread and only lower the multiple. The move is halved to damp
-// the noise of commit times.
+// the noise of commit times. Rows that all share one creation time (one
+// transaction's) tell nothing, and move the multiple halfway back to 1.
 func nextShare(share float64, linger time.Duration, rows []dialects.ClaimedRow) float64 {
 	var lo, hi time.Time
 	for i := range rows {
@@ -319,8 +320,15 @@ func nextShare(share float64, linger time.Duration, rows []dialects.ClaimedRow) 
 			hi = at
 		}
 	}
-	if linger <= 0 || lo.IsZero() {
+	switch {
+	case linger <= 0 || lo.IsZero():
 		return 1
+	case !hi.After(lo):
+		// The rows of one transaction (they share its creation time): no
+		// measure of the time between claims. Fall back toward 1, so
+		// that one relay taking one multi-message transaction per claim
+		// does not linger for it.
+		return max((share+1)/2, 1)
 	}
 	spread := max(hi.Sub(lo), time.Millisecond)
 	want := share * float64(linger) / float64(spread)

@@ -9,8 +9,9 @@ import (
 
 // TestNextShare: the linger's multiple follows the spread of the claimed
 // rows' creation times: 1 for one relay that lingers, toward n when each
-// claim takes 1/n of the linger's rows, never past maxShare, and retries
-// or a single first attempt say nothing.
+// claim takes 1/n of the linger's rows, never past maxShare; retries say
+// nothing, and neither do the rows of one transaction (one creation time),
+// which move it back toward 1.
 func TestNextShare(t *testing.T) {
 	t.Parallel()
 	base := time.Date(2026, 12, 7, 20, 0, 0, 0, time.UTC)
@@ -38,6 +39,8 @@ func TestNextShare(t *testing.T) {
 		{"falls back when alone again", 4, linger, rows(4*linger, 1), 2.5},
 		{"bounded", 6, linger, rows(linger/10, 1), maxShare},
 		{"retries only", 3, linger, rows(time.Millisecond, 2), 1},
+		{"one transaction's rows", 1, linger, rows(0, 1), 1},
+		{"one transaction's rows, after four relays", 4, linger, rows(0, 1), 2.5},
 		{"no linger", 3, 0, rows(time.Millisecond, 1), 1},
 	} {
 		if got := nextShare(c.share, c.linger, c.rows); got != c.want {
