@@ -121,7 +121,7 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 		lastClaim  time.Time // start of the last claim that found several rows
 		lastEmpty  time.Time // start of the last empty claim since then
 		empties    int       // consecutive empty claims since lastClaim
-		share      = 1.0     // the linger's multiple: see spread
+		share      = 1.0     // the linger's multiple: see nextShare
 		full       bool      // the last claim was full
 		timer      = time.NewTimer(time.Hour)
 	)
