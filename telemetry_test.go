@@ -227,6 +227,13 @@ func TestMetricsSQLite(t *testing.T) {
 	if got := histCount(om, "durable.relay.batch.size", "durable.destination", "billing"); got != ok+poison {
 		t.Errorf("orders durable.relay.batch.size sum = %d, want %d", got, ok+poison)
 	}
+	// Every envelope sent comes from a claim that leased rows, and every
+	// such claim sends at least one.
+	leased := sumOf(om, "durable.relay.claims", "durable.destination", "billing", "durable.result", "short") +
+		sumOf(om, "durable.relay.claims", "durable.destination", "billing", "durable.result", "full")
+	if sent := histCount(om, "durable.relay.batch.size", "durable.destination", "billing"); leased < 1 || uint64(leased) > sent {
+		t.Errorf("orders durable.relay.claims{short,full} = %d, want 1 to %d (the envelopes sent)", leased, sent)
+	}
 	// The gauges are cached for a while; the backlog may have been read
 	// before the acknowledgements. It is reported for the destination.
 	if _, found := gaugeOf(om, "durable.outbox.backlog", "durable.destination", "billing"); !found {

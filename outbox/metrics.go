@@ -35,6 +35,9 @@ import (
 //	durable.relay.dead_lettered   counter   {message}  durable.destination, durable.reason (expired|rejected)
 //	durable.relay.batch.size      histogram {message}  durable.destination
 //	    envelopes per batch sent
+//	durable.relay.claims          counter   {claim}    durable.destination, durable.result (empty|short|full)
+//	    claims made, by how many rows they leased: none, fewer than the
+//	    claim's limit, or the limit
 //	durable.outbox.backlog        gauge     {message}  durable.destination
 //	    unsent rows in the database, whichever relay will send them
 //	durable.outbox.oldest_age     gauge     s          durable.destination
@@ -100,7 +103,7 @@ func (m *outboxMetrics) enqueue(ctx context.Context, rows []dialects.OutboxRow) 
 type relayMetrics struct {
 	meter                              metric.Meter
 	sent, acked, nacked, retried, dead metric.Int64Counter
-	purged                             metric.Int64Counter
+	purged, claims                     metric.Int64Counter
 	batch                              metric.Int64Histogram
 	backlog                            metric.Int64ObservableGauge
 	oldest                             metric.Float64ObservableGauge
@@ -130,6 +133,9 @@ func newRelayMetrics(mp metric.MeterProvider) (*relayMetrics, error) {
 	m.retried = counter("durable.relay.retried", "Envelopes released for a retry after a retryable send failure.")
 	m.dead = counter("durable.relay.dead_lettered", "Outbox rows moved to the dead letters.")
 	var err error
+	m.claims, err = meter.Int64Counter("durable.relay.claims", metric.WithUnit("{claim}"),
+		metric.WithDescription("Claims made, by result: no row (empty), fewer than the limit (short), the limit (full)."))
+	errs = append(errs, err)
 	m.purged, err = meter.Int64Counter("durable.housekeeping.deleted", metric.WithUnit("{row}"),
 		metric.WithDescription("Rows deleted past their retention."))
 	errs = append(errs, err)
@@ -176,6 +182,7 @@ type laneMetrics struct {
 	m                         *relayMetrics
 	dest, accepted, duplicate metric.MeasurementOption
 	expired, rejected         metric.MeasurementOption
+	empty, short, full        metric.MeasurementOption
 }
 
 func (m *relayMetrics) lane(dest string) laneMetrics {
@@ -195,7 +202,25 @@ func (m *relayMetrics) lane(dest string) laneMetrics {
 		duplicate: opt(telemetry.KeyStatus, "duplicate"),
 		expired:   opt(telemetry.KeyReason, dialects.ReasonExpired),
 		rejected:  opt(telemetry.KeyReason, dialects.ReasonRejected),
+		empty:     opt(telemetry.KeyResult, "empty"),
+		short:     opt(telemetry.KeyResult, "short"),
+		full:      opt(telemetry.KeyResult, "full"),
 	}
+}
+
+// claimed records a claim that leased n rows of at most limit.
+func (l laneMetrics) claimed(n, limit int) {
+	if l.m == nil {
+		return
+	}
+	opt := l.short
+	switch {
+	case n == 0:
+		opt = l.empty
+	case n >= limit:
+		opt = l.full
+	}
+	l.m.claims.Add(context.Background(), 1, opt)
 }
 
 // sending records a batch of n envelopes handed to the Sender.

@@ -67,6 +67,9 @@ const (
 	// ... up to followMax apart, for followWindow.
 	followWindow = time.Second
 	followMax    = 250 * time.Millisecond
+	// emptyBackoffMax bounds the linger after empty claims of a busy
+	// destination: Linger, 2×, 4×, at most 8× Linger (see lane.loop).
+	emptyBackoffMax = 3
 	// housekeepingInterval is how often the relay looks for destinations
 	// without a Sender and, with Retention or DeadLetterRetention, purges
 	// (see housekeeping.go).
@@ -118,8 +121,14 @@ type RelayConfig struct {
 	// again no sooner than Linger after that claim, so that one claim takes
 	// the messages of many transactions instead of one each. A trickle of
 	// messages, one per claim, pays no linger, and a full claim is followed
-	// by the next at once. Default DefaultLinger (5ms); negative: never
-	// wait.
+	// by the next at once. Relays sharing a database adapt it: a relay
+	// whose claims find rows created less than Linger apart (other relays
+	// claimed in between) lingers longer, up to 8× Linger, so that they
+	// together claim a busy destination about once per Linger, as one
+	// relay alone would; and a claim of a busy destination that finds
+	// nothing (the others took the rows) is followed by the next no sooner
+	// than the linger after it, doubling while claims stay empty, at most
+	// 8× Linger. Default DefaultLinger (5ms); negative: never wait.
 	Linger time.Duration
 	// InFlight bounds the batches per destination sent and not yet
 	// answered. Default DefaultInFlight.

@@ -11,13 +11,14 @@ import (
 )
 
 // losingClaim wraps a dialect so that the relay's second claim loses a race
-// to another relay's: while it runs, a concurrent transaction holds the
-// locks of the oldest rows (the candidates of a claim), which SKIP LOCKED
-// passes over; that transaction then leases them, as the other relay's
-// claim would, and commits.
+// to other relays' claims: while it runs, a concurrent transaction holds the
+// locks of the oldest lock rows (every candidate of a claim: a claim
+// considers twice its limit), which SKIP LOCKED passes over; that
+// transaction then leases them, as the other relays' claims would, and
+// commits.
 type losingClaim struct {
 	dialects.Dialect[pgxTx]
-	limit int
+	lock  int
 	calls atomic.Int64
 	lost  atomic.Int64 // rows the second claim returned
 }
@@ -32,7 +33,7 @@ func (c *losingClaim) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) 
 	}
 	defer func() { _ = c.Rollback(context.Background(), other) }()
 	const oldest = `seq IN (SELECT seq FROM durable_outbox WHERE locked_until IS NULL ORDER BY seq LIMIT $1)`
-	if _, err := other.Exec(ctx, `SELECT 1 FROM durable_outbox WHERE `+oldest+` FOR UPDATE`, c.limit); err != nil {
+	if _, err := other.Exec(ctx, `SELECT 1 FROM durable_outbox WHERE `+oldest+` FOR UPDATE`, c.lock); err != nil {
 		return nil, err
 	}
 	rows, err := c.Dialect.ClaimOutbox(ctx, cl)
@@ -40,14 +41,14 @@ func (c *losingClaim) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) 
 	if err != nil {
 		return rows, err
 	}
-	if _, err := other.Exec(ctx, `UPDATE durable_outbox SET locked_by = 'other/x/1', locked_until = now() + interval '1 hour' WHERE `+oldest, c.limit); err != nil {
+	if _, err := other.Exec(ctx, `UPDATE durable_outbox SET locked_by = 'other/x/1', locked_until = now() + interval '1 hour' WHERE `+oldest, c.lock); err != nil {
 		return nil, err
 	}
 	return rows, c.Commit(ctx, other)
 }
 
 // TestRelayClaimLostRace: a claim that comes up empty right after a full
-// one, because another relay's concurrent claim locked its candidates (the
+// one, because other relays' concurrent claims locked its candidates (the
 // oldest rows), looks again soon, and does not sit idle for a PollInterval
 // (here an hour) while more rows wait behind the ones the other relay took.
 // The first batch's send hangs, so no settled batch wakes the relay either.
@@ -55,7 +56,7 @@ func TestRelayClaimLostRace(t *testing.T) {
 	const batch = 10
 	d := pgxWide.open(t, true)
 	ob := newOutbox(t, d, nil)
-	for i := range 3 * batch {
+	for i := range 4 * batch {
 		mustEnqueue(t, ob, relayMsg("billing", i))
 	}
 	var (
@@ -78,7 +79,7 @@ func TestRelayClaimLostRace(t *testing.T) {
 		delivered <- ids
 		return transport.Result{}, nil
 	})
-	lc := &losingClaim{Dialect: d, limit: batch}
+	lc := &losingClaim{Dialect: d, lock: 2 * batch}
 	cfg := fastRelay(nil)
 	cfg.PollInterval = time.Hour
 	cfg.BatchSize = batch
@@ -89,7 +90,7 @@ func TestRelayClaimLostRace(t *testing.T) {
 	if n := lc.lost.Load(); n != 0 {
 		t.Fatalf("the second claim, its candidates locked by another, returned %d rows; the test wants it to lose the race", n)
 	}
-	if len(ids) != batch || ids[0] != relayMsg("billing", 2*batch).ID {
-		t.Fatalf("delivered %v, want the %d rows after the other relay's", ids, batch)
+	if len(ids) != batch || ids[0] != relayMsg("billing", 3*batch).ID {
+		t.Fatalf("delivered %v, want the %d rows after the other relays'", ids, batch)
 	}
 }

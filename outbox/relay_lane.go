@@ -119,6 +119,9 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 		followEnd  time.Time
 		dbFailures int
 		lastClaim  time.Time // start of the last claim that found several rows
+		lastEmpty  time.Time // start of the last empty claim since then
+		empties    int       // consecutive empty claims since lastClaim
+		share      = 1.0     // the linger's multiple: see nextShare
 		full       bool      // the last claim was full
 		timer      = time.NewTimer(time.Hour)
 	)
@@ -152,7 +155,30 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 			// faster than a claim takes, and batches are still out): let
 			// the rows of more transactions gather. A trickle of messages,
 			// one per claim, pays no linger.
-			if !lastClaim.IsZero() && len(l.slots) > 0 && !sleep(ctx, time.Until(lastClaim.Add(cfg.Linger))) {
+			//
+			// Busy, and claims since found nothing: other relays sharing
+			// the database take the rows. Wake-ups from this process's
+			// Enqueue and follow-ups would make this relay claim at their
+			// pace and find nothing each time, at the full cost of a claim;
+			// it claims no sooner than its linger after the last empty
+			// claim, doubling while they stay empty, at most 8× Linger.
+			// The others serve the destination meanwhile, and a claim
+			// with rows ends the wait.
+			//
+			// Busy, and other relays claim the destination's rows too
+			// (share > 1): linger share × Linger, even with no batch
+			// out, so that the relays together claim about once per
+			// Linger, as one relay alone would.
+			var until time.Time
+			linger := time.Duration(float64(cfg.Linger) * share)
+			switch {
+			case lastClaim.IsZero():
+			case empties > 0:
+				until = lastEmpty.Add(min(linger<<min(empties-1, emptyBackoffMax), maxShare*cfg.Linger))
+			case len(l.slots) > 0 || share > 1:
+				until = lastClaim.Add(linger)
+			}
+			if !until.IsZero() && !sleep(ctx, time.Until(until)) {
 				return
 			}
 		}
@@ -211,6 +237,7 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 			continue
 		}
 		dbFailures = 0
+		l.mx.claimed(len(rows), limit)
 		if len(rows) > 0 {
 			crashpoint.Hit("relay.after-claim")
 			first := 0
@@ -221,9 +248,15 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 			}
 			l.c.tp.Add(dialects.ThroughputEnqueued, l.dest, first)
 		}
-		lastClaim = time.Time{}
-		if len(rows) > 1 {
-			lastClaim = start
+		switch {
+		case len(rows) > 1:
+			lastClaim, empties = start, 0
+			share = nextShare(share, cfg.Linger, rows)
+		case len(rows) == 0 && !lastClaim.IsZero() && start.Sub(lastClaim) < followWindow:
+			// Still busy: see the linger above.
+			lastEmpty, empties = start, empties+1
+		default:
+			lastClaim, empties, share = time.Time{}, 0, 1
 		}
 		send := l.expire(ctx, token, rows)
 		if len(send) == 0 {
@@ -257,6 +290,49 @@ func (l *lane) loop(ctx, sendCtx context.Context, inflight *sync.WaitGroup) {
 		full = len(rows) == limit
 		claimNow = full
 	}
+}
+
+// maxShare bounds the linger's multiple (lane.loop, nextShare).
+const maxShare = 8
+
+// nextShare returns the linger's next multiple after a claim of several
+// rows. The claim took the rows enqueued since the destination's previous
+// claim, by this relay or another: the spread of their creation times is
+// about the time between the destination's claims. One relay that lingers
+// sees a spread of at least Linger, and its multiple stays 1; with n relays
+// claiming in turn, each sees about 1/n of its own linger, and the multiple
+// moves toward n, so that the relays together claim about once per Linger.
+// Rows sent again (a retry) or created long before (a scheduled delivery)
+// widen the spread and only lower the multiple. The move is halved to damp
+// the noise of commit times. Rows that all share one creation time (one
+// transaction's) tell nothing, and move the multiple halfway back to 1.
+func nextShare(share float64, linger time.Duration, rows []dialects.ClaimedRow) float64 {
+	var lo, hi time.Time
+	for i := range rows {
+		if rows[i].SendAttempt != 1 {
+			continue
+		}
+		at := rows[i].CreatedAt
+		if lo.IsZero() || at.Before(lo) {
+			lo = at
+		}
+		if at.After(hi) {
+			hi = at
+		}
+	}
+	switch {
+	case linger <= 0 || lo.IsZero():
+		return 1
+	case !hi.After(lo):
+		// The rows of one transaction (they share its creation time): no
+		// measure of the time between claims. Fall back toward 1, so
+		// that one relay taking one multi-message transaction per claim
+		// does not linger for it.
+		return max((share+1)/2, 1)
+	}
+	spread := max(hi.Sub(lo), time.Millisecond)
+	want := share * float64(linger) / float64(spread)
+	return min(max((share+want)/2, 1), maxShare)
 }
 
 // expire dead-letters the expired rows of a claim and returns the others.

@@ -88,6 +88,11 @@ func (a *app) benchInstancesPrint(rep *bench.InstancesReport) {
 				r.MessagesPerBatch, r.TransportDuplicates, r.Handled, r.DuplicateHandlerCalls)
 		}
 		tw.Flush()
+		fmt.Fprintln(a.stdout, "relay claims during the run (empty / short / full; per message):")
+		for _, r := range w.Rows {
+			c := r.RelayClaims
+			fmt.Fprintf(a.stdout, "  N=%d  %d / %d / %d; %.3f\n", r.Instances, c.Empty, c.Short, c.Full, r.ClaimsPerMessage)
+		}
 		fmt.Fprintln(a.stdout, "CPU seconds during the run, by process (senders | receivers | postgres app/relay/inbox):")
 		for _, r := range w.Rows {
 			var snd, rcv []string

@@ -201,10 +201,14 @@ func TestBenchInstances(t *testing.T) {
 			if d, ok := row["transport_duplicates"].(float64); !ok || d < 0 {
 				t.Errorf("%s: transport_duplicates = %v, want a count", name, row["transport_duplicates"])
 			}
-			for _, f := range []string{"end_to_end_per_sec", "seconds"} {
+			for _, f := range []string{"end_to_end_per_sec", "seconds", "claims_per_message"} {
 				if v, _ := row[f].(float64); v <= 0 {
 					t.Errorf("%s: %s = %v", name, f, row[f])
 				}
+			}
+			// Every message was claimed, by claims that leased rows.
+			if c, _ := row["relay_claims"].(map[string]any); c == nil || c["short"].(float64)+c["full"].(float64) < 1 {
+				t.Errorf("%s: relay_claims = %v, want claims that leased rows", name, row["relay_claims"])
 			}
 			if lat, _ := row["latency_ms"].(map[string]any); lat == nil || lat["p99"].(float64) < lat["p50"].(float64) {
 				t.Errorf("%s: latency_ms = %v", name, row["latency_ms"])

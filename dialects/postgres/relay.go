@@ -60,7 +60,7 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 	if cl.ExpiredOnly {
 		stmt = c.q.claimExpiredOutbox
 	}
-	stmt = strings.ReplaceAll(stmt, "{limit}", strconv.Itoa(cl.Limit))
+	stmt = strings.NewReplacer("{limit}", strconv.Itoa(cl.Limit), "{pool}", strconv.Itoa(claimPool(cl.Limit))).Replace(stmt)
 	var out []dialects.ClaimedRow
 	err := c.inOwnTxBegun(ctx, sqlOutboxOwnTx, func(q querier) error {
 		args := []any{cl.Destination, cl.Token, micros(cl.Lease)}
@@ -96,6 +96,10 @@ func (c *core) ClaimOutbox(ctx context.Context, cl dialects.OutboxClaim) ([]dial
 	slices.SortFunc(out, func(a, b dialects.ClaimedRow) int { return cmp.Compare(a.Seq, b.Seq) })
 	return out, nil
 }
+
+// claimPool is how many of the oldest due rows a claim of limit rows
+// considers ({pool} in sqlClaimOutbox); see there.
+func claimPool(limit int) int { return 2 * limit }
 
 // scanOutbox reads the outbox columns in the order of sqlListOutbox into r,
 // then any extra columns into extra.

@@ -77,6 +77,16 @@ SELECT key FROM k WHERE key IS NOT NULL`
 	// the unsent head either way, and the next row is not a head.
 	// Expired rows are leased without counting an attempt and flagged.
 	//
+	// The candidates are the oldest {pool} rows (claimPool: twice the
+	// limit), locked oldest first until {limit} are taken. With exactly
+	// {limit} candidates, relays claiming at the same moment picked the
+	// same oldest rows: the first locked them, the others skipped them and
+	// came back short or empty though thousands of rows waited behind
+	// (W2 with 4 relays: 134 short and 207 empty claims to 65 full ones),
+	// then claimed again, and every claim costs its fixed part. The
+	// candidates are still read through the claim indexes in order and
+	// bounded by {pool}, whatever the backlog.
+	//
 	// Before, one statement scanned the destination's unsent rows in seq
 	// order and tested each keyed row for an earlier unsent row of its key:
 	// every row of a long key was visited by every claim (10,000 rows
@@ -111,14 +121,16 @@ SELECT key FROM k WHERE key IS NOT NULL`
 	WHERE o.destination >= $1 AND o.destination <= $1 AND o.key = '' AND o.sent_at IS NULL
 		AND o.deliver_at <= now() AND (o.locked_until IS NULL OR o.locked_until <= now())
 	ORDER BY o.destination, o.seq
-	LIMIT {limit}
+	LIMIT {pool}
 ), oldest AS (
 	SELECT c.seq FROM (SELECT seq FROM heads UNION ALL SELECT seq FROM unkeyed) c
 	ORDER BY c.seq
-	LIMIT {limit}
+	LIMIT {pool}
 ), cand AS (
 	SELECT o.seq FROM {schema}durable_outbox o JOIN oldest ON o.seq = oldest.seq
 	WHERE o.sent_at IS NULL AND (o.locked_until IS NULL OR o.locked_until <= now())
+	ORDER BY oldest.seq
+	LIMIT {limit}
 	FOR UPDATE OF o SKIP LOCKED
 )
 UPDATE {schema}durable_outbox o SET

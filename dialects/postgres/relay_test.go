@@ -103,6 +103,44 @@ func TestClaimSkipsLockedRows(t *testing.T) {
 	}
 }
 
+// TestClaimPassesConcurrentClaim: a claim whose limit's oldest rows another
+// claimer holds locked (a concurrent claim of another relay) takes the
+// next ones, a full claim, instead of coming back empty.
+func TestClaimPassesConcurrentClaim(t *testing.T) {
+	const limit = 5
+	pool, _ := testdb.PostgresPool(t, true)
+	d := newPgx(t, pool, nil)
+	var all []dialects.OutboxRow
+	for i := range 3 * limit {
+		all = append(all, relayRow(i+1, ""))
+	}
+	insertRows(t, pool, d, all...)
+	ctx := ctxFor(t)
+	holder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(ctx)
+	if _, err := holder.Exec(ctx, `SELECT 1 FROM durable_outbox WHERE seq IN (
+		SELECT seq FROM durable_outbox ORDER BY seq LIMIT $1) FOR UPDATE`, limit); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.ClaimOutbox(ctx, dialects.OutboxClaim{Destination: "billing", Token: "t1", Limit: limit, Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids, want []string
+	for _, r := range got {
+		ids = append(ids, r.ID)
+	}
+	for i := limit; i < 2*limit; i++ {
+		want = append(want, all[i].ID)
+	}
+	if !slices.Equal(ids, want) {
+		t.Fatalf("claimed %v with the oldest %d rows locked, want the next %d: %v", ids, limit, limit, want)
+	}
+}
+
 // TestRelayerSchema: the relay, inbox and dead-letter statements honour
 // Config.Schema.
 func TestRelayerSchema(t *testing.T) {

@@ -88,11 +88,37 @@ type instanceReport struct {
 	// the inbox.
 	TransportDuplicates int64 `json:"transport_duplicates"`
 	// RelayBatches and RelayRetried (sender) are durable.relay.batch.size's
-	// count and durable.relay.retried: the batches the relay sent and the
-	// envelopes it released for a retry.
-	RelayBatches int64    `json:"relay_batches"`
-	RelayRetried int64    `json:"relay_retried"`
-	Warnings     []string `json:"warnings"`
+	// count and durable.relay.retried from the start signal on: the
+	// batches the relay sent and the envelopes it released for a retry.
+	RelayBatches int64 `json:"relay_batches"`
+	RelayRetried int64 `json:"relay_retried"`
+	// RelayClaims (sender) is durable.relay.claims by durable.result:
+	// the claims the relay made that leased no row, fewer than the
+	// limit, and the limit.
+	RelayClaims ClaimCounts `json:"relay_claims"`
+	Warnings    []string    `json:"warnings"`
+}
+
+// ClaimCounts are claims by result (durable.relay.claims).
+type ClaimCounts struct {
+	Empty int64 `json:"empty"`
+	Short int64 `json:"short"`
+	Full  int64 `json:"full"`
+}
+
+// relayCounters are the relay's counters the bench reports, from the
+// start signal on (the warm-up's are subtracted).
+type relayCounters struct {
+	batches, retried int64
+	claims           ClaimCounts
+}
+
+func (a relayCounters) minus(b relayCounters) relayCounters {
+	return relayCounters{
+		batches: a.batches - b.batches, retried: a.retried - b.retried,
+		claims: ClaimCounts{Empty: a.claims.Empty - b.claims.Empty, Short: a.claims.Short - b.claims.Short,
+			Full: a.claims.Full - b.claims.Full},
+	}
 }
 
 // RunInstance runs one instance process of the multi-instance bench: it
@@ -306,27 +332,42 @@ func runReceiverInstance(ctx context.Context, spec *InstanceSpec, cmds <-chan st
 	return nil
 }
 
-// relayCounts reads the relay's batches sent and envelopes retried.
-func relayCounts(rm *metricdata.ResourceMetrics) (batches, retried int64) {
+// relayCounts reads the relay's batches sent, envelopes retried and
+// claims by result.
+func relayCounts(rm *metricdata.ResourceMetrics) relayCounters {
+	var c relayCounters
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
 			switch d := m.Data.(type) {
 			case metricdata.Histogram[int64]:
 				if m.Name == "durable.relay.batch.size" {
 					for _, dp := range d.DataPoints {
-						batches += int64(dp.Count)
+						c.batches += int64(dp.Count)
 					}
 				}
 			case metricdata.Sum[int64]:
-				if m.Name == "durable.relay.retried" {
+				switch m.Name {
+				case "durable.relay.retried":
 					for _, dp := range d.DataPoints {
-						retried += dp.Value
+						c.retried += dp.Value
+					}
+				case "durable.relay.claims":
+					for _, dp := range d.DataPoints {
+						v, _ := dp.Attributes.Value("durable.result")
+						switch v.AsString() {
+						case "empty":
+							c.claims.Empty += dp.Value
+						case "short":
+							c.claims.Short += dp.Value
+						case "full":
+							c.claims.Full += dp.Value
+						}
 					}
 				}
 			}
 		}
 	}
-	return batches, retried
+	return c
 }
 
 // transportDuplicates sums durable.inbox.received{durable.status=duplicate}.
@@ -447,6 +488,11 @@ func runSenderInstance(ctx context.Context, spec *InstanceSpec, cmds <-chan stri
 		return err
 	}
 	cpu0, ok0 := benchSelfCPU()
+	var rm0 metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm0); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	counts0 := relayCounts(&rm0)
 
 	// This sender's share, from spec.Writers goroutines.
 	pctx, cancel := context.WithCancelCause(ctx)
@@ -502,7 +548,8 @@ func runSenderInstance(ctx context.Context, spec *InstanceSpec, cmds <-chan stri
 			if err := reader.Collect(context.WithoutCancel(ctx), &rm); err != nil {
 				return fmt.Errorf("metrics: %w", err)
 			}
-			rep.RelayBatches, rep.RelayRetried = relayCounts(&rm)
+			rc := relayCounts(&rm).minus(counts0)
+			rep.RelayBatches, rep.RelayRetried, rep.RelayClaims = rc.batches, rc.retried, rc.claims
 			emit(instanceEvent{Report: rep})
 			return nil
 		}

@@ -76,6 +76,11 @@ type InstancesRow struct {
 	RelayBatches     int64   `json:"relay_batches"`
 	MessagesPerBatch float64 `json:"messages_per_relay_batch"`
 	RelayRetried     int64   `json:"relay_retried"`
+	// RelayClaims is the senders' claims by result
+	// (durable.relay.claims); ClaimsPerMessage all of them over the
+	// messages.
+	RelayClaims      ClaimCounts `json:"relay_claims"`
+	ClaimsPerMessage float64     `json:"claims_per_message"`
 	// DuplicateHandlerCalls is the handler calls after a message's first.
 	DuplicateHandlerCalls int64       `json:"duplicate_handler_calls"`
 	DeadLetters           int64       `json:"dead_letters"`
@@ -564,6 +569,9 @@ func runInstancesOnce(ctx context.Context, o *Options, pg *benchPG, exe, dsnStr 
 			p.Messages = s
 			row.RelayBatches += r.RelayBatches
 			row.RelayRetried += r.RelayRetried
+			row.RelayClaims.Empty += r.RelayClaims.Empty
+			row.RelayClaims.Short += r.RelayClaims.Short
+			row.RelayClaims.Full += r.RelayClaims.Full
 		} else {
 			row.TransportDuplicates += r.TransportDuplicates
 			p.Messages = len(r.Seqs)
@@ -594,6 +602,9 @@ func runInstancesOnce(ctx context.Context, o *Options, pg *benchPG, exe, dsnStr 
 	row.Latency = benchPercentiles(lat)
 	if row.RelayBatches > 0 {
 		row.MessagesPerBatch = float64(w.messages) / float64(row.RelayBatches)
+	}
+	if c := row.RelayClaims; w.messages > 0 {
+		row.ClaimsPerMessage = float64(c.Empty+c.Short+c.Full) / float64(w.messages)
 	}
 	if last > start.UnixNano() {
 		row.Seconds = float64(last-start.UnixNano()) / 1e9

@@ -32,6 +32,7 @@ const (
 	KeyQueue       = attribute.Key("durable.queue")
 	KeyState       = attribute.Key("durable.state")
 	KeyTable       = attribute.Key("durable.table")
+	KeyResult      = attribute.Key("durable.result")
 )
 
 // MaxNames is how many distinct values a name-like attribute (a topic, a
