@@ -167,12 +167,12 @@ func runLive[TTx any](ctx context.Context, t testing.TB, ib *Inbox[TTx], writers
 	return l, wg.Wait
 }
 
-// testHousekeepingBounded: the housekeeping deletes 20,000 handled rows
+// testHousekeepingBounded: the housekeeping deletes 10,000 handled rows
 // past the retention in batches of at most DefaultCleanupBatch while live
 // messages are stored and handled, leaves every live row (and the recently
 // handled ones) alone, and runs in one inbox at a time.
 func testHousekeepingBounded[TTx any](t *testing.T, f *fixture[TTx]) {
-	const old = 20_000
+	const old = 10_000
 	ctx := context.Background()
 	fillHandled(t, f, old)
 	f.db.exec(t, `INSERT INTO durable_inbox (source, id, topic, payload, created_at, state, attempts, handled_at)
@@ -223,8 +223,9 @@ func nowSQL[TTx any](f *fixture[TTx]) string {
 }
 
 func TestHousekeepingBounded(t *testing.T) {
-	t.Run("postgres-pgx", func(t *testing.T) { testHousekeepingBounded(t, openPgx(t, "")) })
-	t.Run("sqlite", func(t *testing.T) { testHousekeepingBounded(t, openSQLite(t)) })
+	// The two run at once: each has its own database.
+	t.Run("postgres-pgx", func(t *testing.T) { t.Parallel(); testHousekeepingBounded(t, openPgx(t, "")) })
+	t.Run("sqlite", func(t *testing.T) { t.Parallel(); testHousekeepingBounded(t, openSQLite(t)) })
 }
 
 // TestHousekeepingMillionRows measures the housekeeping of 1,000,000

@@ -13,7 +13,7 @@ import (
 
 // restartCycles is how often each side is killed holding claims and
 // started again.
-const restartCycles = 20
+const restartCycles = 12
 
 // restartDrainBound bounds the drain after the last restart. The target is
 // 2s, and a quiet machine drains in a fraction of that (the figures are in
