@@ -3,6 +3,8 @@ package integration
 import (
 	"flag"
 	"os"
+	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -20,7 +22,24 @@ var (
 		"build the helper services with -race when the tests run with -race (slow: SQLite under -race crawls)")
 )
 
-func TestMain(m *testing.M) { os.Exit(proc.Main(m)) }
+// integrationParallel is how many of this package's tests run at once
+// unless -test.parallel is given. Their work is done by helper processes
+// and private Postgres servers, and they mostly wait for them, so the
+// default (GOMAXPROCS, 2 on a small CI machine) left the cores idle while
+// the scenarios ran two by two.
+const integrationParallel = 3
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit && runtime.GOMAXPROCS(0) < integrationParallel {
+		if err := flag.Set("test.parallel", strconv.Itoa(integrationParallel)); err != nil {
+			panic(err)
+		}
+	}
+	os.Exit(proc.Main(m))
+}
 
 // helperBinary builds the node helper once per test binary, with the
 // library's crash points (the build tag durable_crashpoints, see
