@@ -110,12 +110,14 @@ func TestReadySQLite(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// Run may already be stopping: a part of it that touches the closed
+	// database fails and ends it. The database's check reports why either
+	// way.
 	h = n.Health(context.Background())
-	if h.Status != "not ready" || h.Checks["running"] != "ok" || h.Checks["listener"] != "ok" ||
-		!strings.Contains(h.Checks["database"], "database is closed") || h.Checks["schema"] != "not checked: the database did not answer" {
+	if h.Status != "not ready" || !strings.Contains(h.Checks["database"], "database is closed") || h.Checks["schema"] != "not checked: the database did not answer" {
 		t.Errorf("Health with the database closed: %q %q", h.Status, h.Checks)
 	}
-	if errors.Is(h.Err, durable.ErrNotRunning) || errors.Is(h.Err, dialects.ErrSchema) || !errors.Is(h.Err, sql.ErrConnDone) && !strings.Contains(h.Err.Error(), "database is closed") {
+	if errors.Is(h.Err, dialects.ErrSchema) || !errors.Is(h.Err, sql.ErrConnDone) && !strings.Contains(h.Err.Error(), "database is closed") {
 		t.Errorf("Err with the database closed: %v", h.Err)
 	}
 	if code, _, _ = probe(t, handler, http.MethodGet); code != http.StatusServiceUnavailable {
