@@ -254,6 +254,9 @@ func TestNodeSameNameTwice(t *testing.T) {
 			return len(incs) == i+1, err
 		})
 	}
+	// The second node warns once its registration has returned, a moment
+	// after its row became visible.
+	waitFor(t, "the second node's warning", func() (bool, error) { return warned.count() > 0, nil })
 	if got := warned.count(); got != 1 {
 		t.Errorf("%d warnings about the shared name, want 1 (from the second node)", got)
 	}
